@@ -1,0 +1,200 @@
+"""MQTT transport on paho-mqtt 2.x: QoS 1, reconnect with backoff, Last Will, chunked messages.
+
+Callbacks run on paho's network thread and only reassemble frames and queue whole messages; decoding,
+training and aggregation happen on the owner's thread via ``receive``. Subscriptions are kept here and renewed on
+every (re)connect. Authentication failures are fatal; network failures are retried by paho with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import unquote, urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from fedge.wire import Limits, Message, ProtocolError, Reassembler, decode_message, encode_message, split_frames
+from fedge.wire.chunks import DEFAULT_MAX_FRAME_BYTES
+
+log = logging.getLogger(__name__)
+
+
+class TransportError(RuntimeError):
+    """The broker cannot be reached, refused us, or did not acknowledge in time."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where the broker is and how to authenticate; built from ``mqtt://`` or ``mqtts://`` URLs."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    keepalive_s: int = 30
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+
+    @classmethod
+    def from_url(cls, url: str, **overrides) -> BrokerConfig:
+        parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+        if parsed.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"broker URL {url!r}: scheme must be mqtt or mqtts")
+        tls = parsed.scheme == "mqtts"
+        return cls(
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or (8883 if tls else 1883),
+            username=unquote(parsed.username) if parsed.username else None,
+            password=unquote(parsed.password) if parsed.password else None,
+            tls=tls,
+            **overrides,
+        )
+
+
+@dataclass(frozen=True)
+class Received:
+    """One whole incoming message, or the protocol error that refused it."""
+
+    topic: str
+    message: Message | None
+    error: ProtocolError | None = None
+
+
+class MqttTransport:
+    """A connected MQTT client that sends and receives fedge messages."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        client_id: str,
+        will: tuple[str, bytes] | None = None,
+        limits: Limits = Limits(),
+        chunk_timeout_s: float = 60.0,
+    ):
+        self.config = config
+        self.limits = limits
+        self._chunk_timeout_s = chunk_timeout_s
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True
+        )
+        if config.username:
+            self._client.username_pw_set(config.username, config.password)
+        if config.tls:
+            self._client.tls_set(
+                ca_certs=config.ca_certs, certfile=config.certfile, keyfile=config.keyfile,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        if will is not None:
+            self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_inflight_messages_set(64)
+        self._client.max_queued_messages_set(0)  # unbounded: a publish never drops silently
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._subscriptions: set[str] = set()
+        self._lock = threading.Lock()
+        self._reassemblers: dict[str, Reassembler] = {}
+        self._inbox: queue.Queue[Received] = queue.Queue()
+        self._connected = threading.Event()
+        self._fatal: str | None = None
+
+    # --- paho callbacks (network thread) ---
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            if reason_code in ("Bad user name or password", "Not authorized"):
+                self._fatal = f"broker refused the connection: {reason_code}"
+                client.disconnect()
+            log.warning("connect failed: %s", reason_code)
+            return
+        with self._lock:
+            topics = sorted(self._subscriptions)
+        for topic in topics:
+            client.subscribe(topic, qos=1)
+        self._connected.set()
+        log.debug("connected to %s:%s", self.config.host, self.config.port)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        if reason_code.is_failure:
+            log.warning("lost the broker (%s); reconnecting with backoff", reason_code)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            reassembler = self._reassemblers.setdefault(
+                msg.topic, Reassembler(self.limits.max_message_bytes, self._chunk_timeout_s)
+            )
+        try:
+            whole = reassembler.feed(msg.payload)
+        except ProtocolError as error:
+            self._inbox.put(Received(msg.topic, None, error))
+            return
+        if whole is None:
+            return
+        try:
+            self._inbox.put(Received(msg.topic, decode_message(whole, self.limits)))
+        except ProtocolError as error:
+            self._inbox.put(Received(msg.topic, None, error))
+
+    # --- owner thread ---
+    def connect(self, timeout_s: float = 15.0) -> None:
+        try:
+            self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
+        except (OSError, ValueError) as error:
+            raise TransportError(f"cannot reach {self.config.host}:{self.config.port}: {error}") from error
+        self._client.loop_start()
+        if not self._connected.wait(timeout_s) or self._fatal:
+            self._client.loop_stop()
+            raise TransportError(self._fatal or f"no connection to {self.config.host}:{self.config.port} in {timeout_s:.0f} s")
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def subscribe(self, topic: str) -> None:
+        with self._lock:
+            self._subscriptions.add(topic)
+        if self.connected:
+            result, _ = self._client.subscribe(topic, qos=1)
+            if result != mqtt.MQTT_ERR_SUCCESS:
+                log.warning("subscribe to %s deferred until reconnect (%s)", topic, mqtt.error_string(result))
+
+    def publish(self, topic: str, message: Message, timeout_s: float = 120.0, tensor_dtype: str = "float16") -> int:
+        """Send a message (chunked when large), wait for the broker's acks; returns bytes sent."""
+        frames = split_frames(encode_message(message, tensor_dtype), self.config.max_frame_bytes)
+        self.publish_frames(topic, frames, timeout_s)
+        return sum(len(frame) for frame in frames)
+
+    def publish_frames(self, topic: str, frames: list[bytes], timeout_s: float = 120.0, retain: bool = False) -> None:
+        deadline = time.monotonic() + timeout_s
+        infos = [self._client.publish(topic, frame, qos=1, retain=retain) for frame in frames]
+        for info in infos:
+            remaining = deadline - time.monotonic()
+            try:
+                info.wait_for_publish(max(remaining, 0.001))
+            except (RuntimeError, ValueError) as error:
+                raise TransportError(f"publish to {topic} failed: {error}") from error
+            if not info.is_published():
+                raise TransportError(f"broker did not acknowledge {topic} within {timeout_s:.0f} s")
+
+    def receive(self, timeout_s: float | None = None) -> Received | None:
+        """The next whole message (or refused one), or None after ``timeout_s``."""
+        for topic, reassembler in list(self._reassemblers.items()):
+            for dropped in reassembler.expire():
+                log.warning("dropped incomplete message on %s: %s", topic, dropped)
+        try:
+            return self._inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()

@@ -1,0 +1,45 @@
+"""The wire protocol shared by agents and the coordinator: messages, codec, chunking, topics, errors.
+
+Nothing here imports torch or paho, so the format can be tested and fuzzed quickly.
+"""
+
+from fedge.wire.chunks import Reassembler, split_frames
+from fedge.wire.codec import Limits, decode_message, encode_message
+from fedge.wire.errors import ChunkError, DecodeError, ProtocolError, SchemaError, TooLargeError
+from fedge.wire.messages import (
+    PROTOCOL_VERSION,
+    AdapterUpdate,
+    Assignment,
+    BackboneSpec,
+    DeviceProfile,
+    GlobalState,
+    Heartbeat,
+    Hello,
+    LoraSpec,
+    Message,
+    Reject,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "AdapterUpdate",
+    "Assignment",
+    "BackboneSpec",
+    "ChunkError",
+    "DecodeError",
+    "DeviceProfile",
+    "GlobalState",
+    "Heartbeat",
+    "Hello",
+    "Limits",
+    "LoraSpec",
+    "Message",
+    "ProtocolError",
+    "Reassembler",
+    "Reject",
+    "SchemaError",
+    "TooLargeError",
+    "decode_message",
+    "encode_message",
+    "split_frames",
+]

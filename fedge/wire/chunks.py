@@ -1,0 +1,139 @@
+"""Split large messages into content-checked chunks and put them back together.
+
+A message no larger than ``max_frame_bytes`` travels as it is. A larger one becomes chunk frames:
+``FEDC`` | header length (u16) | JSON ``{id, index, count, size, sha256, digest}`` | data, where ``sha256`` covers
+the chunk and ``digest`` the whole message. Brokers drop messages silently when their queues overflow, so
+the receiver checks every chunk, and a message still incomplete after ``timeout_s`` is dropped with an error
+rather than waited on for ever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from fedge.wire.errors import ChunkError, DecodeError, TooLargeError
+
+CHUNK_MAGIC = b"FEDC"
+_CHUNK_PREFIX = struct.Struct(">4sH")
+DEFAULT_MAX_FRAME_BYTES = 512 * 1024  # well under the 1 MB limit some brokers (EMQX) default to
+
+
+def split_frames(message: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> list[bytes]:
+    """The MQTT payloads that carry ``message``: itself, or its chunk frames."""
+    if len(message) <= max_frame_bytes:
+        return [message]
+    data_size = max_frame_bytes - 512  # room for the chunk header
+    if data_size <= 0:
+        raise ValueError("max_frame_bytes must exceed 512")
+    message_id = uuid.uuid4().hex
+    digest = hashlib.sha256(message).hexdigest()
+    count = -(-len(message) // data_size)
+    frames = []
+    for index in range(count):
+        data = message[index * data_size : (index + 1) * data_size]
+        header = json.dumps(
+            {
+                "id": message_id,
+                "index": index,
+                "count": count,
+                "size": len(message),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "digest": digest,
+            },
+            separators=(",", ":"),
+        ).encode()
+        frames.append(_CHUNK_PREFIX.pack(CHUNK_MAGIC, len(header)) + header + data)
+    return frames
+
+
+@dataclass
+class _Partial:
+    count: int
+    size: int
+    digest: str
+    started: float
+    parts: dict[int, bytes] = field(default_factory=dict)
+    received_bytes: int = 0
+
+
+class Reassembler:
+    """Feeds frames in, hands whole messages out; one per sender topic is enough (ids keep messages apart)."""
+
+    def __init__(self, max_message_bytes: int = 256 * 1024 * 1024, timeout_s: float = 60.0, max_pending: int = 64):
+        self.max_message_bytes = max_message_bytes
+        self.timeout_s = timeout_s
+        self.max_pending = max_pending
+        self._pending: dict[str, _Partial] = {}
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def feed(self, frame: bytes, now: float | None = None) -> bytes | None:
+        """The completed message if ``frame`` finished one, else ``None``; raises on a bad frame."""
+        if not frame.startswith(CHUNK_MAGIC):
+            if len(frame) > self.max_message_bytes:
+                raise TooLargeError(f"message of {len(frame)} bytes exceeds the {self.max_message_bytes}-byte limit")
+            return frame
+        now = time.monotonic() if now is None else now
+        header, data = self._parse(frame)
+        partial = self._pending.get(header["id"])
+        if partial is None:
+            if header["size"] > self.max_message_bytes:
+                raise TooLargeError(f"chunked message of {header['size']} bytes exceeds the {self.max_message_bytes}-byte limit")
+            if len(self._pending) >= self.max_pending:
+                raise TooLargeError(f"more than {self.max_pending} chunked messages in flight")
+            partial = _Partial(count=header["count"], size=header["size"], digest=header["digest"], started=now)
+            self._pending[header["id"]] = partial
+        if (header["count"], header["size"], header["digest"]) != (partial.count, partial.size, partial.digest):
+            raise ChunkError(f"chunk {header['index']} of {header['id']} disagrees with its siblings")
+        if hashlib.sha256(data).hexdigest() != header["sha256"]:
+            raise ChunkError(f"chunk {header['index']} of {header['id']} fails its sha256")
+        if header["index"] not in partial.parts:
+            partial.parts[header["index"]] = data
+            partial.received_bytes += len(data)
+        if partial.received_bytes > partial.size:
+            del self._pending[header["id"]]
+            raise ChunkError(f"chunks of {header['id']} exceed the declared size")
+        if len(partial.parts) < partial.count:
+            return None
+        del self._pending[header["id"]]
+        message = b"".join(partial.parts[index] for index in range(partial.count))
+        if len(message) != partial.size or hashlib.sha256(message).hexdigest() != partial.digest:
+            raise ChunkError(f"reassembled {header['id']} fails its digest")
+        return message
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """Drop messages still incomplete after the timeout; returns a description of each."""
+        now = time.monotonic() if now is None else now
+        dropped = []
+        for message_id, partial in list(self._pending.items()):
+            if now - partial.started > self.timeout_s:
+                del self._pending[message_id]
+                missing = partial.count - len(partial.parts)
+                dropped.append(f"{message_id}: {missing} of {partial.count} chunks missing after {self.timeout_s:.0f} s")
+        return dropped
+
+    @staticmethod
+    def _parse(frame: bytes) -> tuple[dict, bytes]:
+        if len(frame) < _CHUNK_PREFIX.size:
+            raise DecodeError("chunk frame shorter than its prefix")
+        _, header_length = _CHUNK_PREFIX.unpack_from(frame)
+        end = _CHUNK_PREFIX.size + header_length
+        try:
+            header = json.loads(frame[_CHUNK_PREFIX.size : end])
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise DecodeError("chunk header is not JSON") from None
+        expected = {"id": str, "index": int, "count": int, "size": int, "sha256": str, "digest": str}
+        if not isinstance(header, dict) or set(header) != set(expected):
+            raise DecodeError("chunk header has the wrong fields")
+        if any(not isinstance(header[key], kind) or isinstance(header[key], bool) for key, kind in expected.items()):
+            raise DecodeError("chunk header has a field of the wrong type")
+        if not 0 <= header["index"] < header["count"] or header["size"] < 0:
+            raise DecodeError("chunk index out of range")
+        return header, frame[end:]

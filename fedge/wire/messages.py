@@ -1,0 +1,141 @@
+"""Typed, versioned messages: one frozen dataclass per kind.
+
+Tensor-carrying messages (``AdapterUpdate``, ``GlobalState``) hold numpy arrays in ``tensors``; the codec sends
+them as a safetensors body and everything else as a JSON header.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What a device offers for training; a live probe and a catalogue entry are the same type."""
+
+    name: str
+    source: str  # "probe" or "catalogue"
+    device_class: str
+    ram_total_bytes: int
+    ram_available_bytes: int
+    cpu_cores: int
+    cuda_device_name: str | None = None
+    cuda_total_bytes: int | None = None
+    cuda_free_bytes: int | None = None
+    cuda_capability: str | None = None
+    is_jetson: bool = False
+    jetson_model: str | None = None
+    unified_memory: bool = False
+    bitsandbytes_usable: bool = False
+    gflops: float | None = None
+    uplink_mbps: float | None = None
+    downlink_mbps: float | None = None
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    sha256: str
+    quantization: str  # nf4 | int8 | bf16 | fp16 | fp32
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """A device's adapter in peft's terms: rank, alpha, target modules and the layer indices it adapts."""
+
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Agent registration: who it is, what it can do, how much data it holds."""
+
+    agent_id: str
+    profile: DeviceProfile
+    num_examples: int
+    label_histogram: tuple[int, ...] = ()
+    message_id: str = field(default_factory=new_message_id)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    run_id: str
+    round: int
+    agent_id: str
+    backbone: BackboneSpec
+    lora: LoraSpec
+    local_steps: int
+    batch_size: int
+    learning_rate: float
+    deadline_unix: float
+    seed: int
+    message_id: str = field(default_factory=new_message_id)
+
+
+@dataclass(frozen=True)
+class AdapterUpdate:
+    run_id: str
+    round: int
+    agent_id: str
+    num_examples: int
+    metrics: dict[str, float]
+    tensors: dict[str, np.ndarray]
+    message_id: str = field(default_factory=new_message_id)
+
+
+@dataclass(frozen=True)
+class GlobalState:
+    """The adapter a device starts the round from (its own rank and layers); ``final`` ends the run."""
+
+    run_id: str
+    round: int
+    agent_id: str
+    final: bool
+    metrics: dict[str, float]
+    tensors: dict[str, np.ndarray]
+    message_id: str = field(default_factory=new_message_id)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Why a message was refused; ``ref`` names the refused message's id where it could be read."""
+
+    agent_id: str
+    reason: str
+    detail: str
+    round: int | None = None
+    ref: str | None = None
+    message_id: str = field(default_factory=new_message_id)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    agent_id: str
+    state: str
+    sent_unix: float
+    message_id: str = field(default_factory=new_message_id)
+
+
+Message = Hello | Assignment | AdapterUpdate | GlobalState | Reject | Heartbeat
+
+MESSAGE_TYPES: dict[str, type] = {
+    "hello": Hello,
+    "assignment": Assignment,
+    "update": AdapterUpdate,
+    "global": GlobalState,
+    "reject": Reject,
+    "heartbeat": Heartbeat,
+}
+TYPE_NAMES: dict[type, str] = {cls: name for name, cls in MESSAGE_TYPES.items()}

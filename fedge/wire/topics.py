@@ -1,0 +1,49 @@
+"""MQTT topic layout (documented in the README).
+
+    {root}/agents/{agent_id}/status   retained "online"/"offline"; the agent's Last Will sets "offline"
+    {root}/agents/{agent_id}/up       agent -> coordinator: hello, update, heartbeat
+    {root}/agents/{agent_id}/down     coordinator -> agent: assignment, global state, reject
+"""
+
+from __future__ import annotations
+
+import re
+
+DEFAULT_ROOT = "fedge/v1"
+_AGENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_agent_id(agent_id: str) -> str:
+    """Agent ids become topic levels, so MQTT wildcards and separators are refused."""
+    if not _AGENT_ID.match(agent_id):
+        raise ValueError(f"agent id {agent_id!r} must be 1-64 of letters, digits, '.', '_' or '-'")
+    return agent_id
+
+
+def status(agent_id: str, root: str = DEFAULT_ROOT) -> str:
+    return f"{root}/agents/{check_agent_id(agent_id)}/status"
+
+
+def uplink(agent_id: str, root: str = DEFAULT_ROOT) -> str:
+    return f"{root}/agents/{check_agent_id(agent_id)}/up"
+
+
+def downlink(agent_id: str, root: str = DEFAULT_ROOT) -> str:
+    return f"{root}/agents/{check_agent_id(agent_id)}/down"
+
+
+def all_uplinks(root: str = DEFAULT_ROOT) -> str:
+    return f"{root}/agents/+/up"
+
+
+def all_statuses(root: str = DEFAULT_ROOT) -> str:
+    return f"{root}/agents/+/status"
+
+
+def agent_of(topic: str, root: str = DEFAULT_ROOT) -> str | None:
+    """The agent id in an agent topic, or None if the topic is not one."""
+    prefix = f"{root}/agents/"
+    if not topic.startswith(prefix):
+        return None
+    parts = topic[len(prefix) :].split("/")
+    return parts[0] if len(parts) == 2 and _AGENT_ID.match(parts[0]) else None
