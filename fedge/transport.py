@@ -61,11 +61,13 @@ class BrokerConfig:
 
 @dataclass(frozen=True)
 class Received:
-    """One whole incoming message, or the protocol error that refused it."""
+    """One whole incoming message (or the protocol error that refused it); ``raw`` for raw subscriptions."""
 
     topic: str
     message: Message | None
     error: ProtocolError | None = None
+    size: int = 0
+    raw: bytes | None = None
 
 
 class MqttTransport:
@@ -101,6 +103,7 @@ class MqttTransport:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._subscriptions: set[str] = set()
+        self._raw_filters: set[str] = set()
         self._lock = threading.Lock()
         self._reassemblers: dict[str, Reassembler] = {}
         self._inbox: queue.Queue[Received] = queue.Queue()
@@ -128,6 +131,9 @@ class MqttTransport:
             log.warning("lost the broker (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, client, userdata, msg) -> None:
+        if any(mqtt.topic_matches_sub(raw, msg.topic) for raw in self._raw_filters):
+            self._inbox.put(Received(msg.topic, None, size=len(msg.payload), raw=bytes(msg.payload)))
+            return
         with self._lock:
             reassembler = self._reassemblers.setdefault(
                 msg.topic, Reassembler(self.limits.max_message_bytes, self._chunk_timeout_s)
@@ -140,9 +146,9 @@ class MqttTransport:
         if whole is None:
             return
         try:
-            self._inbox.put(Received(msg.topic, decode_message(whole, self.limits)))
+            self._inbox.put(Received(msg.topic, decode_message(whole, self.limits), size=len(whole)))
         except ProtocolError as error:
-            self._inbox.put(Received(msg.topic, None, error))
+            self._inbox.put(Received(msg.topic, None, error, size=len(whole)))
 
     # --- owner thread ---
     def connect(self, timeout_s: float = 15.0) -> None:
@@ -159,9 +165,12 @@ class MqttTransport:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def subscribe(self, topic: str) -> None:
+    def subscribe(self, topic: str, raw: bool = False) -> None:
+        """Receive ``topic``'s messages decoded, or as plain bytes when ``raw`` (e.g. status topics)."""
         with self._lock:
             self._subscriptions.add(topic)
+            if raw:
+                self._raw_filters.add(topic)
         if self.connected:
             result, _ = self._client.subscribe(topic, qos=1)
             if result != mqtt.MQTT_ERR_SUCCESS:
@@ -172,6 +181,9 @@ class MqttTransport:
         frames = split_frames(encode_message(message, tensor_dtype), self.config.max_frame_bytes)
         self.publish_frames(topic, frames, timeout_s)
         return sum(len(frame) for frame in frames)
+
+    def publish_raw(self, topic: str, payload: bytes, retain: bool = False, timeout_s: float = 30.0) -> None:
+        self.publish_frames(topic, [payload], timeout_s, retain)
 
     def publish_frames(self, topic: str, frames: list[bytes], timeout_s: float = 120.0, retain: bool = False) -> None:
         deadline = time.monotonic() + timeout_s

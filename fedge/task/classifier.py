@@ -38,6 +38,9 @@ class EncodedExamples:
     lengths: torch.Tensor  # (n,)
     labels: torch.Tensor  # (n,)
 
+    def to(self, device: str | torch.device) -> EncodedExamples:
+        return EncodedExamples(self.input_ids.to(device), self.lengths.to(device), self.labels.to(device))
+
 
 def encode(tokenizer, examples: list[Example], max_tokens: int = 48) -> EncodedExamples:
     rows = [tokenizer.encode(PROMPT.format(text=example.text), add_special_tokens=False) for example in examples]
@@ -69,7 +72,7 @@ class FrozenPrefix:
         self.model = model
         self.decoder, output_embeddings = decoder_of(model)
         self.start_layer = start_layer
-        self.label_ids = torch.tensor(label_ids)
+        self.label_ids = torch.tensor(label_ids, device=self.decoder.embed_tokens.weight.device)
         self.num_layers = len(self.decoder.layers)
         if not 0 <= start_layer < self.num_layers:
             raise ValueError(f"start_layer {start_layer} outside 0..{self.num_layers - 1}")
@@ -95,7 +98,7 @@ class FrozenPrefix:
     def label_logits(self, prefix: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(batch, num_labels) logits from cached prefix states, through the adapted top layers."""
         hidden = self._run(prefix, self.start_layer, self.num_layers)
-        last = hidden[torch.arange(len(lengths)), lengths - 1]
+        last = hidden[torch.arange(len(lengths), device=hidden.device), lengths - 1]
         last = self.decoder.norm(last)
         weights = self.decoder.embed_tokens.weight[self.label_ids]
         return last @ weights.T.to(last.dtype)

@@ -1,0 +1,1 @@
+"""The coordinator: registers agents, assigns work, runs rounds, aggregates and reports."""

@@ -1,0 +1,96 @@
+"""Coordinator configuration from YAML; every error is collected and reported together, each naming its key."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from quantization.backbone import DEFAULT_BACKBONE, QUANTIZATIONS
+
+
+class ConfigError(ValueError):
+    """One or more configuration keys are wrong; the message lists them all."""
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Rank, depth (top-D layers adapted) and quantization for a device name or device class."""
+
+    rank: int
+    depth: int
+    quantization: str = "fp32"
+    alpha: float | None = None  # default 2 * rank
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    eval_data: str
+    broker: str = "mqtt://127.0.0.1:1883"
+    run_id: str = "run"
+    run_dir: str = "runs/run"
+    backbone: str = DEFAULT_BACKBONE
+    rounds: int = 5
+    min_clients: int = 2
+    expected_clients: int = 2
+    registration_timeout_s: float = 300.0
+    round_deadline_s: float = 600.0
+    local_steps: int = 10
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    seed: int = 0
+    max_message_mb: float = 64.0
+    max_frame_kb: int = 512
+    threads: int = 0  # torch threads for evaluation; 0 = torch's default
+    devices: dict[str, DevicePlan] = field(default_factory=lambda: {"cpu": DevicePlan(rank=4, depth=2)})
+
+    def plan_for(self, device_name: str, device_class: str) -> DevicePlan | None:
+        return self.devices.get(device_name) or self.devices.get(device_class)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> CoordinatorConfig:
+        errors = []
+        known = {f.name for f in fields(cls)}
+        errors += [f"{key}: unknown key" for key in sorted(set(raw) - known)]
+        values = {key: value for key, value in raw.items() if key in known}
+        if "eval_data" not in values:
+            errors.append("eval_data: required")
+        devices = {}
+        for name, plan in (values.pop("devices", None) or {}).items():
+            try:
+                devices[name] = DevicePlan(**plan)
+            except TypeError as error:
+                errors.append(f"devices.{name}: {error}")
+                continue
+            if devices[name].rank < 1 or devices[name].depth < 1:
+                errors.append(f"devices.{name}: rank and depth must be >= 1")
+            if devices[name].quantization not in QUANTIZATIONS:
+                errors.append(f"devices.{name}.quantization: one of {', '.join(QUANTIZATIONS)}")
+        if devices:
+            values["devices"] = devices
+        if "target_modules" in values:
+            values["target_modules"] = tuple(values["target_modules"])
+        for key in ("rounds", "min_clients", "expected_clients", "local_steps", "batch_size"):
+            if key in values and (not isinstance(values[key], int) or values[key] < 1):
+                errors.append(f"{key}: must be a positive integer")
+        if values.get("min_clients", 1) > values.get("expected_clients", values.get("min_clients", 1)):
+            errors.append("min_clients: cannot exceed expected_clients")
+        if errors:
+            raise ConfigError("invalid coordinator config:\n  " + "\n  ".join(errors))
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> CoordinatorConfig:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        return cls.from_dict(raw)

@@ -1,0 +1,41 @@
+"""The global model on the coordinator: held-out evaluation and export in PEFT format."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays
+from fedge.task.classifier import Evaluation, FrozenPrefix, encode, evaluate, label_token_ids
+from fedge.task.wordnet import Example
+from quantization.backbone import BackboneSource, load_backbone
+
+log = logging.getLogger(__name__)
+
+
+class GlobalModel:
+    """Backbone plus a rank-R adapter over every layer any device adapts (scaling 1: alpha = R)."""
+
+    def __init__(self, source: BackboneSource, rank: int, layers: list[int], target_modules: list[str], test: list[Example], seed: int):
+        model, tokenizer = load_backbone(source, "fp32")
+        self.rank = rank
+        self.model = build_lora_model(model, rank, float(rank), target_modules, layers, seed=seed)
+        self.runner = FrozenPrefix(self.model, label_token_ids(tokenizer), start_layer=min(layers))
+        self.test = encode(tokenizer, test)
+        log.info("caching evaluation states for %d examples below layer %d", len(test), min(layers))
+        self.prefix = self.runner.cache(self.test.input_ids)
+
+    def initial_arrays(self) -> dict[str, np.ndarray]:
+        """peft's own initialisation (A random, B zero), the common starting point of every device."""
+        return adapter_arrays(self.model)
+
+    def evaluate(self, arrays: dict[str, np.ndarray]) -> Evaluation:
+        load_adapter_arrays(self.model, arrays)
+        return evaluate(self.runner, self.prefix, self.test)
+
+    def save(self, arrays: dict[str, np.ndarray], directory: Path) -> None:
+        """Write the adapter so ``PeftModel.from_pretrained(backbone, directory)`` loads it."""
+        load_adapter_arrays(self.model, arrays)
+        self.model.save_pretrained(directory)

@@ -1,0 +1,46 @@
+"""Who is in the fleet, what each device was planned to do, and whether it is online."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from coordinator.config import DevicePlan
+from fedge.wire import DeviceProfile
+
+
+@dataclass
+class AgentRecord:
+    agent_id: str
+    profile: DeviceProfile
+    num_examples: int
+    label_histogram: tuple[int, ...]
+    plan: DevicePlan
+    online: bool = True
+    last_seen: float = field(default_factory=time.time)
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._agents: dict[str, AgentRecord] = {}
+
+    def register(self, record: AgentRecord) -> bool:
+        """Add or refresh an agent; True when it is new."""
+        is_new = record.agent_id not in self._agents
+        self._agents[record.agent_id] = record
+        return is_new
+
+    def get(self, agent_id: str) -> AgentRecord | None:
+        return self._agents.get(agent_id)
+
+    def seen(self, agent_id: str, online: bool = True) -> None:
+        record = self._agents.get(agent_id)
+        if record is not None:
+            record.online = online
+            record.last_seen = time.time()
+
+    def online(self) -> list[AgentRecord]:
+        return [record for record in self._agents.values() if record.online]
+
+    def all(self) -> list[AgentRecord]:
+        return list(self._agents.values())

@@ -1,0 +1,254 @@
+"""The coordinator's round loop: register, assign, collect until the deadline, aggregate, evaluate, record.
+
+Everything runs on one thread that reads whole messages from the transport's queue; a bad, late or duplicate
+message is logged, answered with a Reject, and the round goes on with the valid updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from coordinator.aggregation import ClientFactors, client_view, expected_shapes, fedit
+from coordinator.config import CoordinatorConfig
+from coordinator.evaluation import GlobalModel
+from coordinator.registry import AgentRecord, Registry
+from coordinator.reports import RunDirectory
+from coordinator.validation import Expectation, UpdateRejected, validate_update
+from fedge.lora import parse_adapter_key
+from fedge.task.data import read_jsonl
+from fedge.transport import BrokerConfig, MqttTransport, Received
+from fedge.wire import AdapterUpdate, Assignment, BackboneSpec, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
+from fedge.wire import topics
+from quantization.backbone import locate_backbone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: str
+    rounds: list[dict]
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig, resume: bool = False, on_round=None):
+        self.config = config
+        self.run_dir = RunDirectory(config.run_dir)
+        self.registry = Registry()
+        self.limits = Limits(max_message_bytes=int(config.max_message_mb * 1024 * 1024))
+        self.transport = MqttTransport(
+            BrokerConfig.from_url(config.broker, max_frame_bytes=config.max_frame_kb * 1024),
+            client_id=f"fedge-coordinator-{config.run_id}",
+            limits=self.limits,
+        )
+        self.backbone = locate_backbone(config.backbone)
+        self.num_layers = self._num_layers()
+        self.depth = max(plan.depth for plan in config.devices.values())
+        self.rank = max(plan.rank for plan in config.devices.values())
+        self._resume = resume
+        self._on_round = on_round or (lambda record: None)
+        self._round = 0
+        self._expectations: dict[str, Expectation] = {}
+        self._received: dict[str, AdapterUpdate] = {}
+        self._bytes_up: dict[str, int] = {}
+        self._rejected: dict[str, str] = {}
+
+    def _num_layers(self) -> int:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.backbone.directory).num_hidden_layers
+
+    def _top_layers(self, depth: int) -> tuple[int, ...]:
+        return tuple(range(self.num_layers - depth, self.num_layers))
+
+    # --- the run, top to bottom ---
+    def run(self) -> RunSummary:
+        config = self.config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        start_round, arrays = self._starting_point_or_none()
+        self.transport.connect()
+        self.transport.subscribe(topics.all_uplinks())
+        self.transport.subscribe(topics.all_statuses(), raw=True)
+        self.run_dir.write_config(config.to_dict())
+        test = read_jsonl(config.eval_data)
+        self.model = GlobalModel(self.backbone, self.rank, list(self._top_layers(self.depth)), list(config.target_modules), test, config.seed)
+        if arrays is None:
+            arrays = self.model.initial_arrays()
+            before = self.model.evaluate(arrays)
+            self._record({"round": 0, "accuracy": before.accuracy, "loss": before.loss, "participants": [], "contributors": []})
+        self._await_registrations()
+        try:
+            for round_number in range(start_round, config.rounds + 1):
+                arrays = self._run_round(round_number, arrays)
+        finally:
+            self._finish(arrays)
+        return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
+
+    def _starting_point_or_none(self) -> tuple[int, dict[str, np.ndarray] | None]:
+        latest = self.run_dir.latest_global()
+        if latest is None:
+            if self.run_dir.metrics_file.exists():
+                self.run_dir.metrics_file.unlink()
+            return 1, None
+        if not self._resume:
+            raise RuntimeError(f"{self.run_dir.path} already holds round {latest[0]}; pass --resume or use a new run_dir")
+        log.info("resuming after round %d from %s", latest[0], self.run_dir.path)
+        return latest[0] + 1, latest[1]
+
+    def _await_registrations(self) -> None:
+        deadline = time.time() + self.config.registration_timeout_s
+        while len(self.registry.online()) < self.config.expected_clients and time.time() < deadline:
+            self._handle(self.transport.receive(timeout_s=0.5))
+        count = len(self.registry.online())
+        if count < self.config.min_clients:
+            raise RuntimeError(f"only {count} agents registered; the run needs {self.config.min_clients}")
+        log.info("%d agents registered", count)
+
+    def _run_round(self, round_number: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._round = round_number
+        started = time.time()
+        deadline = started + self.config.round_deadline_s
+        participants = self.registry.online()
+        self._expectations, self._received, self._bytes_up, self._rejected = {}, {}, {}, {}
+        bytes_down = {}
+        for record in participants:
+            bytes_down[record.agent_id] = self._assign(record, round_number, deadline, arrays)
+        waiting = {record.agent_id for record in participants}
+        while waiting - set(self._received) and time.time() < deadline:
+            self._handle(self.transport.receive(timeout_s=min(1.0, max(deadline - time.time(), 0.01))))
+            waiting = {agent_id for agent_id in waiting if self._still_expected(agent_id)}
+        updates = [
+            ClientFactors(u.agent_id, u.num_examples, self.registry.get(u.agent_id).plan.rank, self.registry.get(u.agent_id).plan.lora_alpha, u.tensors)
+            for u in self._received.values()
+        ]
+        if len(updates) >= self.config.min_clients:
+            arrays = fedit(arrays, updates)
+        else:
+            log.warning("round %d: %d valid updates, fewer than min_clients=%d; global model unchanged", round_number, len(updates), self.config.min_clients)
+        self.run_dir.save_global(round_number, arrays)
+        result = self.model.evaluate(arrays)
+        self._record({
+            "round": round_number,
+            "accuracy": result.accuracy,
+            "loss": result.loss,
+            "participants": sorted(r.agent_id for r in participants),
+            "contributors": sorted(self._received),
+            "rejected": dict(self._rejected),
+            "bytes_up": dict(self._bytes_up),
+            "bytes_down": bytes_down,
+            "client_metrics": {agent: update.metrics for agent, update in self._received.items()},
+            "wall_s": round(time.time() - started, 2),
+        })
+        return arrays
+
+    def _still_expected(self, agent_id: str) -> bool:
+        record = self.registry.get(agent_id)
+        return record is not None and record.online and agent_id not in self._rejected
+
+    def _assign(self, record: AgentRecord, round_number: int, deadline: float, arrays: dict[str, np.ndarray]) -> int:
+        plan = record.plan
+        layers = self._top_layers(plan.depth)
+        keys = [key for key in arrays if parse_adapter_key(key)[0] in layers]
+        self._expectations[record.agent_id] = Expectation(self.config.run_id, round_number, deadline, expected_shapes(arrays, keys, plan.rank))
+        assignment = Assignment(
+            run_id=self.config.run_id,
+            round=round_number,
+            agent_id=record.agent_id,
+            backbone=BackboneSpec(self.config.backbone, self.backbone.sha256, plan.quantization),
+            lora=LoraSpec(plan.rank, plan.lora_alpha, tuple(self.config.target_modules), layers),
+            local_steps=self.config.local_steps,
+            batch_size=self.config.batch_size,
+            learning_rate=self.config.learning_rate,
+            deadline_unix=deadline,
+            seed=self.config.seed + round_number,
+        )
+        state = GlobalState(self.config.run_id, round_number, record.agent_id, False, {}, client_view(arrays, keys, plan.rank, plan.lora_alpha))
+        downlink = topics.downlink(record.agent_id)
+        return self.transport.publish(downlink, assignment) + self.transport.publish(downlink, state)
+
+    def _finish(self, arrays: dict[str, np.ndarray]) -> None:
+        for record in self.registry.all():
+            layers = self._top_layers(record.plan.depth)
+            keys = [key for key in arrays if parse_adapter_key(key)[0] in layers]
+            final = GlobalState(self.config.run_id, self.config.rounds, record.agent_id, True, {}, client_view(arrays, keys, record.plan.rank, record.plan.lora_alpha))
+            try:
+                self.transport.publish(topics.downlink(record.agent_id), final, timeout_s=30)
+            except Exception as error:  # an agent we cannot reach must not stop the others' shutdown
+                log.warning("could not send the final state to %s: %s", record.agent_id, error)
+        self.model.save(arrays, self.run_dir.adapter_dir)
+        self.run_dir.plot()
+        self.transport.close()
+
+    def _record(self, record: dict) -> None:
+        self.run_dir.append_round(record)
+        log.info("round %d: accuracy %.3f loss %.3f", record["round"], record["accuracy"], record["loss"])
+        self._on_round(record)
+
+    # --- incoming messages ---
+    def _handle(self, received: Received | None) -> None:
+        if received is None:
+            return
+        agent_id = topics.agent_of(received.topic)
+        if agent_id is None:
+            log.warning("message on unexpected topic %s ignored", received.topic)
+            return
+        if received.topic == topics.status(agent_id):
+            return self._on_status(agent_id, received)
+        if received.error is not None:
+            return self._reject(agent_id, received.error.reason, str(received.error))
+        message = received.message
+        if getattr(message, "agent_id", None) != agent_id:
+            return self._reject(agent_id, "agent_mismatch", f"message names {message.agent_id!r} on {agent_id!r}'s topic")
+        if isinstance(message, Hello):
+            self._on_hello(message)
+        elif isinstance(message, AdapterUpdate):
+            self._on_update(message, received.size)
+        elif isinstance(message, Heartbeat):
+            self.registry.seen(agent_id)
+        elif isinstance(message, Reject):
+            log.warning("%s refused its work: %s (%s)", agent_id, message.reason, message.detail)
+            if message.round == self._round:
+                self._rejected[agent_id] = f"refused by agent: {message.reason}"
+        else:
+            self._reject(agent_id, "unexpected_type", f"agents do not send {type(message).__name__}")
+
+    def _on_status(self, agent_id: str, received: Received) -> None:
+        online = received.raw == b"online"
+        if self.registry.get(agent_id) is not None:
+            self.registry.seen(agent_id, online=online)
+            if not online:
+                log.warning("%s went offline", agent_id)
+
+    def _on_hello(self, hello: Hello) -> None:
+        plan = self.config.plan_for(hello.profile.name, hello.profile.device_class)
+        if plan is None:
+            return self._reject(hello.agent_id, "no_plan", f"no plan for device {hello.profile.name!r} of class {hello.profile.device_class!r}")
+        if plan.depth > self.num_layers:
+            return self._reject(hello.agent_id, "no_plan", f"depth {plan.depth} exceeds the backbone's {self.num_layers} layers")
+        is_new = self.registry.register(AgentRecord(hello.agent_id, hello.profile, hello.num_examples, hello.label_histogram, plan))
+        log.info("%s %s: %s, rank %d, depth %d, %d examples", "registered" if is_new else "re-registered", hello.agent_id, hello.profile.name, plan.rank, plan.depth, hello.num_examples)
+
+    def _on_update(self, update: AdapterUpdate, size: int) -> None:
+        try:
+            validate_update(update, self._expectations.get(update.agent_id), update.agent_id in self._received, time.time())
+        except UpdateRejected as error:
+            if update.round == self._round and error.reason != "duplicate":
+                self._rejected[update.agent_id] = error.reason  # it will not send another; stop waiting for it
+            return self._reject(update.agent_id, error.reason, error.detail, update.round, update.message_id)
+        self.run_dir.save_update(update.round, update.agent_id, update.tensors)
+        self._received[update.agent_id] = update
+        self._bytes_up[update.agent_id] = size
+        log.info("round %d: update from %s (%d examples, loss %.3f)", update.round, update.agent_id, update.num_examples, update.metrics.get("loss", float("nan")))
+
+    def _reject(self, agent_id: str, reason: str, detail: str, round_number: int | None = None, ref: str | None = None) -> None:
+        log.warning("rejected message from %s: %s (%s)", agent_id, reason, detail)
+        try:
+            self.transport.publish(topics.downlink(agent_id), Reject(agent_id, reason, detail[:500], round_number, ref), timeout_s=10)
+        except Exception as error:  # the reject is a courtesy; failing to send it must not stop the round
+            log.warning("could not send reject to %s: %s", agent_id, error)

@@ -1,0 +1,149 @@
+"""The agent's lifecycle: announce, take an assignment, train on each global state, send the update, repeat.
+
+    connect (Last Will: status "offline") -> status "online" -> Hello(profile, data size, label histogram)
+    Assignment(round r)  -> remember it
+    GlobalState(round r) -> verify + load the backbone once, apply the state, train, send AdapterUpdate(r)
+    GlobalState(final)   -> apply it, save the adapter if asked, stop
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edge_agent.trainer import TrainResult, train_local
+from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays
+from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, label_token_ids
+from fedge.task.split import label_histogram
+from fedge.task.wordnet import LABELS, Example
+from fedge.transport import BrokerConfig, MqttTransport
+from fedge.wire import AdapterUpdate, Assignment, DeviceProfile, GlobalState, Heartbeat, Hello, LoraSpec, Reject
+from fedge.wire import topics
+from quantization.backbone import load_backbone, locate_backbone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Session:
+    """A loaded backbone with the assigned adapter and the cached frozen-prefix states of the local data."""
+
+    lora: LoraSpec
+    quantization: str
+    model: torch.nn.Module
+    runner: FrozenPrefix
+    data: EncodedExamples
+    prefix: torch.Tensor
+
+
+def pick_quantization(requested: str, device: str, bitsandbytes_ok: bool) -> str:
+    """The assigned quantization where this backend can run it; 4/8-bit need CUDA with bitsandbytes."""
+    if requested in ("nf4", "int8") and not (device.startswith("cuda") and bitsandbytes_ok):
+        return "fp32"
+    if requested in ("bf16", "fp16") and device == "cpu":
+        return "fp32"
+    return requested
+
+
+class EdgeAgent:
+    def __init__(self, agent_id: str, broker: BrokerConfig, data: list[Example], profile: DeviceProfile, device: str = "cpu", heartbeat_s: float = 10.0, save_dir: Path | None = None):
+        self.agent_id = topics.check_agent_id(agent_id)
+        self.data = data
+        self.profile = profile
+        self.device = device
+        self.heartbeat_s = heartbeat_s
+        self.save_dir = save_dir
+        self.transport = MqttTransport(broker, client_id=f"fedge-agent-{agent_id}", will=(topics.status(agent_id), b"offline"))
+        self._assignment: Assignment | None = None
+        self._session: _Session | None = None
+        self._done = False
+
+    def run(self) -> None:
+        self.transport.subscribe(topics.downlink(self.agent_id))
+        self.transport.connect()
+        self.transport.publish_raw(topics.status(self.agent_id), b"online", retain=True)
+        histogram = tuple(label_histogram(self.data, len(LABELS)))
+        self._send(Hello(self.agent_id, self.profile, len(self.data), histogram))
+        log.info("%s: registered as %s with %d examples", self.agent_id, self.profile.name, len(self.data))
+        try:
+            while not self._done:
+                received = self.transport.receive(timeout_s=self.heartbeat_s)
+                if received is None:
+                    self._send(Heartbeat(self.agent_id, "idle", time.time()))
+                elif received.error is not None:
+                    log.warning("%s: unreadable message: %s", self.agent_id, received.error)
+                else:
+                    self._dispatch(received.message)
+        finally:
+            self.transport.publish_raw(topics.status(self.agent_id), b"offline", retain=True)
+            self.transport.close()
+
+    def _dispatch(self, message) -> None:
+        if isinstance(message, Assignment):
+            self._assignment = message
+        elif isinstance(message, GlobalState):
+            self._on_global(message)
+        elif isinstance(message, Reject):
+            log.warning("%s: coordinator rejected round %s: %s (%s)", self.agent_id, message.round, message.reason, message.detail)
+        else:
+            log.warning("%s: ignoring unexpected %s", self.agent_id, type(message).__name__)
+
+    def _on_global(self, state: GlobalState) -> None:
+        if state.final:
+            if self._session is not None:
+                load_adapter_arrays(self._session.model, state.tensors)
+                if self.save_dir is not None:
+                    self._session.model.save_pretrained(self.save_dir)
+            log.info("%s: run finished", self.agent_id)
+            self._done = True
+            return
+        assignment = self._assignment
+        if assignment is None or assignment.round != state.round:
+            log.warning("%s: global state for round %d without its assignment; skipped", self.agent_id, state.round)
+            return
+        try:
+            session = self._prepare(assignment)
+            load_adapter_arrays(session.model, state.tensors)
+        except (ValueError, RuntimeError, OSError) as error:
+            log.error("%s: cannot take round %d: %s", self.agent_id, state.round, error)
+            self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
+            return
+        log.info("%s: round %d, training %d steps (rank %d, top %d layers)", self.agent_id, state.round, assignment.local_steps, assignment.lora.rank, len(assignment.lora.layers))
+        result = train_local(session.runner, session.prefix, session.data, assignment.local_steps, assignment.batch_size, assignment.learning_rate, assignment.seed)
+        self._send_update(assignment, session, result)
+
+    def _prepare(self, assignment: Assignment) -> _Session:
+        quantization = pick_quantization(assignment.backbone.quantization, self.device, self.profile.bitsandbytes_usable)
+        if self._session and self._session.lora == assignment.lora and self._session.quantization == quantization:
+            return self._session
+        source = locate_backbone(assignment.backbone.name)
+        if source.sha256 != assignment.backbone.sha256:
+            raise ValueError(f"backbone {source.name} has sha256 {source.sha256[:12]}…, the assignment wants {assignment.backbone.sha256[:12]}…")
+        started = time.perf_counter()
+        model, tokenizer = load_backbone(source, quantization, self.device)
+        lora = assignment.lora
+        model = build_lora_model(model, lora.rank, lora.alpha, list(lora.target_modules), list(lora.layers), seed=assignment.seed)
+        runner = FrozenPrefix(model, label_token_ids(tokenizer), start_layer=min(lora.layers))
+        data = encode(tokenizer, self.data).to(self.device)
+        prefix = runner.cache(data.input_ids)
+        log.info("%s: backbone %s (%s) ready, %d examples cached below layer %d in %.1f s", self.agent_id, source.name, quantization, len(self.data), runner.start_layer, time.perf_counter() - started)
+        self._session = _Session(lora, quantization, model, runner, data, prefix)
+        return self._session
+
+    def _send_update(self, assignment: Assignment, session: _Session, result: TrainResult) -> None:
+        metrics = {
+            "loss": result.loss,
+            "steps": float(result.steps),
+            "seconds_per_step": result.seconds_per_step,
+            "peak_memory_bytes": float(result.peak_memory_bytes),
+        }
+        update = AdapterUpdate(assignment.run_id, assignment.round, self.agent_id, len(self.data), metrics, adapter_arrays(session.model))
+        sent = self._send(update)
+        log.info("%s: round %d sent (%d bytes, loss %.3f)", self.agent_id, assignment.round, sent, result.loss)
+
+    def _send(self, message) -> int:
+        return self.transport.publish(topics.uplink(self.agent_id), message)

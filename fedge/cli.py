@@ -1,0 +1,177 @@
+"""``fedge`` command line: profile, broker, agent, coordinator, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+console = Console()
+
+
+def _setup_logging(verbose: bool, log_file: str | None = None) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    handlers: list[logging.Handler] = [RichHandler(console=Console(stderr=True), show_path=False)] if log_file is None else [logging.FileHandler(log_file)]
+    logging.basicConfig(level=level, handlers=handlers, format="%(message)s" if log_file is None else "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions", "httpx", "urllib3", "transformers", "peft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _set_threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def cmd_profile(args) -> int:
+    from profiles import load_catalogue_profile, probe
+
+    profile = load_catalogue_profile(args.device) if args.device else probe()
+    if args.json:
+        print(json.dumps(asdict(profile), indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"Device profile: {profile.name} ({profile.source})", show_header=False)
+    for key, value in asdict(profile).items():
+        if key.endswith("_bytes") and value is not None:
+            value = f"{value / 1024**3:.2f} GiB"
+        table.add_row(key, "—" if value is None else str(value))
+    console.print(table)
+    return 0
+
+
+def cmd_broker(args) -> int:
+    from fedge.broker import EmbeddedBroker
+
+    with EmbeddedBroker(args.host, args.port) as broker:
+        console.print(f"embedded MQTT broker on [bold]{broker.url}[/] — Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def cmd_agent(args) -> int:
+    import torch
+
+    from edge_agent.agent import EdgeAgent
+    from fedge.task.data import read_jsonl
+    from fedge.transport import BrokerConfig
+    from profiles import load_catalogue_profile, probe
+
+    _set_threads(args.threads)
+    profile = load_catalogue_profile(args.device_profile) if args.device_profile else probe(args.id)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    broker = _broker_config(args)
+    agent = EdgeAgent(args.id, broker, read_jsonl(args.data), profile, device=device, save_dir=Path(args.save) if args.save else None)
+    agent.run()
+    return 0
+
+
+def _broker_config(args):
+    from fedge.transport import BrokerConfig
+
+    return BrokerConfig.from_url(
+        args.broker,
+        ca_certs=args.ca_certs,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        **({"username": args.username, "password": os.environ.get("FEDGE_MQTT_PASSWORD")} if args.username else {}),
+    )
+
+
+def cmd_coordinator(args) -> int:
+    from coordinator.config import CoordinatorConfig
+    from coordinator.server import Coordinator
+
+    config = CoordinatorConfig.from_yaml(args.config)
+    summary = Coordinator(config, resume=args.resume).run()
+    final = summary.rounds[-1]
+    console.print(f"final accuracy {final['accuracy']:.3f} after round {final['round']}; run directory {summary.run_dir}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from fedge.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        run_dir=Path(args.run_dir), rounds=args.rounds, local_steps=args.local_steps, agents=args.agents,
+        train_per_label=args.train_per_label, test_per_label=args.test_per_label, alpha=args.alpha, seed=args.seed,
+    )
+    return run_demo(settings, console)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedge", description="Federated LoRA fine-tuning for heterogeneous edge devices.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--log-file", help="write logs here instead of the terminal")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    profile = sub.add_parser("profile", help="measure this device (or show a catalogue entry)")
+    profile.add_argument("--json", action="store_true", help="machine-readable output")
+    profile.add_argument("--device", help="a catalogue entry instead of the live probe")
+    profile.set_defaults(func=cmd_profile)
+
+    broker = sub.add_parser("broker", help="run the embedded MQTT broker")
+    broker.add_argument("--host", default="127.0.0.1")
+    broker.add_argument("--port", type=int, default=1883)
+    broker.set_defaults(func=cmd_broker)
+
+    agent = sub.add_parser("agent", help="run an edge agent")
+    agent.add_argument("--broker", required=True, help="mqtt://[user@]host:port or mqtts://…; password from FEDGE_MQTT_PASSWORD")
+    agent.add_argument("--data", required=True, help="JSON lines of {text, label}")
+    agent.add_argument("--id", required=True)
+    agent.add_argument("--device-profile", help="simulate this catalogue device instead of probing")
+    agent.add_argument("--device", help="torch device (default: cuda if available)")
+    agent.add_argument("--threads", type=int, default=0)
+    agent.add_argument("--save", help="save the final adapter here")
+    for name in ("username", "ca-certs", "certfile", "keyfile"):
+        agent.add_argument(f"--{name}")
+    agent.set_defaults(func=cmd_agent)
+
+    coordinator = sub.add_parser("coordinator", help="run the coordinator")
+    coordinator.add_argument("--config", required=True)
+    coordinator.add_argument("--resume", action="store_true", help="continue a run from its last completed round")
+    coordinator.set_defaults(func=cmd_coordinator)
+
+    demo = sub.add_parser("demo", help="a heterogeneous fleet fine-tunes SmolLM2-135M on an embedded broker")
+    demo.add_argument("--run-dir", default="runs/demo")
+    demo.add_argument("--rounds", type=int, default=6)
+    demo.add_argument("--local-steps", type=int, default=10)
+    demo.add_argument("--agents", type=int, default=4)
+    demo.add_argument("--train-per-label", type=int, default=80)
+    demo.add_argument("--test-per-label", type=int, default=40)
+    demo.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the label skew")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose, args.log_file)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, RuntimeError, FileNotFoundError, KeyError) as error:
+        logging.getLogger("fedge").error("%s", error)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
