@@ -1,0 +1,67 @@
+"""LoRA construction, adapter (de)serialisation and the frozen-prefix split, on a tiny random Llama."""
+
+import numpy as np
+import pytest
+import torch
+
+from edge_agent.trainer import train_local
+from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays, parse_adapter_key
+from fedge.task.classifier import FrozenPrefix, encode, evaluate, label_token_ids
+from fedge.task.wordnet import Example
+from quantization.backbone import load_backbone, locate_backbone
+
+EXAMPLES = [Example("food animal plant time", i % 8) for i in range(12)]
+
+
+@pytest.fixture
+def tiny(tiny_backbone):
+    return load_backbone(locate_backbone(str(tiny_backbone)))
+
+
+def test_lora_sits_only_on_the_assigned_layers_and_modules(tiny):
+    model, _ = tiny
+    peft_model = build_lora_model(model, rank=4, alpha=8, target_modules=["q_proj", "v_proj"], layers=[2, 3])
+    arrays = adapter_arrays(peft_model)
+    assert {parse_adapter_key(key)[:2] for key in arrays} == {(layer, f"self_attn.{m}") for layer in (2, 3) for m in ("q_proj", "v_proj")}
+    assert {arrays[key].shape for key in arrays if key.endswith("lora_A.weight") and "q_proj" in key} == {(4, 32)}
+
+
+def test_adapter_arrays_round_trip_and_shape_errors(tiny):
+    model, _ = tiny
+    peft_model = build_lora_model(model, 4, 8, ["q_proj"], [3])
+    arrays = {key: np.random.default_rng(0).normal(size=value.shape).astype(np.float32) for key, value in adapter_arrays(peft_model).items()}
+    load_adapter_arrays(peft_model, arrays)
+    for key, value in adapter_arrays(peft_model).items():
+        np.testing.assert_allclose(value, arrays[key], rtol=1e-6)
+    bad = {key: value[:2] for key, value in arrays.items()}
+    with pytest.raises(ValueError, match="shape"):
+        load_adapter_arrays(peft_model, bad)
+    with pytest.raises(ValueError, match="keys differ"):
+        load_adapter_arrays(peft_model, {})
+
+
+def test_cached_prefix_gives_the_full_forward_logits(tiny):
+    model, tokenizer = tiny
+    labels = label_token_ids(tokenizer)
+    data = encode(tokenizer, EXAMPLES)
+    with torch.no_grad():
+        full = model(data.input_ids).logits[torch.arange(len(EXAMPLES)), data.lengths - 1][:, labels]
+        for start in (1, 3):
+            runner = FrozenPrefix(model, labels, start)
+            np.testing.assert_allclose(runner.label_logits(runner.cache(data.input_ids), data.lengths), full, atol=1e-5)
+
+
+def test_training_moves_only_the_adapter_and_lowers_the_loss(tiny):
+    model, tokenizer = tiny
+    frozen_before = {name: p.clone() for name, p in model.named_parameters()}
+    peft_model = build_lora_model(model, 4, 8, ["q_proj", "v_proj"], [2, 3])
+    runner = FrozenPrefix(peft_model, label_token_ids(tokenizer), 2)
+    data = encode(tokenizer, EXAMPLES)
+    prefix = runner.cache(data.input_ids)
+    before = evaluate(runner, prefix, data).loss
+    result = train_local(runner, prefix, data, steps=30, batch_size=12, learning_rate=1e-2, seed=0)
+    assert evaluate(runner, prefix, data).loss < before
+    assert result.steps == 30 and result.peak_memory_bytes > 0
+    for name, param in peft_model.get_base_model().named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(param, frozen_before[name.replace("base_layer.", "")])

@@ -1,0 +1,61 @@
+import os
+import random
+
+import pytest
+
+from fedge.wire import ChunkError, DecodeError, Reassembler, TooLargeError, split_frames
+
+
+def test_small_messages_travel_whole():
+    assert split_frames(b"FEDGhello", 1024) == [b"FEDGhello"]
+
+
+def test_chunks_reassemble_in_any_order_and_tolerate_redelivery():
+    message = os.urandom(50_000)
+    frames = split_frames(message, 4096)
+    assert len(frames) > 10 and all(len(frame) <= 4096 for frame in frames)
+    shuffled = frames + frames[:3]  # QoS 1 may deliver twice
+    random.Random(1).shuffle(shuffled)
+    reassembler = Reassembler()
+    results = [reassembler.feed(frame) for frame in shuffled]
+    assert [r for r in results if r is not None] == [message]
+    assert reassembler.pending == 0
+
+
+def test_corrupted_chunk_fails_its_hash():
+    frames = split_frames(os.urandom(10_000), 2048)
+    corrupted = frames[1][:-1] + bytes([frames[1][-1] ^ 0xFF])
+    with pytest.raises(ChunkError, match="sha256"):
+        Reassembler().feed(corrupted)
+
+
+def test_missing_chunk_times_out_cleanly():
+    frames = split_frames(os.urandom(10_000), 2048)
+    reassembler = Reassembler(timeout_s=5)
+    for frame in frames[:-1]:
+        assert reassembler.feed(frame, now=100.0) is None
+    assert reassembler.expire(now=104.0) == []
+    dropped = reassembler.expire(now=106.0)
+    assert len(dropped) == 1 and "1 of" in dropped[0]
+    assert reassembler.pending == 0
+
+
+def test_oversized_messages_are_refused_before_buffering():
+    frames = split_frames(os.urandom(10_000), 2048)
+    with pytest.raises(TooLargeError):
+        Reassembler(max_message_bytes=5_000).feed(frames[0])
+    with pytest.raises(TooLargeError):
+        Reassembler(max_message_bytes=5_000).feed(b"FEDG" + bytes(6_000))
+
+
+def test_too_many_messages_in_flight_are_refused():
+    reassembler = Reassembler(max_pending=2)
+    for _ in range(2):
+        reassembler.feed(split_frames(os.urandom(5_000), 2048)[0])
+    with pytest.raises(TooLargeError, match="in flight"):
+        reassembler.feed(split_frames(os.urandom(5_000), 2048)[0])
+
+
+def test_garbled_chunk_header_is_a_decode_error():
+    with pytest.raises(DecodeError):
+        Reassembler().feed(b"FEDC\x00\x05{bad}")

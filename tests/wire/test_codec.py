@@ -1,0 +1,100 @@
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from fedge import wire
+from fedge.wire import (
+    AdapterUpdate, Assignment, BackboneSpec, DecodeError, DeviceProfile, GlobalState, Heartbeat, Hello, Limits,
+    LoraSpec, Reject, SchemaError, TooLargeError, decode_message, encode_message,
+)
+from fedge.wire.codec import MAGIC
+
+PROFILE = DeviceProfile("jetson-orin-nano-8gb", "catalogue", "jetson", 8 << 30, 7 << 30, 6, is_jetson=True, unified_memory=True, gflops=1280.0)
+TENSORS = {"layers.3.q_proj.lora_A.weight": np.arange(12, dtype=np.float32).reshape(3, 4) / 7}
+
+MESSAGES = [
+    Hello("a1", PROFILE, 120, (3, 0, 5)),
+    Assignment("run", 2, "a1", BackboneSpec("smollm2", "ab" * 32, "nf4"), LoraSpec(8, 16.0, ("q_proj", "v_proj"), (26, 27, 28, 29)), 10, 16, 2e-3, 1.7e9, 7),
+    AdapterUpdate("run", 2, "a1", 120, {"loss": 0.5}, TENSORS),
+    GlobalState("run", 2, "a1", False, {"accuracy": 0.8}, TENSORS),
+    Reject("a1", "wrong_round", "late", 2, "abc"),
+    Heartbeat("a1", "idle", 1.7e9),
+]
+
+
+def _encode_raw(header: dict, body: bytes = b"", version: int = wire.PROTOCOL_VERSION) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack(">4sBI", MAGIC, version, len(raw)) + raw + body
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
+def test_every_message_round_trips(message):
+    decoded = decode_message(encode_message(message))
+    assert type(decoded) is type(message)
+    for name in message.__dataclass_fields__:
+        if name == "tensors":
+            assert decoded.tensors.keys() == message.tensors.keys()
+            for key, value in message.tensors.items():
+                np.testing.assert_allclose(decoded.tensors[key], value, rtol=1e-3)
+        else:
+            assert getattr(decoded, name) == getattr(message, name)
+
+
+def test_tensors_travel_as_fp16_by_default_and_fp32_on_request():
+    update = MESSAGES[2]
+    assert decode_message(encode_message(update)).tensors["layers.3.q_proj.lora_A.weight"].dtype == np.float16
+    exact = decode_message(encode_message(update, tensor_dtype="float32"))
+    np.testing.assert_array_equal(exact.tensors["layers.3.q_proj.lora_A.weight"], TENSORS["layers.3.q_proj.lora_A.weight"])
+    assert len(encode_message(update)) < len(encode_message(update, tensor_dtype="float32"))
+
+
+def test_public_api_is_pinned():
+    assert set(wire.__all__) == {
+        "PROTOCOL_VERSION", "AdapterUpdate", "Assignment", "BackboneSpec", "ChunkError", "DecodeError", "DeviceProfile",
+        "GlobalState", "Heartbeat", "Hello", "Limits", "LoraSpec", "Message", "ProtocolError", "Reassembler", "Reject",
+        "SchemaError", "TooLargeError", "decode_message", "encode_message", "split_frames",
+    }
+
+
+@pytest.mark.parametrize(
+    "payload, error, text",
+    [
+        (b"GARBAGE-NOT-FEDGE", DecodeError, "bad magic"),
+        (b"FE", DecodeError, "shorter"),
+        (struct.pack(">4sBI", MAGIC, 1, 5) + b"{nope", DecodeError, "not JSON"),
+        (struct.pack(">4sBI", MAGIC, 1, 500) + b"{}", DecodeError, "runs past"),
+        (_encode_raw({"type": "teleport", "fields": {}}), SchemaError, "unknown message type"),
+        (_encode_raw({"type": "heartbeat", "fields": {"agent_id": "a", "state": "x", "sent_unix": 1.0}}, version=9), SchemaError, "version 9"),
+        (_encode_raw({"type": "heartbeat", "fields": {"agent_id": "a", "state": "x"}}), SchemaError, "sent_unix: missing"),
+        (_encode_raw({"type": "heartbeat", "fields": {"agent_id": "a", "state": "x", "sent_unix": 1.0, "evil": 1}}), SchemaError, "unknown fields"),
+        (_encode_raw({"type": "heartbeat", "fields": {"agent_id": 5, "state": "x", "sent_unix": 1.0}}), SchemaError, "agent_id: expected a string"),
+        (_encode_raw({"type": "heartbeat", "fields": {"agent_id": "a", "state": "x", "sent_unix": 1.0}}, b"xx"), SchemaError, "carries no tensors"),
+        (_encode_raw({"type": "update", "fields": {"run_id": "r", "round": True, "agent_id": "a", "num_examples": 1, "metrics": {}}}), SchemaError, "round: expected an integer"),
+        (_encode_raw({"type": "update", "fields": {"run_id": "r", "round": 1, "agent_id": "a", "num_examples": 1, "metrics": {}}}, b"\x01\x02broken"), DecodeError, "safetensors"),
+        (_encode_raw({"type": "update", "fields": []}), SchemaError, "expected an object"),
+    ],
+)
+def test_malformed_messages_are_refused_with_a_reason(payload, error, text):
+    with pytest.raises(error, match=text):
+        decode_message(payload)
+
+
+def test_integer_tensors_are_refused():
+    from safetensors.numpy import save
+
+    header = {"type": "update", "fields": {"run_id": "r", "round": 1, "agent_id": "a", "num_examples": 1, "metrics": {}}}
+    with pytest.raises(SchemaError, match="dtype int64"):
+        decode_message(_encode_raw(header, save({"x": np.ones(3, dtype=np.int64)})))
+
+
+def test_size_limits_apply_before_parsing():
+    update = MESSAGES[2]
+    data = encode_message(update)
+    with pytest.raises(TooLargeError):
+        decode_message(data, Limits(max_message_bytes=len(data) - 1))
+    with pytest.raises(TooLargeError, match="header"):
+        decode_message(data, Limits(max_header_bytes=10))
+    with pytest.raises(TooLargeError, match="tensors exceed"):
+        decode_message(data, Limits(max_tensors=0))
