@@ -1,0 +1,63 @@
+"""Coordinator and agents as separate processes through a real broker (Mosquitto and amqtt), tiny backbone."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedge.task.data import write_jsonl
+from fedge.task.wordnet import Example
+
+pytestmark = pytest.mark.broker
+
+
+def _shard(seed: int, size: int = 24) -> list[Example]:
+    words = ["animal", "food", "plant", "time", "place", "body", "person", "substance"]
+    return [Example(f"{words[(i + seed) % 8]} of {words[(i * 3) % 8]}", (i + seed) % 8) for i in range(size)]
+
+
+def _cli(*args: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log), *args], stderr=subprocess.PIPE)
+
+
+def test_heterogeneous_agents_complete_rounds_and_leave_a_loadable_adapter(any_broker, tiny_backbone, tmp_path):
+    write_jsonl(tmp_path / "test.jsonl", _shard(5, 16))
+    config = {
+        "run_id": "it", "run_dir": str(tmp_path / "run"), "broker": any_broker.url, "backbone": str(tiny_backbone),
+        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 2, "expected_clients": 2,
+        "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
+        "devices": {"cpu-8gb": {"rank": 2, "depth": 1}, "jetson": {"rank": 4, "depth": 3, "quantization": "nf4"}},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    coordinator = _cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "coordinator.log")
+    agents = []
+    for index, device in enumerate(["cpu-8gb", "jetson-orin-nano-8gb"]):
+        write_jsonl(tmp_path / f"a{index}.jsonl", _shard(index))
+        agents.append(_cli("agent", "--broker", any_broker.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", device, log=tmp_path / f"a{index}.log"))
+    try:
+        assert coordinator.wait(timeout=240) == 0, coordinator.stderr.read().decode()[-2000:]
+        for agent in agents:
+            assert agent.wait(timeout=60) == 0  # the final global state ends each agent cleanly
+    finally:
+        for process in [coordinator, *agents]:
+            process.kill()
+
+    run = tmp_path / "run"
+    rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for record in rounds[1:]:
+        assert record["contributors"] == ["a0", "a1"]
+        assert record["bytes_up"]["a1"] > record["bytes_up"]["a0"] > 0  # rank 4 x 3 layers vs rank 2 x 1 layer
+        assert set(record["client_metrics"]["a0"]) >= {"loss", "seconds_per_step", "peak_memory_bytes"}
+    assert (run / "metrics.png").stat().st_size > 1000
+    assert (run / "updates" / "round_002" / "a1.safetensors").exists()
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_backbone), run / "adapter")
+    lora_layers = {name.split(".layers.")[1].split(".")[0] for name, _ in loaded.named_parameters() if "lora_A" in name}
+    assert lora_layers == {"1", "2", "3"}  # the union of both devices' top layers
