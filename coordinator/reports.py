@@ -50,6 +50,12 @@ class RunDirectory:
             return []
         return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
 
+    def drop_rounds_after(self, round_number: int) -> None:
+        kept = [record for record in self.rounds() if record["round"] <= round_number]
+        partial = self.metrics_file.with_suffix(".partial")
+        partial.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        partial.replace(self.metrics_file)
+
     def save_update(self, round_number: int, agent_id: str, arrays: dict[str, np.ndarray]) -> None:
         folder = self.path / "updates" / f"round_{round_number:03d}"
         folder.mkdir(parents=True, exist_ok=True)

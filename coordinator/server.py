@@ -99,6 +99,7 @@ class Coordinator:
         if not self._resume:
             raise RuntimeError(f"{self.run_dir.path} already holds round {latest[0]}; pass --resume or use a new run_dir")
         log.info("resuming after round %d from %s", latest[0], self.run_dir.path)
+        self.run_dir.drop_rounds_after(latest[0])  # metrics of a round that died before its commit point
         return latest[0] + 1, latest[1]
 
     def _await_registrations(self) -> None:
@@ -131,7 +132,6 @@ class Coordinator:
             arrays = fedit(arrays, updates)
         else:
             log.warning("round %d: %d valid updates, fewer than min_clients=%d; global model unchanged", round_number, len(updates), self.config.min_clients)
-        self.run_dir.save_global(round_number, arrays)
         result = self.model.evaluate(arrays)
         self._record({
             "round": round_number,
@@ -145,6 +145,7 @@ class Coordinator:
             "client_metrics": {agent: update.metrics for agent, update in self._received.items()},
             "wall_s": round(time.time() - started, 2),
         })
+        self.run_dir.save_global(round_number, arrays)  # the commit point of the round
         return arrays
 
     def _still_expected(self, agent_id: str) -> bool:
@@ -210,6 +211,8 @@ class Coordinator:
         elif isinstance(message, AdapterUpdate):
             self._on_update(message, received.size)
         elif isinstance(message, Heartbeat):
+            if self.registry.get(agent_id) is None:  # e.g. this coordinator restarted with --resume
+                return self._reject(agent_id, "unknown_agent", "not registered with this coordinator; send hello")
             self.registry.seen(agent_id)
         elif isinstance(message, Reject):
             log.warning("%s refused its work: %s (%s)", agent_id, message.reason, message.detail)
@@ -220,10 +223,13 @@ class Coordinator:
 
     def _on_status(self, agent_id: str, received: Received) -> None:
         online = received.raw == b"online"
-        if self.registry.get(agent_id) is not None:
-            self.registry.seen(agent_id, online=online)
-            if not online:
-                log.warning("%s went offline", agent_id)
+        if self.registry.get(agent_id) is None:
+            if online:  # its hello went out before we subscribed (or before we restarted): ask again
+                self._reject(agent_id, "unknown_agent", "not registered with this coordinator; send hello")
+            return
+        self.registry.seen(agent_id, online=online)
+        if not online:
+            log.warning("%s went offline", agent_id)
 
     def _on_hello(self, hello: Hello) -> None:
         plan = self.config.plan_for(hello.profile.name, hello.profile.device_class)

@@ -66,9 +66,7 @@ class EdgeAgent:
         self.transport.subscribe(topics.downlink(self.agent_id))
         self.transport.connect()
         self.transport.publish_raw(topics.status(self.agent_id), b"online", retain=True)
-        histogram = tuple(label_histogram(self.data, len(LABELS)))
-        self._send(Hello(self.agent_id, self.profile, len(self.data), histogram))
-        log.info("%s: registered as %s with %d examples", self.agent_id, self.profile.name, len(self.data))
+        self._hello()
         try:
             while not self._done:
                 received = self.transport.receive(timeout_s=self.heartbeat_s)
@@ -82,11 +80,18 @@ class EdgeAgent:
             self.transport.publish_raw(topics.status(self.agent_id), b"offline", retain=True)
             self.transport.close()
 
+    def _hello(self) -> None:
+        histogram = tuple(label_histogram(self.data, len(LABELS)))
+        self._send(Hello(self.agent_id, self.profile, len(self.data), histogram))
+        log.info("%s: announced as %s with %d examples", self.agent_id, self.profile.name, len(self.data))
+
     def _dispatch(self, message) -> None:
         if isinstance(message, Assignment):
             self._assignment = message
         elif isinstance(message, GlobalState):
             self._on_global(message)
+        elif isinstance(message, Reject) and message.reason == "unknown_agent":
+            self._hello()  # the coordinator lost us (restarted): register again
         elif isinstance(message, Reject):
             log.warning("%s: coordinator rejected round %s: %s (%s)", self.agent_id, message.round, message.reason, message.detail)
         else:

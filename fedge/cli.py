@@ -68,14 +68,13 @@ def cmd_agent(args) -> int:
 
     from edge_agent.agent import EdgeAgent
     from fedge.task.data import read_jsonl
-    from fedge.transport import BrokerConfig
     from profiles import load_catalogue_profile, probe
 
     _set_threads(args.threads)
     profile = load_catalogue_profile(args.device_profile) if args.device_profile else probe(args.id)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     broker = _broker_config(args)
-    agent = EdgeAgent(args.id, broker, read_jsonl(args.data), profile, device=device, save_dir=Path(args.save) if args.save else None)
+    agent = EdgeAgent(args.id, broker, read_jsonl(args.data), profile, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None)
     agent.run()
     return 0
 
@@ -137,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--device", help="torch device (default: cuda if available)")
     agent.add_argument("--threads", type=int, default=0)
     agent.add_argument("--save", help="save the final adapter here")
+    agent.add_argument("--heartbeat", type=float, default=10.0, help="seconds of silence before a heartbeat")
     for name in ("username", "ca-certs", "certfile", "keyfile"):
         agent.add_argument(f"--{name}")
     agent.set_defaults(func=cmd_agent)

@@ -1,0 +1,59 @@
+"""Kill the coordinator mid-run: restarted with --resume it continues from its last completed round."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from fedge.task.data import write_jsonl
+from tests.integration.test_federation import _shard
+
+pytestmark = pytest.mark.broker
+
+
+def _cli(*args, log):
+    return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log), *args], stderr=subprocess.DEVNULL)
+
+
+def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone, tmp_path):
+    write_jsonl(tmp_path / "test.jsonl", _shard(5, 16))
+    run = tmp_path / "run"
+    config = {
+        "run_id": "resume", "run_dir": str(run), "broker": mosquitto.url, "backbone": str(tiny_backbone),
+        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 3, "min_clients": 2, "expected_clients": 2,
+        "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
+        "devices": {"cpu": {"rank": 2, "depth": 2}},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    coordinator = _cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "c1.log")
+    agents = []
+    for index in range(2):
+        write_jsonl(tmp_path / f"a{index}.jsonl", _shard(index))
+        agents.append(_cli("agent", "--broker", mosquitto.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", "cpu-8gb", "--heartbeat", "1", log=tmp_path / f"a{index}.log"))
+    try:
+        deadline = time.time() + 120
+        while not (run / "globals" / "round_001.safetensors").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        coordinator.send_signal(signal.SIGKILL)
+        coordinator.wait()
+        rounds_before = [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert rounds_before[:2] == [0, 1]
+
+        fresh = subprocess.run([sys.executable, "-m", "fedge.cli", "coordinator", "--config", str(tmp_path / "c.yaml")], capture_output=True, text=True, timeout=60)
+        assert fresh.returncode != 0 and "--resume" in fresh.stderr + fresh.stdout  # never silently overwrites a run
+
+        resumed = _cli("coordinator", "--config", str(tmp_path / "c.yaml"), "--resume", log=tmp_path / "c2.log")
+        assert resumed.wait(timeout=180) == 0
+        for agent in agents:
+            assert agent.wait(timeout=60) == 0
+    finally:
+        for process in [coordinator, *agents]:
+            process.kill()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    completed = [r["round"] for r in records]
+    assert completed[-2:] == [2, 3] and completed.count(1) == 1
+    assert records[-1]["contributors"] == ["a0", "a1"]
