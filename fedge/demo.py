@@ -94,7 +94,8 @@ def prepare(settings: DemoSettings, broker_url: str) -> tuple[Path, list[tuple[s
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log_path), *args], stdout=subprocess.DEVNULL, stderr=open(log_path.with_suffix(".err"), "w"))
+    with log_path.with_suffix(".err").open("w") as errors:  # the child keeps its own copy of the handle
+        return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log_path), *args], stdout=subprocess.DEVNULL, stderr=errors)
 
 
 def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, rank: int, depth: int) -> list[float]:

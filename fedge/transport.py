@@ -49,14 +49,14 @@ class BrokerConfig:
         if parsed.scheme not in ("mqtt", "mqtts"):
             raise ValueError(f"broker URL {url!r}: scheme must be mqtt or mqtts")
         tls = parsed.scheme == "mqtts"
-        return cls(
-            host=parsed.hostname or "127.0.0.1",
-            port=parsed.port or (8883 if tls else 1883),
-            username=unquote(parsed.username) if parsed.username else None,
-            password=unquote(parsed.password) if parsed.password else None,
-            tls=tls,
-            **overrides,
-        )
+        fields = {
+            "host": parsed.hostname or "127.0.0.1",
+            "port": parsed.port or (8883 if tls else 1883),
+            "username": unquote(parsed.username) if parsed.username else None,
+            "password": unquote(parsed.password) if parsed.password else None,
+            "tls": tls,
+        }
+        return cls(**{**fields, **overrides})
 
 
 @dataclass(frozen=True)
