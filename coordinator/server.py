@@ -124,10 +124,8 @@ class Coordinator:
         while waiting - set(self._received) and time.time() < deadline:
             self._handle(self.transport.receive(timeout_s=min(1.0, max(deadline - time.time(), 0.01))))
             waiting = {agent_id for agent_id in waiting if self._still_expected(agent_id)}
-        updates = [
-            ClientFactors(u.agent_id, u.num_examples, self.registry.get(u.agent_id).plan.rank, self.registry.get(u.agent_id).plan.lora_alpha, u.tensors)
-            for u in self._received.values()
-        ]
+        assigned = self._expectations
+        updates = [ClientFactors(u.agent_id, u.num_examples, assigned[u.agent_id].rank, assigned[u.agent_id].alpha, u.tensors) for u in self._received.values()]
         if len(updates) >= self.config.min_clients:
             arrays = fedit(arrays, updates)
         else:
@@ -155,8 +153,8 @@ class Coordinator:
     def _assign(self, record: AgentRecord, round_number: int, deadline: float, arrays: dict[str, np.ndarray]) -> int:
         plan = record.plan
         layers = self._top_layers(plan.depth)
-        keys = [key for key in arrays if parse_adapter_key(key)[0] in layers]
-        self._expectations[record.agent_id] = Expectation(self.config.run_id, round_number, deadline, expected_shapes(arrays, keys, plan.rank))
+        keys = self._adapter_keys(layers, arrays)
+        self._expectations[record.agent_id] = Expectation(self.config.run_id, round_number, deadline, expected_shapes(arrays, keys, plan.rank), plan.rank, plan.lora_alpha)
         assignment = Assignment(
             run_id=self.config.run_id,
             round=round_number,
@@ -173,10 +171,14 @@ class Coordinator:
         downlink = topics.downlink(record.agent_id)
         return self.transport.publish(downlink, assignment) + self.transport.publish(downlink, state)
 
+    @staticmethod
+    def _adapter_keys(layers: tuple[int, ...], arrays: dict[str, np.ndarray]) -> list[str]:
+        """The global adapter's keys that a device adapting ``layers`` trains and receives."""
+        return [key for key in arrays if parse_adapter_key(key)[0] in layers]
+
     def _finish(self, arrays: dict[str, np.ndarray]) -> None:
         for record in self.registry.all():
-            layers = self._top_layers(record.plan.depth)
-            keys = [key for key in arrays if parse_adapter_key(key)[0] in layers]
+            keys = self._adapter_keys(self._top_layers(record.plan.depth), arrays)
             final = GlobalState(self.config.run_id, self.config.rounds, record.agent_id, True, {}, client_view(arrays, keys, record.plan.rank, record.plan.lora_alpha))
             try:
                 self.transport.publish(topics.downlink(record.agent_id), final, timeout_s=30)
