@@ -21,7 +21,7 @@ from coordinator.reports import RunDirectory
 from coordinator.validation import Expectation, UpdateRejected, validate_update
 from fedge.lora import parse_adapter_key
 from fedge.task.data import read_jsonl
-from fedge.transport import BrokerConfig, MqttTransport, Received
+from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.wire import AdapterUpdate, Assignment, BackboneSpec, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
 from fedge.wire import topics
 from quantization.backbone import locate_backbone
@@ -82,7 +82,7 @@ class Coordinator:
             arrays = self.model.initial_arrays()
             before = self.model.evaluate(arrays)
             self._record({"round": 0, "accuracy": before.accuracy, "loss": before.loss, "participants": [], "contributors": []})
-        self._await_registrations()
+        self._await_agents(self.config.expected_clients)
         try:
             for round_number in range(start_round, config.rounds + 1):
                 arrays = self._run_round(round_number, arrays)
@@ -102,24 +102,30 @@ class Coordinator:
         self.run_dir.drop_rounds_after(latest[0])  # metrics of a round that died before its commit point
         return latest[0] + 1, latest[1]
 
-    def _await_registrations(self) -> None:
+    def _await_agents(self, wanted: int) -> None:
+        """Handle messages until ``wanted`` agents are online (or the registration timeout passes)."""
         deadline = time.time() + self.config.registration_timeout_s
-        while len(self.registry.online()) < self.config.expected_clients and time.time() < deadline:
+        while len(self.registry.online()) < wanted and time.time() < deadline:
             self._handle(self.transport.receive(timeout_s=0.5))
         count = len(self.registry.online())
         if count < self.config.min_clients:
-            raise RuntimeError(f"only {count} agents registered; the run needs {self.config.min_clients}")
-        log.info("%d agents registered", count)
+            raise RuntimeError(f"only {count} agents online; the run needs {self.config.min_clients} (resume it with --resume)")
+        log.info("%d agents online", count)
 
     def _run_round(self, round_number: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._round = round_number
+        self._await_agents(self.config.min_clients)  # e.g. agents still reconnecting after a broker outage
         started = time.time()
         deadline = started + self.config.round_deadline_s
         participants = self.registry.online()
         self._expectations, self._received, self._bytes_up, self._rejected = {}, {}, {}, {}
         bytes_down = {}
         for record in participants:
-            bytes_down[record.agent_id] = self._assign(record, round_number, deadline, arrays)
+            try:
+                bytes_down[record.agent_id] = self._assign(record, round_number, deadline, arrays)
+            except TransportError as error:
+                log.warning("round %d: could not reach %s (%s); it sits this round out", round_number, record.agent_id, error)
+                self._rejected[record.agent_id] = "unreachable"
         waiting = {record.agent_id for record in participants}
         while waiting - set(self._received) and time.time() < deadline:
             self._handle(self.transport.receive(timeout_s=min(1.0, max(deadline - time.time(), 0.01))))

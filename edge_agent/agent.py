@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays
 from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, label_token_ids
 from fedge.task.split import label_histogram
 from fedge.task.wordnet import LABELS, Example
-from fedge.transport import BrokerConfig, MqttTransport
+from fedge.transport import BrokerConfig, MqttTransport, TransportError
 from fedge.wire import AdapterUpdate, Assignment, DeviceProfile, GlobalState, Heartbeat, Hello, LoraSpec, Reject
 from fedge.wire import topics
 from quantization.backbone import load_backbone, locate_backbone
@@ -57,27 +58,35 @@ class EdgeAgent:
         self.device = device
         self.heartbeat_s = heartbeat_s
         self.save_dir = save_dir
-        self.transport = MqttTransport(broker, client_id=f"fedge-agent-{agent_id}", will=(topics.status(agent_id), b"offline"))
+        status = topics.status(agent_id)
+        self.transport = MqttTransport(broker, client_id=f"fedge-agent-{agent_id}", will=(status, b"offline"), birth=(status, b"online"))
         self._assignment: Assignment | None = None
         self._session: _Session | None = None
         self._done = False
+        self._handled_states: deque[str] = deque(maxlen=64)  # ids of global states already acted on
 
     def run(self) -> None:
         self.transport.subscribe(topics.downlink(self.agent_id))
         self.transport.connect()
-        self.transport.publish_raw(topics.status(self.agent_id), b"online", retain=True)
         self._hello()
         try:
             while not self._done:
                 received = self.transport.receive(timeout_s=self.heartbeat_s)
-                if received is None:
-                    self._send(Heartbeat(self.agent_id, "idle", time.time()))
-                elif received.error is not None:
-                    log.warning("%s: unreadable message: %s", self.agent_id, received.error)
-                else:
-                    self._dispatch(received.message)
+                try:
+                    if received is None:
+                        self._send(Heartbeat(self.agent_id, "idle", time.time()))
+                    elif received.error is not None:
+                        log.warning("%s: unreadable message: %s", self.agent_id, received.error)
+                    else:
+                        self._dispatch(received.message)
+                except TransportError as error:
+                    # paho keeps the unacknowledged message queued and sends it once the broker is back
+                    log.warning("%s: broker unavailable (%s); carrying on", self.agent_id, error)
         finally:
-            self.transport.publish_raw(topics.status(self.agent_id), b"offline", retain=True)
+            try:
+                self.transport.publish_raw(topics.status(self.agent_id), b"offline", retain=True, timeout_s=5)
+            except TransportError:
+                pass  # the Last Will says it for us
             self.transport.close()
 
     def _hello(self) -> None:
@@ -106,6 +115,10 @@ class EdgeAgent:
             log.info("%s: run finished", self.agent_id)
             self._done = True
             return
+        if state.message_id in self._handled_states:
+            log.info("%s: redelivered global state for round %d ignored", self.agent_id, state.round)
+            return
+        self._handled_states.append(state.message_id)
         assignment = self._assignment
         if assignment is None or assignment.round != state.round:
             log.warning("%s: global state for round %d without its assignment; skipped", self.agent_id, state.round)

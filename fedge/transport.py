@@ -78,6 +78,7 @@ class MqttTransport:
         config: BrokerConfig,
         client_id: str,
         will: tuple[str, bytes] | None = None,
+        birth: tuple[str, bytes] | None = None,
         limits: Limits = Limits(),
         chunk_timeout_s: float = 60.0,
     ):
@@ -96,6 +97,7 @@ class MqttTransport:
             )
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self._birth = birth  # retained, re-published on every (re)connect to undo the Last Will
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.max_inflight_messages_set(64)
         self._client.max_queued_messages_set(0)  # unbounded: a publish never drops silently
@@ -122,6 +124,8 @@ class MqttTransport:
             topics = sorted(self._subscriptions)
         for topic in topics:
             client.subscribe(topic, qos=1)
+        if self._birth is not None:
+            client.publish(self._birth[0], self._birth[1], qos=1, retain=True)
         self._connected.set()
         log.debug("connected to %s:%s", self.config.host, self.config.port)
 
@@ -186,16 +190,30 @@ class MqttTransport:
         self.publish_frames(topic, [payload], timeout_s, retain)
 
     def publish_frames(self, topic: str, frames: list[bytes], timeout_s: float = 120.0, retain: bool = False) -> None:
+        """Publish at QoS 1 and wait for every ack, riding out broker outages until ``timeout_s``.
+
+        Frames not acknowledged when the connection drops are sent again after the reconnect; receivers
+        tolerate the duplicates (chunks are keyed by index, updates by agent and round).
+        """
         deadline = time.monotonic() + timeout_s
-        infos = [self._client.publish(topic, frame, qos=1, retain=retain) for frame in frames]
-        for info in infos:
-            remaining = deadline - time.monotonic()
-            try:
-                info.wait_for_publish(max(remaining, 0.001))
-            except (RuntimeError, ValueError) as error:
-                raise TransportError(f"publish to {topic} failed: {error}") from error
-            if not info.is_published():
-                raise TransportError(f"broker did not acknowledge {topic} within {timeout_s:.0f} s")
+        pending = list(frames)
+        while pending:
+            if not self._connected.wait(max(deadline - time.monotonic(), 0.0)):
+                raise TransportError(f"no broker connection to publish {topic} within {timeout_s:.0f} s")
+            infos = [(frame, self._client.publish(topic, frame, qos=1, retain=retain)) for frame in pending]
+            pending = []
+            for frame, info in infos:
+                try:
+                    info.wait_for_publish(max(deadline - time.monotonic(), 0.001))
+                    acknowledged = info.is_published()
+                except ValueError as error:
+                    raise TransportError(f"publish to {topic} refused: {error}") from error
+                except RuntimeError:  # the connection dropped under this frame: send it again
+                    acknowledged = False
+                if not acknowledged:
+                    if time.monotonic() >= deadline:
+                        raise TransportError(f"broker did not acknowledge {topic} within {timeout_s:.0f} s")
+                    pending.append(frame)
 
     def receive(self, timeout_s: float | None = None) -> Received | None:
         """The next whole message (or refused one), or None after ``timeout_s``."""
