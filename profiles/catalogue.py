@@ -27,16 +27,29 @@ def load_catalogue_profile(name: str) -> DeviceProfile:
     entries = _entries()
     if name not in entries:
         raise KeyError(f"unknown device {name!r}; the catalogue has {', '.join(sorted(entries))}")
-    entry = dict(entries[name])
-    ram = int(entry.pop("ram_total_gb") * _GB)
-    cuda_gb = entry.pop("cuda_total_gb", None)
-    cuda_bytes = int(cuda_gb * _GB) if cuda_gb else None
+    entry = entries[name]
+    ram = int(entry["memory_gb"] * _GB)
+    gpu = int(entry["gpu_memory_gb"] * _GB) if "gpu_memory_gb" in entry else None
     return DeviceProfile(
         name=name,
         source="catalogue",
+        device_class=entry["device_class"],
         ram_total_bytes=ram,
         ram_available_bytes=ram,
-        cuda_total_bytes=cuda_bytes,
-        cuda_free_bytes=cuda_bytes,
-        **entry,
+        cpu_cores=entry["cpu_cores"],
+        cuda_device_name=entry.get("cuda_device_name"),
+        cuda_total_bytes=gpu,
+        cuda_free_bytes=gpu,
+        cuda_capability=entry.get("cuda_capability"),
+        is_jetson=entry["device_class"] == "jetson",
+        jetson_model=entry.get("model"),
+        unified_memory=entry.get("shared_memory", False),
+        bitsandbytes_usable=entry["bitsandbytes"],
+        gflops=float(entry["fp32_gflops"]),
+        fp16_gflops=float(entry["fp16_gflops"]) if "fp16_gflops" in entry else None,
+        memory_bandwidth_gbs=float(entry["memory_bandwidth_gbs"]),
+        usable_memory_fraction=float(entry["usable_fraction"]),
+        uplink_mbps=float(entry["uplink_mbps"]),
+        downlink_mbps=float(entry["downlink_mbps"]),
+        source_note=entry["source"],
     )

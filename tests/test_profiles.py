@@ -37,3 +37,31 @@ def test_catalogue_entries_are_profiles():
     assert laptop.cuda_total_bytes == 6 * 1024**3 and not laptop.unified_memory
     with pytest.raises(KeyError, match="unknown device"):
         load_catalogue_profile("toaster")
+
+
+ISSUE_3_DEVICES = {
+    "jetson-orin-nano-8gb", "jetson-orin-nx-16gb", "jetson-agx-orin-32gb", "jetson-agx-orin-64gb", "jetson-xavier-nx-8gb",
+    "jetson-nano-4gb", "laptop-rtx3050-4gb", "laptop-rtx3060-6gb", "laptop-rtx4060-8gb", "laptop-rtx4090-16gb",
+    "cpu-8gb", "cpu-16gb", "raspberry-pi-5-8gb",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ISSUE_3_DEVICES))
+def test_every_catalogue_entry_is_complete_and_consistent(name):
+    profile = load_catalogue_profile(name)
+    assert profile.source_note and profile.gflops > 0 and profile.memory_bandwidth_gbs > 0
+    assert 0.5 <= profile.usable_memory_fraction <= 1.0
+    assert profile.uplink_mbps > 0 and profile.downlink_mbps > 0
+    if profile.device_class == "jetson":
+        assert profile.unified_memory and profile.jetson_model.startswith("NVIDIA Jetson") and profile.cuda_total_bytes is None
+    elif profile.device_class == "cuda":
+        assert not profile.unified_memory and 0 < profile.cuda_total_bytes < profile.ram_total_bytes
+        assert profile.fp16_gflops > profile.gflops  # tensor cores
+    else:
+        assert profile.cuda_total_bytes is None and not profile.bitsandbytes_usable
+
+
+def test_catalogue_figures_order_devices_sensibly():
+    nano, agx = load_catalogue_profile("jetson-nano-4gb"), load_catalogue_profile("jetson-agx-orin-64gb")
+    assert agx.gflops > 10 * nano.gflops and agx.memory_bandwidth_gbs > nano.memory_bandwidth_gbs
+    assert set(catalogue_names()) >= ISSUE_3_DEVICES

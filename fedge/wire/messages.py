@@ -20,7 +20,12 @@ def new_message_id() -> str:
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """What a device offers for training; a live probe and a catalogue entry are the same type."""
+    """What a device offers for training; a live probe and a catalogue entry are the same type.
+
+    ``gflops`` is fp32 throughput (measured by the probe, the vendor's peak in the catalogue); ``fp16_gflops``
+    the dense 16-bit (tensor-core where present) peak. ``usable_memory_fraction`` is the share of the training
+    memory (GPU memory, or host RAM on unified-memory and CPU-only devices) left after the OS and runtime.
+    """
 
     name: str
     source: str  # "probe" or "catalogue"
@@ -37,8 +42,12 @@ class DeviceProfile:
     unified_memory: bool = False
     bitsandbytes_usable: bool = False
     gflops: float | None = None
+    fp16_gflops: float | None = None
+    memory_bandwidth_gbs: float | None = None
+    usable_memory_fraction: float = 1.0
     uplink_mbps: float | None = None
     downlink_mbps: float | None = None
+    source_note: str | None = None
 
 
 @dataclass(frozen=True)
