@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from fedge.lora import DEFAULT_TARGET_MODULES
 from quantization.backbone import DEFAULT_BACKBONE, QUANTIZATIONS
 
 
@@ -43,7 +44,7 @@ class CoordinatorConfig:
     local_steps: int = 10
     batch_size: int = 16
     learning_rate: float = 2e-3
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
     seed: int = 0
     max_message_mb: float = 64.0
     max_frame_kb: int = 512

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays
-from fedge.task.classifier import Evaluation, FrozenPrefix, encode, evaluate, label_token_ids
+from fedge.lora import adapter_arrays, load_adapter_arrays
+from fedge.task.classifier import Evaluation, encode, evaluate, lora_classifier
 from fedge.task.wordnet import Example
 from quantization.backbone import BackboneSource, load_backbone
 
@@ -21,8 +21,8 @@ class GlobalModel:
     def __init__(self, source: BackboneSource, rank: int, layers: list[int], target_modules: list[str], test: list[Example], seed: int):
         model, tokenizer = load_backbone(source, "fp32")
         self.rank = rank
-        self.model = build_lora_model(model, rank, float(rank), target_modules, layers, seed=seed)
-        self.runner = FrozenPrefix(self.model, label_token_ids(tokenizer), start_layer=min(layers))
+        self.runner = lora_classifier(model, tokenizer, rank, float(rank), target_modules, layers, seed)
+        self.model = self.runner.model
         self.test = encode(tokenizer, test)
         log.info("caching evaluation states for %d examples below layer %d", len(test), min(layers))
         self.prefix = self.runner.cache(self.test.input_ids)

@@ -173,7 +173,7 @@ class Coordinator:
             deadline_unix=deadline,
             seed=self.config.seed + round_number,
         )
-        state = GlobalState(self.config.run_id, round_number, record.agent_id, False, {}, client_view(arrays, keys, plan.rank, plan.lora_alpha))
+        state = self._state_for(record, arrays, round_number, final=False)
         downlink = topics.downlink(record.agent_id)
         return self.transport.publish(downlink, assignment) + self.transport.publish(downlink, state)
 
@@ -182,10 +182,15 @@ class Coordinator:
         """The global adapter's keys that a device adapting ``layers`` trains and receives."""
         return [key for key in arrays if parse_adapter_key(key)[0] in layers]
 
+    def _state_for(self, record: AgentRecord, arrays: dict[str, np.ndarray], round_number: int, final: bool) -> GlobalState:
+        """The global factors cut to the device's own layers, rank and scaling."""
+        plan = record.plan
+        view = client_view(arrays, self._adapter_keys(self._top_layers(plan.depth), arrays), plan.rank, plan.lora_alpha)
+        return GlobalState(self.config.run_id, round_number, record.agent_id, final, {}, view)
+
     def _finish(self, arrays: dict[str, np.ndarray]) -> None:
         for record in self.registry.all():
-            keys = self._adapter_keys(self._top_layers(record.plan.depth), arrays)
-            final = GlobalState(self.config.run_id, self.config.rounds, record.agent_id, True, {}, client_view(arrays, keys, record.plan.rank, record.plan.lora_alpha))
+            final = self._state_for(record, arrays, self.config.rounds, final=True)
             try:
                 self.transport.publish(topics.downlink(record.agent_id), final, timeout_s=30)
             except Exception as error:  # an agent we cannot reach must not stop the others' shutdown

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from edge_agent.trainer import TrainResult, train_local
-from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays
-from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, label_token_ids
+from fedge.lora import adapter_arrays, load_adapter_arrays
+from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, lora_classifier
 from fedge.task.split import label_histogram
 from fedge.task.wordnet import LABELS, Example
 from fedge.transport import BrokerConfig, MqttTransport, TransportError
@@ -144,12 +144,11 @@ class EdgeAgent:
         started = time.perf_counter()
         model, tokenizer = load_backbone(source, quantization, self.device)
         lora = assignment.lora
-        model = build_lora_model(model, lora.rank, lora.alpha, list(lora.target_modules), list(lora.layers), seed=assignment.seed)
-        runner = FrozenPrefix(model, label_token_ids(tokenizer), start_layer=min(lora.layers))
+        runner = lora_classifier(model, tokenizer, lora.rank, lora.alpha, list(lora.target_modules), list(lora.layers), assignment.seed)
         data = encode(tokenizer, self.data).to(self.device)
         prefix = runner.cache(data.input_ids)
         log.info("%s: backbone %s (%s) ready, %d examples cached below layer %d in %.1f s", self.agent_id, source.name, quantization, len(self.data), runner.start_layer, time.perf_counter() - started)
-        self._session = _Session(lora, quantization, model, runner, data, prefix)
+        self._session = _Session(lora, quantization, runner.model, runner, data, prefix)
         return self._session
 
     def _send_update(self, assignment: Assignment, session: _Session, result: TrainResult) -> None:

@@ -20,7 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from coordinator.config import DevicePlan
 from fedge.broker import EmbeddedBroker
+from fedge.lora import DEFAULT_TARGET_MODULES
 from fedge.task.data import write_jsonl
 from fedge.task.split import dirichlet_split, label_histogram
 from fedge.task.wordnet import LABELS, load_splits
@@ -98,18 +100,16 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log_path), *args], stdout=subprocess.DEVNULL, stderr=errors)
 
 
-def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, rank: int, depth: int) -> list[float]:
+def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, plan: DevicePlan) -> list[float]:
     """LoRA on the pooled data with the same number of steps as the federation; accuracy after each 'round'."""
     from edge_agent.trainer import train_local
-    from fedge.lora import build_lora_model
-    from fedge.task.classifier import FrozenPrefix, encode, evaluate, label_token_ids
+    from fedge.task.classifier import encode, evaluate, lora_classifier
     from fedge.task.data import read_jsonl
     from quantization.backbone import load_backbone
 
     model, tokenizer = load_backbone(locate_backbone(DEFAULT_BACKBONE))
-    layers = list(range(model.config.num_hidden_layers - depth, model.config.num_hidden_layers))
-    model = build_lora_model(model, rank, 2.0 * rank, ["q_proj", "v_proj"], layers, seed=settings.seed)
-    runner = FrozenPrefix(model, label_token_ids(tokenizer), min(layers))
+    layers = list(range(model.config.num_hidden_layers - plan.depth, model.config.num_hidden_layers))
+    runner = lora_classifier(model, tokenizer, plan.rank, plan.lora_alpha, list(DEFAULT_TARGET_MODULES), layers, settings.seed)
     train, held_out = encode(tokenizer, read_jsonl(pooled)), encode(tokenizer, read_jsonl(test))
     train_prefix, test_prefix = runner.cache(train.input_ids), runner.cache(held_out.input_ids)
     accuracies = []
@@ -130,8 +130,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         config_path, agents = prepare(settings, broker.url)
         console.print(f"embedded broker on [bold]{broker.url}[/]; {len(agents)} agents; run directory [bold]{settings.run_dir}[/]")
         coordinator = _spawn(["coordinator", "--config", str(config_path)], logs / "coordinator.log")
-        threads = "1"
-        workers = [_spawn(["agent", "--broker", broker.url, "--data", str(shard), "--id", agent_id, "--device-profile", device, "--threads", threads], logs / f"{agent_id}.log") for agent_id, device, shard in agents]
+        workers = [_spawn(["agent", "--broker", broker.url, "--data", str(shard), "--id", agent_id, "--device-profile", device, "--threads", "1"], logs / f"{agent_id}.log") for agent_id, device, shard in agents]
         metrics_file = settings.run_dir / "coordinator" / "metrics.jsonl"
         status = _follow(coordinator, workers, metrics_file, settings.rounds, console)
     if status != 0:
@@ -139,8 +138,9 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         return status
     records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     plans = [plan for _, plan in FLEET]
+    widest = DevicePlan(rank=max(p["rank"] for p in plans), depth=max(p["depth"] for p in plans))
     with console.status("centralised LoRA baseline on the pooled data (same steps)"):
-        central = centralised_baseline(settings, settings.run_dir / "data" / "train_pooled.jsonl", settings.run_dir / "data" / "test.jsonl", max(p["rank"] for p in plans), max(p["depth"] for p in plans))
+        central = centralised_baseline(settings, settings.run_dir / "data" / "train_pooled.jsonl", settings.run_dir / "data" / "test.jsonl", widest)
     _print_results(records, central, settings, console, time.time() - started)
     (settings.run_dir / "summary.json").write_text(json.dumps({
         "federated_accuracy": [r["accuracy"] for r in records], "centralised_accuracy": central, "wall_s": round(time.time() - started, 1),

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
+DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
 _LAYER_KEY = re.compile(r"\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fedge.lora import build_lora_model
 from fedge.task.wordnet import LABELS, Example
 
 PROMPT = "Definition: {text}\nCategory (animal, body, food, place, person, plant, substance or time):"
@@ -102,6 +103,12 @@ class FrozenPrefix:
         last = self.decoder.norm(last)
         weights = self.decoder.embed_tokens.weight[self.label_ids]
         return last @ weights.T.to(last.dtype)
+
+
+def lora_classifier(model, tokenizer, rank: int, alpha: float, target_modules: list[str], layers: list[int], seed: int) -> FrozenPrefix:
+    """Wrap ``model`` with LoRA on ``layers`` and split it at the lowest adapted layer; ``.model`` is the peft model."""
+    peft_model = build_lora_model(model, rank, alpha, target_modules, layers, seed=seed)
+    return FrozenPrefix(peft_model, label_token_ids(tokenizer), start_layer=min(layers))
 
 
 @dataclass(frozen=True)
