@@ -7,26 +7,16 @@ from pathlib import Path
 
 import yaml
 
+from coordinator.fleet import planner_options
+from coordinator.planner import Pin, PlannerOptions
 from fedge.lora import DEFAULT_TARGET_MODULES
 from quantization.backbone import DEFAULT_BACKBONE, QUANTIZATIONS
+
+_RUN_LEVEL = ("target_modules", "batch_size", "local_steps")  # planner options set at the top level
 
 
 class ConfigError(ValueError):
     """One or more configuration keys are wrong; the message lists them all."""
-
-
-@dataclass(frozen=True)
-class DevicePlan:
-    """Rank, depth (top-D layers adapted) and quantization for a device name or device class."""
-
-    rank: int
-    depth: int
-    quantization: str = "fp32"
-    alpha: float | None = None  # default 2 * rank
-
-    @property
-    def lora_alpha(self) -> float:
-        return self.alpha if self.alpha is not None else 2.0 * self.rank
 
 
 @dataclass(frozen=True)
@@ -49,10 +39,15 @@ class CoordinatorConfig:
     max_message_mb: float = 64.0
     max_frame_kb: int = 512
     threads: int = 0  # torch threads for evaluation; 0 = torch's default
-    devices: dict[str, DevicePlan] = field(default_factory=lambda: {"cpu": DevicePlan(rank=4, depth=2)})
+    planner: dict = field(default_factory=dict)  # PlannerOptions besides the run-level keys above
+    devices: dict[str, Pin] = field(default_factory=dict)  # optional pins by catalogue name, then device class
 
-    def plan_for(self, device_name: str, device_class: str) -> DevicePlan | None:
+    def pin_for(self, device_name: str, device_class: str) -> Pin | None:
         return self.devices.get(device_name) or self.devices.get(device_class)
+
+    def planner_options(self) -> PlannerOptions:
+        run_level = {key: getattr(self, key) for key in _RUN_LEVEL}
+        return PlannerOptions(**self.planner, **run_level)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,9 +61,9 @@ class CoordinatorConfig:
         if "eval_data" not in values:
             errors.append("eval_data: required")
         devices = {}
-        for name, plan in (values.pop("devices", None) or {}).items():
+        for name, pin in (values.pop("devices", None) or {}).items():
             try:
-                devices[name] = DevicePlan(**plan)
+                devices[name] = Pin(**pin)
             except TypeError as error:
                 errors.append(f"devices.{name}: {error}")
                 continue
@@ -76,10 +71,13 @@ class CoordinatorConfig:
                 errors.append(f"devices.{name}: rank and depth must be >= 1")
             if devices[name].quantization not in QUANTIZATIONS:
                 errors.append(f"devices.{name}.quantization: one of {', '.join(QUANTIZATIONS)}")
-        if devices:
-            values["devices"] = devices
+        values["devices"] = devices
         if "target_modules" in values:
             values["target_modules"] = tuple(values["target_modules"])
+        planner = values.get("planner") or {}
+        errors += [f"planner.{key}: set it at the top level" for key in _RUN_LEVEL if key in planner]
+        errors += planner_options({key: value for key, value in planner.items() if key not in _RUN_LEVEL})[1]
+        values["planner"] = {key: tuple(value) if isinstance(value, list) else value for key, value in planner.items()}
         for key in ("rounds", "min_clients", "expected_clients", "local_steps", "batch_size"):
             if key in values and (not isinstance(values[key], int) or values[key] < 1):
                 errors.append(f"{key}: must be a positive integer")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedge.lora import adapter_arrays, load_adapter_arrays
+from fedge.lora import adapter_arrays, load_adapter_arrays, uniform_spec
 from fedge.task.classifier import Evaluation, encode, evaluate, lora_classifier
 from fedge.task.wordnet import Example
 from quantization.backbone import BackboneSource, load_backbone
@@ -21,7 +21,7 @@ class GlobalModel:
     def __init__(self, source: BackboneSource, rank: int, layers: list[int], target_modules: list[str], test: list[Example], seed: int):
         model, tokenizer = load_backbone(source, "fp32")
         self.rank = rank
-        self.runner = lora_classifier(model, tokenizer, rank, float(rank), target_modules, layers, seed)
+        self.runner = lora_classifier(model, tokenizer, uniform_spec(rank, 1.0, target_modules, layers), seed)
         self.model = self.runner.model
         self.test = encode(tokenizer, test)
         log.info("caching evaluation states for %d examples below layer %d", len(test), min(layers))

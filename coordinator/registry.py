@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from coordinator.config import DevicePlan
+from coordinator.planner import DevicePlan, Pin
 from fedge.wire import DeviceProfile
 
 
@@ -15,7 +15,8 @@ class AgentRecord:
     profile: DeviceProfile
     num_examples: int
     label_histogram: tuple[int, ...]
-    plan: DevicePlan
+    pin: Pin | None = None
+    plan: DevicePlan | None = None  # set by the planner; None until the fleet is planned
     online: bool = True
     last_seen: float = field(default_factory=time.time)
 
@@ -30,6 +31,9 @@ class Registry:
         self._agents[record.agent_id] = record
         return is_new
 
+    def remove(self, agent_id: str) -> None:
+        self._agents.pop(agent_id, None)
+
     def get(self, agent_id: str) -> AgentRecord | None:
         return self._agents.get(agent_id)
 
@@ -41,6 +45,10 @@ class Registry:
 
     def online(self) -> list[AgentRecord]:
         return [record for record in self._agents.values() if record.online]
+
+    def planned(self) -> list[AgentRecord]:
+        """Online agents with a plan: the ones a round assigns work to."""
+        return [record for record in self.online() if record.plan is not None]
 
     def all(self) -> list[AgentRecord]:
         return list(self._agents.values())

@@ -2,6 +2,7 @@
 
     run_dir/
       config.json            the resolved coordinator config
+      plan.json              the capacity plan: per device bits, ranks, depth, predicted memory, time and bytes
       metrics.jsonl          one JSON object per round (round 0 = before fine-tuning)
       globals/round_NNN.safetensors   global factors after each round (for resuming and auditing)
       updates/round_NNN/AGENT.safetensors   every accepted update, written as it arrives
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+
+from coordinator.plan_report import write_plan
 
 _ROUND_FILE = re.compile(r"round_(\d+)\.safetensors$")
 
@@ -40,6 +43,14 @@ class RunDirectory:
 
     def write_config(self, config: dict) -> None:
         (self.path / "config.json").write_text(json.dumps(config, indent=2, default=list))
+
+    @property
+    def plan_file(self) -> Path:
+        return self.path / "plan.json"
+
+    def write_plan(self, plan: dict) -> None:
+        """The capacity plan the run follows (rewritten when an agent joins later)."""
+        write_plan(plan, self.plan_file)
 
     def append_round(self, record: dict) -> None:
         with self.metrics_file.open("a", encoding="utf-8") as handle:

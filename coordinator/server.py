@@ -16,14 +16,16 @@ import torch
 from coordinator.aggregation import ClientFactors, client_view, expected_shapes, fedit
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import GlobalModel
+from coordinator.plan_report import plan_to_dict
+from coordinator.planner import FleetMember, plan_fleet
 from coordinator.registry import AgentRecord, Registry
 from coordinator.reports import RunDirectory
 from coordinator.validation import Expectation, UpdateRejected, validate_update
-from fedge.lora import parse_adapter_key
 from fedge.task.data import read_jsonl
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.wire import AdapterUpdate, Assignment, BackboneSpec, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
 from fedge.wire import topics
+from profiles.model_shape import load_model_shape
 from quantization.backbone import locate_backbone
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,14 @@ class Coordinator:
             limits=self.limits,
         )
         self.backbone = locate_backbone(config.backbone)
-        self.num_layers = self._num_layers()
-        self.depth = max(plan.depth for plan in config.devices.values())
-        self.rank = max(plan.rank for plan in config.devices.values())
+        self.options = config.planner_options()
+        self.shape = load_model_shape(str(self.backbone.directory))
+        self.num_layers = self.shape.num_layers
+        pins = list(config.devices.values())
+        # The global adapter covers every layer and rank any plan may use (the planner's caps and the pins).
+        self.depth = min(self.num_layers, max([self.options.max_depth or self.num_layers] + [pin.depth for pin in pins]))
+        self.rank = max(list(self.options.ranks) + [pin.rank for pin in pins])
+        self._planned = False
         self._resume = resume
         self._on_round = on_round or (lambda record: None)
         self._round = 0
@@ -57,11 +64,6 @@ class Coordinator:
         self._received: dict[str, AdapterUpdate] = {}
         self._bytes_up: dict[str, int] = {}
         self._rejected: dict[str, str] = {}
-
-    def _num_layers(self) -> int:
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(self.backbone.directory).num_hidden_layers
 
     def _top_layers(self, depth: int) -> tuple[int, ...]:
         return tuple(range(self.num_layers - depth, self.num_layers))
@@ -83,6 +85,9 @@ class Coordinator:
             before = self.model.evaluate(arrays)
             self._record({"round": 0, "accuracy": before.accuracy, "loss": before.loss, "participants": [], "contributors": []})
         self._await_agents(self.config.expected_clients)
+        self._plan()
+        if len(self.registry.planned()) < config.min_clients:
+            raise RuntimeError(f"only {len(self.registry.planned())} agents can train this model; the run needs {config.min_clients} (see {self.run_dir.path}/plan.json)")
         try:
             for round_number in range(start_round, config.rounds + 1):
                 arrays = self._run_round(round_number, arrays)
@@ -112,12 +117,29 @@ class Coordinator:
             raise RuntimeError(f"only {count} agents online; the run needs {self.config.min_clients} (resume it with --resume)")
         log.info("%d agents online", count)
 
+    def _plan(self) -> None:
+        """Run the capacity planner over the registered fleet; agents that already hold a plan keep it."""
+        records = self.registry.all()
+        members = [FleetMember(r.agent_id, r.profile, r.num_examples, r.label_histogram, r.pin) for r in records]
+        fleet = plan_fleet(members, self.shape, self.options)
+        for record, plan in zip(records, fleet.devices):
+            if record.plan is not None:
+                continue
+            if not plan.feasible:
+                self.registry.remove(record.agent_id)
+                self._reject(record.agent_id, "infeasible", plan.reason)
+                continue
+            record.plan = plan
+            log.info("planned %s (%s): %s, depth %d, ranks %s, batch %d, %d steps; predicted %.0f MiB of %.0f MiB, %.2f s/step", record.agent_id, plan.profile_name, plan.quantization, plan.depth, "/".join(map(str, plan.ranks)), plan.batch_size, plan.local_steps, plan.memory.total / 2**20, plan.available_bytes / 2**20, plan.step_seconds)
+        self.run_dir.write_plan(plan_to_dict(fleet))
+        self._planned = True
+
     def _run_round(self, round_number: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._round = round_number
         self._await_agents(self.config.min_clients)  # e.g. agents still reconnecting after a broker outage
         started = time.time()
         deadline = started + self.config.round_deadline_s
-        participants = self.registry.online()
+        participants = self.registry.planned()
         self._expectations, self._received, self._bytes_up, self._rejected = {}, {}, {}, {}
         bytes_down = {}
         for record in participants:
@@ -131,7 +153,7 @@ class Coordinator:
             self._handle(self.transport.receive(timeout_s=min(1.0, max(deadline - time.time(), 0.01))))
             waiting = {agent_id for agent_id in waiting if self._still_expected(agent_id)}
         assigned = self._expectations
-        updates = [ClientFactors(u.agent_id, u.num_examples, assigned[u.agent_id].rank, assigned[u.agent_id].alpha, u.tensors) for u in self._received.values()]
+        updates = [ClientFactors(u.agent_id, u.num_examples, assigned[u.agent_id].scaling, u.tensors) for u in self._received.values()]
         if len(updates) >= self.config.min_clients:
             arrays = fedit(arrays, updates)
         else:
@@ -147,6 +169,7 @@ class Coordinator:
             "bytes_up": dict(self._bytes_up),
             "bytes_down": bytes_down,
             "client_metrics": {agent: update.metrics for agent, update in self._received.items()},
+            "capacity": self._predicted_vs_measured(),
             "wall_s": round(time.time() - started, 2),
         })
         self.run_dir.save_global(round_number, arrays)  # the commit point of the round
@@ -156,40 +179,55 @@ class Coordinator:
         record = self.registry.get(agent_id)
         return record is not None and record.online and agent_id not in self._rejected
 
-    def _assign(self, record: AgentRecord, round_number: int, deadline: float, arrays: dict[str, np.ndarray]) -> int:
+    def _predicted_vs_measured(self) -> dict[str, dict[str, float]]:
+        """Per contributing device: the planner's memory and step-time predictions next to what the agent measured."""
+        out = {}
+        for agent_id, update in self._received.items():
+            plan = self.registry.get(agent_id).plan
+            out[agent_id] = {
+                "predicted_peak_bytes": plan.memory.total,
+                "measured_peak_bytes": update.metrics.get("peak_memory_bytes", float("nan")),
+                "predicted_step_seconds": round(plan.step_seconds, 4),
+                "measured_step_seconds": update.metrics.get("seconds_per_step", float("nan")),
+            }
+        return out
+
+    def _lora_spec(self, record: AgentRecord) -> LoraSpec:
         plan = record.plan
-        layers = self._top_layers(plan.depth)
-        keys = self._adapter_keys(layers, arrays)
-        self._expectations[record.agent_id] = Expectation(self.config.run_id, round_number, deadline, expected_shapes(arrays, keys, plan.rank), plan.rank, plan.lora_alpha)
+        return LoraSpec(tuple(self.options.target_modules), plan.layers, plan.ranks, self.options.scaling)
+
+    def _assign(self, record: AgentRecord, round_number: int, deadline: float, arrays: dict[str, np.ndarray]) -> int:
+        plan, spec = record.plan, self._lora_spec(record)
+        self._expectations[record.agent_id] = Expectation(self.config.run_id, round_number, deadline, expected_shapes(arrays, spec.layer_ranks), spec.scaling)
         assignment = Assignment(
             run_id=self.config.run_id,
             round=round_number,
             agent_id=record.agent_id,
             backbone=BackboneSpec(self.config.backbone, self.backbone.sha256, plan.quantization),
-            lora=LoraSpec(plan.rank, plan.lora_alpha, tuple(self.config.target_modules), layers),
-            local_steps=self.config.local_steps,
-            batch_size=self.config.batch_size,
+            lora=spec,
+            local_steps=plan.local_steps,
+            batch_size=plan.batch_size,
             learning_rate=self.config.learning_rate,
             deadline_unix=deadline,
             seed=self.config.seed + round_number,
+            optimizer=self.options.optimizer,
+            gradient_checkpointing=plan.gradient_checkpointing,
+            predicted_peak_bytes=plan.memory.total,
+            predicted_step_seconds=plan.step_seconds,
         )
         state = self._state_for(record, arrays, round_number, final=False)
         downlink = topics.downlink(record.agent_id)
         return self.transport.publish(downlink, assignment) + self.transport.publish(downlink, state)
 
-    @staticmethod
-    def _adapter_keys(layers: tuple[int, ...], arrays: dict[str, np.ndarray]) -> list[str]:
-        """The global adapter's keys that a device adapting ``layers`` trains and receives."""
-        return [key for key in arrays if parse_adapter_key(key)[0] in layers]
-
     def _state_for(self, record: AgentRecord, arrays: dict[str, np.ndarray], round_number: int, final: bool) -> GlobalState:
-        """The global factors cut to the device's own layers, rank and scaling."""
-        plan = record.plan
-        view = client_view(arrays, self._adapter_keys(self._top_layers(plan.depth), arrays), plan.rank, plan.lora_alpha)
+        """The global factors cut to the device's own layers, ranks and scaling."""
+        view = client_view(arrays, self._lora_spec(record).layer_ranks, self.options.scaling)
         return GlobalState(self.config.run_id, round_number, record.agent_id, final, {}, view)
 
     def _finish(self, arrays: dict[str, np.ndarray]) -> None:
         for record in self.registry.all():
+            if record.plan is None:
+                continue
             final = self._state_for(record, arrays, self.config.rounds, final=True)
             try:
                 self.transport.publish(topics.downlink(record.agent_id), final, timeout_s=30)
@@ -245,13 +283,14 @@ class Coordinator:
             log.warning("%s went offline", agent_id)
 
     def _on_hello(self, hello: Hello) -> None:
-        plan = self.config.plan_for(hello.profile.name, hello.profile.device_class)
-        if plan is None:
-            return self._reject(hello.agent_id, "no_plan", f"no plan for device {hello.profile.name!r} of class {hello.profile.device_class!r}")
-        if plan.depth > self.num_layers:
-            return self._reject(hello.agent_id, "no_plan", f"depth {plan.depth} exceeds the backbone's {self.num_layers} layers")
-        is_new = self.registry.register(AgentRecord(hello.agent_id, hello.profile, hello.num_examples, hello.label_histogram, plan))
-        log.info("%s %s: %s, rank %d, depth %d, %d examples", "registered" if is_new else "re-registered", hello.agent_id, hello.profile.name, plan.rank, plan.depth, hello.num_examples)
+        known = self.registry.get(hello.agent_id)
+        keep = known.plan if known is not None and known.profile == hello.profile and known.num_examples == hello.num_examples else None
+        pin = self.config.pin_for(hello.profile.name, hello.profile.device_class)
+        record = AgentRecord(hello.agent_id, hello.profile, hello.num_examples, hello.label_histogram, pin, keep)
+        is_new = self.registry.register(record)
+        log.info("%s %s: %s, %d examples", "registered" if is_new else "re-registered", hello.agent_id, hello.profile.name, hello.num_examples)
+        if self._planned and record.plan is None:  # joined (or changed) after the fleet was planned
+            self._plan()
 
     def _on_update(self, update: AdapterUpdate, size: int) -> None:
         try:

@@ -26,8 +26,7 @@ class Expectation:
     round: int
     deadline_unix: float
     shapes: dict[str, tuple[int, int]]
-    rank: int
-    alpha: float
+    scaling: float
 
 
 def validate_update(update: AdapterUpdate, expectation: Expectation | None, already_received: bool, now: float) -> None:

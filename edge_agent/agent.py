@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from edge_agent.memory import available_bytes
 from edge_agent.trainer import TrainResult, train_local
 from fedge.lora import adapter_arrays, load_adapter_arrays
 from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, lora_classifier
@@ -35,6 +36,7 @@ class _Session:
 
     lora: LoraSpec
     quantization: str
+    gradient_checkpointing: bool
     model: torch.nn.Module
     runner: FrozenPrefix
     data: EncodedExamples
@@ -63,6 +65,7 @@ class EdgeAgent:
         self._assignment: Assignment | None = None
         self._session: _Session | None = None
         self._done = False
+        self.refused: str | None = None  # set when the coordinator refuses this device outright
         self._handled_states: deque[str] = deque(maxlen=64)  # ids of global states already acted on
 
     def run(self) -> None:
@@ -101,6 +104,10 @@ class EdgeAgent:
             self._on_global(message)
         elif isinstance(message, Reject) and message.reason == "unknown_agent":
             self._hello()  # the coordinator lost us (restarted): register again
+        elif isinstance(message, Reject) and message.reason == "infeasible":
+            log.error("%s: the coordinator's planner refused this device: %s", self.agent_id, message.detail)
+            self.refused = message.detail
+            self._done = True
         elif isinstance(message, Reject):
             log.warning("%s: coordinator rejected round %s: %s (%s)", self.agent_id, message.round, message.reason, message.detail)
         else:
@@ -123,6 +130,11 @@ class EdgeAgent:
         if assignment is None or assignment.round != state.round:
             log.warning("%s: global state for round %d without its assignment; skipped", self.agent_id, state.round)
             return
+        shortfall = self._memory_shortfall(assignment)
+        if shortfall:
+            log.error("%s: refusing round %d: %s", self.agent_id, state.round, shortfall)
+            self._send(Reject(self.agent_id, "insufficient_memory", shortfall, state.round, assignment.message_id))
+            return
         try:
             session = self._prepare(assignment)
             load_adapter_arrays(session.model, state.tensors)
@@ -130,25 +142,37 @@ class EdgeAgent:
             log.error("%s: cannot take round %d: %s", self.agent_id, state.round, error)
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
             return
-        log.info("%s: round %d, training %d steps (rank %d, top %d layers)", self.agent_id, state.round, assignment.local_steps, assignment.lora.rank, len(assignment.lora.layers))
-        result = train_local(session.runner, session.prefix, session.data, assignment.local_steps, assignment.batch_size, assignment.learning_rate, assignment.seed)
+        log.info("%s: round %d, training %d steps (ranks %s on the top %d layers)", self.agent_id, state.round, assignment.local_steps, "/".join(map(str, assignment.lora.ranks)), len(assignment.lora.layers))
+        try:
+            result = train_local(session.runner, session.prefix, session.data, assignment.local_steps, assignment.batch_size, assignment.learning_rate, assignment.seed, assignment.optimizer)
+        except (ValueError, torch.OutOfMemoryError) as error:
+            log.error("%s: training round %d failed: %s", self.agent_id, state.round, error)
+            self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
+            return
         self._send_update(assignment, session, result)
+
+    def _memory_shortfall(self, assignment: Assignment) -> str | None:
+        """Why the planned peak cannot fit in the memory free now, or None when it fits."""
+        free = available_bytes(self.device)
+        if assignment.predicted_peak_bytes <= free:
+            return None
+        return f"the plan needs {assignment.predicted_peak_bytes / 2**30:.2f} GiB at its peak; {free / 2**30:.2f} GiB is free on {self.device}"
 
     def _prepare(self, assignment: Assignment) -> _Session:
         quantization = pick_quantization(assignment.backbone.quantization, self.device, self.profile.bitsandbytes_usable)
-        if self._session and self._session.lora == assignment.lora and self._session.quantization == quantization:
-            return self._session
+        session = self._session
+        if session and (session.lora, session.quantization, session.gradient_checkpointing) == (assignment.lora, quantization, assignment.gradient_checkpointing):
+            return session
         source = locate_backbone(assignment.backbone.name)
         if source.sha256 != assignment.backbone.sha256:
             raise ValueError(f"backbone {source.name} has sha256 {source.sha256[:12]}…, the assignment wants {assignment.backbone.sha256[:12]}…")
         started = time.perf_counter()
         model, tokenizer = load_backbone(source, quantization, self.device)
-        lora = assignment.lora
-        runner = lora_classifier(model, tokenizer, lora.rank, lora.alpha, list(lora.target_modules), list(lora.layers), assignment.seed)
+        runner = lora_classifier(model, tokenizer, assignment.lora, assignment.seed, assignment.gradient_checkpointing)
         data = encode(tokenizer, self.data).to(self.device)
         prefix = runner.cache(data.input_ids)
         log.info("%s: backbone %s (%s) ready, %d examples cached below layer %d in %.1f s", self.agent_id, source.name, quantization, len(self.data), runner.start_layer, time.perf_counter() - started)
-        self._session = _Session(lora, quantization, runner.model, runner, data, prefix)
+        self._session = _Session(assignment.lora, quantization, assignment.gradient_checkpointing, runner.model, runner, data, prefix)
         return self._session
 
     def _send_update(self, assignment: Assignment, session: _Session, result: TrainResult) -> None:

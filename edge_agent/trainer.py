@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import psutil
 import torch
 import torch.nn.functional as F
 
+from edge_agent.memory import peak_bytes, reset_peak
 from fedge.task.classifier import EncodedExamples, FrozenPrefix
+
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)
@@ -20,12 +22,6 @@ class TrainResult:
     peak_memory_bytes: int
 
 
-def peak_memory_bytes(device: str) -> int:
-    if device.startswith("cuda"):
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(psutil.Process().memory_info().rss)
-
-
 def train_local(
     runner: FrozenPrefix,
     prefix: torch.Tensor,
@@ -34,17 +30,20 @@ def train_local(
     batch_size: int,
     learning_rate: float,
     seed: int,
+    optimizer: str = "adamw",
 ) -> TrainResult:
-    """``steps`` AdamW steps over random batches of the local data; returns the mean loss."""
+    """``steps`` optimizer steps (AdamW, or plain SGD) over random batches of the local data; returns the mean
+    loss, the time per step and the peak memory of the training alone."""
     model = runner.model
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    step_rule = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0) if optimizer == "adamw" else torch.optim.SGD(params, lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     device = str(prefix.device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak(device)
     model.train()
     losses = []
     started = time.perf_counter()
@@ -52,9 +51,9 @@ def train_local(
         rows = torch.randperm(len(prefix), generator=generator)[:batch_size]
         logits = runner.label_logits(prefix[rows], data.lengths[rows])
         loss = F.cross_entropy(logits.float(), data.labels[rows].to(logits.device))
-        optimizer.zero_grad(set_to_none=True)
+        step_rule.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        step_rule.step()
         losses.append(loss.item())
     elapsed = time.perf_counter() - started
     model.eval()
@@ -62,5 +61,5 @@ def train_local(
         loss=sum(losses) / len(losses),
         steps=steps,
         seconds_per_step=elapsed / steps,
-        peak_memory_bytes=peak_memory_bytes(device),
+        peak_memory_bytes=peak_bytes(device),
     )

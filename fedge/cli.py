@@ -1,4 +1,4 @@
-"""``fedge`` command line: profile, broker, agent, coordinator, demo."""
+"""``fedge`` command line: profile, broker, agent, coordinator, plan, demo."""
 
 from __future__ import annotations
 
@@ -77,6 +77,9 @@ def cmd_agent(args) -> int:
     broker = _broker_config(args)
     agent = EdgeAgent(args.id, broker, read_jsonl(args.data), profile, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None)
     agent.run()
+    if agent.refused:
+        console.print(f"[red]this device cannot take part: {agent.refused}[/]")
+        return 2
     return 0
 
 
@@ -100,6 +103,25 @@ def cmd_coordinator(args) -> int:
     summary = Coordinator(config, resume=args.resume).run()
     final = summary.rounds[-1]
     console.print(f"final accuracy {final['accuracy']:.3f} after round {final['round']}; run directory {summary.run_dir}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from coordinator.fleet import load_fleet
+    from coordinator.plan_report import groups_table, plan_table, plan_to_dict, write_plan
+    from coordinator.planner import plan_fleet
+    from profiles.model_shape import load_model_shape
+
+    fleet = load_fleet(args.fleet)
+    model = args.model or fleet.model
+    if model is None:
+        raise ValueError("name the model: --model PATH_OR_NAME, or 'model:' in the fleet file")
+    plan = plan_to_dict(plan_fleet(fleet.members, load_model_shape(model), fleet.options))
+    console.print(plan_table(plan))
+    if plan["groups"]:
+        console.print(groups_table(plan))
+    write_plan(plan, args.out)
+    console.print(f"plan written to {args.out}")
     return 0
 
 
@@ -146,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     coordinator.add_argument("--config", required=True)
     coordinator.add_argument("--resume", action="store_true", help="continue a run from its last completed round")
     coordinator.set_defaults(func=cmd_coordinator)
+
+    plan = sub.add_parser("plan", help="plan bits, ranks, depth, batch and steps for a fleet")
+    plan.add_argument("fleet", help="fleet YAML: devices (catalogue names or profile JSON) and planner options")
+    plan.add_argument("--model", help="checkpoint directory, config.json, or a bundled architecture (e.g. llama-2-7b)")
+    plan.add_argument("--out", default="plan.json", help="where to write the plan as JSON")
+    plan.set_defaults(func=cmd_plan)
 
     demo = sub.add_parser("demo", help="a heterogeneous fleet fine-tunes SmolLM2-135M on an embedded broker")
     demo.add_argument("--run-dir", default="runs/demo")

@@ -1,7 +1,8 @@
 """The main job: an embedded broker, a coordinator and a heterogeneous fleet of agents as separate processes.
 
-Each agent simulates a catalogue device and gets its own rank and depth; the data is WordNet topic
-classification split non-IID (Dirichlet). At the end the demo trains a centralised LoRA on the pooled data with
+Each agent simulates a catalogue device; the coordinator's capacity planner gives each its quantization, rank
+profile, depth, batch and local steps from that device's figures, and the demo prints the plan. The data is WordNet
+topic classification split non-IID (Dirichlet). At the end the demo trains a centralised LoRA on the pooled data with
 the same step budget, for comparison, and prints the table.
 """
 
@@ -20,9 +21,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from coordinator.config import DevicePlan
+from coordinator.plan_report import plan_table
+from coordinator.planner import Pin, PlannerOptions
 from fedge.broker import EmbeddedBroker
-from fedge.lora import DEFAULT_TARGET_MODULES
+from fedge.lora import DEFAULT_TARGET_MODULES, uniform_spec
 from fedge.task.data import write_jsonl
 from fedge.task.split import dirichlet_split, label_histogram
 from fedge.task.wordnet import LABELS, load_splits
@@ -30,14 +32,10 @@ from quantization.backbone import DEFAULT_BACKBONE, locate_backbone
 
 log = logging.getLogger(__name__)
 
-# Simulated devices and what each class is asked to do (until the planner chooses it): deeper and wider
-# adapters for the devices with more memory and compute.
-FLEET = (
-    ("laptop-rtx3060-6gb", {"rank": 16, "depth": 6, "quantization": "nf4"}),
-    ("jetson-orin-nano-8gb", {"rank": 8, "depth": 4, "quantization": "nf4"}),
-    ("cpu-16gb", {"rank": 8, "depth": 3, "quantization": "fp32"}),
-    ("cpu-8gb", {"rank": 4, "depth": 2, "quantization": "fp32"}),
-)
+# Simulated devices (catalogue names). All of them really run on this machine's CPU; the planner plans for the
+# device each one claims to be. The caps keep the demo within minutes on two cores.
+FLEET = ("laptop-rtx3060-6gb", "jetson-orin-nano-8gb", "cpu-16gb", "cpu-8gb")
+PLANNER = {"max_depth": 6, "ranks": [4, 8, 16]}
 
 
 @dataclass(frozen=True)
@@ -54,8 +52,9 @@ class DemoSettings:
     learning_rate: float = 2e-3
 
 
-def _fleet(count: int) -> list[tuple[str, str, dict]]:
-    return [(f"agent-{i}-{FLEET[i % len(FLEET)][0]}", *FLEET[i % len(FLEET)]) for i in range(count)]
+def _fleet(count: int) -> list[tuple[str, str]]:
+    """(agent id, catalogue device) for ``count`` agents, cycling through ``FLEET``."""
+    return [(f"agent-{i}-{FLEET[i % len(FLEET)]}", FLEET[i % len(FLEET)]) for i in range(count)]
 
 
 def prepare(settings: DemoSettings, broker_url: str) -> tuple[Path, list[tuple[str, str, Path]]]:
@@ -65,7 +64,7 @@ def prepare(settings: DemoSettings, broker_url: str) -> tuple[Path, list[tuple[s
     fleet = _fleet(settings.agents)
     shards = dirichlet_split(train, len(fleet), settings.alpha, settings.seed)
     agents = []
-    for (agent_id, device, _), shard in zip(fleet, shards):
+    for (agent_id, device), shard in zip(fleet, shards):
         path = data_dir / f"{agent_id}.jsonl"
         write_jsonl(path, shard)
         agents.append((agent_id, device, path))
@@ -73,7 +72,7 @@ def prepare(settings: DemoSettings, broker_url: str) -> tuple[Path, list[tuple[s
     write_jsonl(data_dir / "train_pooled.jsonl", train)
     (data_dir / "split.json").write_text(json.dumps({
         "alpha": settings.alpha, "seed": settings.seed, "labels": list(LABELS),
-        "histograms": {agent_id: label_histogram(shard, len(LABELS)) for (agent_id, _, _), shard in zip(fleet, shards)},
+        "histograms": {agent_id: label_histogram(shard, len(LABELS)) for (agent_id, _), shard in zip(fleet, shards)},
     }, indent=2))
     config = {
         "run_id": f"demo-{int(time.time())}",
@@ -88,7 +87,7 @@ def prepare(settings: DemoSettings, broker_url: str) -> tuple[Path, list[tuple[s
         "batch_size": settings.batch_size,
         "learning_rate": settings.learning_rate,
         "seed": settings.seed,
-        "devices": {device: plan for _, device, plan in fleet},
+        "planner": PLANNER,
     }
     config_path = settings.run_dir / "coordinator.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -100,7 +99,7 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log_path), *args], stdout=subprocess.DEVNULL, stderr=errors)
 
 
-def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, plan: DevicePlan) -> list[float]:
+def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, plan: Pin, scaling: float) -> list[float]:
     """LoRA on the pooled data with the same number of steps as the federation; accuracy after each 'round'."""
     from edge_agent.trainer import train_local
     from fedge.task.classifier import encode, evaluate, lora_classifier
@@ -109,7 +108,7 @@ def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, plan:
 
     model, tokenizer = load_backbone(locate_backbone(DEFAULT_BACKBONE))
     layers = list(range(model.config.num_hidden_layers - plan.depth, model.config.num_hidden_layers))
-    runner = lora_classifier(model, tokenizer, plan.rank, plan.lora_alpha, list(DEFAULT_TARGET_MODULES), layers, settings.seed)
+    runner = lora_classifier(model, tokenizer, uniform_spec(plan.rank, scaling, DEFAULT_TARGET_MODULES, layers), settings.seed)
     train, held_out = encode(tokenizer, read_jsonl(pooled)), encode(tokenizer, read_jsonl(test))
     train_prefix, test_prefix = runner.cache(train.input_ids), runner.cache(held_out.input_ids)
     accuracies = []
@@ -137,10 +136,10 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
         console.print(f"[red]coordinator exited with {status}; see {logs}[/]")
         return status
     records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    plans = [plan for _, plan in FLEET]
-    widest = DevicePlan(rank=max(p["rank"] for p in plans), depth=max(p["depth"] for p in plans))
+    planned = [device for device in json.loads((settings.run_dir / "coordinator" / "plan.json").read_text())["devices"] if device["feasible"]]
+    widest = Pin(rank=max(max(d["ranks"]) for d in planned), depth=max(len(d["layers"]) for d in planned))
     with console.status("centralised LoRA baseline on the pooled data (same steps)"):
-        central = centralised_baseline(settings, settings.run_dir / "data" / "train_pooled.jsonl", settings.run_dir / "data" / "test.jsonl", widest)
+        central = centralised_baseline(settings, settings.run_dir / "data" / "train_pooled.jsonl", settings.run_dir / "data" / "test.jsonl", widest, PlannerOptions().scaling)
     _print_results(records, central, settings, console, time.time() - started)
     (settings.run_dir / "summary.json").write_text(json.dumps({
         "federated_accuracy": [r["accuracy"] for r in records], "centralised_accuracy": central, "wall_s": round(time.time() - started, 1),
@@ -149,13 +148,18 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
 
 
 def _follow(coordinator: subprocess.Popen, workers: list[subprocess.Popen], metrics_file: Path, rounds: int, console: Console) -> int:
-    """Show a progress bar per round from the coordinator's metrics until it exits; then stop the agents."""
-    seen = 0
+    """Show the capacity plan once it is made, then a progress bar per round from the coordinator's metrics until
+    it exits; then stop the agents."""
+    seen, plan_shown = 0, False
+    plan_file = metrics_file.with_name("plan.json")
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(), console=console)
     with progress:
         task = progress.add_task("agents loading the backbone and caching their data", total=rounds)
         while coordinator.poll() is None:
             time.sleep(0.5)
+            if not plan_shown and plan_file.exists():
+                progress.console.print(plan_table(json.loads(plan_file.read_text())))
+                plan_shown = True
             lines = metrics_file.read_text().splitlines() if metrics_file.exists() else []
             for line in lines[seen:]:
                 record = json.loads(line)
@@ -174,7 +178,7 @@ def _follow(coordinator: subprocess.Popen, workers: list[subprocess.Popen], metr
 def _print_results(records: list[dict], central: list[float], settings: DemoSettings, console: Console, wall_s: float) -> None:
     table = Table(title="Held-out accuracy (8-way WordNet topic classification, chance 0.125)")
     table.add_column("round")
-    table.add_column("federated (4 heterogeneous agents)", justify="right")
+    table.add_column(f"federated ({len(_fleet(settings.agents))} planned agents)", justify="right")
     table.add_column("centralised LoRA (pooled data)", justify="right")
     table.add_column("bytes up / down (all agents)", justify="right")
     for record in records:

@@ -1,7 +1,8 @@
 """LoRA adapters in peft's own vocabulary, and their conversion to and from wire arrays.
 
-Heterogeneity is data: each device gets a rank, an alpha, target modules and the layer indices it adapts
-(``layers_to_transform``); peft builds the adapter from exactly that. Adapter tensors move only through
+Heterogeneity is data: each device gets target modules, the layer indices it adapts (``layers_to_transform``), a
+rank per layer (``rank_pattern``) and one scaling alpha / r (``alpha_pattern``); peft builds the adapter from exactly
+that. Adapter tensors move only through
 ``get_peft_model_state_dict`` / ``set_peft_model_state_dict`` and keep peft's key names on the wire.
 """
 
@@ -13,22 +14,43 @@ import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
+from fedge.wire import LoraSpec
+
 DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
 _LAYER_KEY = re.compile(r"\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
 
 
-def build_lora_model(model, rank: int, alpha: float, target_modules: list[str], layers: list[int], seed: int = 0):
-    """Wrap ``model`` with a LoRA adapter on ``target_modules`` of ``layers`` only (peft ``layers_to_transform``)."""
+def uniform_spec(rank: int, scaling: float, target_modules, layers) -> LoraSpec:
+    """A ``LoraSpec`` with the same rank on every layer."""
+    layers = tuple(sorted(layers))
+    return LoraSpec(tuple(target_modules), layers, (rank,) * len(layers), scaling)
+
+
+def build_lora_model(model, spec: LoraSpec, seed: int = 0):
+    """Wrap ``model`` with a LoRA adapter on ``spec.target_modules`` of ``spec.layers`` only, each layer at its own
+    rank; every layer gets lora_alpha = scaling * rank, so s = alpha / r is the same everywhere."""
+    if len(spec.ranks) != len(spec.layers) or not spec.layers:
+        raise ValueError(f"LoraSpec needs one rank per layer: {len(spec.layers)} layers, {len(spec.ranks)} ranks")
+    if min(spec.ranks) < 1 or not spec.scaling > 0:
+        raise ValueError(f"ranks must be >= 1 and scaling > 0, got ranks {spec.ranks} and scaling {spec.scaling}")
+    top = max(spec.ranks)
     config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        target_modules=list(target_modules),
-        layers_to_transform=sorted(layers),
+        r=top,
+        lora_alpha=spec.scaling * top,
+        rank_pattern={_layer_pattern(layer): rank for layer, rank in spec.layer_ranks.items() if rank != top},
+        alpha_pattern={_layer_pattern(layer): spec.scaling * rank for layer, rank in spec.layer_ranks.items() if rank != top},
+        target_modules=list(spec.target_modules),
+        layers_to_transform=sorted(spec.layers),
         lora_dropout=0.0,
         bias="none",
     )
     torch.manual_seed(seed)
     return get_peft_model(model, config)
+
+
+def _layer_pattern(layer: int) -> str:
+    """A peft pattern key for every module of one layer (peft matches it as ``(.*\\.)?(pattern)$``)."""
+    return rf"layers\.{layer}\..*"
 
 
 def parse_adapter_key(key: str) -> tuple[int, str, str]:

@@ -37,7 +37,7 @@ def load_catalogue_profile(name: str) -> DeviceProfile:
         ram_total_bytes=ram,
         ram_available_bytes=ram,
         cpu_cores=entry["cpu_cores"],
-        cuda_device_name=entry.get("cuda_device_name"),
+        cuda_device_name=entry.get("cuda_device_name") or (entry.get("model") if entry["device_class"] == "jetson" else None),
         cuda_total_bytes=gpu,
         cuda_free_bytes=gpu,
         cuda_capability=entry.get("cuda_capability"),

@@ -17,6 +17,6 @@ def test_quantization_follows_what_the_backend_can_run(requested, device, bnb, e
 
 def test_agent_refuses_a_backbone_whose_digest_differs(tiny_backbone):
     agent = EdgeAgent("a", BrokerConfig(), [Example("food", 2)], load_catalogue_profile("cpu-8gb"))
-    assignment = Assignment("r", 1, "a", BackboneSpec(str(tiny_backbone), "0" * 64, "fp32"), LoraSpec(2, 4.0, ("q_proj",), (3,)), 1, 1, 1e-3, 0.0, 0)
+    assignment = Assignment("r", 1, "a", BackboneSpec(str(tiny_backbone), "0" * 64, "fp32"), LoraSpec(("q_proj",), (3,), (2,), 2.0), 1, 1, 1e-3, 0.0, 0)
     with pytest.raises(ValueError, match="sha256"):
         agent._prepare(assignment)

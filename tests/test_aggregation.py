@@ -16,8 +16,14 @@ def _global(rng):
 
 
 def _client(rng, rank, layers, n, alpha=None):
-    tensors = {key: rng.normal(size=(rank, K) if key.endswith("A.weight") else (D, rank)).astype(np.float32) for key in _keys(layers)}
-    return ClientFactors(f"c{rank}-{n}", n, rank, alpha if alpha is not None else 2.0 * rank, tensors)
+    """A client of ``rank`` (an int, or one rank per layer) with s = alpha / r (default alpha = 2r, so s = 2)."""
+    ranks = dict(zip(layers, rank if isinstance(rank, tuple) else (rank,) * len(layers)))
+    tensors = {}
+    for key in _keys(layers):
+        r = ranks[int(key.split(".layers.")[1].split(".")[0])]
+        tensors[key] = rng.normal(size=(r, K) if key.endswith("A.weight") else (D, r)).astype(np.float32)
+    scaling = 2.0 if alpha is None else alpha / max(ranks.values())
+    return ClientFactors(f"c{rank}-{n}", n, scaling, tensors)
 
 
 def test_same_rank_fedit_is_the_weighted_mean_of_factors():
@@ -64,7 +70,7 @@ def test_a_lone_client_gets_back_exactly_what_it_sent(rank, alpha):
     rng = np.random.default_rng(4)
     client = _client(rng, rank, (2, 3), 7, alpha)
     merged = fedit(_global(rng), [client])
-    view = client_view(merged, _keys(), rank, alpha)
+    view = client_view(merged, {2: rank, 3: rank}, alpha / rank)
     for key in _keys():
         np.testing.assert_allclose(view[key], client.tensors[key], rtol=1e-6)
 
@@ -78,7 +84,20 @@ def test_effective_update_is_preserved_through_the_global_layout():
     np.testing.assert_allclose(merged[b_key] @ merged[a_key], effective, rtol=1e-5)
 
 
-def test_expected_shapes_follow_the_client_rank():
+def test_expected_shapes_follow_the_client_rank_on_each_layer():
     rng = np.random.default_rng(6)
-    shapes = expected_shapes(_global(rng), _keys((3,)), 3)
+    shapes = expected_shapes(_global(rng), {3: 3})
     assert shapes == {_keys((3,))[0]: (3, K), _keys((3,))[1]: (D, 3)}
+    profile = expected_shapes(_global(rng), {2: 2, 3: 8})
+    assert profile[_keys((2,))[0]] == (2, K) and profile[_keys((3,))[1]] == (D, 8)
+
+
+def test_a_rank_profile_round_trips_layer_by_layer():
+    rng = np.random.default_rng(7)
+    client = _client(rng, (4, 8), (2, 3), 5)  # LEGEND-style: rank 4 on layer 2, 8 on layer 3
+    merged = fedit(_global(rng), [client])
+    view = client_view(merged, {2: 4, 3: 8}, client.scaling)
+    for key in _keys():
+        np.testing.assert_allclose(view[key], client.tensors[key], rtol=1e-6)
+    a_key, b_key = _keys((2,))
+    np.testing.assert_array_equal(merged[a_key][4:], 0.0)  # padded above the client's rank on that layer

@@ -26,3 +26,33 @@ def test_bad_coordinator_config_exits_non_zero_naming_the_keys(tmp_path, caplog)
 def test_unknown_command_is_refused():
     with pytest.raises(SystemExit):
         main(["teleport"])
+
+
+def test_plan_prints_the_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["plan", "examples/fleet.yaml", "--model", "llama-2-7b", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Plan for llama-2-7b" in printed and "HierFedLoRA groups" in printed
+    plan = json.loads(out.read_text())
+    assert plan["model"] == "llama-2-7b" and len(plan["devices"]) == 9 and plan["groups"]
+    assert {d["device_id"] for d in plan["devices"]} >= {"jetson-orin-nano-8gb-1", "jetson-orin-nano-8gb-2", "cpu-8gb"}
+    feasible = [d for d in plan["devices"] if d["feasible"]]
+    assert feasible and all(d["memory"]["total"] <= d["budget_bytes"] for d in feasible)
+    assert all(d["reason"] for d in plan["devices"] if not d["feasible"])
+
+
+def test_plan_reports_every_fleet_file_error(tmp_path, caplog):
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("planner: {ranks: [0], colour: red}\ndevices:\n  - {device: toaster-9000}\n  - {device: cpu-8gb, profile: x.json}\n  - {device: cpu-8gb, count: 0}\n")
+    assert main(["plan", str(fleet), "--model", "smollm2-135m-instruct"]) == 1
+    for problem in ("planner.colour: unknown option", "planner.ranks", "devices[0]", "toaster-9000", "devices[1]: give exactly one", "devices[2]: count and examples"):
+        assert problem in caplog.text
+
+
+def test_plan_takes_a_live_profile_written_by_fedge_profile(tmp_path, capsys):
+    assert main(["profile", "--json"]) == 0
+    (tmp_path / "me.json").write_text(capsys.readouterr().out)
+    (tmp_path / "fleet.yaml").write_text("devices:\n  - {profile: me.json, examples: 100, id: this-machine}\n")
+    assert main(["plan", str(tmp_path / "fleet.yaml"), "--model", "smollm2-135m-instruct", "--out", str(tmp_path / "p.json")]) == 0
+    device = json.loads((tmp_path / "p.json").read_text())["devices"][0]
+    assert device["device_id"] == "this-machine" and device["feasible"] and device["quantization"] == "fp32"

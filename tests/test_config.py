@@ -3,16 +3,23 @@ import pytest
 from coordinator.config import ConfigError, CoordinatorConfig
 
 
-def test_valid_config_resolves_device_plans():
+def test_pins_resolve_by_device_name_then_class():
     config = CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "devices": {"cpu": {"rank": 4, "depth": 2}, "jetson-orin-nano-8gb": {"rank": 8, "depth": 4, "quantization": "nf4"}}})
-    assert config.plan_for("jetson-orin-nano-8gb", "jetson").rank == 8
-    assert config.plan_for("cpu-8gb", "cpu").lora_alpha == 8.0
-    assert config.plan_for("laptop", "cuda") is None
+    assert config.pin_for("jetson-orin-nano-8gb", "jetson").rank == 8
+    assert config.pin_for("cpu-8gb", "cpu").depth == 2
+    assert config.pin_for("laptop", "cuda") is None
+
+
+def test_planner_options_combine_the_run_level_keys_and_the_planner_section():
+    config = CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "batch_size": 8, "local_steps": 3, "planner": {"max_depth": 6, "ranks": [4, 8]}})
+    options = config.planner_options()
+    assert (options.batch_size, options.local_steps, options.max_depth, options.ranks) == (8, 3, 6, (4, 8))
 
 
 def test_every_error_is_reported_at_once_with_its_key():
     with pytest.raises(ConfigError) as caught:
-        CoordinatorConfig.from_dict({"rounds": 0, "colour": "red", "devices": {"cpu": {"rank": 0, "depth": 2, "quantization": "int3"}}})
+        CoordinatorConfig.from_dict({"rounds": 0, "colour": "red", "devices": {"cpu": {"rank": 0, "depth": 2, "quantization": "int3"}}, "planner": {"batch_size": 4, "safety_margin": 2, "strategy": "magic", "speed": 1}})
     text = str(caught.value)
-    for key in ("eval_data: required", "colour: unknown key", "rounds: must be a positive integer", "devices.cpu: rank and depth", "devices.cpu.quantization"):
+    for key in ("eval_data: required", "colour: unknown key", "rounds: must be a positive integer", "devices.cpu: rank and depth", "devices.cpu.quantization",
+                "planner.batch_size: set it at the top level", "planner.safety_margin", "planner.strategy", "planner.speed: unknown option"):
         assert key in text

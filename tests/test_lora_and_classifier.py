@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from edge_agent.trainer import train_local
-from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays, parse_adapter_key
+from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays, parse_adapter_key, uniform_spec
+from fedge.wire import LoraSpec
 from fedge.task.classifier import FrozenPrefix, encode, evaluate, label_token_ids
 from fedge.task.wordnet import Example
 from quantization.backbone import load_backbone, locate_backbone
@@ -20,15 +21,30 @@ def tiny(tiny_backbone):
 
 def test_lora_sits_only_on_the_assigned_layers_and_modules(tiny):
     model, _ = tiny
-    peft_model = build_lora_model(model, rank=4, alpha=8, target_modules=["q_proj", "v_proj"], layers=[2, 3])
+    peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]))
     arrays = adapter_arrays(peft_model)
     assert {parse_adapter_key(key)[:2] for key in arrays} == {(layer, f"self_attn.{m}") for layer in (2, 3) for m in ("q_proj", "v_proj")}
     assert {arrays[key].shape for key in arrays if key.endswith("lora_A.weight") and "q_proj" in key} == {(4, 32)}
 
 
+def test_a_rank_profile_gives_each_layer_its_rank_and_the_same_scaling(tiny):
+    model, _ = tiny
+    peft_model = build_lora_model(model, LoraSpec(("q_proj", "v_proj"), (1, 2, 3), (2, 4, 8), 2.0))
+    ranks = {parse_adapter_key(key)[0]: value.shape[0] for key, value in adapter_arrays(peft_model).items() if key.endswith("lora_A.weight")}
+    assert ranks == {1: 2, 2: 4, 3: 8}
+    scalings = {module.scaling["default"] for name, module in peft_model.named_modules() if hasattr(module, "scaling") and isinstance(module.scaling, dict) and module.scaling}
+    assert scalings == {2.0}
+
+
+def test_a_lora_spec_without_one_rank_per_layer_is_refused(tiny):
+    model, _ = tiny
+    with pytest.raises(ValueError, match="one rank per layer"):
+        build_lora_model(model, LoraSpec(("q_proj",), (2, 3), (4,), 2.0))
+
+
 def test_adapter_arrays_round_trip_and_shape_errors(tiny):
     model, _ = tiny
-    peft_model = build_lora_model(model, 4, 8, ["q_proj"], [3])
+    peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj"], [3]))
     arrays = {key: np.random.default_rng(0).normal(size=value.shape).astype(np.float32) for key, value in adapter_arrays(peft_model).items()}
     load_adapter_arrays(peft_model, arrays)
     for key, value in adapter_arrays(peft_model).items():
@@ -51,10 +67,26 @@ def test_cached_prefix_gives_the_full_forward_logits(tiny):
             np.testing.assert_allclose(runner.label_logits(runner.cache(data.input_ids), data.lengths), full, atol=1e-5)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tiny):
+    model, tokenizer = tiny
+    data = encode(tokenizer, EXAMPLES)
+    peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]), seed=1)
+    for param in (p for n, p in peft_model.named_parameters() if "lora_B" in n):
+        torch.nn.init.normal_(param)  # B = 0 would make every gradient but B's zero
+    grads = []
+    for checkpointing in (False, True):
+        runner = FrozenPrefix(peft_model, label_token_ids(tokenizer), 2, gradient_checkpointing=checkpointing)
+        peft_model.zero_grad()
+        runner.label_logits(runner.cache(data.input_ids), data.lengths).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6)
+
+
 def test_optimizer_steps_touch_only_the_adapter(tiny):
     model, tokenizer = tiny
     frozen_before = {name: p.clone() for name, p in model.named_parameters()}
-    peft_model = build_lora_model(model, 4, 8, ["q_proj", "v_proj"], [2, 3])
+    peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]))
     runner = FrozenPrefix(peft_model, label_token_ids(tokenizer), 2)
     data = encode(tokenizer, EXAMPLES)
     prefix = runner.cache(data.input_ids)

@@ -5,7 +5,7 @@ from coordinator.validation import Expectation, UpdateRejected, validate_update
 from fedge.wire import AdapterUpdate
 
 KEY = "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight"
-EXPECT = Expectation("run", 2, deadline_unix=1000.0, shapes={KEY: (4, 8)}, rank=4, alpha=8.0)
+EXPECT = Expectation("run", 2, deadline_unix=1000.0, shapes={KEY: (4, 8)}, scaling=2.0)
 
 
 def _update(**overrides):

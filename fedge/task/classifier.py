@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from fedge.lora import build_lora_model
 from fedge.task.wordnet import LABELS, Example
+from fedge.wire import LoraSpec
 
 PROMPT = "Definition: {text}\nCategory (animal, body, food, place, person, plant, substance or time):"
 
@@ -69,8 +71,9 @@ def decoder_of(model):
 class FrozenPrefix:
     """Runs a Llama-style decoder split at ``start_layer``: a cached frozen bottom and a trainable top."""
 
-    def __init__(self, model, label_ids: list[int], start_layer: int):
+    def __init__(self, model, label_ids: list[int], start_layer: int, gradient_checkpointing: bool = False):
         self.model = model
+        self.gradient_checkpointing = gradient_checkpointing
         self.decoder, output_embeddings = decoder_of(model)
         self.start_layer = start_layer
         self.label_ids = torch.tensor(label_ids, device=self.decoder.embed_tokens.weight.device)
@@ -81,11 +84,19 @@ class FrozenPrefix:
     def _run(self, hidden: torch.Tensor, first: int, last: int) -> torch.Tensor:
         positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         rotary = self.decoder.rotary_emb(hidden, positions)
+        checkpointed = self.gradient_checkpointing and torch.is_grad_enabled()
         for layer in self.decoder.layers[first:last]:
-            # No mask: sdpa attention is then causal, and right padding never reaches a real token.
-            out = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
-            hidden = out[0] if isinstance(out, tuple) else out
+            if checkpointed:  # keep only each layer's input; recompute its activations during backward
+                hidden = checkpoint(self._layer_forward, layer, hidden, positions, rotary, use_reentrant=False)
+            else:
+                hidden = self._layer_forward(layer, hidden, positions, rotary)
         return hidden
+
+    @staticmethod
+    def _layer_forward(layer, hidden: torch.Tensor, positions: torch.Tensor, rotary) -> torch.Tensor:
+        # No mask: sdpa attention is then causal, and right padding never reaches a real token.
+        out = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
+        return out[0] if isinstance(out, tuple) else out
 
     @torch.no_grad()
     def cache(self, input_ids: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
@@ -105,10 +116,10 @@ class FrozenPrefix:
         return last @ weights.T.to(last.dtype)
 
 
-def lora_classifier(model, tokenizer, rank: int, alpha: float, target_modules: list[str], layers: list[int], seed: int) -> FrozenPrefix:
-    """Wrap ``model`` with LoRA on ``layers`` and split it at the lowest adapted layer; ``.model`` is the peft model."""
-    peft_model = build_lora_model(model, rank, alpha, target_modules, layers, seed=seed)
-    return FrozenPrefix(peft_model, label_token_ids(tokenizer), start_layer=min(layers))
+def lora_classifier(model, tokenizer, spec: LoraSpec, seed: int, gradient_checkpointing: bool = False) -> FrozenPrefix:
+    """Wrap ``model`` with LoRA per ``spec`` and split it at the lowest adapted layer; ``.model`` is the peft model."""
+    peft_model = build_lora_model(model, spec, seed=seed)
+    return FrozenPrefix(peft_model, label_token_ids(tokenizer), min(spec.layers), gradient_checkpointing)
 
 
 @dataclass(frozen=True)

@@ -59,12 +59,17 @@ class BackboneSpec:
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """A device's adapter in peft's terms: rank, alpha, target modules and the layer indices it adapts."""
+    """A device's adapter in peft's terms: target modules, the layers it adapts (``layers_to_transform``), one rank
+    per layer (``rank_pattern``, parallel to ``layers``) and one scaling s = alpha / r shared by every layer."""
 
-    rank: int
-    alpha: float
     target_modules: tuple[str, ...]
     layers: tuple[int, ...]
+    ranks: tuple[int, ...]
+    scaling: float
+
+    @property
+    def layer_ranks(self) -> dict[int, int]:
+        return dict(zip(self.layers, self.ranks))
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ class Hello:
 
 @dataclass(frozen=True)
 class Assignment:
+    """One round's work for one agent, with what the planner predicts it costs (checked by the agent first)."""
+
     run_id: str
     round: int
     agent_id: str
@@ -90,6 +97,10 @@ class Assignment:
     learning_rate: float
     deadline_unix: float
     seed: int
+    optimizer: str = "adamw"
+    gradient_checkpointing: bool = False
+    predicted_peak_bytes: int = 0
+    predicted_step_seconds: float = 0.0
     message_id: str = field(default_factory=new_message_id)
 
 

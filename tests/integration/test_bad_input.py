@@ -76,7 +76,7 @@ def test_every_kind_of_bad_input_is_rejected_and_the_run_goes_on(any_broker, tin
     config = CoordinatorConfig.from_dict({
         "run_id": "bad", "run_dir": str(tmp_path / "run"), "broker": any_broker.url, "backbone": str(tiny_backbone),
         "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 1, "expected_clients": 2,
-        "round_deadline_s": 8, "registration_timeout_s": 30, "max_message_mb": 0.05, "devices": {"cpu": {"rank": 2, "depth": 1}},
+        "round_deadline_s": 8, "registration_timeout_s": 30, "max_message_mb": 0.05, "planner": {"max_depth": 1, "ranks": [2]}, "devices": {"cpu": {"rank": 2, "depth": 1}},
     })
     failures = []
     coordinator = Coordinator(config)

@@ -23,7 +23,7 @@ def test_run_survives_a_broker_restart(tiny_backbone, tmp_path):
     config = {
         "run_id": "outage", "run_dir": str(run), "broker": broker.url, "backbone": str(tiny_backbone), "eval_data": str(tmp_path / "test.jsonl"),
         "rounds": 4, "min_clients": 1, "expected_clients": 2, "local_steps": 2, "batch_size": 4,
-        "registration_timeout_s": 60, "round_deadline_s": 15, "devices": {"cpu": {"rank": 2, "depth": 2}},
+        "registration_timeout_s": 60, "round_deadline_s": 15, "planner": {"max_depth": 2, "ranks": [2]}, "devices": {"cpu": {"rank": 2, "depth": 2}},
     }
     processes = []
     try:

@@ -29,7 +29,7 @@ def test_heterogeneous_agents_complete_rounds_and_leave_a_loadable_adapter(any_b
         "run_id": "it", "run_dir": str(tmp_path / "run"), "broker": any_broker.url, "backbone": str(tiny_backbone),
         "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 2, "expected_clients": 2,
         "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
-        "devices": {"cpu-8gb": {"rank": 2, "depth": 1}, "jetson": {"rank": 4, "depth": 3, "quantization": "nf4"}},
+        "planner": {"max_depth": 3}, "devices": {"cpu-8gb": {"rank": 2, "depth": 1}, "jetson": {"rank": 4, "depth": 3, "quantization": "nf4"}},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     coordinator = _cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "coordinator.log")

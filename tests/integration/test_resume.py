@@ -26,7 +26,7 @@ def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone
         "run_id": "resume", "run_dir": str(run), "broker": mosquitto.url, "backbone": str(tiny_backbone),
         "eval_data": str(tmp_path / "test.jsonl"), "rounds": 3, "min_clients": 2, "expected_clients": 2,
         "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
-        "devices": {"cpu": {"rank": 2, "depth": 2}},
+        "planner": {"max_depth": 2, "ranks": [2]}, "devices": {"cpu": {"rank": 2, "depth": 2}},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     coordinator = _cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "c1.log")

@@ -16,7 +16,7 @@ TENSORS = {"layers.3.q_proj.lora_A.weight": np.arange(12, dtype=np.float32).resh
 
 MESSAGES = [
     Hello("a1", PROFILE, 120, (3, 0, 5)),
-    Assignment("run", 2, "a1", BackboneSpec("smollm2", "ab" * 32, "nf4"), LoraSpec(8, 16.0, ("q_proj", "v_proj"), (26, 27, 28, 29)), 10, 16, 2e-3, 1.7e9, 7),
+    Assignment("run", 2, "a1", BackboneSpec("smollm2", "ab" * 32, "nf4"), LoraSpec(("q_proj", "v_proj"), (26, 27, 28, 29), (4, 4, 8, 8), 2.0), 10, 16, 2e-3, 1.7e9, 7),
     AdapterUpdate("run", 2, "a1", 120, {"loss": 0.5}, TENSORS),
     GlobalState("run", 2, "a1", False, {"accuracy": 0.8}, TENSORS),
     Reject("a1", "wrong_round", "late", 2, "abc"),

@@ -1,0 +1,80 @@
+"""Fit the memory and time models' constants for this machine's backend and write them to profiles/calibration/.
+
+    python benchmarks/calibrate.py [--backend cpu|cuda]
+
+Measures the calibration configurations below (each in a fresh process), fits the framework overhead and the
+activation factor (memory) and the per-quantization efficiency and per-layer cost (time) by least squares, and
+saves the constants with the raw samples. ``benchmarks/planner_accuracy.py`` then checks the fitted model on
+different configurations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+from measure_training import ALL, QV, THREADS, describe, measure, top_setup
+from rich.console import Console
+
+from profiles.calibration import Calibration, calibration_file, fit_memory, fit_time
+from profiles.memory import predict_memory
+from profiles.model_shape import load_model_shape
+from profiles.probe import matmul_gflops
+from profiles.timing import step_flops
+
+CALIBRATION_SET = [
+    top_setup("fp32", 8, 2, QV, 8, 48),
+    top_setup("fp32", 16, 6, QV, 16, 48, examples=128),
+    top_setup("fp32", 8, 12, ALL, 8, 64),
+    top_setup("fp32", 32, 4, QV, 32, 96),
+    top_setup("fp32", 8, 8, QV, 8, 128, checkpointing=True),
+    top_setup("fp32", 4, 16, QV, 4, 32, examples=128),
+    top_setup("fp32", 8, 3, QV, 64, 48, optimizer="sgd", examples=128),
+    top_setup("bf16", 8, 20, QV, 4, 32, examples=16),
+    top_setup("fp32", 16, 12, QV, 16, 64, checkpointing=True),
+    top_setup("fp32", 8, 20, ALL, 8, 48, checkpointing=True),
+]
+UNCALIBRATED = Calibration("none", False, 0, 1.0, 1.0, {"fp32": 1.0}, 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    args = parser.parse_args()
+    console = Console(width=180)
+    torch.set_num_threads(THREADS)
+    gflops = matmul_gflops(2.0, device=args.backend)
+    console.print(f"matmul throughput on this {args.backend}: {gflops:.1f} GFLOP/s ({THREADS} threads)")
+    shape = load_model_shape("smollm2-135m-instruct")
+    samples = []
+    for setup in CALIBRATION_SET:
+        started = time.perf_counter()
+        result = measure(setup, args.backend)
+        console.print(f"  {describe(setup):45s} peak {result['peak_bytes'] / 2**20:7.0f} MiB, {result['step_seconds']:6.2f} s/step ({time.perf_counter() - started:.0f} s)")
+        samples.append({"setup": describe(setup), **result, "gflops": gflops, "_setup": setup})
+    raw = [predict_memory(shape, sample["_setup"], UNCALIBRATED) for sample in samples]
+    overhead, factor, checkpoint_factor = fit_memory(
+        np.array([part.total - part.activations for part in raw]),
+        np.array([part.activations for part in raw]),
+        np.array([sample["_setup"].gradient_checkpointing for sample in samples]),
+        np.array([sample["peak_bytes"] for sample in samples]),
+    )
+    efficiencies, per_layer = fit_time(
+        np.array([step_flops(shape, sample["_setup"]) / (gflops * 1e9) for sample in samples]),
+        [sample["_setup"].quantization for sample in samples],
+        np.array([sample["_setup"].depth for sample in samples]),
+        np.array([sample["step_seconds"] for sample in samples]),
+    )
+    note = f"Fitted by benchmarks/calibrate.py on {platform.machine()} {platform.processor() or ''}, {THREADS} threads, {time.strftime('%Y-%m-%d')}; efficiencies are shares of the probed matmul rate."
+    calibration = Calibration(args.backend, True, overhead, factor, checkpoint_factor, efficiencies, per_layer, note, tuple({k: v for k, v in s.items() if k != "_setup"} for s in samples))
+    path = calibration_file(args.backend)
+    path.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
+    console.print(f"overhead {overhead / 2**20:.0f} MiB, activation factor {factor:.2f} ({checkpoint_factor:.2f} checkpointed), efficiencies {efficiencies}, {per_layer * 1e3:.1f} ms per layer-step -> {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Measure one real training configuration: peak memory and step time of fedge's trainer on SmolLM2-135M.
+
+Each measurement runs in a fresh process (``python benchmarks/measure_training.py SETUP_JSON``) so that one
+configuration's memory never leaks into the next; ``measure`` is the parent's side. Token ids are random: memory
+and time do not depend on the text.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+
+from profiles.memory import TrainingSetup
+
+THREADS = 2
+STEPS = 3
+NUM_LAYERS = 30  # SmolLM2-135M
+QV = ("q_proj", "v_proj")
+ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def top_setup(quantization: str, ranks: int | tuple[int, ...], depth: int, targets: tuple[str, ...], batch: int, seq: int, optimizer: str = "adamw", checkpointing: bool = False, examples: int = 64) -> TrainingSetup:
+    """A setup adapting the top ``depth`` layers; ``ranks`` is one rank for all, or one per layer from the top."""
+    layers = tuple(range(NUM_LAYERS - depth, NUM_LAYERS))
+    per_layer = (ranks,) * depth if isinstance(ranks, int) else tuple(reversed(ranks))
+    return TrainingSetup(quantization, layers, per_layer, targets, batch, seq, optimizer, checkpointing, examples)
+
+
+def describe(setup: TrainingSetup) -> str:
+    ranks = str(setup.ranks[0]) if len(set(setup.ranks)) == 1 else f"{max(setup.ranks)}→{min(setup.ranks)}"
+    targets = "qv" if setup.target_modules == QV else "all" if setup.target_modules == ALL else ",".join(setup.target_modules)
+    extras = (" ckpt" if setup.gradient_checkpointing else "") + (f" {setup.optimizer}" if setup.optimizer != "adamw" else "")
+    return f"{setup.quantization} D{setup.depth} r{ranks} {targets} b{setup.batch_size} s{setup.seq_len} n{setup.cached_examples}{extras}"
+
+
+def measure(setup: TrainingSetup, device: str = "cpu") -> dict:
+    """Run ``setup`` in a child process; returns ``{"peak_bytes", "step_seconds"}``."""
+    done = subprocess.run([sys.executable, __file__, json.dumps(asdict(setup)), device], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"measurement failed for {setup}:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _run(setup: TrainingSetup, device: str) -> dict:
+    import torch
+
+    from edge_agent.trainer import train_local
+    from fedge.task.classifier import EncodedExamples, lora_classifier
+    from fedge.wire import LoraSpec
+    from quantization.backbone import load_backbone, locate_backbone
+
+    torch.set_num_threads(THREADS)
+    model, tokenizer = load_backbone(locate_backbone(), setup.quantization, device)
+    spec = LoraSpec(setup.target_modules, setup.layers, setup.ranks, 2.0)
+    runner = lora_classifier(model, tokenizer, spec, seed=0, gradient_checkpointing=setup.gradient_checkpointing)
+    generator = torch.Generator().manual_seed(0)
+    examples = max(setup.cached_examples, setup.batch_size)
+    data = EncodedExamples(
+        input_ids=torch.randint(0, tokenizer.vocab_size, (examples, setup.seq_len), generator=generator),
+        lengths=torch.full((examples,), setup.seq_len),
+        labels=torch.randint(0, 8, (examples,), generator=generator),
+    ).to(device)
+    prefix = runner.cache(data.input_ids)
+    result = train_local(runner, prefix, data, STEPS, setup.batch_size, 1e-3, seed=0, optimizer=setup.optimizer)
+    return {"peak_bytes": result.peak_memory_bytes, "step_seconds": result.seconds_per_step}
+
+
+if __name__ == "__main__":
+    raw = json.loads(sys.argv[1])
+    for key in ("layers", "ranks", "target_modules"):
+        raw[key] = tuple(raw[key])
+    print(json.dumps(_run(TrainingSetup(**raw), sys.argv[2])))

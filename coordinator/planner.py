@@ -1,0 +1,310 @@
+"""The capacity planner: which quantization, rank profile, depth, batch and local steps each device gets.
+
+A pure function of the fleet (profiles, data sizes), the model's shape and the options:
+
+1. **Budget.** A device may use ``safety_margin`` × its usable memory (GPU memory on a discrete GPU; host memory
+   on CPU-only and unified-memory devices).
+2. **Quantization.** The most precise base the backend runs (CPU: fp32; CUDA: bf16, or fp16 before Ampere; then
+   int8 and nf4 where bitsandbytes works) whose weights and overhead leave at least half the budget for training;
+   failing that, the smallest base that still fits anything.
+3. **Capacity.** The deepest adapter, then the highest top rank, at the configured batch size, that fits the
+   budget, switching gradient checkpointing on before giving up depth; the batch is halved only when nothing else
+   fits. Ranks follow a LEGEND-style profile: the top rank on the third of the adapted layers nearest the output,
+   half of it on the next third, a quarter below (never under the smallest allowed rank).
+4. **Stragglers.** While the slowest device's predicted round time exceeds ``straggler_bound`` × the fleet's
+   median, it gets less work: fewer layers first, then fewer local steps. A device still too slow at depth 1 and one
+   local step is refused, with the figures.
+
+A device that cannot take part gets ``feasible=False`` and a reason; it is never planned over its memory. An
+operator may pin a device's quantization, rank and depth: the pin is costed and checked against the budget like any
+other setup, and never lightened, but it counts in the median.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field, replace
+
+from fedge.lora import DEFAULT_TARGET_MODULES
+from fedge.wire import DeviceProfile
+from profiles.calibration import Calibration, load_calibration
+from profiles.memory import MemoryBreakdown, TrainingSetup, base_weight_bytes, predict_memory
+from profiles.model_shape import ModelShape
+from profiles.timing import WIRE_STRATEGIES, device_gflops, predict_prefix_seconds, predict_round_bytes, predict_step_seconds, transfer_seconds
+
+
+@dataclass(frozen=True)
+class Pin:
+    """An operator's fixed choice for a device: uniform rank on the top ``depth`` layers of a ``quantization`` base."""
+
+    rank: int
+    depth: int
+    quantization: str = "fp32"
+
+
+@dataclass(frozen=True)
+class FleetMember:
+    device_id: str
+    profile: DeviceProfile
+    num_examples: int
+    label_histogram: tuple[int, ...] = ()
+    pin: Pin | None = None
+
+
+@dataclass(frozen=True)
+class PlannerOptions:
+    strategy: str = "fedit"
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    seq_len: int = 48
+    ranks: tuple[int, ...] = (4, 8, 16, 32)
+    max_depth: int = 0  # 0: every layer
+    batch_size: int = 16
+    local_steps: int = 10
+    optimizer: str = "adamw"
+    scaling: float = 2.0
+    safety_margin: float = 0.85
+    straggler_bound: float = 1.25
+    groups: int = 0  # HierFedLoRA near-IID groups; 0 = none
+    max_group_frequency: int = 4
+
+    def problems(self) -> list[str]:
+        """Every invalid option, each naming its key."""
+        found = []
+        if self.strategy not in WIRE_STRATEGIES:
+            found.append(f"strategy: one of {', '.join(WIRE_STRATEGIES)}")
+        if not self.ranks or min(self.ranks) < 1:
+            found.append("ranks: positive integers")
+        for key in ("seq_len", "batch_size", "local_steps", "max_group_frequency"):
+            if getattr(self, key) < 1:
+                found.append(f"{key}: must be >= 1")
+        if self.max_depth < 0 or self.groups < 0:
+            found.append("max_depth and groups: must be >= 0")
+        if not 0 < self.safety_margin <= 1:
+            found.append("safety_margin: in (0, 1]")
+        if self.straggler_bound < 1:
+            found.append("straggler_bound: must be >= 1")
+        return found
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    device_id: str
+    profile_name: str
+    feasible: bool
+    reason: str = ""
+    quantization: str = ""
+    layers: tuple[int, ...] = ()
+    ranks: tuple[int, ...] = ()
+    batch_size: int = 0
+    local_steps: int = 0
+    gradient_checkpointing: bool = False
+    memory: MemoryBreakdown | None = None
+    budget_bytes: int = 0
+    available_bytes: int = 0
+    step_seconds: float = 0.0
+    setup_seconds: float = 0.0
+    round_seconds: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    calibrated: bool = True
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    def to_dict(self) -> dict:
+        out = {key: getattr(self, key) for key in self.__dataclass_fields__ if key != "memory"}
+        out["memory"] = self.memory.to_dict() if self.memory else None
+        return out
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    model: str
+    options: PlannerOptions
+    devices: list[DevicePlan]
+    groups: list = field(default_factory=list)
+
+    def feasible(self) -> list[DevicePlan]:
+        return [plan for plan in self.devices if plan.feasible]
+
+    @property
+    def median_round_seconds(self) -> float:
+        times = [plan.round_seconds for plan in self.feasible()]
+        return statistics.median(times) if times else 0.0
+
+
+def rank_profile(depth: int, top_rank: int, floor: int) -> tuple[int, ...]:
+    """Per-layer ranks from the lowest adapted layer up: thirds at r/4, r/2, r nearest the output."""
+    from_top = [max(floor, top_rank >> (3 * distance // depth)) for distance in range(depth)]
+    return tuple(reversed(from_top))
+
+
+def quantization_choices(profile: DeviceProfile) -> list[str]:
+    """Bases this device can train on, most precise first."""
+    if not profile.cuda_device_name:
+        return ["fp32"]
+    ampere = profile.cuda_capability is not None and float(profile.cuda_capability) >= 8.0
+    sixteen = "bf16" if ampere else "fp16"
+    return [sixteen, "int8", "nf4"] if profile.bitsandbytes_usable else [sixteen]
+
+
+def usable_memory_bytes(profile: DeviceProfile) -> int:
+    """Memory training may occupy: GPU memory on a discrete GPU, host memory otherwise, after the usable share."""
+    if profile.cuda_device_name and not profile.unified_memory:
+        free = profile.cuda_free_bytes if profile.cuda_free_bytes is not None else profile.cuda_total_bytes or 0
+    else:
+        free = profile.ram_available_bytes
+    return int(free * profile.usable_memory_fraction)
+
+
+class _Device:
+    """One member's cost model: predictions for any candidate setup on its backend."""
+
+    def __init__(self, member: FleetMember, shape: ModelShape, options: PlannerOptions, calibrations: dict[str, Calibration]):
+        self.member = member
+        self.shape = shape
+        self.options = options
+        profile = member.profile
+        self.backend = "cuda" if profile.cuda_device_name else "cpu"
+        self.calibration = calibrations[self.backend]
+        self.host = calibrations["cpu"] if self.backend == "cuda" and profile.unified_memory else None
+        self.available = usable_memory_bytes(profile)
+        self.budget = int(self.available * options.safety_margin)
+
+    def setup(self, quantization: str, depth: int, top_rank: int, batch: int, checkpointing: bool, uniform: bool = False) -> TrainingSetup:
+        layers = tuple(range(self.shape.num_layers - depth, self.shape.num_layers))
+        ranks = (top_rank,) * depth if uniform else rank_profile(depth, top_rank, min(self.options.ranks))
+        examples = self.member.num_examples
+        return TrainingSetup(quantization, layers, ranks, self.options.target_modules, batch, self.options.seq_len, self.options.optimizer, checkpointing, examples)
+
+    def memory(self, setup: TrainingSetup) -> MemoryBreakdown:
+        return predict_memory(self.shape, setup, self.calibration, self.host)
+
+    def fits(self, setup: TrainingSetup) -> bool:
+        return self.memory(setup).total <= self.budget
+
+    def step_seconds(self, setup: TrainingSetup) -> float:
+        return predict_step_seconds(self.shape, setup, device_gflops(self.member.profile, setup.quantization), self.calibration)
+
+    def plan(self, setup: TrainingSetup, local_steps: int, fleet_rank_sum: int) -> DevicePlan:
+        profile = self.member.profile
+        step = self.step_seconds(setup)
+        up, down = predict_round_bytes(self.options.strategy, self.shape, setup, fleet_rank_sum)
+        return DevicePlan(
+            device_id=self.member.device_id,
+            profile_name=profile.name,
+            feasible=True,
+            quantization=setup.quantization,
+            layers=setup.layers,
+            ranks=setup.ranks,
+            batch_size=setup.batch_size,
+            local_steps=local_steps,
+            gradient_checkpointing=setup.gradient_checkpointing,
+            memory=self.memory(setup),
+            budget_bytes=self.budget,
+            available_bytes=self.available,
+            step_seconds=step,
+            setup_seconds=predict_prefix_seconds(self.shape, setup, device_gflops(profile, setup.quantization), self.calibration),
+            round_seconds=local_steps * step + transfer_seconds(up, down, profile),
+            bytes_up=up,
+            bytes_down=down,
+            calibrated=self.calibration.measured,
+        )
+
+    def refuse(self, reason: str) -> DevicePlan:
+        return DevicePlan(self.member.device_id, self.member.profile.name, False, reason, budget_bytes=self.budget, available_bytes=self.available, calibrated=self.calibration.measured)
+
+    def pinned_setup(self, pin: Pin) -> TrainingSetup | str:
+        """The operator's pin, with gradient checkpointing if that is what makes it fit, or why it cannot fit."""
+        if pin.depth > self.shape.num_layers:
+            return f"pinned depth {pin.depth} exceeds the model's {self.shape.num_layers} layers"
+        for checkpointing in (False, True):
+            setup = self.setup(pin.quantization, pin.depth, pin.rank, self.options.batch_size, checkpointing, uniform=True)
+            if self.fits(setup):
+                return setup
+        need = self.memory(setup).total
+        return f"out of memory: the pinned {pin.quantization} rank {pin.rank} depth {pin.depth} needs {need / 2**30:.2f} GiB; the budget is {self.budget / 2**30:.2f} GiB"
+
+    def largest_setup(self, max_depth: int) -> TrainingSetup | str:
+        """The highest-capacity setup that fits the budget, or why none does."""
+        choices = quantization_choices(self.member.profile)
+        roomy = [q for q in choices if base_weight_bytes(self.shape, q) + self.calibration.overhead_bytes <= self.budget / 2]
+        for quantization in dict.fromkeys(roomy[:1] + choices[-1:]):  # the most precise roomy base, else the smallest
+            batch = self.options.batch_size
+            while batch >= 1:
+                for depth in range(max_depth, 0, -1):
+                    for top_rank in sorted(self.options.ranks, reverse=True):
+                        for checkpointing in (False, True):
+                            setup = self.setup(quantization, depth, top_rank, batch, checkpointing)
+                            if self.fits(setup):
+                                return setup
+                batch //= 2
+        smallest = self.setup(choices[-1], 1, min(self.options.ranks), 1, True)
+        need = self.memory(smallest).total
+        return f"out of memory: even {choices[-1]}, depth 1, rank {min(self.options.ranks)}, batch 1 needs {need / 2**30:.2f} GiB; the budget is {self.budget / 2**30:.2f} GiB ({self.options.safety_margin:.0%} of {self.available / 2**30:.2f} GiB usable)"
+
+
+def _lighter(device: _Device, plan: DevicePlan) -> tuple[TrainingSetup, int] | None:
+    """The next smaller workload for a straggler: one layer fewer, then fewer local steps; None at the floor."""
+    if plan.depth > 1:
+        return device.setup(plan.quantization, plan.depth - 1, max(plan.ranks), plan.batch_size, plan.gradient_checkpointing), plan.local_steps
+    if plan.local_steps > 1:
+        setup = device.setup(plan.quantization, 1, max(plan.ranks), plan.batch_size, plan.gradient_checkpointing)
+        return setup, max(1, plan.local_steps * 3 // 4)
+    return None
+
+
+def plan_fleet(members: list[FleetMember], shape: ModelShape, options: PlannerOptions | None = None, calibrations: dict[str, Calibration] | None = None) -> FleetPlan:
+    """Plan every member; see the module docstring for the rules."""
+    options = options or PlannerOptions()
+    problems = options.problems()
+    if problems:
+        raise ValueError("invalid planner options: " + "; ".join(problems))
+    calibrations = calibrations or {backend: load_calibration(backend) for backend in ("cpu", "cuda")}
+    max_depth = min(options.max_depth or shape.num_layers, shape.num_layers)
+    devices = {member.device_id: _Device(member, shape, options, calibrations) for member in members}
+    setups: dict[str, tuple[TrainingSetup, int]] = {}
+    refused: dict[str, DevicePlan] = {}
+    for device_id, device in devices.items():
+        pin = device.member.pin
+        chosen = device.pinned_setup(pin) if pin else device.largest_setup(max_depth)
+        if isinstance(chosen, str):
+            refused[device_id] = device.refuse(chosen)
+        else:
+            setups[device_id] = (chosen, options.local_steps)
+    plans = _balance(devices, setups, refused, options)
+    ordered = [plans.get(member.device_id) or refused[member.device_id] for member in members]
+    fleet = FleetPlan(shape.name, options, ordered)
+    if options.groups:
+        from coordinator.grouping import plan_groups
+
+        fleet = replace(fleet, groups=plan_groups(fleet, members, devices, options))
+    return fleet
+
+
+def _rank_sum(setups: dict[str, tuple[TrainingSetup, int]]) -> int:
+    return sum(max(setup.ranks) for setup, _ in setups.values())
+
+
+def _balance(devices: dict[str, _Device], setups: dict[str, tuple[TrainingSetup, int]], refused: dict[str, DevicePlan], options: PlannerOptions) -> dict[str, DevicePlan]:
+    """Lighten the slowest unpinned device until it is within the straggler bound of the median, refusing hopeless
+    ones."""
+    while True:
+        rank_sum = _rank_sum(setups)
+        plans = {device_id: devices[device_id].plan(setup, steps, rank_sum) for device_id, (setup, steps) in setups.items()}
+        if len(plans) < 2:
+            return plans
+        median = statistics.median(plan.round_seconds for plan in plans.values())
+        adjustable = [plan for plan in plans.values() if devices[plan.device_id].member.pin is None]
+        slowest = max(adjustable, key=lambda plan: plan.round_seconds, default=None)
+        if slowest is None or slowest.round_seconds <= options.straggler_bound * median:
+            return plans
+        lighter = _lighter(devices[slowest.device_id], slowest)
+        if lighter is None:
+            del setups[slowest.device_id]
+            refused[slowest.device_id] = devices[slowest.device_id].refuse(
+                f"too slow: {slowest.round_seconds:.1f} s per round at depth 1 and 1 local step, more than {options.straggler_bound}× the fleet median {median:.1f} s"
+            )
+        else:
+            setups[slowest.device_id] = lighter

@@ -1,0 +1,129 @@
+"""Peak training memory of fedge's LoRA trainer, predicted from the model's shape alone.
+
+    peak = base weights + adapter state + activations + cached prefix states + framework overhead
+
+* **Base weights**: NF4 with double quantization packs the per-layer linear weights at 0.5 byte + one 8-bit absmax
+  per 64 weights + one fp32 scale per 256 absmax (≈0.516 byte/param); INT8 at 1 byte + one fp32 scale per output
+  row. bitsandbytes leaves embeddings and norms alone, and peft's ``prepare_model_for_kbit_training`` upcasts them
+  to fp32. 16-bit and 32-bit bases hold every parameter at 2 or 4 bytes.
+* **Adapter state**: LoRA parameters (Σ over layers of r_l · Σ over target modules of (out + in)) at fp32 weight +
+  fp32 gradient + optimizer state (AdamW: two fp32 moments; SGD: none). peft keeps adapters in fp32 on every base.
+* **Activations**: what autograd keeps per token of each trained layer (counted below), times a factor calibrated
+  per backend for what the count misses (allocator slack, backward temporaries), fitted separately for
+  checkpointed training, whose recomputation allocates in a different pattern. fedge runs attention through
+  PyTorch's sdpa kernels, which never store the s×s score matrix, so there is no quadratic term. With gradient
+  checkpointing only each trained layer's input is kept, plus one layer's activations while it is recomputed.
+* **Cached prefix**: the trainer runs the frozen layers below the adapter once and keeps their output for every
+  local example (examples × seq × hidden).
+* **Overhead**: the process and runtime (Python, torch, transformers; the CUDA context), calibrated per backend.
+  On unified memory (Jetson) the host process and the CUDA context share one pool, so both count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from profiles.calibration import Calibration
+from profiles.model_shape import ModelShape
+
+WEIGHT_BYTES = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "int8": 1.0, "bf16": 2.0, "fp16": 2.0, "fp32": 4.0}
+ACTIVATION_BYTES = {"nf4": 2, "int8": 2, "bf16": 2, "fp16": 2, "fp32": 4}
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "sgd": 0}
+ADAPTER_BYTES = 4 + 4  # fp32 weight + fp32 gradient
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What a device trains: the inputs of the memory and time models, in the Assignment's own terms."""
+
+    quantization: str
+    layers: tuple[int, ...]
+    ranks: tuple[int, ...]  # one per layer, parallel to ``layers``
+    target_modules: tuple[str, ...]
+    batch_size: int
+    seq_len: int
+    optimizer: str = "adamw"
+    gradient_checkpointing: bool = False
+    cached_examples: int = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    base_weights: int
+    adapter_state: int
+    activations: int
+    cached_prefix: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return self.base_weights + self.adapter_state + self.activations + self.cached_prefix + self.overhead
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self) | {"total": self.total}
+
+
+def base_weight_bytes(shape: ModelShape, quantization: str) -> int:
+    linear = shape.num_layers * shape.linear_params_per_layer
+    if quantization == "nf4":
+        return int(linear * WEIGHT_BYTES["nf4"] + 4 * shape.other_params)
+    if quantization == "int8":
+        rows = shape.num_layers * sum(shape.module_dims(module)[0] for module in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+        return int(linear + 4 * rows + 4 * shape.other_params)
+    return int(shape.total_params * WEIGHT_BYTES[quantization])
+
+
+def lora_params(shape: ModelShape, setup: TrainingSetup) -> int:
+    per_rank = sum(sum(shape.module_dims(module)) for module in setup.target_modules)
+    return sum(setup.ranks) * per_rank
+
+
+def saved_elements_per_token(shape: ModelShape, rank: int, target_modules: tuple[str, ...]) -> int:
+    """Values autograd keeps per token for one trained decoder layer (LoRA on frozen linears, sdpa attention).
+
+    A frozen linear keeps nothing (its input gradient needs only the weight); each RMSNorm keeps its input (2h);
+    sdpa keeps q and k after the rotary embedding, v and its output (2·q_dim + 2·kv_dim); the gated MLP keeps gate,
+    silu(gate) and up (3i). LoRA keeps each adapted module's input: the normalised hidden state once for q/k/v (h)
+    and once for gate/up (h), the re-laid-out attention output for o_proj (q_dim), the MLP product for down_proj
+    (i); plus every module's rank-r intermediate.
+    """
+    h, i = shape.hidden_size, shape.intermediate_size
+    q_dim, kv_dim = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    targets = set(target_modules)
+    lora_inputs = (
+        h * bool(targets & {"q_proj", "k_proj", "v_proj"})
+        + h * bool(targets & {"gate_proj", "up_proj"})
+        + q_dim * ("o_proj" in targets)
+        + i * ("down_proj" in targets)
+    )
+    return 2 * h + 2 * q_dim + 2 * kv_dim + 3 * i + lora_inputs + rank * len(targets)
+
+
+def activation_elements(shape: ModelShape, setup: TrainingSetup) -> int:
+    """Counted activation values: every trained layer's saved tensors, or with checkpointing each layer's input
+    plus one layer's saved tensors while it is recomputed."""
+    tokens = setup.batch_size * setup.seq_len
+    per_layer = [saved_elements_per_token(shape, rank, setup.target_modules) for rank in setup.ranks]
+    if setup.gradient_checkpointing:
+        return tokens * (setup.depth * shape.hidden_size + max(per_layer))
+    return tokens * sum(per_layer)
+
+
+def predict_memory(shape: ModelShape, setup: TrainingSetup, calibration: Calibration, unified_host: Calibration | None = None) -> MemoryBreakdown:
+    """Peak memory of training ``setup`` on a backend described by ``calibration``; pass the CPU calibration as
+    ``unified_host`` for a GPU that shares host memory, whose host process then counts too."""
+    element = ACTIVATION_BYTES[setup.quantization]
+    if setup.optimizer not in OPTIMIZER_STATE_BYTES:
+        raise ValueError(f"unknown optimizer {setup.optimizer!r}; expected one of {', '.join(OPTIMIZER_STATE_BYTES)}")
+    overhead = calibration.overhead_bytes + (unified_host.overhead_bytes if unified_host is not None else 0)
+    return MemoryBreakdown(
+        base_weights=base_weight_bytes(shape, setup.quantization),
+        adapter_state=lora_params(shape, setup) * (ADAPTER_BYTES + OPTIMIZER_STATE_BYTES[setup.optimizer]),
+        activations=int(calibration.activation_factor_for(setup.gradient_checkpointing) * activation_elements(shape, setup) * element),
+        cached_prefix=setup.cached_examples * setup.seq_len * shape.hidden_size * element,
+        overhead=int(overhead),
+    )

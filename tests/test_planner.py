@@ -1,0 +1,110 @@
+"""The planner's constraints: never over memory, stragglers bounded, infeasible devices refused with a reason."""
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.planner import FleetMember, Pin, PlannerOptions, plan_fleet, quantization_choices, rank_profile, usable_memory_bytes
+from profiles import catalogue_names, load_catalogue_profile
+from profiles.model_shape import load_model_shape
+
+MODELS = ("smollm2-135m-instruct", "qwen2.5-0.5b", "llama-3.2-1b", "llama-2-7b")
+
+
+def _fleet(*names: str, examples: int = 400) -> list[FleetMember]:
+    return [FleetMember(f"{name}-{index}", load_catalogue_profile(name), examples) for index, name in enumerate(names)]
+
+
+def _check_constraints(plan, options):
+    feasible = plan.feasible()
+    for device in feasible:
+        assert device.memory.total <= device.budget_bytes <= options.safety_margin * device.available_bytes + 1
+        assert device.depth >= 1 and device.local_steps >= 1 and device.batch_size >= 1
+        assert list(device.ranks) == sorted(device.ranks)  # ranks never fall toward the output
+    if len(feasible) >= 2:
+        assert max(d.round_seconds for d in feasible) <= options.straggler_bound * plan.median_round_seconds + 1e-9
+    for device in plan.devices:
+        assert device.feasible or device.reason
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    names=st.lists(st.sampled_from(catalogue_names()), min_size=1, max_size=8),
+    model=st.sampled_from(MODELS),
+    batch=st.sampled_from([1, 4, 16, 64]),
+    seq=st.sampled_from([32, 128, 512]),
+    margin=st.floats(0.5, 1.0),
+    bound=st.floats(1.0, 2.0),
+)
+def test_any_fleet_is_planned_within_memory_and_the_straggler_bound(names, model, batch, seq, margin, bound):
+    options = PlannerOptions(batch_size=batch, seq_len=seq, safety_margin=margin, straggler_bound=bound, max_depth=12)
+    plan = plan_fleet(_fleet(*names), load_model_shape(model), options)
+    assert len(plan.devices) == len(names)
+    _check_constraints(plan, options)
+
+
+def test_rank_profiles_rise_toward_the_output():
+    assert rank_profile(6, 16, 4) == (4, 4, 8, 8, 16, 16)
+    assert rank_profile(1, 8, 4) == (8,)
+    assert rank_profile(9, 32, 4) == (8, 8, 8, 16, 16, 16, 32, 32, 32)
+    assert rank_profile(3, 4, 4) == (4, 4, 4)  # never below the smallest allowed rank
+
+
+def test_quantization_follows_the_hardware():
+    assert quantization_choices(load_catalogue_profile("cpu-16gb")) == ["fp32"]
+    assert quantization_choices(load_catalogue_profile("jetson-orin-nano-8gb")) == ["bf16", "int8", "nf4"]
+    assert quantization_choices(load_catalogue_profile("jetson-nano-4gb")) == ["fp16"]  # Maxwell: no bf16, no bitsandbytes
+
+
+def test_unified_memory_is_budgeted_from_host_memory_and_discrete_gpus_from_their_own():
+    jetson, laptop = load_catalogue_profile("jetson-orin-nano-8gb"), load_catalogue_profile("laptop-rtx3050-4gb")
+    assert usable_memory_bytes(jetson) == int(8 * 2**30 * 0.75)
+    assert usable_memory_bytes(laptop) == int(4 * 2**30 * 0.9)
+
+
+def test_a_7b_model_goes_4_bit_where_it_must_and_is_refused_where_it_cannot_fit():
+    plan = plan_fleet(_fleet("jetson-orin-nx-16gb", "jetson-agx-orin-64gb", "jetson-nano-4gb", "cpu-8gb"), load_model_shape("llama-2-7b"), PlannerOptions(max_depth=8))
+    by_profile = {device.profile_name: device for device in plan.devices}
+    assert by_profile["jetson-orin-nx-16gb"].quantization == "nf4"
+    assert by_profile["jetson-agx-orin-64gb"].quantization == "bf16"  # room for the precise base
+    for name in ("jetson-nano-4gb", "cpu-8gb"):
+        assert not by_profile[name].feasible and "out of memory" in by_profile[name].reason
+
+
+def test_a_hopelessly_slow_device_is_refused_as_too_slow():
+    fleet = _fleet("laptop-rtx4090-16gb", "laptop-rtx4090-16gb", "cpu-16gb")
+    options = PlannerOptions(seq_len=512, max_depth=12)
+    plan = plan_fleet(fleet, load_model_shape("llama-3.2-1b"), options)
+    cpu = plan.devices[-1]
+    assert not cpu.feasible and cpu.reason.startswith("too slow") and "depth 1 and 1 local step" in cpu.reason
+    assert [d.feasible for d in plan.devices[:2]] == [True, True]
+    _check_constraints(plan, options)
+
+
+def test_stragglers_get_less_work_rather_than_holding_the_round():
+    fleet = _fleet("laptop-rtx4060-8gb", "jetson-orin-nano-8gb", "cpu-16gb")
+    options = PlannerOptions(max_depth=12, straggler_bound=1.25)
+    plan = plan_fleet(fleet, load_model_shape("smollm2-135m-instruct"), options)
+    laptop, _, cpu = plan.devices
+    assert cpu.feasible and cpu.depth < laptop.depth
+    _check_constraints(plan, options)
+    unbounded = plan_fleet(fleet, load_model_shape("smollm2-135m-instruct"), replace(options, straggler_bound=1000.0))
+    assert unbounded.devices[2].depth == 12  # with no bound the CPU keeps the full depth
+
+
+def test_pins_are_costed_kept_and_refused_when_they_cannot_fit():
+    members = [
+        FleetMember("pinned", load_catalogue_profile("cpu-8gb"), 300, pin=Pin(rank=8, depth=2)),
+        FleetMember("too-big", load_catalogue_profile("jetson-nano-4gb"), 300, pin=Pin(rank=8, depth=2, quantization="fp32")),
+    ]
+    plan = plan_fleet(members, load_model_shape("qwen2.5-0.5b"), PlannerOptions(batch_size=8, seq_len=128))
+    assert plan.devices[0].feasible and plan.devices[0].ranks == (8, 8) and plan.devices[0].memory.total <= plan.devices[0].budget_bytes
+    assert not plan.devices[1].feasible and "pinned" in plan.devices[1].reason
+
+
+def test_invalid_options_are_reported_together():
+    with pytest.raises(ValueError) as caught:
+        plan_fleet(_fleet("cpu-8gb"), load_model_shape("smollm2-135m-instruct"), PlannerOptions(strategy="magic", safety_margin=1.5, ranks=()))
+    assert all(key in str(caught.value) for key in ("strategy", "safety_margin", "ranks"))
