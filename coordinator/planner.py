@@ -5,8 +5,9 @@ A pure function of the fleet (profiles, data sizes), the model's shape and the o
 1. **Budget.** A device may use ``safety_margin`` × its usable memory (GPU memory on a discrete GPU; host memory
    on CPU-only and unified-memory devices).
 2. **Quantization.** The most precise base the backend runs (CPU: fp32; CUDA: bf16, or fp16 before Ampere; then
-   int8 and nf4 where bitsandbytes works) whose weights and overhead leave at least half the budget for training;
-   failing that, the smallest base that still fits anything.
+   NF4 where bitsandbytes works) whose weights and overhead leave at least half the budget for training; failing
+   that, the smallest base that still fits anything. INT8 is never chosen on its own: bitsandbytes' LLM.int8()
+   matmuls train several times slower than NF4 for more memory, so it is only used where an operator pins it.
 3. **Capacity.** The deepest adapter, then the highest top rank, at the configured batch size, that fits the
    budget, switching gradient checkpointing on before giving up depth; the batch is halved only when nothing else
    fits. Ranks follow a LEGEND-style profile: the top rank on the third of the adapted layers nearest the output,
@@ -146,7 +147,7 @@ def quantization_choices(profile: DeviceProfile) -> list[str]:
         return ["fp32"]
     ampere = profile.cuda_capability is not None and float(profile.cuda_capability) >= 8.0
     sixteen = "bf16" if ampere else "fp16"
-    return [sixteen, "int8", "nf4"] if profile.bitsandbytes_usable else [sixteen]
+    return [sixteen, "nf4"] if profile.bitsandbytes_usable else [sixteen]
 
 
 def usable_memory_bytes(profile: DeviceProfile) -> int:

@@ -54,7 +54,7 @@ def test_rank_profiles_rise_toward_the_output():
 
 def test_quantization_follows_the_hardware():
     assert quantization_choices(load_catalogue_profile("cpu-16gb")) == ["fp32"]
-    assert quantization_choices(load_catalogue_profile("jetson-orin-nano-8gb")) == ["bf16", "int8", "nf4"]
+    assert quantization_choices(load_catalogue_profile("jetson-orin-nano-8gb")) == ["bf16", "nf4"]
     assert quantization_choices(load_catalogue_profile("jetson-nano-4gb")) == ["fp16"]  # Maxwell: no bf16, no bitsandbytes
 
 

@@ -22,3 +22,5 @@ def test_demo_fleet_learns_well_above_the_pretrained_accuracy(tmp_path):
     assert federated[-1] > federated[0] + 0.25, federated  # 8 classes: chance is 0.125
     assert summary["centralised_accuracy"][-1] > federated[0] + 0.25
     assert (run_dir / "coordinator" / "adapter" / "adapter_model.safetensors").exists()
+    plan = json.loads((run_dir / "coordinator" / "plan.json").read_text())
+    assert all(device["feasible"] and device["memory"]["total"] <= device["budget_bytes"] for device in plan["devices"])
