@@ -50,27 +50,28 @@ def main() -> None:
     gflops = matmul_gflops(2.0, device=args.backend)
     console.print(f"matmul throughput on this {args.backend}: {gflops:.1f} GFLOP/s ({THREADS} threads)")
     shape = load_model_shape("smollm2-135m-instruct")
-    samples = []
+    results = []
     for setup in CALIBRATION_SET:
         started = time.perf_counter()
         result = measure(setup, args.backend)
         console.print(f"  {describe(setup):45s} peak {result['peak_bytes'] / 2**20:7.0f} MiB, {result['step_seconds']:6.2f} s/step ({time.perf_counter() - started:.0f} s)")
-        samples.append({"setup": describe(setup), **result, "gflops": gflops, "_setup": setup})
-    raw = [predict_memory(shape, sample["_setup"], UNCALIBRATED) for sample in samples]
+        results.append(result)
+    raw = [predict_memory(shape, setup, UNCALIBRATED) for setup in CALIBRATION_SET]
     overhead, factor, checkpoint_factor = fit_memory(
         np.array([part.total - part.activations for part in raw]),
         np.array([part.activations for part in raw]),
-        np.array([sample["_setup"].gradient_checkpointing for sample in samples]),
-        np.array([sample["peak_bytes"] for sample in samples]),
+        np.array([setup.gradient_checkpointing for setup in CALIBRATION_SET]),
+        np.array([result["peak_bytes"] for result in results]),
     )
     efficiencies, per_layer = fit_time(
-        np.array([step_flops(shape, sample["_setup"]) / (gflops * 1e9) for sample in samples]),
-        [sample["_setup"].quantization for sample in samples],
-        np.array([sample["_setup"].depth for sample in samples]),
-        np.array([sample["step_seconds"] for sample in samples]),
+        np.array([step_flops(shape, setup) / (gflops * 1e9) for setup in CALIBRATION_SET]),
+        [setup.quantization for setup in CALIBRATION_SET],
+        np.array([setup.depth for setup in CALIBRATION_SET]),
+        np.array([result["step_seconds"] for result in results]),
     )
     note = f"Fitted by benchmarks/calibrate.py on {platform.machine()} {platform.processor() or ''}, {THREADS} threads, {time.strftime('%Y-%m-%d')}; efficiencies are shares of the probed matmul rate."
-    calibration = Calibration(args.backend, True, overhead, factor, checkpoint_factor, efficiencies, per_layer, note, tuple({k: v for k, v in s.items() if k != "_setup"} for s in samples))
+    samples = tuple({"setup": describe(setup), **result, "gflops": gflops} for setup, result in zip(CALIBRATION_SET, results))
+    calibration = Calibration(args.backend, True, overhead, factor, checkpoint_factor, efficiencies, per_layer, note, samples)
     path = calibration_file(args.backend)
     path.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
     console.print(f"overhead {overhead / 2**20:.0f} MiB, activation factor {factor:.2f} ({checkpoint_factor:.2f} checkpointed), efficiencies {efficiencies}, {per_layer * 1e3:.1f} ms per layer-step -> {path}")

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # the planner imports this module
+    from coordinator.planner import FleetMember, FleetPlan, PlannerOptions, _Device
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ def label_distance(histograms: dict[str, tuple[int, ...]], group: list[str]) -> 
     return float(np.abs(_mix(sum((padded[d] for d in group), np.zeros(width))) - fleet).sum())
 
 
-def plan_groups(fleet, members, devices, options) -> list[GroupPlan]:
+def plan_groups(fleet: FleetPlan, members: list[FleetMember], devices: dict[str, _Device], options: PlannerOptions) -> list[GroupPlan]:
     """Groups over the feasible devices of ``fleet`` with each group's (τ_g, D_g); see the module docstring."""
     plans = {plan.device_id: plan for plan in fleet.feasible()}
     histograms = {m.device_id: m.label_histogram for m in members if m.device_id in plans and m.label_histogram}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field, replace
 
+from coordinator.grouping import GroupPlan, plan_groups
 from fedge.lora import DEFAULT_TARGET_MODULES
 from fedge.wire import DeviceProfile
 from profiles.calibration import Calibration, load_calibration
@@ -124,7 +125,7 @@ class FleetPlan:
     model: str
     options: PlannerOptions
     devices: list[DevicePlan]
-    groups: list = field(default_factory=list)
+    groups: list[GroupPlan] = field(default_factory=list)
 
     def feasible(self) -> list[DevicePlan]:
         return [plan for plan in self.devices if plan.feasible]
@@ -278,8 +279,6 @@ def plan_fleet(members: list[FleetMember], shape: ModelShape, options: PlannerOp
     ordered = [plans.get(member.device_id) or refused[member.device_id] for member in members]
     fleet = FleetPlan(shape.name, options, ordered)
     if options.groups:
-        from coordinator.grouping import plan_groups
-
         fleet = replace(fleet, groups=plan_groups(fleet, members, devices, options))
     return fleet
 

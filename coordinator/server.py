@@ -17,7 +17,7 @@ from coordinator.aggregation import ClientFactors, client_view, expected_shapes,
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import GlobalModel
 from coordinator.plan_report import plan_to_dict
-from coordinator.planner import FleetMember, plan_fleet
+from coordinator.planner import DevicePlan, FleetMember, plan_fleet
 from coordinator.registry import AgentRecord, Registry
 from coordinator.reports import RunDirectory
 from coordinator.validation import Expectation, UpdateRejected, validate_update
@@ -61,6 +61,7 @@ class Coordinator:
         self._on_round = on_round or (lambda record: None)
         self._round = 0
         self._expectations: dict[str, Expectation] = {}
+        self._assigned: dict[str, DevicePlan] = {}  # the plan each agent got this round
         self._received: dict[str, AdapterUpdate] = {}
         self._bytes_up: dict[str, int] = {}
         self._rejected: dict[str, str] = {}
@@ -117,6 +118,18 @@ class Coordinator:
             raise RuntimeError(f"only {count} agents online; the run needs {self.config.min_clients} (resume it with --resume)")
         log.info("%d agents online", count)
 
+    def _await_rejoin(self) -> None:
+        """Give planned agents that went offline within the last ``rejoin_grace_s`` until then to come back (a broker
+        restart drops everyone for a moment); an agent gone for longer does not hold up the round."""
+        grace = self.config.rejoin_grace_s
+
+        def dropped_recently() -> bool:
+            now = time.time()
+            return any(not r.online and now - r.last_seen < grace for r in self.registry.all() if r.plan is not None)
+
+        while dropped_recently():
+            self._handle(self.transport.receive(timeout_s=0.5))
+
     def _plan(self) -> None:
         """Run the capacity planner over the registered fleet; agents that already hold a plan keep it."""
         records = self.registry.all()
@@ -136,11 +149,12 @@ class Coordinator:
 
     def _run_round(self, round_number: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._round = round_number
+        self._await_rejoin()
         self._await_agents(self.config.min_clients)  # e.g. agents still reconnecting after a broker outage
         started = time.time()
         deadline = started + self.config.round_deadline_s
         participants = self.registry.planned()
-        self._expectations, self._received, self._bytes_up, self._rejected = {}, {}, {}, {}
+        self._expectations, self._assigned, self._received, self._bytes_up, self._rejected = {}, {}, {}, {}, {}
         bytes_down = {}
         for record in participants:
             try:
@@ -183,7 +197,7 @@ class Coordinator:
         """Per contributing device: the planner's memory and step-time predictions next to what the agent measured."""
         out = {}
         for agent_id, update in self._received.items():
-            plan = self.registry.get(agent_id).plan
+            plan = self._assigned[agent_id]
             out[agent_id] = {
                 "predicted_peak_bytes": plan.memory.total,
                 "measured_peak_bytes": update.metrics.get("peak_memory_bytes", float("nan")),
@@ -198,6 +212,7 @@ class Coordinator:
 
     def _assign(self, record: AgentRecord, round_number: int, deadline: float, arrays: dict[str, np.ndarray]) -> int:
         plan, spec = record.plan, self._lora_spec(record)
+        self._assigned[record.agent_id] = plan
         self._expectations[record.agent_id] = Expectation(self.config.run_id, round_number, deadline, expected_shapes(arrays, spec.layer_ranks), spec.scaling)
         assignment = Assignment(
             run_id=self.config.run_id,
