@@ -10,9 +10,10 @@ import yaml
 from coordinator.fleet import planner_options
 from coordinator.planner import Pin, PlannerOptions
 from fedge.lora import DEFAULT_TARGET_MODULES
+from fedge.strategies import Strategy, StrategyError, make_strategy
 from quantization.backbone import DEFAULT_BACKBONE, QUANTIZATIONS
 
-_RUN_LEVEL = ("target_modules", "batch_size", "local_steps")  # planner options set at the top level
+_RUN_LEVEL = ("strategy", "target_modules", "batch_size", "local_steps")  # planner options set at the top level
 
 
 class ConfigError(ValueError):
@@ -27,6 +28,8 @@ class CoordinatorConfig:
     run_dir: str = "runs/run"
     backbone: str = DEFAULT_BACKBONE
     rounds: int = 5
+    strategy: str = "hetlora"  # an aggregation strategy of fedge.strategies.STRATEGIES
+    strategy_options: dict = field(default_factory=dict)  # e.g. {solver: cosine} for lora-fair
     min_clients: int = 2
     expected_clients: int = 2
     registration_timeout_s: float = 300.0
@@ -49,6 +52,9 @@ class CoordinatorConfig:
     def planner_options(self) -> PlannerOptions:
         run_level = {key: getattr(self, key) for key in _RUN_LEVEL}
         return PlannerOptions(**self.planner, **run_level)
+
+    def make_strategy(self) -> Strategy:
+        return make_strategy(self.strategy, seed=self.seed, **self.strategy_options)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +90,7 @@ class CoordinatorConfig:
                 errors.append(f"{key}: must be a positive integer")
         if values.get("min_clients", 1) > values.get("expected_clients", values.get("min_clients", 1)):
             errors.append("min_clients: cannot exceed expected_clients")
+        errors += _strategy_problems(values, devices)
         if errors:
             raise ConfigError("invalid coordinator config:\n  " + "\n  ".join(errors))
         return cls(**values)
@@ -94,3 +101,19 @@ class CoordinatorConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         return cls.from_dict(raw)
+
+
+def _strategy_problems(values: dict, devices: dict[str, Pin]) -> list[str]:
+    """The strategy must exist, take its options, and be able to combine the ranks the planner may hand out."""
+    name = values.get("strategy", CoordinatorConfig.strategy)
+    try:
+        strategy = make_strategy(name, **(values.get("strategy_options") or {}))
+    except StrategyError as error:
+        return [f"strategy: {error}"]
+    if strategy.mixed_ranks:
+        return []
+    planner = values.get("planner") or {}
+    ranks = set(planner.get("ranks", PlannerOptions.ranks)) | {pin.rank for pin in devices.values()}
+    if len(ranks) > 1 or planner.get("rank_profile", PlannerOptions.rank_profile) != "uniform":
+        return [f"strategy: {name} averages factors of one rank, so set planner.ranks to one value, planner.rank_profile to uniform and every pinned rank to match (ranks now {sorted(ranks)}); or use hetlora, flexlora, flora, fedex-lora or lora-fair for mixed ranks"]
+    return []

@@ -1,4 +1,4 @@
-"""The global model on the coordinator: held-out evaluation and export in PEFT format."""
+"""The global model on the coordinator: held-out evaluation of a strategy's global parts, and export in PEFT format."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from fedge.adapters import apply_view, lora_layers
 from fedge.lora import adapter_arrays, load_adapter_arrays, uniform_spec
+from fedge.strategies import GlobalParts
+from fedge.strategies.base import delta_key
 from fedge.task.classifier import Evaluation, encode, evaluate, lora_classifier
 from fedge.task.wordnet import Example
 from quantization.backbone import BackboneSource, load_backbone
@@ -21,9 +25,12 @@ class GlobalModel:
     def __init__(self, source: BackboneSource, rank: int, layers: list[int], target_modules: list[str], test: list[Example], seed: int):
         model, tokenizer = load_backbone(source, "fp32")
         self.rank = rank
-        self.runner = lora_classifier(model, tokenizer, uniform_spec(rank, 1.0, target_modules, layers), seed)
+        self.spec = uniform_spec(rank, 1.0, target_modules, layers)
+        self.runner = lora_classifier(model, tokenizer, self.spec, seed)
         self.model = self.runner.model
         self.test = encode(tokenizer, test)
+        self._applied_rounds: set[int] = set()  # base changes already merged into this copy
+        self._original = self.base_weights()  # so replaced weights (full-weight averaging) start from W0
         log.info("caching evaluation states for %d examples below layer %d", len(test), min(layers))
         self.prefix = self.runner.cache(self.test.input_ids)
 
@@ -31,11 +38,31 @@ class GlobalModel:
         """peft's own initialisation (A random, B zero), the common starting point of every device."""
         return adapter_arrays(self.model)
 
-    def evaluate(self, arrays: dict[str, np.ndarray]) -> Evaluation:
-        load_adapter_arrays(self.model, arrays)
+    def base_weights(self) -> dict[str, np.ndarray]:
+        """The frozen weight W0 (d×k) of every adapted module, by module name."""
+        return {name: layer.get_base_layer().weight.detach().float().numpy().copy() for name, layer in lora_layers(self.model)}
+
+    def load(self, parts: GlobalParts) -> None:
+        """Put a strategy's global parts into the model: LoRA factors (zero when there are none), base changes not
+        merged yet, and replaced weights."""
+        if parts.lora is not None:
+            load_adapter_arrays(self.model, parts.lora)
+        else:
+            for _, layer in lora_layers(self.model):
+                torch.nn.init.zeros_(layer.lora_B["default"].weight)
+        changes = {delta_key(key.rsplit(".", 1)[0], round_number, key.rsplit(".", 1)[1]): value for round_number, part in parts.base_deltas.items() for key, value in part.items()}
+        apply_view(self.model, self.spec, changes, self._applied_rounds)
+        for name, layer in lora_layers(self.model):
+            if parts.weights:
+                weight = parts.weights.get(name, self._original[name])
+                layer.get_base_layer().weight.data.copy_(torch.from_numpy(weight))
+
+    def evaluate(self, parts: GlobalParts) -> Evaluation:
+        self.load(parts)
         return evaluate(self.runner, self.prefix, self.test)
 
-    def save(self, arrays: dict[str, np.ndarray], directory: Path) -> None:
-        """Write the adapter so ``PeftModel.from_pretrained(backbone, directory)`` loads it."""
-        load_adapter_arrays(self.model, arrays)
+    def save(self, parts: GlobalParts, directory: Path) -> None:
+        """Write the adapter so ``PeftModel.from_pretrained(backbone, directory)`` loads it (base changes and
+        replaced weights are in the run's global state files, not in the adapter)."""
+        self.load(parts)
         self.model.save_pretrained(directory)

@@ -53,6 +53,9 @@ class FleetMember:
     pin: Pin | None = None
 
 
+RANK_PROFILES = ("legend", "uniform")
+
+
 @dataclass(frozen=True)
 class PlannerOptions:
     strategy: str = "fedit"
@@ -66,6 +69,7 @@ class PlannerOptions:
     scaling: float = 2.0
     safety_margin: float = 0.85
     straggler_bound: float = 1.25
+    rank_profile: str = "legend"  # legend: r, r/2, r/4 by thirds, highest nearest the output; uniform: r everywhere
     groups: int = 0  # HierFedLoRA near-IID groups; 0 = none
     max_group_frequency: int = 4
 
@@ -74,6 +78,8 @@ class PlannerOptions:
         found = []
         if self.strategy not in WIRE_STRATEGIES:
             found.append(f"strategy: one of {', '.join(WIRE_STRATEGIES)}")
+        if self.rank_profile not in RANK_PROFILES:
+            found.append(f"rank_profile: one of {', '.join(RANK_PROFILES)}")
         if not self.ranks or min(self.ranks) < 1:
             found.append("ranks: positive integers")
         for key in ("seq_len", "batch_size", "local_steps", "max_group_frequency"):
@@ -176,6 +182,7 @@ class _Device:
 
     def setup(self, quantization: str, depth: int, top_rank: int, batch: int, checkpointing: bool, uniform: bool = False) -> TrainingSetup:
         layers = tuple(range(self.shape.num_layers - depth, self.shape.num_layers))
+        uniform = uniform or self.options.rank_profile == "uniform"
         ranks = (top_rank,) * depth if uniform else rank_profile(depth, top_rank, min(self.options.ranks))
         examples = self.member.num_examples
         return TrainingSetup(quantization, layers, ranks, self.options.target_modules, batch, self.options.seq_len, self.options.optimizer, checkpointing, examples)

@@ -17,6 +17,7 @@ class AgentRecord:
     label_histogram: tuple[int, ...]
     pin: Pin | None = None
     plan: DevicePlan | None = None  # set by the planner; None until the fleet is planned
+    base_version: int = 0  # the last round of frozen-weight changes the agent reported merged
     online: bool = True
     last_seen: float = field(default_factory=time.time)
 

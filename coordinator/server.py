@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from coordinator.aggregation import ClientFactors, client_view, expected_shapes, fedit
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import GlobalModel
 from coordinator.plan_report import plan_to_dict
@@ -21,6 +20,7 @@ from coordinator.planner import DevicePlan, FleetMember, plan_fleet
 from coordinator.registry import AgentRecord, Registry
 from coordinator.reports import RunDirectory
 from coordinator.validation import Expectation, UpdateRejected, validate_update
+from fedge.strategies import ClientInfo, ClientUpdate
 from fedge.task.data import read_jsonl
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.wire import AdapterUpdate, Assignment, BackboneSpec, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
@@ -50,6 +50,7 @@ class Coordinator:
         )
         self.backbone = locate_backbone(config.backbone)
         self.options = config.planner_options()
+        self.strategy = config.make_strategy()
         self.shape = load_model_shape(str(self.backbone.directory))
         self.num_layers = self.shape.num_layers
         pins = list(config.devices.values())
@@ -62,6 +63,7 @@ class Coordinator:
         self._round = 0
         self._expectations: dict[str, Expectation] = {}
         self._assigned: dict[str, DevicePlan] = {}  # the plan each agent got this round
+        self._specs: dict[str, LoraSpec] = {}  # the adapter each agent was told to train this round
         self._received: dict[str, AdapterUpdate] = {}
         self._bytes_up: dict[str, int] = {}
         self._rejected: dict[str, str] = {}
@@ -82,9 +84,8 @@ class Coordinator:
         test = read_jsonl(config.eval_data)
         self.model = GlobalModel(self.backbone, self.rank, list(self._top_layers(self.depth)), list(config.target_modules), test, config.seed)
         if arrays is None:
-            arrays = self.model.initial_arrays()
-            before = self.model.evaluate(arrays)
-            self._record({"round": 0, "accuracy": before.accuracy, "loss": before.loss, "participants": [], "contributors": []})
+            arrays = self.strategy.initial_state(self.model.initial_arrays(), self.model.base_weights())
+            self._record({"round": 0, **self._evaluate(arrays), "participants": [], "contributors": []})
         self._await_agents(self.config.expected_clients)
         self._plan()
         if len(self.registry.planned()) < config.min_clients:
@@ -146,6 +147,7 @@ class Coordinator:
             log.info("planned %s (%s): %s, depth %d, ranks %s, batch %d, %d steps; predicted %.0f MiB of %.0f MiB, %.2f s/step", record.agent_id, plan.profile_name, plan.quantization, plan.depth, "/".join(map(str, plan.ranks)), plan.batch_size, plan.local_steps, plan.memory.total / 2**20, plan.available_bytes / 2**20, plan.step_seconds)
         self.run_dir.write_plan(plan_to_dict(fleet))
         self._planned = True
+        self.strategy.check_ranks([self._lora_spec(record) for record in self.registry.all() if record.plan is not None])
 
     def _run_round(self, round_number: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._round = round_number
@@ -154,7 +156,7 @@ class Coordinator:
         started = time.time()
         deadline = started + self.config.round_deadline_s
         participants = self.registry.planned()
-        self._expectations, self._assigned, self._received, self._bytes_up, self._rejected = {}, {}, {}, {}, {}
+        self._expectations, self._assigned, self._specs, self._received, self._bytes_up, self._rejected = {}, {}, {}, {}, {}, {}
         bytes_down = {}
         for record in participants:
             try:
@@ -166,17 +168,19 @@ class Coordinator:
         while waiting - set(self._received) and time.time() < deadline:
             self._handle(self.transport.receive(timeout_s=min(1.0, max(deadline - time.time(), 0.01))))
             waiting = {agent_id for agent_id in waiting if self._still_expected(agent_id)}
-        assigned = self._expectations
-        updates = [ClientFactors(u.agent_id, u.num_examples, assigned[u.agent_id].scaling, u.tensors) for u in self._received.values()]
+        updates = [self._client_update(update) for update in self._received.values()]
+        aggregate_s = 0.0
         if len(updates) >= self.config.min_clients:
-            arrays = fedit(arrays, updates)
+            aggregating = time.perf_counter()
+            arrays = self.strategy.aggregate(arrays, updates, round_number)
+            aggregate_s = time.perf_counter() - aggregating
         else:
             log.warning("round %d: %d valid updates, fewer than min_clients=%d; global model unchanged", round_number, len(updates), self.config.min_clients)
-        result = self.model.evaluate(arrays)
         self._record({
             "round": round_number,
-            "accuracy": result.accuracy,
-            "loss": result.loss,
+            **self._evaluate(arrays),
+            "strategy": self.strategy.name,
+            "server_aggregate_s": round(aggregate_s, 4),
             "participants": sorted(r.agent_id for r in participants),
             "contributors": sorted(self._received),
             "rejected": dict(self._rejected),
@@ -188,6 +192,19 @@ class Coordinator:
         })
         self.run_dir.save_global(round_number, arrays)  # the commit point of the round
         return arrays
+
+    def _client_update(self, update: AdapterUpdate) -> ClientUpdate:
+        record = self.registry.get(update.agent_id)
+        histogram = record.label_histogram if record is not None else ()
+        return ClientUpdate(update.agent_id, update.num_examples, self._specs[update.agent_id], update.tensors, histogram)
+
+    def _evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        """Held-out accuracy and loss of the strategy's global model (NaN where the strategy has none)."""
+        parts = self.strategy.global_parts(arrays)
+        if parts is None:
+            return {"accuracy": float("nan"), "loss": float("nan")}
+        result = self.model.evaluate(parts)
+        return {"accuracy": result.accuracy, "loss": result.loss}
 
     def _still_expected(self, agent_id: str) -> bool:
         record = self.registry.get(agent_id)
@@ -213,7 +230,8 @@ class Coordinator:
     def _assign(self, record: AgentRecord, round_number: int, deadline: float, arrays: dict[str, np.ndarray]) -> int:
         plan, spec = record.plan, self._lora_spec(record)
         self._assigned[record.agent_id] = plan
-        self._expectations[record.agent_id] = Expectation(self.config.run_id, round_number, deadline, expected_shapes(arrays, spec.layer_ranks), spec.scaling)
+        self._specs[record.agent_id] = spec
+        self._expectations[record.agent_id] = Expectation(self.config.run_id, round_number, deadline, self.strategy.upload_shapes(arrays, spec), spec.scaling)
         assignment = Assignment(
             run_id=self.config.run_id,
             round=round_number,
@@ -229,14 +247,16 @@ class Coordinator:
             gradient_checkpointing=plan.gradient_checkpointing,
             predicted_peak_bytes=plan.memory.total,
             predicted_step_seconds=plan.step_seconds,
+            strategy=self.strategy.name,
+            run_seed=self.config.seed,
         )
         state = self._state_for(record, arrays, round_number, final=False)
         downlink = topics.downlink(record.agent_id)
         return self.transport.publish(downlink, assignment) + self.transport.publish(downlink, state)
 
     def _state_for(self, record: AgentRecord, arrays: dict[str, np.ndarray], round_number: int, final: bool) -> GlobalState:
-        """The global factors cut to the device's own layers, ranks and scaling."""
-        view = client_view(arrays, self._lora_spec(record).layer_ranks, self.options.scaling)
+        """What the strategy gives this device: its own layers, ranks and scaling, and base changes it lacks."""
+        view = self.strategy.client_view(arrays, ClientInfo(record.agent_id, self._lora_spec(record), record.base_version))
         return GlobalState(self.config.run_id, round_number, record.agent_id, final, {}, view)
 
     def _finish(self, arrays: dict[str, np.ndarray]) -> None:
@@ -248,7 +268,9 @@ class Coordinator:
                 self.transport.publish(topics.downlink(record.agent_id), final, timeout_s=30)
             except Exception as error:  # an agent we cannot reach must not stop the others' shutdown
                 log.warning("could not send the final state to %s: %s", record.agent_id, error)
-        self.model.save(arrays, self.run_dir.adapter_dir)
+        parts = self.strategy.global_parts(arrays)
+        if parts is not None:
+            self.model.save(parts, self.run_dir.adapter_dir)
         self.run_dir.plot()
         self.transport.close()
 
@@ -301,7 +323,7 @@ class Coordinator:
         known = self.registry.get(hello.agent_id)
         keep = known.plan if known is not None and known.profile == hello.profile and known.num_examples == hello.num_examples else None
         pin = self.config.pin_for(hello.profile.name, hello.profile.device_class)
-        record = AgentRecord(hello.agent_id, hello.profile, hello.num_examples, hello.label_histogram, pin, keep)
+        record = AgentRecord(hello.agent_id, hello.profile, hello.num_examples, hello.label_histogram, pin, keep, base_version=hello.base_version)
         is_new = self.registry.register(record)
         log.info("%s %s: %s, %d examples", "registered" if is_new else "re-registered", hello.agent_id, hello.profile.name, hello.num_examples)
         if self._planned and record.plan is None:  # joined (or changed) after the fleet was planned
@@ -317,6 +339,7 @@ class Coordinator:
         self.run_dir.save_update(update.round, update.agent_id, update.tensors)
         self._received[update.agent_id] = update
         self._bytes_up[update.agent_id] = size
+        self.registry.get(update.agent_id).base_version = int(update.metrics.get("base_version", 0))
         log.info("round %d: update from %s (%d examples, loss %.3f)", update.round, update.agent_id, update.num_examples, update.metrics.get("loss", float("nan")))
 
     def _reject(self, agent_id: str, reason: str, detail: str, round_number: int | None = None, ref: str | None = None) -> None:

@@ -14,12 +14,14 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edge_agent.memory import available_bytes
 from edge_agent.trainer import TrainResult, train_local
-from fedge.lora import adapter_arrays, load_adapter_arrays
-from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, lora_classifier
+from fedge.adapters import apply_view, attach, galore_groups, restart_lora, upload
+from fedge.strategies import ClientRecipe, StrategyError, recipe_for
+from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, label_token_ids
 from fedge.task.split import label_histogram
 from fedge.task.wordnet import LABELS, Example
 from fedge.transport import BrokerConfig, MqttTransport, TransportError
@@ -32,15 +34,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Session:
-    """A loaded backbone with the assigned adapter and the cached frozen-prefix states of the local data."""
+    """A loaded backbone with what the strategy trains on it and the cached frozen-prefix states of the local data."""
 
+    key: tuple
     lora: LoraSpec
-    quantization: str
-    gradient_checkpointing: bool
+    recipe: ClientRecipe
     model: torch.nn.Module
     runner: FrozenPrefix
     data: EncodedExamples
     prefix: torch.Tensor
+    applied_rounds: set[int]  # rounds whose frozen-weight changes this backbone holds
 
 
 def pick_quantization(requested: str, device: str, bitsandbytes_ok: bool) -> str:
@@ -67,6 +70,7 @@ class EdgeAgent:
         self._done = False
         self.refused: str | None = None  # set when the coordinator refuses this device outright
         self._handled_states: deque[str] = deque(maxlen=64)  # ids of global states already acted on
+        self._base_changes: dict[str, np.ndarray] = {}  # every frozen-weight change received, to rebuild a backbone
 
     def run(self) -> None:
         self.transport.subscribe(topics.downlink(self.agent_id))
@@ -94,7 +98,7 @@ class EdgeAgent:
 
     def _hello(self) -> None:
         histogram = tuple(label_histogram(self.data, len(LABELS)))
-        self._send(Hello(self.agent_id, self.profile, len(self.data), histogram))
+        self._send(Hello(self.agent_id, self.profile, len(self.data), histogram, self._base_version()))
         log.info("%s: announced as %s with %d examples", self.agent_id, self.profile.name, len(self.data))
 
     def _dispatch(self, message) -> None:
@@ -116,7 +120,7 @@ class EdgeAgent:
     def _on_global(self, state: GlobalState) -> None:
         if state.final:
             if self._session is not None:
-                load_adapter_arrays(self._session.model, state.tensors)
+                self._apply(self._session, state.tensors)
                 if self.save_dir is not None:
                     self._session.model.save_pretrained(self.save_dir)
             log.info("%s: run finished", self.agent_id)
@@ -137,15 +141,19 @@ class EdgeAgent:
             return
         try:
             session = self._prepare(assignment)
-            load_adapter_arrays(session.model, state.tensors)
-        except (ValueError, RuntimeError, OSError) as error:
+            if session.recipe.reinit_each_round:
+                restart_lora(session.model, assignment.seed)
+            self._apply(session, state.tensors)
+        except (ValueError, RuntimeError, OSError, StrategyError) as error:
             log.error("%s: cannot take round %d: %s", self.agent_id, state.round, error)
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
             return
         log.info("%s: round %d, training %d steps (ranks %s on the top %d layers)", self.agent_id, state.round, assignment.local_steps, "/".join(map(str, assignment.lora.ranks)), len(assignment.lora.layers))
         try:
-            result = train_local(session.runner, session.prefix, session.data, assignment.local_steps, assignment.batch_size, assignment.learning_rate, assignment.seed, assignment.optimizer)
-        except (ValueError, torch.OutOfMemoryError) as error:
+            optimizer = session.recipe.optimizer or assignment.optimizer
+            groups = galore_groups(session.model, session.lora) if optimizer == "galore" else None
+            result = train_local(session.runner, session.prefix, session.data, assignment.local_steps, assignment.batch_size, assignment.learning_rate, assignment.seed, optimizer, groups)
+        except (ValueError, RuntimeError, torch.OutOfMemoryError) as error:
             log.error("%s: training round %d failed: %s", self.agent_id, state.round, error)
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
             return
@@ -158,21 +166,37 @@ class EdgeAgent:
             return None
         return f"the plan needs {assignment.predicted_peak_bytes / 2**30:.2f} GiB at its peak; {free / 2**30:.2f} GiB is free on {self.device}"
 
+    def _base_version(self) -> int:
+        """The last round whose frozen-weight changes this agent holds (0: the pristine backbone)."""
+        return max(self._session.applied_rounds, default=0) if self._session else 0
+
+    def _apply(self, session: _Session, view: dict[str, np.ndarray]) -> None:
+        """Load a received state; refresh the cached prefix when a change reached a layer below the adapter."""
+        self._base_changes.update({key: value for key, value in view.items() if ".base_delta." in key})
+        lowest = apply_view(session.model, session.lora, view, session.applied_rounds)
+        if lowest is not None and lowest < session.runner.start_layer:
+            session.prefix = session.runner.cache(session.data.input_ids)
+
     def _prepare(self, assignment: Assignment) -> _Session:
         quantization = pick_quantization(assignment.backbone.quantization, self.device, self.profile.bitsandbytes_usable)
+        key = (assignment.lora, quantization, assignment.gradient_checkpointing, assignment.strategy, assignment.run_seed)
         session = self._session
-        if session and (session.lora, session.quantization, session.gradient_checkpointing) == (assignment.lora, quantization, assignment.gradient_checkpointing):
+        if session and session.key == key:
             return session
+        recipe = recipe_for(assignment.strategy)
         source = locate_backbone(assignment.backbone.name)
         if source.sha256 != assignment.backbone.sha256:
             raise ValueError(f"backbone {source.name} has sha256 {source.sha256[:12]}…, the assignment wants {assignment.backbone.sha256[:12]}…")
         started = time.perf_counter()
         model, tokenizer = load_backbone(source, quantization, self.device)
-        runner = lora_classifier(model, tokenizer, assignment.lora, assignment.seed, assignment.gradient_checkpointing)
+        trainable = attach(model, assignment.lora, recipe, assignment.run_seed, assignment.seed)
+        runner = FrozenPrefix(trainable, label_token_ids(tokenizer), min(assignment.lora.layers), assignment.gradient_checkpointing)
+        applied: set[int] = set()
+        apply_view(trainable, assignment.lora, self._base_changes, applied)  # a rebuilt backbone gets every change back
         data = encode(tokenizer, self.data).to(self.device)
         prefix = runner.cache(data.input_ids)
-        log.info("%s: backbone %s (%s) ready, %d examples cached below layer %d in %.1f s", self.agent_id, source.name, quantization, len(self.data), runner.start_layer, time.perf_counter() - started)
-        self._session = _Session(assignment.lora, quantization, assignment.gradient_checkpointing, runner.model, runner, data, prefix)
+        log.info("%s: backbone %s (%s, %s) ready, %d examples cached below layer %d in %.1f s", self.agent_id, source.name, quantization, assignment.strategy, len(self.data), runner.start_layer, time.perf_counter() - started)
+        self._session = _Session(key, assignment.lora, recipe, trainable, runner, data, prefix, applied)
         return self._session
 
     def _send_update(self, assignment: Assignment, session: _Session, result: TrainResult) -> None:
@@ -181,8 +205,10 @@ class EdgeAgent:
             "steps": float(result.steps),
             "seconds_per_step": result.seconds_per_step,
             "peak_memory_bytes": float(result.peak_memory_bytes),
+            "base_version": float(self._base_version()),
         }
-        update = AdapterUpdate(assignment.run_id, assignment.round, self.agent_id, len(self.data), metrics, adapter_arrays(session.model))
+        tensors = upload(session.model, session.lora, session.recipe)
+        update = AdapterUpdate(assignment.run_id, assignment.round, self.agent_id, len(self.data), metrics, tensors)
         sent = self._send(update)
         log.info("%s: round %d sent (%d bytes, loss %.3f)", self.agent_id, assignment.round, sent, result.loss)
 

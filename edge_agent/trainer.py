@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from galore_torch import GaLoreAdamW
 
 from edge_agent.memory import peak_bytes, reset_peak
 from fedge.task.classifier import EncodedExamples, FrozenPrefix
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "galore")
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,15 @@ def train_local(
     learning_rate: float,
     seed: int,
     optimizer: str = "adamw",
+    galore_groups: list[dict] | None = None,
 ) -> TrainResult:
-    """``steps`` optimizer steps (AdamW, or plain SGD) over random batches of the local data; returns the mean
-    loss, the time per step and the peak memory of the training alone."""
+    """``steps`` optimizer steps (AdamW, plain SGD, or GaLore-AdamW over ``galore_groups``) over random batches of
+    the local data; returns the mean loss, the time per step and the peak memory of the training alone."""
     model = runner.model
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-    step_rule = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0) if optimizer == "adamw" else torch.optim.SGD(params, lr=learning_rate)
+    step_rule = make_optimizer(optimizer, params, learning_rate, galore_groups)
     generator = torch.Generator().manual_seed(seed)
     device = str(prefix.device)
     reset_peak(device)
@@ -54,6 +54,8 @@ def train_local(
         step_rule.zero_grad(set_to_none=True)
         loss.backward()
         step_rule.step()
+        if optimizer == "galore" and not losses:
+            check_galore_active(step_rule)
         losses.append(loss.item())
     elapsed = time.perf_counter() - started
     model.eval()
@@ -63,3 +65,25 @@ def train_local(
         seconds_per_step=elapsed / steps,
         peak_memory_bytes=peak_bytes(device),
     )
+
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter], learning_rate: float, galore_groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=learning_rate)
+    if name == "galore":
+        if not galore_groups or any("rank" not in group for group in galore_groups):
+            # GaLoreAdamW silently runs plain AdamW on a group without "rank": refuse instead
+            raise ValueError("galore needs parameter groups that each name a projection rank")
+        return GaLoreAdamW(galore_groups, lr=learning_rate, weight_decay=0.0, no_deprecation_warning=True)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+
+
+def check_galore_active(optimizer: torch.optim.Optimizer) -> None:
+    """After a step: every projected matrix must hold a projector and moments smaller than the matrix itself."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            if param.grad is not None and ("projector" not in state or state["exp_avg"].numel() >= param.numel()):
+                raise RuntimeError(f"GaLore projection is not active on a {tuple(param.shape)} matrix (rank {group.get('rank')})")

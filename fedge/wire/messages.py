@@ -80,6 +80,7 @@ class Hello:
     profile: DeviceProfile
     num_examples: int
     label_histogram: tuple[int, ...] = ()
+    base_version: int = 0  # the last round whose changes to the frozen weights this agent has merged
     message_id: str = field(default_factory=new_message_id)
 
 
@@ -101,6 +102,8 @@ class Assignment:
     gradient_checkpointing: bool = False
     predicted_peak_bytes: int = 0
     predicted_step_seconds: float = 0.0
+    strategy: str = "hetlora"  # what to train and send: fedge.strategies.recipe_for(strategy)
+    run_seed: int = 0  # shared by every device of the run (e.g. FFA-LoRA's frozen A)
     message_id: str = field(default_factory=new_message_id)
 
 

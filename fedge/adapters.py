@@ -1,0 +1,151 @@
+"""What a device trains under each strategy, built from the strategy's ``ClientRecipe``.
+
+* ``lora``: peft LoRA from the ``LoraSpec``; with ``shared_a`` A starts from the run's shared seed (FFA-LoRA, and
+  frozen there), with ``reinit_each_round`` it starts afresh every round (FLoRA).
+* ``tri``: CE-LoRA's B·C·A — peft LoRA plus an r×r core per module (initialised to I) applied between A and B.
+* ``full``: no adapter; the target weights of the assigned layers are trained themselves (GaLore).
+
+Changes to the frozen weights (FLoRA's stacked updates, FedEx-LoRA's residuals) arrive as factored ``base_delta``
+entries. On an fp32/16-bit base they are added to the weight in place. On a 4/8-bit bitsandbytes base they are NOT
+merged and re-quantised (an NF4 step is far coarser than one round's change, which rounding would mostly erase);
+they are kept as one dense frozen matrix per changed module in the compute dtype and added by a forward hook.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from peft import get_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+
+from fedge.lora import build_lora_model, parse_adapter_key
+from fedge.strategies import ClientRecipe
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, FULL_SUFFIX, base_deltas, layer_of, shared_lora_a
+from fedge.wire import LoraSpec
+
+PEFT_PREFIX = "base_model.model."
+ADAPTER = "default"
+
+
+def attach(model, spec: LoraSpec, recipe: ClientRecipe, run_seed: int, seed: int):
+    """The model to train under ``recipe``: peft-wrapped for lora/tri, the plain model with its target weights
+    trainable for full."""
+    if recipe.adapter == "full":
+        model.requires_grad_(False)
+        for name, module in _targets(model, spec):
+            module.weight.requires_grad_(True)
+        return model
+    peft_model = build_lora_model(model, spec, seed=seed)
+    for name, layer in lora_layers(peft_model):
+        a = layer.lora_A[ADAPTER].weight
+        if recipe.shared_a:
+            with torch.no_grad():
+                a.copy_(torch.from_numpy(shared_lora_a(name, a.shape[0], a.shape[1], run_seed)))
+        a.requires_grad_("A" in recipe.trains)
+        if recipe.adapter == "tri":
+            _add_core(layer.lora_B[ADAPTER], a.shape[0])
+    return peft_model
+
+
+def lora_layers(model) -> list[tuple[str, LoraLayer]]:
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer) and ADAPTER in module.lora_A]
+
+
+def _add_core(lora_b: torch.nn.Module, rank: int) -> None:
+    lora_b.register_parameter("core", torch.nn.Parameter(torch.eye(rank, dtype=lora_b.weight.dtype, device=lora_b.weight.device)))
+    lora_b.register_forward_pre_hook(lambda module, args: (args[0] @ module.core.T.to(args[0].dtype),) + tuple(args[1:]))
+
+
+def _targets(model, spec: LoraSpec) -> list[tuple[str, torch.nn.Module]]:
+    """(wire module name, module) of every target linear on the spec's layers of a plain model."""
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in spec.target_modules and ".layers." in name:
+            if layer_of(name) in spec.layer_ranks:
+                out.append((PEFT_PREFIX + name, module))
+    return out
+
+
+def upload(model, spec: LoraSpec, recipe: ClientRecipe) -> dict[str, np.ndarray]:
+    """The tensors this device sends: exactly the recipe's ``sends``."""
+    out: dict[str, np.ndarray] = {}
+    if recipe.adapter == "full":
+        return {name + FULL_SUFFIX: module.weight.detach().float().cpu().numpy() for name, module in _targets(model, spec)}
+    if "A" in recipe.sends or "B" in recipe.sends:
+        wanted = tuple(suffix for factor, suffix in (("A", A_SUFFIX), ("B", B_SUFFIX)) if factor in recipe.sends)
+        out.update({key: value.detach().float().cpu().numpy() for key, value in get_peft_model_state_dict(model).items() if key.endswith(wanted)})
+    if "C" in recipe.sends:
+        out.update({name + C_SUFFIX: layer.lora_B[ADAPTER].core.detach().float().cpu().numpy() for name, layer in lora_layers(model)})
+    return out
+
+
+def apply_view(model, spec: LoraSpec, view: dict[str, np.ndarray], applied_rounds: set[int]) -> int | None:
+    """Load a received state: factors, cores or weights by key, plus base changes of rounds not in
+    ``applied_rounds`` (which it extends). Returns the lowest layer whose frozen weights changed, or None."""
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    lowest = None
+    for round_number, parts in base_deltas(view).items():
+        if round_number in applied_rounds:
+            continue
+        for key in sorted(k for k in parts if k.endswith(".left")):
+            name = key[: -len(".left")]
+            _add_to_base(modules, name, parts[key], parts[name + ".right"])
+            lowest = layer_of(name) if lowest is None else min(lowest, layer_of(name))
+        applied_rounds.add(round_number)
+    for key, value in view.items():
+        if ".base_delta." in key:
+            continue
+        target = _parameter_for(key, params)
+        if tuple(target.shape) != tuple(value.shape):
+            raise ValueError(f"{key}: received shape {tuple(value.shape)}, this adapter has {tuple(target.shape)}")
+        with torch.no_grad():
+            target.copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)).to(target.dtype))
+    return lowest
+
+
+def _parameter_for(key: str, params: dict[str, torch.nn.Parameter]) -> torch.nn.Parameter:
+    if key.endswith(FULL_SUFFIX):
+        name = key[len(PEFT_PREFIX): -len(FULL_SUFFIX)] + ".weight"
+    elif key.endswith(C_SUFFIX):
+        name = key[: -len(C_SUFFIX)] + f".lora_B.{ADAPTER}.core"
+    else:
+        parse_adapter_key(key)
+        name = key[: -len(".weight")] + f".{ADAPTER}.weight"
+    if name not in params:
+        raise ValueError(f"{key}: this device does not adapt that module")
+    return params[name]
+
+
+def _add_to_base(modules: dict[str, torch.nn.Module], name: str, left: np.ndarray, right: np.ndarray) -> None:
+    module = modules.get(name) or modules.get(name[len(PEFT_PREFIX):])
+    if module is None:
+        raise ValueError(f"base change for unknown module {name}")
+    base = module.get_base_layer() if isinstance(module, LoraLayer) else module
+    change = torch.from_numpy(left.astype(np.float32)) @ torch.from_numpy(right.astype(np.float32))
+    weight = base.weight
+    if weight.dtype in (torch.float32, torch.float16, torch.bfloat16) and weight.shape == change.shape:
+        with torch.no_grad():
+            weight.add_(change.to(weight.device, weight.dtype))
+        return
+    # quantized (bitsandbytes) base: keep the change beside it, dense and frozen
+    compute = torch.bfloat16 if weight.device.type == "cuda" else torch.float32
+    if getattr(base, "fedge_base_change", None) is None:
+        base.register_buffer("fedge_base_change", torch.zeros(change.shape, dtype=compute, device=weight.device))
+        base.register_forward_hook(lambda mod, args, out: out + (args[0].to(mod.fedge_base_change.dtype) @ mod.fedge_base_change.T).to(out.dtype))
+    base.fedge_base_change.add_(change.to(base.fedge_base_change.device, compute))
+
+
+def restart_lora(model, seed: int) -> None:
+    """FLoRA: A random (peft's Kaiming init), B = 0 on every adapted module."""
+    torch.manual_seed(seed)
+    for _, layer in lora_layers(model):
+        layer.reset_lora_parameters(ADAPTER, True)
+
+
+def galore_groups(model, spec: LoraSpec) -> list[dict]:
+    """Optimizer groups for GaLore: each trained matrix projected to its layer's planned rank."""
+    groups: dict[int, list[torch.nn.Parameter]] = {}
+    for name, module in _targets(model, spec):
+        groups.setdefault(spec.layer_ranks[layer_of(name)], []).append(module.weight)
+    return [{"params": params, "rank": rank, "update_proj_gap": 50, "scale": 0.25, "proj_type": "std"} for rank, params in sorted(groups.items())]

@@ -1,0 +1,40 @@
+"""FLoRA: stacking. B_s = [p_1 s_1 B_1 … p_K s_K B_K], A_s = [A_1; …; A_K] give B_s·A_s = Σ p_i s_i B_i A_i exactly,
+for any mix of ranks. Clients merge each round's stacked update into their frozen weights and start LoRA afresh
+(A random, B = 0); the downlink grows with R = Σ r_i. The global LoRA stays at zero: everything learned lives in
+the base changes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, base_deltas, layer_weights, lora_modules, product_terms
+from fedge.strategies.base_change import changes_since, record_change
+from fedge.strategies.factored import stack
+
+
+class FLoRA(Strategy):
+    name = "flora"
+    recipe = ClientRecipe(reinit_each_round=True)
+
+    def initial_state(self, lora: State, base_weights: State) -> State:
+        state = super().initial_state(lora, base_weights)
+        for module in lora_modules(state):
+            state[module + B_SUFFIX] = np.zeros_like(state[module + B_SUFFIX])
+        return state
+
+    def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
+        merged = dict(state)
+        for module in lora_modules(state):
+            weighted = layer_weights(updates, module, A_SUFFIX)
+            if weighted:
+                record_change(merged, module, round_number, stack(product_terms(weighted, module)))
+        return merged
+
+    def client_view(self, state: State, client: ClientInfo) -> State:
+        return changes_since(state, client)
+
+    def global_parts(self, state: State) -> GlobalParts:
+        lora = {key: value for key, value in state.items() if key.endswith((A_SUFFIX, B_SUFFIX))}
+        return GlobalParts(lora=lora, base_deltas=base_deltas(state))
