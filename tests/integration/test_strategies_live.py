@@ -1,0 +1,88 @@
+"""Every strategy end to end over Mosquitto: coordinator and two agents of mixed rank and depth, in threads of one
+process (the tiny random backbone: plumbing and wire contents, never learning claims)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from coordinator.config import CoordinatorConfig
+from coordinator.server import Coordinator
+from edge_agent.agent import EdgeAgent
+from fedge.strategies import STRATEGIES, recipe_for
+from fedge.strategies.base import base_deltas
+from fedge.task.data import write_jsonl
+from fedge.task.wordnet import Example
+from fedge.transport import BrokerConfig
+from profiles import load_catalogue_profile
+
+pytestmark = pytest.mark.broker
+
+
+def _shard(seed: int, size: int = 24) -> list[Example]:
+    words = ["animal", "food", "plant", "time", "place", "body", "person", "substance"]
+    return [Example(f"{words[(i + seed) % 8]} of {words[(i * 3) % 8]}", (i + seed) % 8) for i in range(size)]
+
+
+def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path) -> tuple[Coordinator, list[EdgeAgent]]:
+    write_jsonl(tmp_path / "test.jsonl", _shard(5, 16))
+    same_rank = not STRATEGIES[strategy].mixed_ranks
+    config = CoordinatorConfig.from_dict({
+        "run_id": strategy, "run_dir": str(tmp_path / "run"), "broker": broker_url, "backbone": str(backbone),
+        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 2, "expected_clients": 2,
+        "local_steps": 3, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60, "strategy": strategy,
+        "planner": {"max_depth": 3, "ranks": [4] if same_rank else [2, 4], "rank_profile": "uniform" if same_rank else "legend"},
+        "devices": {"cpu-8gb": {"rank": 4 if same_rank else 2, "depth": 1}, "cpu-16gb": {"rank": 4, "depth": 3}},
+    })
+    coordinator = Coordinator(config)
+    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(broker_url), _shard(i), load_catalogue_profile(device), heartbeat_s=2) for i, device in enumerate(["cpu-8gb", "cpu-16gb"])]
+    threads = [threading.Thread(target=agent.run, daemon=True) for agent in agents]
+    for thread in threads:
+        thread.start()
+    summary = coordinator.run()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    assert [r["round"] for r in summary.rounds] == [0, 1, 2]
+    return coordinator, agents
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_each_strategy_runs_and_sends_only_what_it_should(strategy, mosquitto, tiny_backbone, tmp_path):
+    torch.manual_seed(0)
+    coordinator, agents = _run(strategy, mosquitto.url, tiny_backbone, tmp_path)
+    rounds = coordinator.run_dir.rounds()
+    for record in rounds[1:]:
+        assert record["contributors"] == ["a0", "a1"], record.get("rejected")
+        assert record["strategy"] == strategy
+    recipe = recipe_for(strategy)
+    suffixes = {"A": ".lora_A.weight", "B": ".lora_B.weight", "C": ".lora_C.weight", "W": ".full.weight"}
+    for agent, layers in (("a0", {3}), ("a1", {1, 2, 3})):
+        sent = load_file(tmp_path / "run" / "updates" / "round_002" / f"{agent}.safetensors")
+        assert {key[key.index(".lora_") if ".lora_" in key else key.index(".full"):] for key in sent} == {suffixes[f] for f in recipe.sends}
+        assert {int(key.split(".layers.")[1].split(".")[0]) for key in sent} == layers
+    accuracy = rounds[-1]["accuracy"]
+    assert np.isnan(accuracy) if strategy == "ce-lora" else 0.0 <= accuracy <= 1.0
+
+
+@pytest.mark.parametrize("strategy", ["flora", "fedex-lora"])
+def test_base_changes_reach_every_agent_including_layers_it_does_not_adapt(strategy, mosquitto, tiny_backbone, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    coordinator, agents = _run(strategy, mosquitto.url, tiny_backbone, tmp_path)
+    state = load_file(tmp_path / "run" / "globals" / "round_002.safetensors")
+    changes = base_deltas(state)
+    assert sorted(changes) == [1, 2]
+    pristine = dict(AutoModelForCausalLM.from_pretrained(tiny_backbone).named_parameters())
+    name = "base_model.model.model.layers.1.self_attn.q_proj"  # adapted by a1 only; a0 (depth 1) must merge it too
+    expected = pristine["model.layers.1.self_attn.q_proj.weight"].detach().numpy() + sum(part[name + ".left"] @ part[name + ".right"] for part in changes.values())
+    for agent in agents:
+        assert agent._base_version() == 2
+        params = dict(agent._session.model.named_parameters())
+        weight = params.get(name + ".base_layer.weight", params.get(name + ".weight"))  # LoRA-wrapped on a1, plain on a0
+        assert np.allclose(weight.detach().numpy(), expected, atol=1e-5)
