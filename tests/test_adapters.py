@@ -1,0 +1,112 @@
+"""What a device trains under each recipe, on the tiny random Llama: tri-factor cores, shared frozen A, GaLore,
+and frozen-weight changes on plain and 4-bit bases."""
+
+import numpy as np
+import pytest
+import torch
+from galore_torch import GaLoreAdamW
+
+from edge_agent.trainer import check_galore_active, make_optimizer, train_local
+from fedge.adapters import apply_view, attach, galore_groups, lora_layers, restart_lora, upload
+from fedge.strategies import recipe_for
+from fedge.strategies.base import delta_key, shared_lora_a
+from fedge.task.classifier import FrozenPrefix, encode, label_token_ids
+from fedge.task.wordnet import Example
+from fedge.wire import LoraSpec
+from quantization.backbone import load_backbone, locate_backbone
+
+SPEC = LoraSpec(("q_proj", "v_proj"), (2, 3), (2, 4), 2.0)
+EXAMPLES = [Example("food animal plant time", i % 8) for i in range(12)]
+
+
+def _load(backbone, quantization="fp32"):
+    return load_backbone(locate_backbone(str(backbone)), quantization)
+
+
+def _train(model, tokenizer, spec, optimizer="adamw", groups=None):
+    runner = FrozenPrefix(model, label_token_ids(tokenizer), min(spec.layers))
+    data = encode(tokenizer, EXAMPLES)
+    return train_local(runner, runner.cache(data.input_ids), data, 3, 4, 1e-2, 0, optimizer, groups)
+
+
+def test_tri_factor_adapter_computes_s_b_c_a_and_sends_only_cores(tiny_backbone):
+    model, _ = _load(tiny_backbone)
+    peft_model = attach(model, SPEC, recipe_for("ce-lora"), run_seed=5, seed=0)
+    name, layer = lora_layers(peft_model)[-1]
+    rank = layer.lora_A["default"].weight.shape[0]
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()
+        layer.lora_B["default"].core.copy_(torch.randn(rank, rank))
+    x = torch.randn(3, layer.get_base_layer().in_features)
+    a, b, c = layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.lora_B["default"].core
+    expected = layer.get_base_layer()(x) + 2.0 * x @ (b @ c @ a).T
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+    assert np.array_equal(a.detach().numpy(), shared_lora_a(name, rank, a.shape[1], 5))  # CE-LoRA's A: the shared seed
+    sent = upload(peft_model, SPEC, recipe_for("ce-lora"))
+    assert sent and all(key.endswith(".lora_C.weight") and value.shape[0] == value.shape[1] for key, value in sent.items())
+
+
+def test_ffa_lora_keeps_the_shared_a_frozen_and_trains_b(tiny_backbone):
+    model, tokenizer = _load(tiny_backbone)
+    peft_model = attach(model, SPEC, recipe_for("ffa-lora"), run_seed=3, seed=0)
+    before = {name: (layer.lora_A["default"].weight.clone(), layer.lora_B["default"].weight.clone()) for name, layer in lora_layers(peft_model)}
+    _train(peft_model, tokenizer, SPEC)
+    for name, layer in lora_layers(peft_model):
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        assert torch.equal(a, before[name][0]) and not a.requires_grad
+        assert np.array_equal(a.numpy(), shared_lora_a(name, a.shape[0], a.shape[1], 3))
+        assert not torch.equal(b, before[name][1])
+    assert all(key.endswith(".lora_B.weight") for key in upload(peft_model, SPEC, recipe_for("ffa-lora")))
+
+
+def test_galore_really_projects_and_plain_groups_are_refused(tiny_backbone):
+    model, tokenizer = _load(tiny_backbone)
+    model = attach(model, SPEC, recipe_for("full"), run_seed=0, seed=0)
+    groups = galore_groups(model, SPEC)
+    assert sorted(group["rank"] for group in groups) == [2, 4]
+    trained = [p for group in groups for p in group["params"]]
+    before = [p.detach().clone() for p in trained]
+    result = _train(model, tokenizer, SPEC, "galore", groups)
+    assert result.steps == 3 and all(not torch.equal(p, q) for p, q in zip(trained, before))
+    assert {key.rsplit(".", 2)[-2] for key in upload(model, SPEC, recipe_for("full"))} == {"full"}
+    with pytest.raises(ValueError, match="projection rank"):
+        make_optimizer("galore", trained, 1e-3, [{"params": trained}])
+    plain = GaLoreAdamW([{"params": trained}], lr=1e-3, no_deprecation_warning=True)  # the reference code's silent AdamW
+    for p in trained:
+        p.grad = torch.ones_like(p)
+    plain.step()
+    with pytest.raises(RuntimeError, match="not active"):
+        check_galore_active(plain)
+
+
+@pytest.mark.parametrize("quantization", ["fp32", "nf4"])
+def test_frozen_weight_changes_apply_once_on_plain_and_4bit_bases(tiny_backbone, quantization):
+    model, _ = _load(tiny_backbone, quantization)
+    peft_model = attach(model, SPEC, recipe_for("flora"), run_seed=0, seed=0)
+    name = "base_model.model.model.layers.1.self_attn.q_proj"  # below the adapter: a plain (or 4-bit) linear
+    module = peft_model.get_submodule(name)
+    rng = np.random.default_rng(0)
+    left, right = rng.normal(size=(module.out_features, 3)).astype(np.float32), rng.normal(size=(3, module.in_features)).astype(np.float32)
+    x = torch.randn(2, module.in_features)
+    before = module(x.to(torch.bfloat16) if quantization == "nf4" else x).float()
+    applied: set[int] = set()
+    view = {delta_key(name, 1, "left"): left, delta_key(name, 1, "right"): right}
+    assert apply_view(peft_model, SPEC, view, applied) == 1 and applied == {1}
+    assert apply_view(peft_model, SPEC, view, applied) is None  # the same round again changes nothing
+    after = module(x.to(torch.bfloat16) if quantization == "nf4" else x).float()
+    expected = before + x @ torch.from_numpy(left @ right).T
+    tolerance = 1e-4 if quantization == "fp32" else 0.1
+    assert torch.allclose(after, expected, atol=tolerance * float(expected.abs().max()))
+    if quantization == "nf4":
+        assert module.fedge_base_change.shape == (module.out_features, module.in_features)  # kept beside the 4-bit weight
+
+
+def test_flora_restart_gives_fresh_factors(tiny_backbone):
+    model, _ = _load(tiny_backbone)
+    peft_model = attach(model, SPEC, recipe_for("flora"), run_seed=0, seed=0)
+    for _, layer in lora_layers(peft_model):
+        torch.nn.init.ones_(layer.lora_B["default"].weight)
+    old_a = [layer.lora_A["default"].weight.clone() for _, layer in lora_layers(peft_model)]
+    restart_lora(peft_model, seed=9)
+    for (_, layer), a in zip(lora_layers(peft_model), old_a):
+        assert not layer.lora_B["default"].weight.any() and not torch.equal(layer.lora_A["default"].weight, a)
