@@ -4,6 +4,7 @@
       config.json            the resolved coordinator config
       plan.json              the capacity plan: per device bits, ranks, depth, predicted memory, time and bytes
       metrics.jsonl          one JSON object per round (round 0 = before fine-tuning)
+      client_eval.jsonl      agents' held-out accuracy of the model they hold after each round (when they evaluate)
       globals/round_NNN.safetensors   global factors after each round (for resuming and auditing)
       updates/round_NNN/AGENT.safetensors   every accepted update, written as it arrives
       adapter/               the final global adapter in PEFT format
@@ -55,6 +56,19 @@ class RunDirectory:
     def append_round(self, record: dict) -> None:
         with self.metrics_file.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    @property
+    def client_eval_file(self) -> Path:
+        return self.path / "client_eval.jsonl"
+
+    def append_client_eval(self, record: dict) -> None:
+        with self.client_eval_file.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def client_evals(self) -> list[dict]:
+        if not self.client_eval_file.exists():
+            return []
+        return [json.loads(line) for line in self.client_eval_file.read_text().splitlines() if line.strip()]
 
     def rounds(self) -> list[dict]:
         if not self.metrics_file.exists():

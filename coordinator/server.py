@@ -23,7 +23,7 @@ from coordinator.validation import Expectation, UpdateRejected, validate_update
 from fedge.strategies import ClientInfo, ClientUpdate
 from fedge.task.data import read_jsonl
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
-from fedge.wire import AdapterUpdate, Assignment, BackboneSpec, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
+from fedge.wire import AdapterUpdate, Assignment, BackboneSpec, Evaluation, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
 from fedge.wire import topics
 from profiles.model_shape import load_model_shape
 from quantization.backbone import locate_backbone
@@ -64,6 +64,7 @@ class Coordinator:
         self._expectations: dict[str, Expectation] = {}
         self._assigned: dict[str, DevicePlan] = {}  # the plan each agent got this round
         self._specs: dict[str, LoraSpec] = {}  # the adapter each agent was told to train this round
+        self._evaluated: set[tuple[int, str]] = set()  # (round, agent) of evaluations agents reported
         self._received: dict[str, AdapterUpdate] = {}
         self._bytes_up: dict[str, int] = {}
         self._rejected: dict[str, str] = {}
@@ -268,11 +269,18 @@ class Coordinator:
                 self.transport.publish(topics.downlink(record.agent_id), final, timeout_s=30)
             except Exception as error:  # an agent we cannot reach must not stop the others' shutdown
                 log.warning("could not send the final state to %s: %s", record.agent_id, error)
+        self._await_final_evaluations()
         parts = self.strategy.global_parts(arrays)
         if parts is not None:
             self.model.save(parts, self.run_dir.adapter_dir)
         self.run_dir.plot()
         self.transport.close()
+
+    def _await_final_evaluations(self) -> None:
+        """Up to ``final_eval_wait_s``: handle messages until every online planned agent reported the last round."""
+        deadline = time.time() + self.config.final_eval_wait_s
+        while time.time() < deadline and any((self.config.rounds, r.agent_id) not in self._evaluated for r in self.registry.planned()):
+            self._handle(self.transport.receive(timeout_s=0.5))
 
     def _record(self, record: dict) -> None:
         self.run_dir.append_round(record)
@@ -298,6 +306,8 @@ class Coordinator:
             self._on_hello(message)
         elif isinstance(message, AdapterUpdate):
             self._on_update(message, received.size)
+        elif isinstance(message, Evaluation):
+            self._on_evaluation(message)
         elif isinstance(message, Heartbeat):
             if self.registry.get(agent_id) is None:  # e.g. this coordinator restarted with --resume
                 return self._reject(agent_id, "unknown_agent", "not registered with this coordinator; send hello")
@@ -341,6 +351,14 @@ class Coordinator:
         self._bytes_up[update.agent_id] = size
         self.registry.get(update.agent_id).base_version = int(update.metrics.get("base_version", 0))
         log.info("round %d: update from %s (%d examples, loss %.3f)", update.round, update.agent_id, update.num_examples, update.metrics.get("loss", float("nan")))
+
+    def _on_evaluation(self, evaluation: Evaluation) -> None:
+        if evaluation.run_id != self.config.run_id or self.registry.get(evaluation.agent_id) is None:
+            return self._reject(evaluation.agent_id, "unknown_agent", "evaluation for another run or from an unregistered agent")
+        if not (0.0 <= evaluation.accuracy <= 1.0 and np.isfinite(evaluation.loss)):
+            return self._reject(evaluation.agent_id, "bad_evaluation", f"accuracy {evaluation.accuracy}, loss {evaluation.loss}")
+        self.run_dir.append_client_eval({"round": evaluation.round, "agent": evaluation.agent_id, "accuracy": evaluation.accuracy, "loss": evaluation.loss, "examples": evaluation.num_examples})
+        self._evaluated.add((evaluation.round, evaluation.agent_id))
 
     def _reject(self, agent_id: str, reason: str, detail: str, round_number: int | None = None, ref: str | None = None) -> None:
         log.warning("rejected message from %s: %s (%s)", agent_id, reason, detail)

@@ -2,8 +2,10 @@
 
     connect (Last Will: status "offline") -> status "online" -> Hello(profile, data size, label histogram)
     Assignment(round r)  -> remember it
-    GlobalState(round r) -> verify + load the backbone once, apply the state, train, send AdapterUpdate(r)
-    GlobalState(final)   -> apply it, save the adapter if asked, stop
+    GlobalState(round r) -> verify + load the backbone once, apply the state, [Evaluation(r-1)], train, send AdapterUpdate(r)
+    GlobalState(final)   -> apply it, [Evaluation(final round)], save the adapter if asked, stop
+
+An agent given evaluation data reports the held-out accuracy of the model it holds after each state it takes.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from edge_agent.memory import available_bytes
 from edge_agent.trainer import TrainResult, train_local
 from fedge.adapters import apply_view, attach, galore_groups, restart_lora, upload
 from fedge.strategies import ClientRecipe, StrategyError, recipe_for
-from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, label_token_ids
+from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, evaluate, label_token_ids
 from fedge.task.split import label_histogram
 from fedge.task.wordnet import LABELS, Example
 from fedge.transport import BrokerConfig, MqttTransport, TransportError
-from fedge.wire import AdapterUpdate, Assignment, DeviceProfile, GlobalState, Heartbeat, Hello, LoraSpec, Reject
+from fedge.wire import AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Reject
 from fedge.wire import topics
 from quantization.backbone import load_backbone, locate_backbone
 
@@ -44,6 +46,8 @@ class _Session:
     data: EncodedExamples
     prefix: torch.Tensor
     applied_rounds: set[int]  # rounds whose frozen-weight changes this backbone holds
+    held_out: EncodedExamples | None = None  # evaluation data, when the agent was given some
+    held_out_prefix: torch.Tensor | None = None
 
 
 def pick_quantization(requested: str, device: str, bitsandbytes_ok: bool) -> str:
@@ -56,9 +60,10 @@ def pick_quantization(requested: str, device: str, bitsandbytes_ok: bool) -> str
 
 
 class EdgeAgent:
-    def __init__(self, agent_id: str, broker: BrokerConfig, data: list[Example], profile: DeviceProfile, device: str = "cpu", heartbeat_s: float = 10.0, save_dir: Path | None = None):
+    def __init__(self, agent_id: str, broker: BrokerConfig, data: list[Example], profile: DeviceProfile, device: str = "cpu", heartbeat_s: float = 10.0, save_dir: Path | None = None, eval_data: list[Example] | None = None):
         self.agent_id = topics.check_agent_id(agent_id)
         self.data = data
+        self.eval_data = eval_data or None
         self.profile = profile
         self.device = device
         self.heartbeat_s = heartbeat_s
@@ -121,6 +126,7 @@ class EdgeAgent:
         if state.final:
             if self._session is not None:
                 self._apply(self._session, state.tensors)
+                self._report_accuracy(self._session, state.run_id, state.round)
                 if self.save_dir is not None:
                     self._session.model.save_pretrained(self.save_dir)
             log.info("%s: run finished", self.agent_id)
@@ -148,6 +154,8 @@ class EdgeAgent:
             log.error("%s: cannot take round %d: %s", self.agent_id, state.round, error)
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
             return
+        if state.round > 1:
+            self._report_accuracy(session, state.run_id, state.round - 1)  # the model round r-1 left this device
         log.info("%s: round %d, training %d steps (ranks %s on the top %d layers)", self.agent_id, state.round, assignment.local_steps, "/".join(map(str, assignment.lora.ranks)), len(assignment.lora.layers))
         try:
             optimizer = session.recipe.optimizer or assignment.optimizer
@@ -176,6 +184,16 @@ class EdgeAgent:
         lowest = apply_view(session.model, session.lora, view, session.applied_rounds)
         if lowest is not None and lowest < session.runner.start_layer:
             session.prefix = session.runner.cache(session.data.input_ids)
+            if session.held_out is not None:
+                session.held_out_prefix = session.runner.cache(session.held_out.input_ids)
+
+    def _report_accuracy(self, session: _Session, run_id: str, round_number: int) -> None:
+        """Evaluate the model this device now holds on its evaluation data and tell the coordinator."""
+        if session.held_out is None:
+            return
+        result = evaluate(session.runner, session.held_out_prefix, session.held_out)
+        self._send(Evaluation(run_id, round_number, self.agent_id, result.accuracy, result.loss, len(session.held_out.labels)))
+        log.info("%s: the model after round %d scores %.3f on %d held-out examples", self.agent_id, round_number, result.accuracy, len(session.held_out.labels))
 
     def _prepare(self, assignment: Assignment) -> _Session:
         quantization = pick_quantization(assignment.backbone.quantization, self.device, self.profile.bitsandbytes_usable)
@@ -195,8 +213,10 @@ class EdgeAgent:
         apply_view(trainable, assignment.lora, self._base_changes, applied)  # a rebuilt backbone gets every change back
         data = encode(tokenizer, self.data).to(self.device)
         prefix = runner.cache(data.input_ids)
+        held_out = encode(tokenizer, self.eval_data).to(self.device) if self.eval_data else None
+        held_out_prefix = runner.cache(held_out.input_ids) if held_out is not None else None
         log.info("%s: backbone %s (%s, %s) ready, %d examples cached below layer %d in %.1f s", self.agent_id, source.name, quantization, assignment.strategy, len(self.data), runner.start_layer, time.perf_counter() - started)
-        self._session = _Session(key, assignment.lora, recipe, trainable, runner, data, prefix, applied)
+        self._session = _Session(key, assignment.lora, recipe, trainable, runner, data, prefix, applied, held_out, held_out_prefix)
         return self._session
 
     def _send_update(self, assignment: Assignment, session: _Session, result: TrainResult) -> None:

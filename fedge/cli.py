@@ -75,7 +75,8 @@ def cmd_agent(args) -> int:
     profile = load_catalogue_profile(args.device_profile) if args.device_profile else probe(args.id)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     broker = _broker_config(args)
-    agent = EdgeAgent(args.id, broker, read_jsonl(args.data), profile, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None)
+    eval_data = read_jsonl(args.eval_data) if args.eval_data else None
+    agent = EdgeAgent(args.id, broker, read_jsonl(args.data), profile, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data)
     agent.run()
     if agent.refused:
         console.print(f"[red]this device cannot take part: {agent.refused}[/]")
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--device", help="torch device (default: cuda if available)")
     agent.add_argument("--threads", type=int, default=0)
     agent.add_argument("--save", help="save the final adapter here")
+    agent.add_argument("--eval-data", help="JSON lines of {text, label}: report held-out accuracy after every round")
     agent.add_argument("--heartbeat", type=float, default=10.0, help="seconds of silence before a heartbeat")
     for name in ("username", "ca-certs", "certfile", "keyfile"):
         agent.add_argument(f"--{name}")

@@ -151,7 +151,21 @@ class Heartbeat:
     message_id: str = field(default_factory=new_message_id)
 
 
-Message = Hello | Assignment | AdapterUpdate | GlobalState | Reject | Heartbeat
+@dataclass(frozen=True)
+class Evaluation:
+    """An agent's held-out accuracy of the model it holds after taking the state of round ``round`` (sent only by
+    agents given evaluation data: personalised strategies have no global model to evaluate on the server)."""
+
+    run_id: str
+    round: int
+    agent_id: str
+    accuracy: float
+    loss: float
+    num_examples: int
+    message_id: str = field(default_factory=new_message_id)
+
+
+Message = Hello | Assignment | AdapterUpdate | GlobalState | Reject | Heartbeat | Evaluation
 
 MESSAGE_TYPES: dict[str, type] = {
     "hello": Hello,
@@ -160,5 +174,6 @@ MESSAGE_TYPES: dict[str, type] = {
     "global": GlobalState,
     "reject": Reject,
     "heartbeat": Heartbeat,
+    "evaluation": Evaluation,
 }
 TYPE_NAMES: dict[type, str] = {cls: name for name, cls in MESSAGE_TYPES.items()}

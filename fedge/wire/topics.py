@@ -1,7 +1,7 @@
 """MQTT topic layout (documented in the README).
 
     {root}/agents/{agent_id}/status   retained "online"/"offline"; the agent's Last Will sets "offline"
-    {root}/agents/{agent_id}/up       agent -> coordinator: hello, update, heartbeat
+    {root}/agents/{agent_id}/up       agent -> coordinator: hello, update, heartbeat, evaluation
     {root}/agents/{agent_id}/down     coordinator -> agent: assignment, global state, reject
 """
 

@@ -29,18 +29,20 @@ def _shard(seed: int, size: int = 24) -> list[Example]:
     return [Example(f"{words[(i + seed) % 8]} of {words[(i * 3) % 8]}", (i + seed) % 8) for i in range(size)]
 
 
-def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path) -> tuple[Coordinator, list[EdgeAgent]]:
+def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path, evaluate_on_agents: bool = False) -> tuple[Coordinator, list[EdgeAgent]]:
     write_jsonl(tmp_path / "test.jsonl", _shard(5, 16))
     same_rank = not STRATEGIES[strategy].mixed_ranks
     config = CoordinatorConfig.from_dict({
         "run_id": strategy, "run_dir": str(tmp_path / "run"), "broker": broker_url, "backbone": str(backbone),
         "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 2, "expected_clients": 2,
         "local_steps": 3, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60, "strategy": strategy,
+        "final_eval_wait_s": 30 if evaluate_on_agents else 0,
         "planner": {"max_depth": 3, "ranks": [4] if same_rank else [2, 4], "rank_profile": "uniform" if same_rank else "legend"},
         "devices": {"cpu-8gb": {"rank": 4 if same_rank else 2, "depth": 1}, "cpu-16gb": {"rank": 4, "depth": 3}},
     })
     coordinator = Coordinator(config)
-    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(broker_url), _shard(i), load_catalogue_profile(device), heartbeat_s=2) for i, device in enumerate(["cpu-8gb", "cpu-16gb"])]
+    held_out = _shard(5, 16) if evaluate_on_agents else None
+    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(broker_url), _shard(i), load_catalogue_profile(device), heartbeat_s=2, eval_data=held_out) for i, device in enumerate(["cpu-8gb", "cpu-16gb"])]
     threads = [threading.Thread(target=agent.run, daemon=True) for agent in agents]
     for thread in threads:
         thread.start()
@@ -86,3 +88,10 @@ def test_base_changes_reach_every_agent_including_layers_it_does_not_adapt(strat
         params = dict(agent._session.model.named_parameters())
         weight = params.get(name + ".base_layer.weight", params.get(name + ".weight"))  # LoRA-wrapped on a1, plain on a0
         assert np.allclose(weight.detach().numpy(), expected, atol=1e-5)
+
+
+def test_agents_report_their_own_accuracy_where_there_is_no_global_model(mosquitto, tiny_backbone, tmp_path):
+    coordinator, _ = _run("ce-lora", mosquitto.url, tiny_backbone, tmp_path, evaluate_on_agents=True)
+    reported = sorted((record["round"], record["agent"]) for record in coordinator.run_dir.client_evals())
+    assert reported == [(1, "a0"), (1, "a1"), (2, "a0"), (2, "a1")]  # after round 1 (taken in round 2) and the final state
+    assert all(0 <= record["accuracy"] <= 1 and record["examples"] == 16 for record in coordinator.run_dir.client_evals())
