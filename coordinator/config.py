@@ -111,9 +111,11 @@ def _strategy_problems(values: dict, devices: dict[str, Pin]) -> list[str]:
         strategy = make_strategy(name, **(values.get("strategy_options") or {}))
     except StrategyError as error:
         return [f"strategy: {error}"]
+    planner = values.get("planner") or {}
+    if planner.get("groups") and not strategy.supports_groups:
+        return [f"planner.groups: {name} cannot run HierFedLoRA groups; use fedit, ffa-lora, hetlora, flexlora, lora-fair or full"]
     if strategy.mixed_ranks:
         return []
-    planner = values.get("planner") or {}
     ranks = set(planner.get("ranks", PlannerOptions.ranks)) | {pin.rank for pin in devices.values()}
     if len(ranks) > 1 or planner.get("rank_profile", PlannerOptions.rank_profile) != "uniform":
         return [f"strategy: {name} averages factors of one rank, so set planner.ranks to one value, planner.rank_profile to uniform and every pinned rank to match (ranks now {sorted(ranks)}); or use hetlora, flexlora, flora, fedex-lora or lora-fair for mixed ranks"]

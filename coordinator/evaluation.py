@@ -11,7 +11,6 @@ import torch
 from fedge.adapters import apply_view, lora_layers
 from fedge.lora import adapter_arrays, load_adapter_arrays, uniform_spec
 from fedge.strategies import GlobalParts
-from fedge.strategies.base import delta_key
 from fedge.task.classifier import Evaluation, encode, evaluate, lora_classifier
 from fedge.task.wordnet import Example
 from quantization.backbone import BackboneSource, load_backbone
@@ -50,8 +49,7 @@ class GlobalModel:
         else:
             for _, layer in lora_layers(self.model):
                 torch.nn.init.zeros_(layer.lora_B["default"].weight)
-        changes = {delta_key(key.rsplit(".", 1)[0], round_number, key.rsplit(".", 1)[1]): value for round_number, part in parts.base_deltas.items() for key, value in part.items()}
-        apply_view(self.model, self.spec, changes, self._applied_rounds)
+        apply_view(self.model, self.spec, parts.base_changes, self._applied_rounds)
         for name, layer in lora_layers(self.model):
             if parts.weights:
                 weight = parts.weights.get(name, self._original[name])

@@ -286,8 +286,26 @@ def plan_fleet(members: list[FleetMember], shape: ModelShape, options: PlannerOp
     ordered = [plans.get(member.device_id) or refused[member.device_id] for member in members]
     fleet = FleetPlan(shape.name, options, ordered)
     if options.groups:
-        fleet = replace(fleet, groups=plan_groups(fleet, members, devices, options))
+        groups = plan_groups(fleet, members, devices, options)
+        fleet = replace(fleet, devices=_at_group_depths(fleet, groups, devices, options), groups=groups)
     return fleet
+
+
+def _at_group_depths(fleet: FleetPlan, groups: list[GroupPlan], devices: dict[str, _Device], options: PlannerOptions) -> list[DevicePlan]:
+    """Every grouped device re-planned at its group's depth D_g (with the full local steps the schedule assumed)."""
+    depth_of = {device_id: group.depth for group in groups for device_id in group.members}
+    rank_sum = sum(max(plan.ranks) for plan in fleet.feasible())
+    out = []
+    for plan in fleet.devices:
+        if plan.device_id not in depth_of:
+            out.append(plan)
+            continue
+        device = devices[plan.device_id]
+        setup = device.setup(plan.quantization, depth_of[plan.device_id], max(plan.ranks), plan.batch_size, False)
+        if not device.fits(setup):
+            setup = device.setup(plan.quantization, depth_of[plan.device_id], max(plan.ranks), plan.batch_size, True)
+        out.append(device.plan(setup, options.local_steps, rank_sum))
+    return out
 
 
 def _rank_sum(setups: dict[str, tuple[TrainingSetup, int]]) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ import torch
 from coordinator.config import CoordinatorConfig
 from coordinator.evaluation import GlobalModel
 from coordinator.plan_report import plan_to_dict
+from coordinator.grouping import GroupPlan
 from coordinator.planner import DevicePlan, FleetMember, plan_fleet
 from coordinator.registry import AgentRecord, Registry
 from coordinator.reports import RunDirectory
@@ -29,6 +30,20 @@ from profiles.model_shape import load_model_shape
 from quantization.backbone import locate_backbone
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _GroupRun:
+    """A HierFedLoRA group during one global round (or the whole fleet as one group, τ = 1)."""
+
+    index: int
+    members: list[AgentRecord]
+    frequency: int  # exchanges per global round (τ_g)
+    state: dict[str, np.ndarray]
+    exchange: int = 0  # exchanges opened so far
+    waiting: set[str] = field(default_factory=set)  # members expected in the open exchange
+    contributed: int = 0  # examples behind the accepted updates, to weigh the group globally
+    done: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,14 +75,17 @@ class Coordinator:
         self._planned = False
         self._resume = resume
         self._on_round = on_round or (lambda record: None)
-        self._round = 0
         self._expectations: dict[str, Expectation] = {}
         self._assigned: dict[str, DevicePlan] = {}  # the plan each agent got this round
         self._specs: dict[str, LoraSpec] = {}  # the adapter each agent was told to train this round
         self._evaluated: set[tuple[int, str]] = set()  # (round, agent) of evaluations agents reported
-        self._received: dict[str, AdapterUpdate] = {}
+        self._received: dict[str, AdapterUpdate] = {}  # updates of the open exchanges
+        self._contributed: dict[str, AdapterUpdate] = {}  # every agent's latest accepted update this round
         self._bytes_up: dict[str, int] = {}
+        self._bytes_down: dict[str, int] = {}
         self._rejected: dict[str, str] = {}
+        self._aggregate_s = 0.0
+        self._group_plans: list[GroupPlan] = []  # HierFedLoRA groups from the planner
 
     def _top_layers(self, depth: int) -> tuple[int, ...]:
         return tuple(range(self.num_layers - depth, self.num_layers))
@@ -147,52 +165,117 @@ class Coordinator:
             record.plan = plan
             log.info("planned %s (%s): %s, depth %d, ranks %s, batch %d, %d steps; predicted %.0f MiB of %.0f MiB, %.2f s/step", record.agent_id, plan.profile_name, plan.quantization, plan.depth, "/".join(map(str, plan.ranks)), plan.batch_size, plan.local_steps, plan.memory.total / 2**20, plan.available_bytes / 2**20, plan.step_seconds)
         self.run_dir.write_plan(plan_to_dict(fleet))
+        self._group_plans = list(fleet.groups)
         self._planned = True
         self.strategy.check_ranks([self._lora_spec(record) for record in self.registry.all() if record.plan is not None])
 
     def _run_round(self, round_number: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._round = round_number
+        """One global round: every group runs its τ_g exchanges (one group of everyone, τ = 1, without HierFedLoRA
+        groups), then the group states are combined."""
         self._await_rejoin()
         self._await_agents(self.config.min_clients)  # e.g. agents still reconnecting after a broker outage
         started = time.time()
         deadline = started + self.config.round_deadline_s
         participants = self.registry.planned()
-        self._expectations, self._assigned, self._specs, self._received, self._bytes_up, self._rejected = {}, {}, {}, {}, {}, {}
-        bytes_down = {}
-        for record in participants:
-            try:
-                bytes_down[record.agent_id] = self._assign(record, round_number, deadline, arrays)
-            except TransportError as error:
-                log.warning("round %d: could not reach %s (%s); it sits this round out", round_number, record.agent_id, error)
-                self._rejected[record.agent_id] = "unreachable"
-        waiting = {record.agent_id for record in participants}
-        while waiting - set(self._received) and time.time() < deadline:
+        self._expectations, self._assigned, self._specs, self._received, self._rejected = {}, {}, {}, {}, {}
+        self._contributed, self._bytes_up, self._bytes_down, self._aggregate_s = {}, {}, {}, 0.0
+        groups = self._groups_for(participants, arrays)
+        for group in groups:
+            self._open_exchange(group, round_number, deadline)
+        while not all(group.done for group in groups) and time.time() < deadline:
             self._handle(self.transport.receive(timeout_s=min(1.0, max(deadline - time.time(), 0.01))))
-            waiting = {agent_id for agent_id in waiting if self._still_expected(agent_id)}
-        updates = [self._client_update(update) for update in self._received.values()]
-        aggregate_s = 0.0
-        if len(updates) >= self.config.min_clients:
-            aggregating = time.perf_counter()
-            arrays = self.strategy.aggregate(arrays, updates, round_number)
-            aggregate_s = time.perf_counter() - aggregating
-        else:
-            log.warning("round %d: %d valid updates, fewer than min_clients=%d; global model unchanged", round_number, len(updates), self.config.min_clients)
+            for group in groups:
+                if not group.done and not {a for a in group.waiting if self._still_expected(a)} - set(self._received):
+                    self._close_exchange(group, round_number, deadline)
+        for group in groups:
+            if not group.done:  # the deadline: use what arrived
+                self._close_exchange(group, round_number, deadline, last=True)
+        arrays = self._combine(arrays, groups, round_number)
         self._record({
             "round": round_number,
             **self._evaluate(arrays),
             "strategy": self.strategy.name,
-            "server_aggregate_s": round(aggregate_s, 4),
+            "server_aggregate_s": round(self._aggregate_s, 4),
             "participants": sorted(r.agent_id for r in participants),
-            "contributors": sorted(self._received),
+            "contributors": sorted(self._contributed),
             "rejected": dict(self._rejected),
             "bytes_up": dict(self._bytes_up),
-            "bytes_down": bytes_down,
-            "client_metrics": {agent: update.metrics for agent, update in self._received.items()},
+            "bytes_down": dict(self._bytes_down),
+            "client_metrics": {agent: update.metrics for agent, update in self._contributed.items()},
             "capacity": self._predicted_vs_measured(),
+            **({"groups": [{"index": g.index, "members": [r.agent_id for r in g.members], "frequency": g.frequency, "exchanges": g.exchange} for g in groups]} if len(groups) > 1 else {}),
             "wall_s": round(time.time() - started, 2),
         })
         self.run_dir.save_global(round_number, arrays)  # the commit point of the round
         return arrays
+
+    def _groups_for(self, participants: list[AgentRecord], arrays: dict[str, np.ndarray]) -> list[_GroupRun]:
+        planned = {record.agent_id: record for record in participants}
+        groups = [_GroupRun(g.index, [planned[a] for a in g.members if a in planned], g.frequency, arrays) for g in self._group_plans]
+        groups = [group for group in groups if group.members]
+        grouped = {record.agent_id for group in groups for record in group.members}
+        rest = [record for record in participants if record.agent_id not in grouped]
+        if rest or not groups:
+            groups.append(_GroupRun(len(groups), rest, 1, arrays))
+        return groups
+
+    def _wire_round(self, round_number: int, exchange: int) -> int:
+        """The round number on the wire: one per exchange, so a group's inner exchanges never collide."""
+        per_round = self.options.max_group_frequency if self.options.groups else 1
+        return (round_number - 1) * per_round + exchange
+
+    def _open_exchange(self, group: _GroupRun, round_number: int, deadline: float) -> None:
+        group.exchange += 1
+        wire_round = self._wire_round(round_number, group.exchange)
+        group.waiting = set()
+        for record in group.members:
+            if not self._still_expected(record.agent_id):
+                continue
+            try:
+                self._bytes_down[record.agent_id] = self._bytes_down.get(record.agent_id, 0) + self._assign(record, wire_round, deadline, group.state)
+                group.waiting.add(record.agent_id)
+            except TransportError as error:
+                log.warning("round %d: could not reach %s (%s); it sits this round out", round_number, record.agent_id, error)
+                self._rejected[record.agent_id] = "unreachable"
+        if not group.waiting:
+            group.done = True
+
+    def _close_exchange(self, group: _GroupRun, round_number: int, deadline: float, last: bool = False) -> None:
+        """Aggregate the group's updates of its open exchange; open the next one unless this was its last."""
+        updates = [self._client_update(self._received.pop(a)) for a in sorted(group.waiting) if a in self._received]
+        needed = min(self.config.min_clients, len(group.members))
+        if len(updates) >= needed:
+            aggregating = time.perf_counter()
+            group.state = self.strategy.aggregate(group.state, updates, self._wire_round(round_number, group.exchange))
+            self._aggregate_s += time.perf_counter() - aggregating
+            group.contributed += sum(update.num_examples for update in updates)
+        else:
+            log.warning("round %d: group %d got %d valid updates, fewer than %d; its state is unchanged", round_number, group.index, len(updates), needed)
+        group.waiting = set()
+        if last or group.exchange >= group.frequency or time.time() >= deadline:
+            group.done = True
+        else:
+            self._open_exchange(group, round_number, deadline)
+
+    def _combine(self, arrays: dict[str, np.ndarray], groups: list[_GroupRun], round_number: int) -> dict[str, np.ndarray]:
+        """The global state: the only group's state, or the groups' states combined by the strategy as if each group
+        were one client of the global rank (scaling 1) on its layers, weighted by the examples behind it."""
+        if len(groups) == 1:
+            return groups[0].state
+        updates = []
+        for group in groups:
+            if not group.contributed:
+                continue
+            layers = sorted({layer for record in group.members for layer in record.plan.layers})
+            spec = LoraSpec(tuple(self.options.target_modules), tuple(layers), (self.rank,) * len(layers), 1.0)
+            tensors = {key: group.state[key] for key in self.strategy.upload_shapes(group.state, spec)}
+            updates.append(ClientUpdate(f"group-{group.index}", group.contributed, spec, tensors))
+        if len(updates) < 1:
+            return arrays
+        aggregating = time.perf_counter()
+        combined = self.strategy.aggregate(arrays, updates, round_number)
+        self._aggregate_s += time.perf_counter() - aggregating
+        return combined
 
     def _client_update(self, update: AdapterUpdate) -> ClientUpdate:
         record = self.registry.get(update.agent_id)
@@ -207,6 +290,10 @@ class Coordinator:
         result = self.model.evaluate(parts)
         return {"accuracy": result.accuracy, "loss": result.loss}
 
+    def _expected_round(self, agent_id: str) -> int | None:
+        expectation = self._expectations.get(agent_id)
+        return expectation.round if expectation is not None else None
+
     def _still_expected(self, agent_id: str) -> bool:
         record = self.registry.get(agent_id)
         return record is not None and record.online and agent_id not in self._rejected
@@ -214,7 +301,7 @@ class Coordinator:
     def _predicted_vs_measured(self) -> dict[str, dict[str, float]]:
         """Per contributing device: the planner's memory and step-time predictions next to what the agent measured."""
         out = {}
-        for agent_id, update in self._received.items():
+        for agent_id, update in self._contributed.items():
             plan = self._assigned[agent_id]
             out[agent_id] = {
                 "predicted_peak_bytes": plan.memory.total,
@@ -314,7 +401,7 @@ class Coordinator:
             self.registry.seen(agent_id)
         elif isinstance(message, Reject):
             log.warning("%s refused its work: %s (%s)", agent_id, message.reason, message.detail)
-            if message.round == self._round:
+            if self._expected_round(agent_id) == message.round:
                 self._rejected[agent_id] = f"refused by agent: {message.reason}"
         else:
             self._reject(agent_id, "unexpected_type", f"agents do not send {type(message).__name__}")
@@ -343,12 +430,13 @@ class Coordinator:
         try:
             validate_update(update, self._expectations.get(update.agent_id), update.agent_id in self._received, time.time())
         except UpdateRejected as error:
-            if update.round == self._round and error.reason != "duplicate":
+            if update.round == self._expected_round(update.agent_id) and error.reason != "duplicate":
                 self._rejected[update.agent_id] = error.reason  # it will not send another; stop waiting for it
             return self._reject(update.agent_id, error.reason, error.detail, update.round, update.message_id)
         self.run_dir.save_update(update.round, update.agent_id, update.tensors)
         self._received[update.agent_id] = update
-        self._bytes_up[update.agent_id] = size
+        self._contributed[update.agent_id] = update
+        self._bytes_up[update.agent_id] = self._bytes_up.get(update.agent_id, 0) + size
         self.registry.get(update.agent_id).base_version = int(update.metrics.get("base_version", 0))
         log.info("round %d: update from %s (%d examples, loss %.3f)", update.round, update.agent_id, update.num_examples, update.metrics.get("loss", float("nan")))
 

@@ -1,4 +1,4 @@
-"""``fedge`` command line: profile, broker, agent, coordinator, plan, demo."""
+"""``fedge`` command line: profile, broker, agent, coordinator, plan, trial, demo."""
 
 from __future__ import annotations
 
@@ -126,6 +126,20 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_trial(args) -> int:
+    from coordinator.config import ConfigError
+    from fedge.trial.config import TrialConfig
+    from fedge.trial.runner import run_trial
+
+    try:
+        trial = TrialConfig.from_yaml(args.trial)
+    except (ConfigError, OSError) as error:
+        console.print(f"[red]{error}[/]")
+        return 2
+    run_trial(trial, Path(args.out or f"runs/trial-{trial.name}"), console)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from fedge.demo import DemoSettings, run_demo
 
@@ -177,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--out", default="plan.json", help="where to write the plan as JSON")
     plan.set_defaults(func=cmd_plan)
 
+    trial = sub.add_parser("trial", help="compare aggregation strategies on one simulated fleet; writes a report with plots")
+    trial.add_argument("trial", help="trial YAML (see examples/trial.yaml)")
+    trial.add_argument("--out", help="output directory (default runs/trial-NAME)")
+    trial.set_defaults(func=cmd_trial)
     demo = sub.add_parser("demo", help="a heterogeneous fleet fine-tunes SmolLM2-135M on an embedded broker")
     demo.add_argument("--run-dir", default="runs/demo")
     demo.add_argument("--rounds", type=int, default=6)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from coordinator.plan_report import plan_table
 from coordinator.planner import Pin, PlannerOptions
 from fedge.broker import EmbeddedBroker
 from fedge.lora import DEFAULT_TARGET_MODULES, uniform_spec
+from fedge.processes import spawn, stop
 from fedge.task.data import write_jsonl
 from fedge.task.split import dirichlet_split, label_histogram
 from fedge.task.wordnet import LABELS, load_splits
@@ -94,11 +94,6 @@ def prepare(settings: DemoSettings, broker_url: str) -> tuple[Path, list[tuple[s
     return config_path, agents
 
 
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
-    with log_path.with_suffix(".err").open("w") as errors:  # the child keeps its own copy of the handle
-        return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log_path), *args], stdout=subprocess.DEVNULL, stderr=errors)
-
-
 def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, plan: Pin, scaling: float) -> list[float]:
     """LoRA on the pooled data with the same number of steps as the federation; accuracy after each 'round'."""
     from edge_agent.trainer import train_local
@@ -128,8 +123,8 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
     with EmbeddedBroker() as broker:
         config_path, agents = prepare(settings, broker.url)
         console.print(f"embedded broker on [bold]{broker.url}[/]; {len(agents)} agents; run directory [bold]{settings.run_dir}[/]")
-        coordinator = _spawn(["coordinator", "--config", str(config_path)], logs / "coordinator.log")
-        workers = [_spawn(["agent", "--broker", broker.url, "--data", str(shard), "--id", agent_id, "--device-profile", device, "--threads", "1"], logs / f"{agent_id}.log") for agent_id, device, shard in agents]
+        coordinator = spawn(["coordinator", "--config", str(config_path)], logs / "coordinator.log")
+        workers = [spawn(["agent", "--broker", broker.url, "--data", str(shard), "--id", agent_id, "--device-profile", device, "--threads", "1"], logs / f"{agent_id}.log") for agent_id, device, shard in agents]
         metrics_file = settings.run_dir / "coordinator" / "metrics.jsonl"
         status = _follow(coordinator, workers, metrics_file, settings.rounds, console)
     if status != 0:
@@ -167,11 +162,7 @@ def _follow(coordinator: subprocess.Popen, workers: list[subprocess.Popen], metr
                 progress.console.print(f"{label}: accuracy [bold]{record['accuracy']:.3f}[/], loss {record['loss']:.3f}" + (f", {len(record['contributors'])} updates, {record['wall_s']:.1f} s" if record["round"] else ""))
                 progress.update(task, completed=record["round"], description=f"federated rounds (accuracy {record['accuracy']:.3f})")
             seen = len(lines)
-    for worker in workers:
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+    stop(workers)
     return coordinator.returncode
 
 

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,11 @@ def locate_backbone(name_or_path: str = DEFAULT_BACKBONE) -> BackboneSource:
     return BackboneSource(name=name_or_path, directory=directory, sha256=_digest_of(directory))
 
 
+# transformers patches torch globally while it builds a model (meta-device initialisation): two threads loading at
+# once (agents and a coordinator in one process) can leave the patch in place and every later model on "meta"
+_LOADING = threading.Lock()
+
+
 def resolve_dtype(quantization: str):
     import torch
 
@@ -137,7 +143,8 @@ def load_backbone(source: BackboneSource, quantization: str = "fp32", device: st
         kwargs["device_map"] = {"": device}
     else:
         kwargs["dtype"] = resolve_dtype(quantization)
-    model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs)
+    with _LOADING:
+        model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs)
     if quantization in ("nf4", "int8"):
         from peft import prepare_model_for_kbit_training
 

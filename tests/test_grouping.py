@@ -41,6 +41,8 @@ def test_every_feasible_device_lands_in_exactly_one_group():
     assert len(plan.groups) == 2 and sorted(sum((list(g.members) for g in plan.groups), [])) == ["d0", "d1", "d2", "d3"]
     for group in plan.groups:
         assert 1 <= group.frequency <= options.max_group_frequency and 1 <= group.depth <= 8
+    depth_of = {device: group.depth for group in plan.groups for device in group.members}
+    assert all(device.depth == depth_of[device.device_id] and device.memory.total <= device.budget_bytes for device in plan.feasible())
 
 
 def test_fast_groups_aggregate_more_often_and_slow_groups_train_fewer_layers():

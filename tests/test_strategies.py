@@ -160,6 +160,7 @@ def test_ffa_lora_is_exact_with_the_shared_a(params):
     for mod in MODULES:
         shared = fleet.state[mod + A_SUFFIX]
         assert np.array_equal(shared, shared_lora_a(mod, MAX_RANK, shape_of(mod)[1], params[0]))
+        assert np.array_equal(shared[:2], shared_lora_a(mod, 2, shape_of(mod)[1], params[0]))  # a rank-2 client's own A
         expected = exact(fleet, mod, a_of=lambda u: shared[: u.tensors[mod + B_SUFFIX].shape[1]])
         if expected is not None:
             assert close(new[mod + B_SUFFIX].astype(np.float64) @ new[mod + A_SUFFIX], expected)

@@ -81,10 +81,11 @@ class ClientInfo:
 
 @dataclass(frozen=True)
 class GlobalParts:
-    """What the server evaluates: LoRA factors at scaling 1 (or None), base changes by round, replaced weights."""
+    """What the server evaluates: LoRA factors at scaling 1 (or None), frozen-weight changes (``base_delta``
+    entries), replaced weights by module."""
 
     lora: State | None
-    base_deltas: dict[int, State] = field(default_factory=dict)
+    base_changes: State = field(default_factory=dict)
     weights: State = field(default_factory=dict)
 
 
@@ -112,6 +113,19 @@ def lora_modules(state: State) -> list[str]:
 
 def delta_key(module: str, round_number: int, part: str) -> str:
     return f"{module}.base_delta.{round_number:04d}.{part}"
+
+
+def delta_round(key: str) -> int:
+    """The round of a ``base_delta`` key."""
+    match = _DELTA.match(key)
+    if match is None:
+        raise ValueError(f"not a base change key: {key!r}")
+    return int(match.group(2))
+
+
+def base_changes(state: State) -> State:
+    """The ``base_delta`` entries of a state, under their own keys."""
+    return {key: value for key, value in state.items() if _DELTA.match(key)}
 
 
 def base_deltas(state: State) -> dict[int, State]:
@@ -156,6 +170,8 @@ class Strategy(ABC):
     name: ClassVar[str]
     recipe: ClassVar[ClientRecipe] = ClientRecipe()
     mixed_ranks: ClassVar[bool] = True  # False: every client must train a layer at the same rank
+    has_global_model: ClassVar[bool] = True  # False: personalised, only the devices' own models can be evaluated
+    supports_groups: ClassVar[bool] = True  # HierFedLoRA: group states can be combined like clients of the global rank
 
     def __init__(self, seed: int = 0):
         self.seed = seed

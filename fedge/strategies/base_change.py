@@ -4,7 +4,7 @@ that missed rounds or restarted catches up exactly."""
 
 from __future__ import annotations
 
-from fedge.strategies.base import ClientInfo, State, base_deltas, delta_key
+from fedge.strategies.base import ClientInfo, State, base_changes, delta_key, delta_round
 from fedge.strategies.factored import LowRank
 
 
@@ -15,6 +15,4 @@ def record_change(state: State, module: str, round_number: int, change: LowRank)
 
 def changes_since(state: State, client: ClientInfo) -> State:
     """The base changes of rounds after ``client.base_version``, under their state keys."""
-    return {delta_key(key.rsplit(".", 1)[0], round_number, key.rsplit(".", 1)[1]): value
-            for round_number, parts in base_deltas(state).items() if round_number > client.base_version
-            for key, value in parts.items()}
+    return {key: value for key, value in base_changes(state).items() if delta_round(key) > client.base_version}

@@ -26,6 +26,8 @@ def personal_key(module: str, agent_id: str) -> str:
 class CELoRA(Strategy):
     name = "ce-lora"
     recipe = ClientRecipe(adapter="tri", trains=("A", "B", "C"), sends=("C",), shared_a=True)
+    has_global_model = False
+    supports_groups = False  # personalised cores have no group state
 
     def __init__(self, seed: int = 0, beta: float = 0.5, temperature: float = 0.1):
         super().__init__(seed)

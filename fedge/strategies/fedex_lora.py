@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientInfo, ClientUpdate, GlobalParts, State, Strategy, average_factors, base_deltas, layer_weights, lora_modules, product_terms, with_factors
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientInfo, ClientUpdate, GlobalParts, State, Strategy, average_factors, base_changes, layer_weights, lora_modules, product_terms, with_factors
 from fedge.strategies.base_change import changes_since, record_change
 from fedge.strategies.factored import compress, stack
 
 
 class FedExLoRA(Strategy):
     name = "fedex-lora"
+    supports_groups = False  # group-level base changes would split the frozen weights between groups
 
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         merged = dict(state)
@@ -32,4 +33,4 @@ class FedExLoRA(Strategy):
 
     def global_parts(self, state: State) -> GlobalParts:
         lora = {key: value for key, value in state.items() if key.endswith((A_SUFFIX, B_SUFFIX))}
-        return GlobalParts(lora=lora, base_deltas=base_deltas(state))
+        return GlobalParts(lora=lora, base_changes=base_changes(state))

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, base_deltas, layer_weights, lora_modules, product_terms
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, base_changes, layer_weights, lora_modules, product_terms
 from fedge.strategies.base_change import changes_since, record_change
 from fedge.strategies.factored import stack
 
@@ -17,6 +17,7 @@ from fedge.strategies.factored import stack
 class FLoRA(Strategy):
     name = "flora"
     recipe = ClientRecipe(reinit_each_round=True)
+    supports_groups = False  # group-level base changes would split the frozen weights between groups
 
     def initial_state(self, lora: State, base_weights: State) -> State:
         state = super().initial_state(lora, base_weights)
@@ -37,4 +38,4 @@ class FLoRA(Strategy):
 
     def global_parts(self, state: State) -> GlobalParts:
         lora = {key: value for key, value in state.items() if key.endswith((A_SUFFIX, B_SUFFIX))}
-        return GlobalParts(lora=lora, base_deltas=base_deltas(state))
+        return GlobalParts(lora=lora, base_changes=base_changes(state))

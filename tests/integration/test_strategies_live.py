@@ -3,6 +3,7 @@ process (the tiny random backbone: plumbing and wire contents, never learning cl
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -43,6 +44,12 @@ def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path, evaluat
     coordinator = Coordinator(config)
     held_out = _shard(5, 16) if evaluate_on_agents else None
     agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(broker_url), _shard(i), load_catalogue_profile(device), heartbeat_s=2, eval_data=held_out) for i, device in enumerate(["cpu-8gb", "cpu-16gb"])]
+    _federate(coordinator, agents)
+    return coordinator, agents
+
+
+def _federate(coordinator: Coordinator, agents: list[EdgeAgent]) -> list[dict]:
+    """Run the coordinator here and every agent in a thread until the run ends; the round records."""
     threads = [threading.Thread(target=agent.run, daemon=True) for agent in agents]
     for thread in threads:
         thread.start()
@@ -50,8 +57,8 @@ def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path, evaluat
     for thread in threads:
         thread.join(timeout=60)
         assert not thread.is_alive()
-    assert [r["round"] for r in summary.rounds] == [0, 1, 2]
-    return coordinator, agents
+    assert [r["round"] for r in summary.rounds] == list(range(coordinator.config.rounds + 1))
+    return summary.rounds
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
@@ -95,3 +102,33 @@ def test_agents_report_their_own_accuracy_where_there_is_no_global_model(mosquit
     reported = sorted((record["round"], record["agent"]) for record in coordinator.run_dir.client_evals())
     assert reported == [(1, "a0"), (1, "a1"), (2, "a0"), (2, "a1")]  # after round 1 (taken in round 2) and the final state
     assert all(0 <= record["accuracy"] <= 1 and record["examples"] == 16 for record in coordinator.run_dir.client_evals())
+
+
+def test_hierfedlora_groups_exchange_at_their_own_frequency_and_combine(mosquitto, tiny_backbone, tmp_path):
+    write_jsonl(tmp_path / "test.jsonl", _shard(5, 16))
+    config = CoordinatorConfig.from_dict({
+        "run_id": "groups", "run_dir": str(tmp_path / "run"), "broker": mosquitto.url, "backbone": str(tiny_backbone),
+        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 1, "expected_clients": 4,
+        "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 120, "strategy": "flexlora",
+        "planner": {"max_depth": 3, "ranks": [2, 4], "groups": 2, "max_group_frequency": 3},
+    })
+    devices = ["laptop-rtx4090-16gb", "laptop-rtx4090-16gb", "cpu-8gb", "cpu-8gb"]
+    coordinator = Coordinator(config)
+    # a0, a2 hold labels 0-3 and a1, a3 labels 4-7: label balancing pairs the two GPUs and the two CPUs
+    halves = [[example for example in _shard(0, 48) if (example.label < 4) == (i % 2 == 0)] for i in range(4)]
+    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(mosquitto.url), halves[i], load_catalogue_profile(device), heartbeat_s=2) for i, device in enumerate(devices)]
+    rounds = _federate(coordinator, agents)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert len(plan["groups"]) == 2
+    depth_of = {member: group["depth"] for group in plan["groups"] for member in group["members"]}
+    assert all(len(device["layers"]) == depth_of[device["device_id"]] for device in plan["devices"])  # members train D_g
+    for record in rounds[1:]:
+        assert record["contributors"] == ["a0", "a1", "a2", "a3"], record["rejected"]
+        by_index = {group["index"]: group for group in record["groups"]}
+        for group in plan["groups"]:
+            assert by_index[group["index"]]["exchanges"] == group["frequency"]  # each group ran its own τ_g
+    assert max(group["frequency"] for group in plan["groups"]) > 1
+    # every exchange is its own wire round: the frequent group's inner updates are all on disk
+    frequent = max(plan["groups"], key=lambda group: group["frequency"])
+    stored = sorted(path.parent.name for path in (tmp_path / "run" / "updates").glob(f"*/{frequent['members'][0]}.safetensors"))
+    assert len(stored) == 2 * frequent["frequency"]

@@ -1,0 +1,103 @@
+"""A field trial's YAML: which strategies, on which simulated fleet, data split, seeds and budget.
+
+    name: default
+    strategies: [fedit, ffa-lora, hetlora, {name: lora-fair, options: {solver: cosine}}]
+    fleet: [laptop-rtx3060-6gb, jetson-orin-nano-8gb, cpu-16gb, cpu-8gb]   # catalogue devices, one agent each
+    seeds: [0]
+    rounds: 5
+    data: {train_per_label: 60, test_per_label: 25, alpha: 0.5, min_examples: 16}
+    planner: {max_depth: 4, ranks: [4, 8, 16]}
+    same_rank: 8          # the one rank given to strategies that cannot mix ranks (FedIT)
+    target_accuracy: 0.7
+    device_eval: auto     # devices report their own accuracy: auto = only where there is no global model (CE-LoRA)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from coordinator.config import ConfigError
+from fedge.strategies import STRATEGIES, StrategyError, make_strategy
+from profiles import load_catalogue_profile
+from quantization.backbone import DEFAULT_BACKBONE
+
+
+DEVICE_EVAL = ("auto", "all", "none")
+
+
+@dataclass(frozen=True)
+class StrategyRun:
+    name: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name + "".join(f" {key}={value}" for key, value in sorted(self.options.items()))
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    strategies: tuple[StrategyRun, ...]
+    fleet: tuple[str, ...]
+    name: str = "trial"
+    backbone: str = DEFAULT_BACKBONE
+    seeds: tuple[int, ...] = (0,)
+    rounds: int = 5
+    local_steps: int = 8
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    train_per_label: int = 60
+    test_per_label: int = 25
+    alpha: float = 0.5
+    min_examples: int = 16
+    planner: dict = field(default_factory=dict)
+    same_rank: int = 8
+    target_accuracy: float = 0.7
+    round_deadline_s: float = 900.0
+    device_eval: str = "auto"  # devices evaluate their own model: auto (only without a global model), all, none
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrialConfig:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping")
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TrialConfig:
+        raw = dict(raw)
+        errors = []
+        data = raw.pop("data", {}) or {}
+        strategies = []
+        for entry in raw.pop("strategies", None) or []:
+            run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {})
+            try:
+                make_strategy(run.name, **run.options)
+                strategies.append(run)
+            except StrategyError as error:
+                errors.append(f"strategies: {error}")
+        if not strategies and not errors:
+            errors.append(f"strategies: list at least one of {', '.join(STRATEGIES)}")
+        fleet = tuple(raw.pop("fleet", None) or ())
+        for device in fleet:
+            try:
+                load_catalogue_profile(device)
+            except (KeyError, ValueError) as error:
+                errors.append(f"fleet: {error}")
+        if raw.get("device_eval", "auto") not in DEVICE_EVAL:
+            errors.append(f"device_eval: one of {', '.join(DEVICE_EVAL)}")
+        if len(fleet) < 2:
+            errors.append("fleet: at least two catalogue devices")
+        known = set(cls.__dataclass_fields__) - {"strategies", "fleet"}
+        errors += [f"{key}: unknown key" for key in sorted(set(raw) - known)]
+        errors += [f"data.{key}: unknown key" for key in sorted(set(data) - {"train_per_label", "test_per_label", "alpha", "min_examples"})]
+        if errors:
+            raise ConfigError("invalid trial config:\n  " + "\n  ".join(errors))
+        values = {key: value for key, value in raw.items() if key in known}
+        values.update({key: value for key, value in data.items()})
+        if "seeds" in values:
+            values["seeds"] = tuple(values["seeds"])
+        return cls(strategies=tuple(strategies), fleet=fleet, **values)

@@ -1,0 +1,171 @@
+"""A trial's report: one table row per strategy (mean over seeds) and two plots, from the runs' own records.
+
+Accuracy is measured two ways, both on the same held-out set: the coordinator's global model (where the strategy
+has one) and the mean over devices of the model each device holds after the round (personalised strategies such as
+CE-LoRA have only this). "Primary" is the global figure where it exists, else the devices' mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from fedge.strategies import STRATEGIES  # noqa: E402
+from fedge.trial.config import TrialConfig  # noqa: E402
+
+
+@dataclass(frozen=True)
+class RunResult:
+    strategy: str
+    seed: int
+    server_accuracy: list[float]  # index = round, 0 = before fine-tuning
+    device_accuracy: list[float]  # index = round; NaN where no device reported
+    bytes_up: list[int]  # per round, all clients
+    bytes_down: list[int]
+    clients: int
+    server_s: float
+    wall_s: float
+    ranks: dict[str, str]
+
+    @property
+    def primary(self) -> list[float]:
+        return self.device_accuracy if all(math.isnan(a) for a in self.server_accuracy[1:]) else self.server_accuracy
+
+
+@dataclass(frozen=True)
+class Report:
+    path: Path
+    table: Table
+
+
+def load_run(strategy: str, seed: int, run_dir: Path) -> RunResult:
+    coordinator = run_dir / "coordinator"
+    rounds = [json.loads(line) for line in (coordinator / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = [json.loads(line) for line in (coordinator / "client_eval.jsonl").read_text().splitlines()] if (coordinator / "client_eval.jsonl").exists() else []
+    device = [statistics.fmean([e["accuracy"] for e in evals if e["round"] == r["round"]] or [math.nan]) for r in rounds]
+    plan = json.loads((coordinator / "plan.json").read_text()) if (coordinator / "plan.json").exists() else {"devices": []}
+    ranks = {d["device_id"]: f"D{len(d['layers'])} r{'/'.join(map(str, sorted(set(d['ranks']), reverse=True)))}" for d in plan["devices"] if d["feasible"]}
+    later = rounds[1:]
+    return RunResult(
+        strategy, seed,
+        [r["accuracy"] for r in rounds], device,
+        [sum(r.get("bytes_up", {}).values()) for r in later], [sum(r.get("bytes_down", {}).values()) for r in later],
+        max(len(r.get("participants", [])) for r in rounds) or 1,
+        sum(r.get("server_aggregate_s", 0.0) for r in later),
+        float((run_dir / "wall_s").read_text()) if (run_dir / "wall_s").exists() else math.nan,
+        ranks,
+    )
+
+
+def rounds_to(accuracies: list[float], target: float) -> int | None:
+    return next((index for index, value in enumerate(accuracies) if index and value >= target), None)
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(finite) if finite else math.nan
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def summarise(results: list[RunResult], target: float) -> list[dict]:
+    rows = []
+    for strategy in dict.fromkeys(r.strategy for r in results):
+        runs = [r for r in results if r.strategy == strategy]
+        reached = [rounds_to(r.primary, target) for r in runs]
+        rows.append({
+            "strategy": strategy,
+            "seeds": len(runs),
+            "final_global": _mean([r.server_accuracy[-1] for r in runs]),
+            "best_global": _mean([max(r.server_accuracy[1:], default=math.nan) for r in runs]),
+            "final_devices": _mean([r.device_accuracy[-1] for r in runs]),
+            "best_devices": _mean([max((a for a in r.device_accuracy[1:] if not math.isnan(a)), default=math.nan) for r in runs]),
+            "rounds_to_target": None if None in reached else statistics.fmean(reached),
+            "up_per_client_round": _mean([sum(r.bytes_up) / len(r.bytes_up) / r.clients for r in runs]),
+            "down_per_client_round": _mean([sum(r.bytes_down) / len(r.bytes_down) / r.clients for r in runs]),
+            "server_s": _mean([r.server_s for r in runs]),
+            "wall_s": _mean([r.wall_s for r in runs]),
+            "ranks": runs[0].ranks,
+        })
+    return rows
+
+
+def plot(results: list[RunResult], out_dir: Path) -> tuple[Path, Path]:
+    strategies = list(dict.fromkeys(r.strategy for r in results))
+    per_round, per_bytes = out_dir / "accuracy.png", out_dir / "accuracy_vs_bytes.png"
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for strategy in strategies:
+        runs = [r for r in results if r.strategy == strategy]
+        curve = [_mean([r.primary[i] for r in runs]) for i in range(len(runs[0].primary))]
+        axis.plot(range(len(curve)), curve, marker="o", label=strategy)
+    axis.set(xlabel="round", ylabel="held-out accuracy", title="Accuracy per round (global model; devices' mean for CE-LoRA)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(per_round, dpi=120)
+    plt.close(figure)
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for strategy in strategies:
+        runs = [r for r in results if r.strategy == strategy]
+        run = runs[0]
+        sent = [0.0]
+        for up, down in zip(run.bytes_up, run.bytes_down):
+            sent.append(sent[-1] + (up + down) / 1e6)
+        curve = [_mean([r.primary[i] for r in runs]) for i in range(len(sent))]
+        axis.plot(sent[1:], curve[1:], marker="o", label=strategy)
+    axis.set(xscale="log", xlabel="MB sent, up + down, all devices (cumulative)", ylabel="held-out accuracy", title="Accuracy against bytes sent")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(per_bytes, dpi=120)
+    plt.close(figure)
+    return per_round, per_bytes
+
+
+def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], out_dir: Path, wall_s: float) -> Report:
+    failed = [run for run in runs if run["exit"] != 0]
+    results = [load_run(run["strategy"], run["seed"], Path(run["run_dir"])) for run in runs if run["exit"] == 0]
+    rows = summarise(results, trial.target_accuracy)
+    images = plot(results, out_dir) if results else ()
+    table = Table(title=f"Trial {trial.name}: {len(trial.fleet)} devices, α={trial.alpha}, seeds {list(trial.seeds)}, {trial.rounds} rounds × {trial.local_steps} steps")
+    headers = ["strategy", "final acc", "best acc", "final acc (devices)", f"rounds to {trial.target_accuracy}", "KB up /client/round", "KB down /client/round", "server s", "wall s"]
+    for header in headers:
+        table.add_column(header, justify="left" if header == "strategy" else "right")
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        cells = [row["strategy"], _fmt(row["final_global"]), _fmt(row["best_global"]), _fmt(row["final_devices"]),
+                 "not reached" if row["rounds_to_target"] is None else f"{row['rounds_to_target']:.1f}",
+                 f"{row['up_per_client_round'] / 1e3:.1f}", f"{row['down_per_client_round'] / 1e3:.1f}", f"{row['server_s']:.2f}", f"{row['wall_s']:.0f}"]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    one_rank = sorted({run.name for run in trial.strategies if not STRATEGIES[run.name].mixed_ranks})
+    text = [f"# Field trial: {trial.name}", "",
+            f"Backbone {trial.backbone}; fleet {', '.join(trial.fleet)}; Dirichlet α={trial.alpha}; seeds {list(trial.seeds)}; "
+            f"{trial.rounds} rounds of {trial.local_steps} local steps (batch {trial.batch_size}, lr {trial.learning_rate}); planner {trial.planner}. "
+            f"Wall time {wall_s:.0f} s.", "", *lines, "",
+            "Accuracy: the coordinator's global model on the held-out set (final/best); \"devices\": the mean over devices of the model each holds after the round (the only figure for CE-LoRA, which has no global model). "
+            "Bytes are whole encoded messages (fp16 tensors + header) per device per round." + (f" {', '.join(one_rank)} cannot mix ranks: every device trained rank {trial.same_rank} on the layers the planner gave it." if one_rank else ""), ""]
+    if rows:
+        text += ["## Plans (first seed)", "", *[f"- {row['strategy']}: " + ", ".join(f"{device} {plan}" for device, plan in row["ranks"].items()) for row in rows], ""]
+    text += ["## Data", ""]
+    for seed, split in splits.items():
+        text += [f"Seed {seed}, α={split['alpha']}, {split['test_examples']} held-out examples; label histograms ({', '.join(split['labels'])}):", ""]
+        text += [f"- {agent}: {histogram}" for agent, histogram in split["histograms"].items()] + [""]
+    if failed:
+        text += ["## Failed runs", "", *[f"- {run['strategy']} seed {run['seed']}: exit {run['exit']} (logs in {run['run_dir']}/logs)" for run in failed], ""]
+    text += [f"![accuracy per round]({images[0].name})", "", f"![accuracy against bytes]({images[1].name})", ""] if images else []
+    path = out_dir / "report.md"
+    path.write_text("\n".join(text))
+    (out_dir / "report.json").write_text(json.dumps({"rows": rows, "runs": runs, "splits": splits, "wall_s": wall_s}, indent=2, default=str))
+    return Report(path, table)

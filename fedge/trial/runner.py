@@ -1,0 +1,117 @@
+"""Runs a field trial: every listed strategy on the same simulated fleet, the same Dirichlet split and the same
+seeds, each over its own embedded broker with the coordinator and one process per agent (one thread each)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from fedge.broker import EmbeddedBroker
+from fedge.processes import spawn, stop
+from fedge.strategies import STRATEGIES
+from fedge.task.data import write_jsonl
+from fedge.task.split import dirichlet_split, label_histogram
+from fedge.task.wordnet import LABELS, load_splits
+from fedge.trial.config import StrategyRun, TrialConfig
+from fedge.trial.report import write_report
+from quantization.backbone import locate_backbone
+
+
+def agent_ids(trial: TrialConfig) -> list[str]:
+    return [f"agent-{index}-{device}" for index, device in enumerate(trial.fleet)]
+
+
+def prepare_data(trial: TrialConfig, seed: int, directory: Path) -> dict:
+    """Write the seed's shards and test set; returns the split description (α, seed, per-client histograms)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    train, test = load_splits(trial.train_per_label, trial.test_per_label, seed)
+    shards = dirichlet_split(train, len(trial.fleet), trial.alpha, seed, trial.min_examples)
+    for agent_id, shard in zip(agent_ids(trial), shards):
+        write_jsonl(directory / f"{agent_id}.jsonl", shard)
+    write_jsonl(directory / "test.jsonl", test)
+    split = {"alpha": trial.alpha, "seed": seed, "labels": list(LABELS), "test_examples": len(test),
+             "histograms": {agent_id: label_histogram(shard, len(LABELS)) for agent_id, shard in zip(agent_ids(trial), shards)}}
+    (directory / "split.json").write_text(json.dumps(split, indent=2))
+    return split
+
+
+def coordinator_config(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_dir: Path, broker_url: str) -> dict:
+    planner = dict(trial.planner)
+    if not STRATEGIES[run.name].mixed_ranks:  # e.g. FedIT: one rank for everyone, said in the report
+        planner.update(ranks=[trial.same_rank], rank_profile="uniform")
+    return {
+        "run_id": f"{trial.name}-{run.name}-{seed}", "run_dir": str(run_dir), "broker": broker_url, "backbone": trial.backbone,
+        "eval_data": str(data / "test.jsonl"), "rounds": trial.rounds, "min_clients": len(trial.fleet), "expected_clients": len(trial.fleet),
+        "local_steps": trial.local_steps, "batch_size": trial.batch_size, "learning_rate": trial.learning_rate, "seed": seed,
+        "strategy": run.name, "strategy_options": run.options, "planner": planner,
+        "round_deadline_s": trial.round_deadline_s, "final_eval_wait_s": 120 if devices_evaluate(trial, run) else 0,
+    }
+
+
+def devices_evaluate(trial: TrialConfig, run: StrategyRun) -> bool:
+    """Whether the devices report their own held-out accuracy in this run."""
+    return trial.device_eval == "all" or (trial.device_eval == "auto" and not STRATEGIES[run.name].has_global_model)
+
+
+def run_trial(trial: TrialConfig, out_dir: Path, console: Console) -> Path:
+    """Run every (seed, strategy) pair in turn and write the report; returns the report's path."""
+    started = time.time()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "trial.json").write_text(json.dumps(asdict(trial), indent=2, default=list))
+    with console.status(f"locating the backbone {trial.backbone}"):
+        locate_backbone(trial.backbone)
+    splits = {}
+    runs = []
+    total = len(trial.seeds) * len(trial.strategies) * trial.rounds
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(), console=console)
+    with progress:
+        task = progress.add_task("trial", total=total)
+        for seed in trial.seeds:
+            data = out_dir / f"seed_{seed}" / "data"
+            splits[seed] = prepare_data(trial, seed, data)
+            for run in trial.strategies:
+                run_dir = out_dir / f"seed_{seed}" / run.label.replace(" ", "_").replace("=", "-")
+                status = _run_one(trial, run, seed, data, run_dir, progress, task)
+                runs.append({"strategy": run.label, "name": run.name, "seed": seed, "run_dir": str(run_dir), "exit": status})
+    report = write_report(trial, runs, splits, out_dir, time.time() - started)
+    console.print(report.table)
+    console.print(f"report: [bold]{report.path}[/] (plots beside it); trial wall time {time.time() - started:.0f} s")
+    return report.path
+
+
+def _run_one(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_dir: Path, progress: Progress, task) -> int:
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with EmbeddedBroker() as broker:
+        config_path = run_dir / "coordinator.yaml"
+        config_path.write_text(yaml.safe_dump(coordinator_config(trial, run, seed, data, run_dir / "coordinator", broker.url), sort_keys=False))
+        coordinator = spawn(["coordinator", "--config", str(config_path)], logs / "coordinator.log")
+        evaluation = ["--eval-data", str(data / "test.jsonl")] if devices_evaluate(trial, run) else []
+        agents = [spawn(["agent", "--broker", broker.url, "--data", str(data / f"{agent_id}.jsonl"), *evaluation, "--id", agent_id, "--device-profile", device, "--threads", "1"], logs / f"{agent_id}.log")
+                  for agent_id, device in zip(agent_ids(trial), trial.fleet)]
+        metrics = run_dir / "coordinator" / "metrics.jsonl"
+        done_before = progress.tasks[task].completed
+        seen = 0
+        while coordinator.poll() is None:
+            time.sleep(1.0)
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            for line in lines[seen:]:
+                record = json.loads(line)
+                if record["round"]:
+                    progress.console.print(f"seed {seed} {run.label}: round {record['round']} server accuracy {record['accuracy']:.3f}, {record['wall_s']:.0f} s")
+                    progress.update(task, completed=done_before + record["round"])
+            seen = len(lines)
+            progress.update(task, description=f"seed {seed} {run.label} ({time.time() - started:.0f} s)")
+        stop(agents)
+    progress.update(task, completed=done_before + trial.rounds)
+    (run_dir / "wall_s").write_text(f"{time.time() - started:.1f}\n")
+    if coordinator.returncode != 0:
+        progress.console.print(f"[red]{run.label} seed {seed}: coordinator exited with {coordinator.returncode}; see {logs}[/]")
+    return coordinator.returncode
