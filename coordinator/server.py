@@ -42,7 +42,7 @@ class _GroupRun:
     state: dict[str, np.ndarray]
     exchange: int = 0  # exchanges opened so far
     waiting: set[str] = field(default_factory=set)  # members expected in the open exchange
-    contributed: int = 0  # examples behind the accepted updates, to weigh the group globally
+    examples: dict[str, int] = field(default_factory=dict)  # contributors' dataset sizes, to weigh the group globally
     done: bool = False
 
 
@@ -248,7 +248,7 @@ class Coordinator:
             aggregating = time.perf_counter()
             group.state = self.strategy.aggregate(group.state, updates, self._wire_round(round_number, group.exchange))
             self._aggregate_s += time.perf_counter() - aggregating
-            group.contributed += sum(update.num_examples for update in updates)
+            group.examples.update({update.agent_id: update.num_examples for update in updates})
         else:
             log.warning("round %d: group %d got %d valid updates, fewer than %d; its state is unchanged", round_number, group.index, len(updates), needed)
         group.waiting = set()
@@ -264,13 +264,13 @@ class Coordinator:
             return groups[0].state
         updates = []
         for group in groups:
-            if not group.contributed:
+            if not group.examples:
                 continue
             layers = sorted({layer for record in group.members for layer in record.plan.layers})
             spec = LoraSpec(tuple(self.options.target_modules), tuple(layers), (self.rank,) * len(layers), 1.0)
             tensors = {key: group.state[key] for key in self.strategy.upload_shapes(group.state, spec)}
-            updates.append(ClientUpdate(f"group-{group.index}", group.contributed, spec, tensors))
-        if len(updates) < 1:
+            updates.append(ClientUpdate(f"group-{group.index}", sum(group.examples.values()), spec, tensors))
+        if not updates:
             return arrays
         aggregating = time.perf_counter()
         combined = self.strategy.aggregate(arrays, updates, round_number)

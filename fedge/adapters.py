@@ -33,6 +33,8 @@ def attach(model, spec: LoraSpec, recipe: ClientRecipe, run_seed: int, seed: int
     if recipe.adapter == "full":
         model.requires_grad_(False)
         for name, module in _targets(model, spec):
+            if not module.weight.is_floating_point():
+                raise ValueError(f"full-weight training needs a 16/32-bit base, but {name} is quantized ({type(module).__name__})")
             module.weight.requires_grad_(True)
         return model
     peft_model = build_lora_model(model, spec, seed=seed)

@@ -110,3 +110,9 @@ def test_flora_restart_gives_fresh_factors(tiny_backbone):
     restart_lora(peft_model, seed=9)
     for (_, layer), a in zip(lora_layers(peft_model), old_a):
         assert not layer.lora_B["default"].weight.any() and not torch.equal(layer.lora_A["default"].weight, a)
+
+
+def test_full_weight_training_refuses_a_quantized_base(tiny_backbone):
+    model, _ = _load(tiny_backbone, "nf4")
+    with pytest.raises(ValueError, match="needs a 16/32-bit base"):
+        attach(model, SPEC, recipe_for("full"), run_seed=0, seed=0)
