@@ -232,8 +232,6 @@ def test_hetlora_pads_and_weights_by_update_norm(params):
 def test_lora_fair_correction_moves_toward_the_exact_aggregate(params, solver):
     fleet = make_fleet(*params, "lora-fair")
     fair = make_strategy("lora-fair", solver=solver, steps=300, learning_rate=1e-2).aggregate(fleet.state, fleet.updates, 1)
-    plain = make_strategy("hetlora").aggregate(fleet.state, fleet.updates, 1)
-    fedavg = {}
     for mod in MODULES:  # FedIT's (B̄, Ā) with padding, the starting point LoRA-FAIR corrects
         holders = [u for u in fleet.updates if mod + A_SUFFIX in u.tensors]
         if not holders:
@@ -249,7 +247,6 @@ def test_lora_fair_correction_moves_toward_the_exact_aggregate(params, solver):
         else:
             cos = lambda x: np.sum(x * target) / (np.linalg.norm(x) * np.linalg.norm(target))  # noqa: E731
             assert cos(corrected) >= cos(b_bar @ a_bar) - 1e-6
-        assert plain is not fair
 
 
 def test_ce_lora_sends_only_cores_and_personalises():
