@@ -1,4 +1,4 @@
-"""Aggregation strategies by name; see ``base`` for the interface and ``../shared/ALGORITHMS.md`` for the maths."""
+"""Aggregation strategies by name; ``base`` holds the interface and each module states its maths."""
 
 from __future__ import annotations
 
