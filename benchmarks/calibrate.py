@@ -10,15 +10,12 @@ different configurations.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
 
 import numpy as np
-import torch
-from measure_training import ALL, QV, THREADS, describe, measure, top_setup
-from rich.console import Console
+from measure_training import ALL, QV, THREADS, describe, measure, start, top_setup
 
 from profiles.calibration import Calibration, calibration_file, fit_memory, fit_time
 from profiles.memory import predict_memory
@@ -38,25 +35,20 @@ CALIBRATION_SET = [
     top_setup("fp32", 16, 12, QV, 16, 64, checkpointing=True),
     top_setup("fp32", 8, 20, ALL, 8, 48, checkpointing=True),
 ]
-UNCALIBRATED = Calibration("none", False, 0, 1.0, 1.0, {"fp32": 1.0}, 0.0)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
-    args = parser.parse_args()
-    console = Console(width=180)
-    torch.set_num_threads(THREADS)
-    gflops = matmul_gflops(2.0, device=args.backend)
-    console.print(f"matmul throughput on this {args.backend}: {gflops:.1f} GFLOP/s ({THREADS} threads)")
+    backend, console = start(__doc__.split("\n")[0])
+    gflops = matmul_gflops(2.0, device=backend)
+    console.print(f"matmul throughput on this {backend}: {gflops:.1f} GFLOP/s ({THREADS} threads)")
     shape = load_model_shape("smollm2-135m-instruct")
     results = []
     for setup in CALIBRATION_SET:
         started = time.perf_counter()
-        result = measure(setup, args.backend)
+        result = measure(setup, backend)
         console.print(f"  {describe(setup):45s} peak {result['peak_bytes'] / 2**20:7.0f} MiB, {result['step_seconds']:6.2f} s/step ({time.perf_counter() - started:.0f} s)")
         results.append(result)
-    raw = [predict_memory(shape, setup, UNCALIBRATED) for setup in CALIBRATION_SET]
+    raw = [predict_memory(shape, setup, Calibration.uncalibrated()) for setup in CALIBRATION_SET]
     overhead, factor, checkpoint_factor = fit_memory(
         np.array([part.total - part.activations for part in raw]),
         np.array([part.activations for part in raw]),
@@ -71,8 +63,8 @@ def main() -> None:
     )
     note = f"Fitted by benchmarks/calibrate.py on {platform.machine()} {platform.processor() or ''}, {THREADS} threads, {time.strftime('%Y-%m-%d')}; efficiencies are shares of the probed matmul rate."
     samples = tuple({"setup": describe(setup), **result, "gflops": gflops} for setup, result in zip(CALIBRATION_SET, results))
-    calibration = Calibration(args.backend, True, overhead, factor, checkpoint_factor, efficiencies, per_layer, note, samples)
-    path = calibration_file(args.backend)
+    calibration = Calibration(backend, True, overhead, factor, checkpoint_factor, efficiencies, per_layer, note, samples)
+    path = calibration_file(backend)
     path.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
     console.print(f"overhead {overhead / 2**20:.0f} MiB, activation factor {factor:.2f} ({checkpoint_factor:.2f} checkpointed), efficiencies {efficiencies}, {per_layer * 1e3:.1f} ms per layer-step -> {path}")
 

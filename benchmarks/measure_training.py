@@ -7,10 +7,13 @@ and time do not depend on the text.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from dataclasses import asdict
+
+from rich.console import Console
 
 from profiles.memory import TrainingSetup
 
@@ -19,6 +22,16 @@ STEPS = 3
 NUM_LAYERS = 30  # SmolLM2-135M
 QV = ("q_proj", "v_proj")
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def start(description: str) -> tuple[str, Console]:
+    """The ``--backend`` argument of a benchmark, with torch fixed at THREADS threads, and a wide console."""
+    import torch
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    torch.set_num_threads(THREADS)
+    return parser.parse_args().backend, Console(width=180)
 
 
 def top_setup(quantization: str, ranks: int | tuple[int, ...], depth: int, targets: tuple[str, ...], batch: int, seq: int, optimizer: str = "adamw", checkpointing: bool = False, examples: int = 64) -> TrainingSetup:

@@ -10,12 +10,9 @@ Exit status 1 when any memory prediction is off by more than 15%.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-import torch
-from measure_training import ALL, QV, THREADS, describe, measure, top_setup
-from rich.console import Console
+from measure_training import ALL, QV, THREADS, describe, measure, start, top_setup
 from rich.table import Table
 
 from profiles.calibration import Calibration, load_calibration
@@ -40,21 +37,17 @@ ACCURACY_SET = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
-    args = parser.parse_args()
-    console = Console(width=180)
-    torch.set_num_threads(THREADS)
-    calibration = load_calibration(args.backend)
-    uncalibrated = Calibration("none", False, 0, 1.0, 1.0, {q: 1.0 for q in calibration.efficiencies}, 0.0)
+    backend, console = start(__doc__.split("\n")[0])
+    calibration = load_calibration(backend)
+    uncalibrated = Calibration.uncalibrated(calibration.efficiencies)
     shape = load_model_shape("smollm2-135m-instruct")
-    gflops = matmul_gflops(2.0, device=args.backend)
-    table = Table(title=f"Memory and time model vs measurement ({args.backend}, {THREADS} threads, matmul {gflops:.0f} GFLOP/s)")
+    gflops = matmul_gflops(2.0, device=backend)
+    table = Table(title=f"Memory and time model vs measurement ({backend}, {THREADS} threads, matmul {gflops:.0f} GFLOP/s)")
     for column in ("configuration", "predicted MiB", "measured MiB", "error", "uncalibrated error", "predicted s/step", "measured s/step", "error"):
         table.add_column(column, justify="left" if column == "configuration" else "right")
     memory_errors, baseline_errors, time_errors = [], [], []
     for setup in ACCURACY_SET:
-        measured = measure(setup, args.backend)
+        measured = measure(setup, backend)
         predicted = predict_memory(shape, setup, calibration).total
         textbook = predict_memory(shape, setup, uncalibrated).total
         seconds = predict_step_seconds(shape, setup, gflops, calibration)

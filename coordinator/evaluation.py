@@ -29,7 +29,6 @@ class GlobalModel:
         self.model = self.runner.model
         self.test = encode(tokenizer, test)
         self._applied_rounds: set[int] = set()  # base changes already merged into this copy
-        self._original = self.base_weights()  # so replaced weights (full-weight averaging) start from W0
         log.info("caching evaluation states for %d examples below layer %d", len(test), min(layers))
         self.prefix = self.runner.cache(self.test.input_ids)
 
@@ -51,9 +50,8 @@ class GlobalModel:
                 torch.nn.init.zeros_(layer.lora_B["default"].weight)
         apply_view(self.model, self.spec, parts.base_changes, self._applied_rounds)
         for name, layer in lora_layers(self.model):
-            if parts.weights:
-                weight = parts.weights.get(name, self._original[name])
-                layer.get_base_layer().weight.data.copy_(torch.from_numpy(weight))
+            if name in parts.weights:  # full-weight averaging holds every adapted module's weight
+                layer.get_base_layer().weight.data.copy_(torch.from_numpy(parts.weights[name]))
 
     def evaluate(self, parts: GlobalParts) -> Evaluation:
         self.load(parts)

@@ -30,6 +30,11 @@ class Calibration:
     note: str = ""
     samples: tuple[dict, ...] = field(default=(), repr=False)
 
+    @classmethod
+    def uncalibrated(cls, quantizations=("fp32",)) -> Calibration:
+        """Unit factors, no overhead, no per-layer cost: the textbook model that calibration improves on."""
+        return cls("none", False, 0, 1.0, 1.0, {quantization: 1.0 for quantization in quantizations}, 0.0)
+
     def activation_factor_for(self, gradient_checkpointing: bool) -> float:
         return self.checkpoint_factor if gradient_checkpointing else self.activation_factor
 

@@ -92,6 +92,13 @@ def exact(fleet: Fleet, mod: str, a_of=None) -> np.ndarray | None:
     return out
 
 
+def padded_mean(holders: list[ClientUpdate], weights, mod: str) -> tuple[np.ndarray, np.ndarray]:
+    """(Σ w_i s_i pad(B_i), Σ w_i pad(A_i)) at MAX_RANK, written out independently of the library."""
+    a = sum(w * np.pad(u.tensors[mod + A_SUFFIX], ((0, MAX_RANK - u.tensors[mod + A_SUFFIX].shape[0]), (0, 0))) for w, u in zip(weights, holders))
+    b = sum(w * u.spec.scaling * np.pad(u.tensors[mod + B_SUFFIX], ((0, 0), (0, MAX_RANK - u.tensors[mod + B_SUFFIX].shape[1]))) for w, u in zip(weights, holders))
+    return b, a
+
+
 def close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-4) -> bool:
     return np.linalg.norm(actual - expected) <= rtol * max(np.linalg.norm(expected), 1e-12)
 
@@ -222,8 +229,7 @@ def test_hetlora_pads_and_weights_by_update_norm(params):
             continue
         norms = np.array([np.linalg.norm(u.spec.scaling * u.tensors[mod + B_SUFFIX].astype(np.float64) @ u.tensors[mod + A_SUFFIX]) for u in holders])
         weights = norms / norms.sum()
-        a = sum(w * np.pad(u.tensors[mod + A_SUFFIX], ((0, MAX_RANK - u.tensors[mod + A_SUFFIX].shape[0]), (0, 0))) for w, u in zip(weights, holders))
-        b = sum(w * u.spec.scaling * np.pad(u.tensors[mod + B_SUFFIX], ((0, 0), (0, MAX_RANK - u.tensors[mod + B_SUFFIX].shape[1]))) for w, u in zip(weights, holders))
+        b, a = padded_mean(holders, weights, mod)
         assert close(new[mod + A_SUFFIX], a) and close(new[mod + B_SUFFIX], b)
 
 
@@ -237,8 +243,7 @@ def test_lora_fair_correction_moves_toward_the_exact_aggregate(params, solver):
         if not holders:
             continue
         total = sum(u.num_examples for u in holders)
-        a_bar = sum(u.num_examples / total * np.pad(u.tensors[mod + A_SUFFIX], ((0, MAX_RANK - u.tensors[mod + A_SUFFIX].shape[0]), (0, 0))) for u in holders)
-        b_bar = sum(u.num_examples / total * u.spec.scaling * np.pad(u.tensors[mod + B_SUFFIX], ((0, 0), (0, MAX_RANK - u.tensors[mod + B_SUFFIX].shape[1]))) for u in holders)
+        b_bar, a_bar = padded_mean(holders, [u.num_examples / total for u in holders], mod)
         target = exact(fleet, mod)
         corrected = fair[mod + B_SUFFIX].astype(np.float64) @ fair[mod + A_SUFFIX]
         assert np.allclose(fair[mod + A_SUFFIX], a_bar, atol=1e-5)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -89,17 +89,6 @@ class GlobalParts:
     weights: State = field(default_factory=dict)
 
 
-def module_of(key: str) -> str:
-    """The module prefix of any state key."""
-    delta = _DELTA.match(key)
-    if delta:
-        return delta.group(1)
-    for suffix in (A_SUFFIX, B_SUFFIX, C_SUFFIX, FULL_SUFFIX):
-        if key.endswith(suffix):
-            return key[: -len(suffix)]
-    raise ValueError(f"not a strategy state key: {key!r}")
-
-
 def layer_of(module: str) -> int:
     match = _LAYER.search(module)
     if match is None:
@@ -150,6 +139,15 @@ def layer_weights(updates: Sequence[ClientUpdate], module: str, suffix: str) -> 
     holders = [update for update in updates if module + suffix in update.tensors]
     total = sum(update.num_examples for update in holders)
     return [(update, update.num_examples / total) for update in holders]
+
+
+def trained_modules(state: State, updates: Sequence[ClientUpdate], suffix: str = A_SUFFIX) -> Iterator[tuple[str, list[tuple[ClientUpdate, float]]]]:
+    """(module, [(update, p_i)]) for every module of ``state`` that some update sent ``suffix`` for; modules nobody
+    trained are skipped, so they keep their value."""
+    for module in lora_modules(state):
+        weighted = layer_weights(updates, module, suffix)
+        if weighted:
+            yield module, weighted
 
 
 def pad_rows(matrix: np.ndarray, rows: int) -> np.ndarray:

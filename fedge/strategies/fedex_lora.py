@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientInfo, ClientUpdate, GlobalParts, State, Strategy, average_factors, base_changes, layer_weights, lora_modules, product_terms, with_factors
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientInfo, ClientUpdate, GlobalParts, State, Strategy, average_factors, base_changes, product_terms, trained_modules, with_factors
 from fedge.strategies.base_change import changes_since, record_change
 from fedge.strategies.factored import compress, stack
 
@@ -18,10 +18,7 @@ class FedExLoRA(Strategy):
 
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         merged = dict(state)
-        for module in lora_modules(state):
-            weighted = layer_weights(updates, module, A_SUFFIX)
-            if not weighted:
-                continue
+        for module, weighted in trained_modules(state, updates, A_SUFFIX):
             b_bar, a_bar = average_factors(state, module, weighted)
             residual = compress(stack(product_terms(weighted, module) + [(-1.0, b_bar, a_bar)]))
             record_change(merged, module, round_number, residual)

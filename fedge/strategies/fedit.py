@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedge.strategies.base import A_SUFFIX, ClientUpdate, State, Strategy, average_factors, layer_weights, lora_modules, with_factors
+from fedge.strategies.base import A_SUFFIX, ClientUpdate, State, Strategy, average_factors, trained_modules, with_factors
 
 
 class FedIT(Strategy):
@@ -14,8 +14,6 @@ class FedIT(Strategy):
 
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         merged = dict(state)
-        for module in lora_modules(state):
-            weighted = layer_weights(updates, module, A_SUFFIX)
-            if weighted:
-                with_factors(merged, module, *average_factors(state, module, weighted))
+        for module, weighted in trained_modules(state, updates, A_SUFFIX):
+            with_factors(merged, module, *average_factors(state, module, weighted))
         return merged

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientRecipe, ClientUpdate, State, Strategy, lora_modules, layer_weights, pad_cols, shared_lora_a
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientRecipe, ClientUpdate, State, Strategy, lora_modules, pad_cols, shared_lora_a, trained_modules
 
 
 class FFALoRA(Strategy):
@@ -24,10 +24,7 @@ class FFALoRA(Strategy):
 
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         merged = dict(state)
-        for module in lora_modules(state):
-            weighted = layer_weights(updates, module, B_SUFFIX)
-            if not weighted:
-                continue
+        for module, weighted in trained_modules(state, updates, B_SUFFIX):
             rank = state[module + B_SUFFIX].shape[1]
             total = sum(weight * update.spec.scaling * pad_cols(update.tensors[module + B_SUFFIX].astype(np.float64), rank) for update, weight in weighted)
             merged[module + B_SUFFIX] = total.astype(np.float32)

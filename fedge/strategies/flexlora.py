@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedge.strategies.base import A_SUFFIX, ClientUpdate, State, Strategy, layer_weights, lora_modules, pad_cols, pad_rows, product_terms, with_factors
+from fedge.strategies.base import A_SUFFIX, ClientUpdate, State, Strategy, pad_cols, pad_rows, product_terms, trained_modules, with_factors
 from fedge.strategies.factored import stack, svd
 
 
@@ -15,10 +15,7 @@ class FlexLoRA(Strategy):
 
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         merged = dict(state)
-        for module in lora_modules(state):
-            weighted = layer_weights(updates, module, A_SUFFIX)
-            if not weighted:
-                continue
+        for module, weighted in trained_modules(state, updates, A_SUFFIX):
             rank = state[module + A_SUFFIX].shape[0]
             top = svd(stack(product_terms(weighted, module))).truncated(rank)
             b, a = top.left, top.right

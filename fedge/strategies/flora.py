@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, base_changes, layer_weights, lora_modules, product_terms
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, base_changes, lora_modules, product_terms, trained_modules
 from fedge.strategies.base_change import changes_since, record_change
 from fedge.strategies.factored import stack
 
@@ -27,10 +27,8 @@ class FLoRA(Strategy):
 
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         merged = dict(state)
-        for module in lora_modules(state):
-            weighted = layer_weights(updates, module, A_SUFFIX)
-            if weighted:
-                record_change(merged, module, round_number, stack(product_terms(weighted, module)))
+        for module, weighted in trained_modules(state, updates, A_SUFFIX):
+            record_change(merged, module, round_number, stack(product_terms(weighted, module)))
         return merged
 
     def client_view(self, state: State, client: ClientInfo) -> State:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedge.strategies.base import FULL_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, layer_weights, lora_modules
+from fedge.strategies.base import FULL_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, lora_modules, trained_modules
 
 
 class FullWeights(Strategy):
@@ -26,10 +26,8 @@ class FullWeights(Strategy):
 
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         merged = dict(state)
-        for module in lora_modules(state):
-            weighted = layer_weights(updates, module, FULL_SUFFIX)
-            if weighted:
-                merged[module + FULL_SUFFIX] = sum(weight * update.tensors[module + FULL_SUFFIX].astype(np.float64) for update, weight in weighted).astype(np.float32)
+        for module, weighted in trained_modules(state, updates, FULL_SUFFIX):
+            merged[module + FULL_SUFFIX] = sum(weight * update.tensors[module + FULL_SUFFIX].astype(np.float64) for update, weight in weighted).astype(np.float32)
         return merged
 
     def client_view(self, state: State, client: ClientInfo) -> State:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedge.strategies.base import A_SUFFIX, ClientUpdate, State, Strategy, average_factors, folded, layer_weights, lora_modules, with_factors
+from fedge.strategies.base import A_SUFFIX, ClientUpdate, State, Strategy, average_factors, folded, trained_modules, with_factors
 from fedge.strategies.factored import LowRank, frobenius
 
 
@@ -16,10 +16,7 @@ class HetLoRA(Strategy):
 
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         merged = dict(state)
-        for module in lora_modules(state):
-            weighted = layer_weights(updates, module, A_SUFFIX)
-            if not weighted:
-                continue
+        for module, weighted in trained_modules(state, updates, A_SUFFIX):
             norms = [frobenius(LowRank(*folded(update, module))) for update, _ in weighted]
             total = sum(norms)
             if total > 0:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fedge.strategies.base import A_SUFFIX, ClientUpdate, State, Strategy, StrategyError, average_factors, layer_weights, lora_modules, product_terms, with_factors
+from fedge.strategies.base import A_SUFFIX, ClientUpdate, State, Strategy, StrategyError, average_factors, product_terms, trained_modules, with_factors
 from fedge.strategies.factored import LowRank, stack
 
 SOLVERS = ("ridge", "cosine")
@@ -32,10 +32,7 @@ class LoRAFAIR(Strategy):
 
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         merged = dict(state)
-        for module in lora_modules(state):
-            weighted = layer_weights(updates, module, A_SUFFIX)
-            if not weighted:
-                continue
+        for module, weighted in trained_modules(state, updates, A_SUFFIX):
             b_bar, a_bar = average_factors(state, module, weighted)
             exact = stack(product_terms(weighted, module))
             correction = self.ridge(exact, b_bar, a_bar) if self.solver == "ridge" else self.cosine(exact, b_bar, a_bar)

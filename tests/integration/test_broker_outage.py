@@ -10,7 +10,7 @@ import yaml
 
 from fedge.task.data import write_jsonl
 from tests.conftest import MOSQUITTO, Mosquitto
-from tests.integration.test_federation import _shard
+from tests.integration.helpers import shard
 
 pytestmark = pytest.mark.broker
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.broker
 @pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")
 def test_run_survives_a_broker_restart(tiny_backbone, tmp_path):
     broker = Mosquitto(tmp_path).start()
-    write_jsonl(tmp_path / "test.jsonl", _shard(5, 16))
+    write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
     run = tmp_path / "run"
     config = {
         "run_id": "outage", "run_dir": str(run), "broker": broker.url, "backbone": str(tiny_backbone), "eval_data": str(tmp_path / "test.jsonl"),
@@ -31,7 +31,7 @@ def test_run_survives_a_broker_restart(tiny_backbone, tmp_path):
         cli = [sys.executable, "-m", "fedge.cli", "--log-file"]
         processes.append(subprocess.Popen([*cli, str(tmp_path / "c.log"), "coordinator", "--config", str(tmp_path / "c.yaml")], stderr=subprocess.DEVNULL))
         for index in range(2):
-            write_jsonl(tmp_path / f"a{index}.jsonl", _shard(index))
+            write_jsonl(tmp_path / f"a{index}.jsonl", shard(index))
             processes.append(subprocess.Popen([*cli, str(tmp_path / f"a{index}.log"), "agent", "--broker", broker.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", "cpu-8gb", "--heartbeat", "1"], stderr=subprocess.DEVNULL))
         deadline = time.time() + 120
         while not (run / "globals" / "round_001.safetensors").exists() and time.time() < deadline:

@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,30 +10,21 @@ import yaml
 from safetensors.numpy import load_file
 
 from fedge.task.data import write_jsonl
-from fedge.task.wordnet import Example
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.wire import Assignment, BackboneSpec, GlobalState, Hello, LoraSpec, Reject, topics
 from fedge.lora import parse_adapter_key
+from tests.integration.helpers import cli, shard
 
 pytestmark = pytest.mark.broker
 
 
-def _shard(seed: int, size: int = 24) -> list[Example]:
-    words = ["animal", "food", "plant", "time", "place", "body", "person", "substance"]
-    return [Example(f"{words[(i + seed) % 8]} of {words[(i * 3) % 8]}", (i + seed) % 8) for i in range(size)]
-
-
-def _cli(*args: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log), *args], stderr=subprocess.PIPE)
-
-
 def _agent(url: str, agent_id: str, device: str, tmp_path: Path) -> subprocess.Popen:
-    write_jsonl(tmp_path / f"{agent_id}.jsonl", _shard(len(agent_id)))
-    return _cli("agent", "--broker", url, "--data", str(tmp_path / f"{agent_id}.jsonl"), "--id", agent_id, "--device-profile", device, "--heartbeat", "2", log=tmp_path / f"{agent_id}.log")
+    write_jsonl(tmp_path / f"{agent_id}.jsonl", shard(len(agent_id)))
+    return cli("agent", "--broker", url, "--data", str(tmp_path / f"{agent_id}.jsonl"), "--id", agent_id, "--device-profile", device, "--heartbeat", "2", log=tmp_path / f"{agent_id}.log")
 
 
 def _config(url: str, backbone: Path, tmp_path: Path, **overrides) -> Path:
-    write_jsonl(tmp_path / "test.jsonl", _shard(5, 16))
+    write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
     config = {
         "run_id": "plan", "run_dir": str(tmp_path / "run"), "broker": url, "backbone": str(backbone),
         "eval_data": str(tmp_path / "test.jsonl"), "rounds": 1, "min_clients": 2, "expected_clients": 2,
@@ -47,7 +37,7 @@ def _config(url: str, backbone: Path, tmp_path: Path, **overrides) -> Path:
 
 
 def test_the_planner_assigns_each_device_and_predictions_meet_measurements(mosquitto, tiny_backbone, tmp_path):
-    coordinator = _cli("coordinator", "--config", str(_config(mosquitto.url, tiny_backbone, tmp_path)), log=tmp_path / "coordinator.log")
+    coordinator = cli("coordinator", "--config", str(_config(mosquitto.url, tiny_backbone, tmp_path)), log=tmp_path / "coordinator.log")
     agents = [_agent(mosquitto.url, "gpu", "jetson-orin-nano-8gb", tmp_path), _agent(mosquitto.url, "cpu", "cpu-8gb", tmp_path)]
     try:
         assert coordinator.wait(timeout=240) == 0, coordinator.stderr.read().decode()[-2000:]
@@ -73,7 +63,7 @@ def test_the_planner_assigns_each_device_and_predictions_meet_measurements(mosqu
 
 def test_a_device_the_planner_cannot_fit_is_refused_and_its_agent_says_why(mosquitto, tiny_backbone, tmp_path):
     config = _config(mosquitto.url, tiny_backbone, tmp_path, min_clients=1, expected_clients=1, planner={"safety_margin": 0.01})
-    coordinator = _cli("coordinator", "--config", str(config), log=tmp_path / "coordinator.log")
+    coordinator = cli("coordinator", "--config", str(config), log=tmp_path / "coordinator.log")
     agent = _agent(mosquitto.url, "small", "cpu-8gb", tmp_path)
     try:
         assert agent.wait(timeout=120) == 2

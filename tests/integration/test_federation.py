@@ -1,30 +1,18 @@
 """Coordinator and agents as separate processes through a real broker (Mosquitto and amqtt), tiny backbone."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from fedge.task.data import write_jsonl
-from fedge.task.wordnet import Example
+from tests.integration.helpers import cli, shard
 
 pytestmark = pytest.mark.broker
 
 
-def _shard(seed: int, size: int = 24) -> list[Example]:
-    words = ["animal", "food", "plant", "time", "place", "body", "person", "substance"]
-    return [Example(f"{words[(i + seed) % 8]} of {words[(i * 3) % 8]}", (i + seed) % 8) for i in range(size)]
-
-
-def _cli(*args: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log), *args], stderr=subprocess.PIPE)
-
-
 def test_heterogeneous_agents_complete_rounds_and_leave_a_loadable_adapter(any_broker, tiny_backbone, tmp_path):
-    write_jsonl(tmp_path / "test.jsonl", _shard(5, 16))
+    write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
     config = {
         "run_id": "it", "run_dir": str(tmp_path / "run"), "broker": any_broker.url, "backbone": str(tiny_backbone),
         "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 2, "expected_clients": 2,
@@ -32,11 +20,11 @@ def test_heterogeneous_agents_complete_rounds_and_leave_a_loadable_adapter(any_b
         "planner": {"max_depth": 3}, "devices": {"cpu-8gb": {"rank": 2, "depth": 1}, "jetson": {"rank": 4, "depth": 3, "quantization": "nf4"}},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    coordinator = _cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "coordinator.log")
+    coordinator = cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "coordinator.log")
     agents = []
     for index, device in enumerate(["cpu-8gb", "jetson-orin-nano-8gb"]):
-        write_jsonl(tmp_path / f"a{index}.jsonl", _shard(index))
-        agents.append(_cli("agent", "--broker", any_broker.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", device, log=tmp_path / f"a{index}.log"))
+        write_jsonl(tmp_path / f"a{index}.jsonl", shard(index))
+        agents.append(cli("agent", "--broker", any_broker.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", device, log=tmp_path / f"a{index}.log"))
     try:
         assert coordinator.wait(timeout=240) == 0, coordinator.stderr.read().decode()[-2000:]
         for agent in agents:

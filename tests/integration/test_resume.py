@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from fedge.task.data import write_jsonl
-from tests.integration.test_federation import _shard
+from tests.integration.helpers import shard
 
 pytestmark = pytest.mark.broker
 
@@ -20,7 +20,7 @@ def _cli(*args, log):
 
 
 def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone, tmp_path):
-    write_jsonl(tmp_path / "test.jsonl", _shard(5, 16))
+    write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
     run = tmp_path / "run"
     config = {
         "run_id": "resume", "run_dir": str(run), "broker": mosquitto.url, "backbone": str(tiny_backbone),
@@ -32,7 +32,7 @@ def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone
     coordinator = _cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "c1.log")
     agents = []
     for index in range(2):
-        write_jsonl(tmp_path / f"a{index}.jsonl", _shard(index))
+        write_jsonl(tmp_path / f"a{index}.jsonl", shard(index))
         agents.append(_cli("agent", "--broker", mosquitto.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", "cpu-8gb", "--heartbeat", "1", log=tmp_path / f"a{index}.log"))
     try:
         deadline = time.time() + 120

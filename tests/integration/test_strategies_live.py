@@ -18,20 +18,15 @@ from edge_agent.agent import EdgeAgent
 from fedge.strategies import STRATEGIES, recipe_for
 from fedge.strategies.base import base_deltas
 from fedge.task.data import write_jsonl
-from fedge.task.wordnet import Example
 from fedge.transport import BrokerConfig
 from profiles import load_catalogue_profile
+from tests.integration.helpers import shard
 
 pytestmark = pytest.mark.broker
 
 
-def _shard(seed: int, size: int = 24) -> list[Example]:
-    words = ["animal", "food", "plant", "time", "place", "body", "person", "substance"]
-    return [Example(f"{words[(i + seed) % 8]} of {words[(i * 3) % 8]}", (i + seed) % 8) for i in range(size)]
-
-
 def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path, evaluate_on_agents: bool = False) -> tuple[Coordinator, list[EdgeAgent]]:
-    write_jsonl(tmp_path / "test.jsonl", _shard(5, 16))
+    write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
     same_rank = not STRATEGIES[strategy].mixed_ranks
     config = CoordinatorConfig.from_dict({
         "run_id": strategy, "run_dir": str(tmp_path / "run"), "broker": broker_url, "backbone": str(backbone),
@@ -42,8 +37,8 @@ def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path, evaluat
         "devices": {"cpu-8gb": {"rank": 4 if same_rank else 2, "depth": 1}, "cpu-16gb": {"rank": 4, "depth": 3}},
     })
     coordinator = Coordinator(config)
-    held_out = _shard(5, 16) if evaluate_on_agents else None
-    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(broker_url), _shard(i), load_catalogue_profile(device), heartbeat_s=2, eval_data=held_out) for i, device in enumerate(["cpu-8gb", "cpu-16gb"])]
+    held_out = shard(5, 16) if evaluate_on_agents else None
+    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(broker_url), shard(i), load_catalogue_profile(device), heartbeat_s=2, eval_data=held_out) for i, device in enumerate(["cpu-8gb", "cpu-16gb"])]
     _federate(coordinator, agents)
     return coordinator, agents
 
@@ -105,7 +100,7 @@ def test_agents_report_their_own_accuracy_where_there_is_no_global_model(mosquit
 
 
 def test_hierfedlora_groups_exchange_at_their_own_frequency_and_combine(mosquitto, tiny_backbone, tmp_path):
-    write_jsonl(tmp_path / "test.jsonl", _shard(5, 16))
+    write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
     config = CoordinatorConfig.from_dict({
         "run_id": "groups", "run_dir": str(tmp_path / "run"), "broker": mosquitto.url, "backbone": str(tiny_backbone),
         "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 1, "expected_clients": 4,
@@ -115,7 +110,7 @@ def test_hierfedlora_groups_exchange_at_their_own_frequency_and_combine(mosquitt
     devices = ["laptop-rtx4090-16gb", "laptop-rtx4090-16gb", "cpu-8gb", "cpu-8gb"]
     coordinator = Coordinator(config)
     # a0, a2 hold labels 0-3 and a1, a3 labels 4-7: label balancing pairs the two GPUs and the two CPUs
-    halves = [[example for example in _shard(0, 48) if (example.label < 4) == (i % 2 == 0)] for i in range(4)]
+    halves = [[example for example in shard(0, 48) if (example.label < 4) == (i % 2 == 0)] for i in range(4)]
     agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(mosquitto.url), halves[i], load_catalogue_profile(device), heartbeat_s=2) for i, device in enumerate(devices)]
     rounds = _federate(coordinator, agents)
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())

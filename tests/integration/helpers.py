@@ -1,0 +1,20 @@
+"""Shared pieces of the broker integration tests: a small labelled shard and a fedge command as a child process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from fedge.task.wordnet import Example
+
+
+def shard(seed: int, size: int = 24) -> list[Example]:
+    """``size`` two-word examples over the eight labels, shifted by ``seed``."""
+    words = ["animal", "food", "plant", "time", "place", "body", "person", "substance"]
+    return [Example(f"{words[(i + seed) % 8]} of {words[(i * 3) % 8]}", (i + seed) % 8) for i in range(size)]
+
+
+def cli(*args: str, log: Path) -> subprocess.Popen:
+    """``python -m fedge.cli --log-file LOG ARGS…`` with stderr kept for the failure message."""
+    return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log), *args], stderr=subprocess.PIPE)
