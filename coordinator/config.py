@@ -27,6 +27,7 @@ class CoordinatorConfig:
     run_id: str = "run"
     run_dir: str = "runs/run"
     backbone: str = DEFAULT_BACKBONE
+    backbone_url: str | None = None  # where `fedge backbone export` packages are served (http(s):// or file://); else MQTT
     rounds: int = 5
     strategy: str = "hetlora"  # an aggregation strategy of fedge.strategies.STRATEGIES
     strategy_options: dict = field(default_factory=dict)  # e.g. {solver: cosine} for lora-fair

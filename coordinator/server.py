@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from coordinator.config import CoordinatorConfig
+from coordinator.delivery import BackboneServer
 from coordinator.evaluation import GlobalModel
 from coordinator.plan_report import plan_to_dict
 from coordinator.grouping import GroupPlan
@@ -28,8 +29,12 @@ from fedge.wire import AdapterUpdate, Assignment, BackboneSpec, Evaluation, Glob
 from fedge.wire import topics
 from profiles.model_shape import load_model_shape
 from quantization.backbone import locate_backbone
+from quantization.package import BackbonePackage, package_backbone
 
 log = logging.getLogger(__name__)
+
+HELLO_GRACE_S = 2.0  # how long an online agent's hello may trail its retained status
+MAX_UNANNOUNCED = 10_000
 
 
 @dataclass
@@ -58,11 +63,10 @@ class Coordinator:
         self.run_dir = RunDirectory(config.run_dir)
         self.registry = Registry()
         self.limits = Limits(max_message_bytes=int(config.max_message_mb * 1024 * 1024))
-        self.transport = MqttTransport(
-            BrokerConfig.from_url(config.broker, max_frame_bytes=config.max_frame_kb * 1024),
-            client_id=f"fedge-coordinator-{config.run_id}",
-            limits=self.limits,
-        )
+        broker = BrokerConfig.from_url(config.broker, max_frame_bytes=config.max_frame_kb * 1024)
+        self.transport = MqttTransport(broker, client_id=f"fedge-coordinator-{config.run_id}", limits=self.limits)
+        self.backbone_server = BackboneServer(broker, client_id=f"fedge-backbone-{config.run_id}")
+        self._packages: dict[str, BackbonePackage] = {}  # the backbone as each assigned quantization ships
         self.backbone = locate_backbone(config.backbone)
         self.options = config.planner_options()
         self.strategy = config.make_strategy()
@@ -86,6 +90,7 @@ class Coordinator:
         self._rejected: dict[str, str] = {}
         self._aggregate_s = 0.0
         self._group_plans: list[GroupPlan] = []  # HierFedLoRA groups from the planner
+        self._unannounced: dict[str, float] = {}  # online agents not yet registered -> when their status arrived
 
     def _top_layers(self, depth: int) -> tuple[int, ...]:
         return tuple(range(self.num_layers - depth, self.num_layers))
@@ -99,6 +104,7 @@ class Coordinator:
         self.transport.connect()
         self.transport.subscribe(topics.all_uplinks())
         self.transport.subscribe(topics.all_statuses(), raw=True)
+        self.backbone_server.start()
         self.run_dir.write_config(config.to_dict())
         test = read_jsonl(config.eval_data)
         self.model = GlobalModel(self.backbone, self.rank, list(self._top_layers(self.depth)), list(config.target_modules), test, config.seed)
@@ -165,9 +171,25 @@ class Coordinator:
             record.plan = plan
             log.info("planned %s (%s): %s, depth %d, ranks %s, batch %d, %d steps; predicted %.0f MiB of %.0f MiB, %.2f s/step", record.agent_id, plan.profile_name, plan.quantization, plan.depth, "/".join(map(str, plan.ranks)), plan.batch_size, plan.local_steps, plan.memory.total / 2**20, plan.available_bytes / 2**20, plan.step_seconds)
         self.run_dir.write_plan(plan_to_dict(fleet))
+        self._package_planned_backbones()
         self._group_plans = list(fleet.groups)
         self._planned = True
         self.strategy.check_ranks([self._lora_spec(record) for record in self.registry.all() if record.plan is not None])
+
+    def _package_planned_backbones(self) -> None:
+        """Build (or find in the cache) the backbone in every quantization the plan hands out, ready to serve."""
+        chunk_bytes = self.config.max_frame_kb * 1024 - 1024  # a chunk and its message header fit in one frame
+        for quantization in sorted({r.plan.quantization for r in self.registry.all() if r.plan is not None} - set(self._packages)):
+            package = package_backbone(self.backbone, quantization, chunk_bytes)
+            self._packages[quantization] = package
+            self.backbone_server.offer(package)
+            log.info("backbone %s as %s: %d files, %.1f MB, digest %s…", self.config.backbone, quantization, len(package.manifest.files), package.manifest.total_bytes / 1e6, package.digest[:12])
+
+    def _backbone_spec(self, agent_id: str, quantization: str) -> BackboneSpec:
+        package = self._packages[quantization]
+        self.backbone_server.allow(agent_id, package.digest)
+        url = f"{self.config.backbone_url.rstrip('/')}/{package.digest}/" if self.config.backbone_url else None
+        return BackboneSpec(self.config.backbone, package.digest, quantization, package.manifest.total_bytes, url)
 
     def _run_round(self, round_number: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One global round: every group runs its τ_g exchanges (one group of everyone, τ = 1, without HierFedLoRA
@@ -324,7 +346,7 @@ class Coordinator:
             run_id=self.config.run_id,
             round=round_number,
             agent_id=record.agent_id,
-            backbone=BackboneSpec(self.config.backbone, self.backbone.sha256, plan.quantization),
+            backbone=self._backbone_spec(record.agent_id, plan.quantization),
             lora=spec,
             local_steps=plan.local_steps,
             batch_size=plan.batch_size,
@@ -361,6 +383,7 @@ class Coordinator:
         if parts is not None:
             self.model.save(parts, self.run_dir.adapter_dir)
         self.run_dir.plot()
+        self.backbone_server.close()
         self.transport.close()
 
     def _await_final_evaluations(self) -> None:
@@ -376,6 +399,7 @@ class Coordinator:
 
     # --- incoming messages ---
     def _handle(self, received: Received | None) -> None:
+        self._ask_unannounced()
         if received is None:
             return
         agent_id = topics.agent_of(received.topic)
@@ -409,14 +433,27 @@ class Coordinator:
     def _on_status(self, agent_id: str, received: Received) -> None:
         online = received.raw == b"online"
         if self.registry.get(agent_id) is None:
-            if online:  # its hello went out before we subscribed (or before we restarted): ask again
-                self._reject(agent_id, "unknown_agent", "not registered with this coordinator; send hello")
+            if online and len(self._unannounced) < MAX_UNANNOUNCED:
+                self._unannounced.setdefault(agent_id, time.monotonic())
             return
         self.registry.seen(agent_id, online=online)
         if not online:
             log.warning("%s went offline", agent_id)
 
+    def _ask_unannounced(self) -> None:
+        """An agent online for ``HELLO_GRACE_S`` without a hello sent it before we subscribed (or before this
+        coordinator restarted): ask it to register again."""
+        now = time.monotonic()
+        for agent_id, since in list(self._unannounced.items()):
+            if now - since < HELLO_GRACE_S:
+                continue
+            del self._unannounced[agent_id]
+            if self.registry.get(agent_id) is None:
+                log.info("%s is online but not registered; asking it for a hello", agent_id)
+                self._send_reject(agent_id, "unknown_agent", "not registered with this coordinator; send hello")
+
     def _on_hello(self, hello: Hello) -> None:
+        self._unannounced.pop(hello.agent_id, None)
         known = self.registry.get(hello.agent_id)
         keep = known.plan if known is not None and known.profile == hello.profile and known.num_examples == hello.num_examples else None
         pin = self.config.pin_for(hello.profile.name, hello.profile.device_class)
@@ -450,6 +487,9 @@ class Coordinator:
 
     def _reject(self, agent_id: str, reason: str, detail: str, round_number: int | None = None, ref: str | None = None) -> None:
         log.warning("rejected message from %s: %s (%s)", agent_id, reason, detail)
+        self._send_reject(agent_id, reason, detail, round_number, ref)
+
+    def _send_reject(self, agent_id: str, reason: str, detail: str, round_number: int | None = None, ref: str | None = None) -> None:
         try:
             self.transport.publish(topics.downlink(agent_id), Reject(agent_id, reason, detail[:500], round_number, ref), timeout_s=10)
         except Exception as error:  # the reject is a courtesy; failing to send it must not stop the round

@@ -26,10 +26,11 @@ from fedge.strategies import ClientRecipe, StrategyError, recipe_for
 from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, evaluate, label_token_ids
 from fedge.task.split import label_histogram
 from fedge.task.wordnet import LABELS, Example
-from fedge.transport import BrokerConfig, MqttTransport, TransportError
+from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.wire import AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Reject
 from fedge.wire import topics
-from quantization.backbone import load_backbone, locate_backbone
+from edge_agent.fetch import BackboneFetcher, package_cache
+from quantization.backbone import BackboneSource, load_backbone, quantization_problem
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,8 @@ class _Session:
     held_out_prefix: torch.Tensor | None = None
 
 
-def pick_quantization(requested: str, device: str, bitsandbytes_ok: bool) -> str:
-    """The assigned quantization where this backend can run it; 4/8-bit need CUDA with bitsandbytes."""
-    if requested in ("nf4", "int8") and not (device.startswith("cuda") and bitsandbytes_ok):
-        return "fp32"
-    if requested in ("bf16", "fp16") and device == "cpu":
-        return "fp32"
-    return requested
-
-
 class EdgeAgent:
-    def __init__(self, agent_id: str, broker: BrokerConfig, data: list[Example], profile: DeviceProfile, device: str = "cpu", heartbeat_s: float = 10.0, save_dir: Path | None = None, eval_data: list[Example] | None = None):
+    def __init__(self, agent_id: str, broker: BrokerConfig, data: list[Example], profile: DeviceProfile, device: str = "cpu", heartbeat_s: float = 10.0, save_dir: Path | None = None, eval_data: list[Example] | None = None, cache_dir: Path | None = None):
         self.agent_id = topics.check_agent_id(agent_id)
         self.data = data
         self.eval_data = eval_data or None
@@ -76,6 +68,8 @@ class EdgeAgent:
         self.refused: str | None = None  # set when the coordinator refuses this device outright
         self._handled_states: deque[str] = deque(maxlen=64)  # ids of global states already acted on
         self._base_changes: dict[str, np.ndarray] = {}  # every frozen-weight change received, to rebuild a backbone
+        self._deferred: deque[Received] = deque()  # messages that arrived while the backbone was downloading
+        self._fetcher = BackboneFetcher(self.transport, self.agent_id, cache_dir or package_cache(), defer=self._deferred.append)
 
     def run(self) -> None:
         self.transport.subscribe(topics.downlink(self.agent_id))
@@ -83,7 +77,7 @@ class EdgeAgent:
         self._hello()
         try:
             while not self._done:
-                received = self.transport.receive(timeout_s=self.heartbeat_s)
+                received = self._deferred.popleft() if self._deferred else self.transport.receive(timeout_s=self.heartbeat_s)
                 try:
                     if received is None:
                         self._send(Heartbeat(self.agent_id, "idle", time.time()))
@@ -196,17 +190,18 @@ class EdgeAgent:
         log.info("%s: the model after round %d scores %.3f on %d held-out examples", self.agent_id, round_number, result.accuracy, len(session.held_out.labels))
 
     def _prepare(self, assignment: Assignment) -> _Session:
-        quantization = pick_quantization(assignment.backbone.quantization, self.device, self.profile.bitsandbytes_usable)
-        key = (assignment.lora, quantization, assignment.gradient_checkpointing, assignment.strategy, assignment.run_seed)
+        spec = assignment.backbone
+        key = (assignment.lora, spec.sha256, spec.quantization, assignment.gradient_checkpointing, assignment.strategy, assignment.run_seed)
         session = self._session
         if session and session.key == key:
             return session
+        problem = quantization_problem(spec.quantization, self.device)
+        if problem:
+            raise ValueError(f"cannot run the assigned {spec.quantization} base: {problem}")
         recipe = recipe_for(assignment.strategy)
-        source = locate_backbone(assignment.backbone.name)
-        if source.sha256 != assignment.backbone.sha256:
-            raise ValueError(f"backbone {source.name} has sha256 {source.sha256[:12]}…, the assignment wants {assignment.backbone.sha256[:12]}…")
+        source = BackboneSource(spec.name, self._fetcher.fetch(spec), spec.sha256)
         started = time.perf_counter()
-        model, tokenizer = load_backbone(source, quantization, self.device)
+        model, tokenizer = load_backbone(source, spec.quantization, self.device)
         trainable = attach(model, assignment.lora, recipe, assignment.run_seed, assignment.seed)
         runner = FrozenPrefix(trainable, label_token_ids(tokenizer), min(assignment.lora.layers), assignment.gradient_checkpointing)
         applied: set[int] = set()
@@ -215,7 +210,7 @@ class EdgeAgent:
         prefix = runner.cache(data.input_ids)
         held_out = encode(tokenizer, self.eval_data).to(self.device) if self.eval_data else None
         held_out_prefix = runner.cache(held_out.input_ids) if held_out is not None else None
-        log.info("%s: backbone %s (%s, %s) ready, %d examples cached below layer %d in %.1f s", self.agent_id, source.name, quantization, assignment.strategy, len(self.data), runner.start_layer, time.perf_counter() - started)
+        log.info("%s: backbone %s (%s, %s) ready, %d examples cached below layer %d in %.1f s", self.agent_id, source.name, spec.quantization, assignment.strategy, len(self.data), runner.start_layer, time.perf_counter() - started)
         self._session = _Session(key, assignment.lora, recipe, trainable, runner, data, prefix, applied, held_out, held_out_prefix)
         return self._session
 

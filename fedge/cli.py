@@ -76,7 +76,7 @@ def cmd_agent(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     broker = _broker_config(args)
     eval_data = read_jsonl(args.eval_data) if args.eval_data else None
-    agent = EdgeAgent(args.id, broker, read_jsonl(args.data), profile, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data)
+    agent = EdgeAgent(args.id, broker, read_jsonl(args.data), profile, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None)
     agent.run()
     if agent.refused:
         console.print(f"[red]this device cannot take part: {agent.refused}[/]")
@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--save", help="save the final adapter here")
     agent.add_argument("--eval-data", help="JSON lines of {text, label}: report held-out accuracy after every round")
     agent.add_argument("--heartbeat", type=float, default=10.0, help="seconds of silence before a heartbeat")
+    agent.add_argument("--cache", help="where backbone packages are kept, by digest (default $FEDGE_CACHE/received)")
     for name in ("username", "ca-certs", "certfile", "keyfile"):
         agent.add_argument(f"--{name}")
     agent.set_defaults(func=cmd_agent)

@@ -186,6 +186,11 @@ class MqttTransport:
         self.publish_frames(topic, frames, timeout_s)
         return sum(len(frame) for frame in frames)
 
+    def enqueue(self, topic: str, message: Message, tensor_dtype: str = "float16") -> list[mqtt.MQTTMessageInfo]:
+        """Queue a message for sending without waiting for acknowledgements; returns one handle per frame."""
+        frames = split_frames(encode_message(message, tensor_dtype), self.config.max_frame_bytes)
+        return [self._client.publish(topic, frame, qos=1) for frame in frames]
+
     def publish_raw(self, topic: str, payload: bytes, retain: bool = False, timeout_s: float = 30.0) -> None:
         self.publish_frames(topic, [payload], timeout_s, retain)
 

@@ -8,13 +8,15 @@ A backbone is identified on the wire by the sha256 of its weights file, which an
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
+import json
 import logging
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from fedge.delivery.store import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,6 @@ def cache_root() -> Path:
 
 def _weights_file(directory: Path) -> Path:
     return directory / "model.safetensors"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _digest_of(directory: Path) -> str:
@@ -108,7 +102,12 @@ def locate_backbone(name_or_path: str = DEFAULT_BACKBONE) -> BackboneSource:
 
 # transformers patches torch globally while it builds a model (meta-device initialisation): two threads loading at
 # once (agents and a coordinator in one process) can leave the patch in place and every later model on "meta"
-_LOADING = threading.Lock()
+LOADING = threading.Lock()
+
+
+def check_quantization(quantization: str) -> None:
+    if quantization not in QUANTIZATIONS:
+        raise BackboneError(f"unknown quantization {quantization!r}; expected one of {', '.join(QUANTIZATIONS)}")
 
 
 def resolve_dtype(quantization: str):
@@ -117,38 +116,81 @@ def resolve_dtype(quantization: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(quantization, torch.float32)
 
 
-def load_backbone(source: BackboneSource, quantization: str = "fp32", device: str = "cpu"):
-    """Load the causal LM for training with the requested quantization.
+def bitsandbytes_config(quantization: str):
+    """The transformers quantization config of a 4/8-bit base (NF4 with double quantization and bf16 compute, as
+    QLoRA does), or None for a 16/32-bit one."""
+    import torch
+    from transformers import BitsAndBytesConfig
 
-    ``nf4`` and ``int8`` use bitsandbytes (NF4 with double quantization and bf16 compute, as QLoRA does) and are
-    prepared for k-bit training; ``bf16``/``fp16``/``fp32`` load plain weights. Returns ``(model, tokenizer)``.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    if quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
 
-    if quantization not in QUANTIZATIONS:
-        raise BackboneError(f"unknown quantization {quantization!r}; expected one of {', '.join(QUANTIZATIONS)}")
+
+def quantization_problem(quantization: str, device: str) -> str | None:
+    """Why this machine cannot train on a ``quantization`` base on ``device``, or None when it can."""
     import torch
 
+    check_quantization(quantization)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return f"{device} requested but torch sees no CUDA device"
+    if quantization in ("nf4", "int8"):
+        try:
+            import bitsandbytes  # noqa: F401  (its import fails where it has no backend for this machine)
+        except Exception as error:  # bitsandbytes raises RuntimeError or ImportError depending on the platform
+            return f"{quantization} needs bitsandbytes, which does not load here: {error}"
+    if quantization == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        return "bf16 needs an Ampere or newer GPU; this one should be assigned fp16"
+    return None
+
+
+def _avoid_unpackable_cpu_layout(model) -> None:
+    """Keep bitsandbytes off its AVX512-BF16 inference layout for 4-bit weights it cannot repack.
+
+    On CPUs with AVX512-BF16, ``Linear4bit`` repacks its weight on the first no-grad forward, which assumes
+    ``in_features`` is a multiple of the quantization block (64) and ``out_features`` of 32; other shapes fail
+    with ``shape '[N, 0]' is invalid`` (bitsandbytes 0.50.2). Such layers keep the portable kernel.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            blocksize = getattr(module.weight.quant_state, "blocksize", 64) if module.weight.quant_state else 64
+            if module.in_features % blocksize or module.out_features % 32:
+                module.support_avx512bf16_for_cpu = False
+
+
+def _holds_quantized_weights(directory: Path) -> bool:
+    config = directory / "config.json"
+    return config.exists() and "quantization_config" in json.loads(config.read_text())
+
+
+def load_backbone(source: BackboneSource, quantization: str = "fp32", device: str = "cpu"):
+    """Load the causal LM for training with the requested quantization; returns ``(model, tokenizer)``.
+
+    A package already serialised in 4/8-bit (``quantization.package``) loads as it is; a plain checkpoint is
+    quantized while loading. 4/8-bit bases are prepared for k-bit training; bf16/fp16/fp32 load plain weights.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_quantization(quantization)
     kwargs: dict = {"attn_implementation": "sdpa"}
-    if quantization == "nf4":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-        kwargs["device_map"] = {"": device}
-    elif quantization == "int8":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    if quantization in ("nf4", "int8"):
+        if not _holds_quantized_weights(source.directory):
+            kwargs["quantization_config"] = bitsandbytes_config(quantization)
         kwargs["device_map"] = {"": device}
     else:
         kwargs["dtype"] = resolve_dtype(quantization)
-    with _LOADING:
+    with LOADING:
         model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs)
     if quantization in ("nf4", "int8"):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if device == "cpu":
+            _avoid_unpackable_cpu_layout(model)
     elif device != "cpu":
         model = model.to(device)
     model.requires_grad_(False)

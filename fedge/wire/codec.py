@@ -1,7 +1,7 @@
 """Message bytes: ``FEDG`` | version (u8) | header length (u32, big-endian) | JSON header | safetensors body.
 
 The header is ``{"type": ..., "fields": {...}}`` validated against the message's dataclass; tensors travel as a
-safetensors body (fp16 by default). No pickle anywhere.
+safetensors body (fp16 by default), a ``data`` field as the raw body. No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def encode_message(message: Message, tensor_dtype: str = "float16") -> bytes:
     if kind is None:
         raise TypeError(f"not a fedge message: {type(message).__name__}")
     header = json.dumps({"type": kind, "fields": to_json(message)}, separators=(",", ":")).encode()
-    body = b""
+    body = getattr(message, "data", b"")
     tensors = getattr(message, "tensors", None)
     if tensors:
         cast = WIRE_DTYPES[tensor_dtype]
@@ -73,9 +73,11 @@ def decode_message(data: bytes, limits: Limits = Limits()) -> Message:
         raise SchemaError(f"unknown message type {header['type']!r}")
     body = data[header_end:]
     if "tensors" in cls.__dataclass_fields__:
-        return from_json(cls, header["fields"], tensors=_decode_tensors(body, limits))
+        return from_json(cls, header["fields"], body={"tensors": _decode_tensors(body, limits)})
+    if "data" in cls.__dataclass_fields__:
+        return from_json(cls, header["fields"], body={"data": bytes(body)})
     if body:
-        raise SchemaError(f"a {header['type']} message carries no tensors")
+        raise SchemaError(f"a {header['type']} message carries no body")
     return from_json(cls, header["fields"])
 
 

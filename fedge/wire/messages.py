@@ -1,7 +1,7 @@
 """Typed, versioned messages: one frozen dataclass per kind.
 
-Tensor-carrying messages (``AdapterUpdate``, ``GlobalState``) hold numpy arrays in ``tensors``; the codec sends
-them as a safetensors body and everything else as a JSON header.
+Tensor-carrying messages (``AdapterUpdate``, ``GlobalState``) hold numpy arrays in ``tensors``, and
+``BackbonePart`` raw bytes in ``data``; the codec sends either as the body and everything else as a JSON header.
 """
 
 from __future__ import annotations
@@ -52,9 +52,15 @@ class DeviceProfile:
 
 @dataclass(frozen=True)
 class BackboneSpec:
+    """The backbone package a device loads: ``sha256`` names its manifest, which names every file and chunk
+    (``fedge.delivery.manifest``); ``size`` is the bytes to fetch; ``url``, when set, is where the package is served
+    over HTTP(S) or ``file://`` instead of MQTT."""
+
     name: str
     sha256: str
     quantization: str  # nf4 | int8 | bf16 | fp16 | fp32
+    size: int = 0
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,30 @@ class Evaluation:
     message_id: str = field(default_factory=new_message_id)
 
 
-Message = Hello | Assignment | AdapterUpdate | GlobalState | Reject | Heartbeat | Evaluation
+@dataclass(frozen=True)
+class BackboneRequest:
+    """An agent asks for ``count`` chunks of a backbone package from ``first`` on; ``first = -1`` asks for the
+    manifest itself."""
+
+    agent_id: str
+    digest: str
+    first: int
+    count: int
+    message_id: str = field(default_factory=new_message_id)
+
+
+@dataclass(frozen=True)
+class BackbonePart:
+    """One piece of a backbone package: the manifest (``index = -1``) or chunk ``index``, as raw bytes; the agent
+    checks it against the manifest's hash (and the manifest against the assignment's digest)."""
+
+    digest: str
+    index: int
+    data: bytes
+    message_id: str = field(default_factory=new_message_id)
+
+
+Message = Hello | Assignment | AdapterUpdate | GlobalState | Reject | Heartbeat | Evaluation | BackboneRequest | BackbonePart
 
 MESSAGE_TYPES: dict[str, type] = {
     "hello": Hello,
@@ -175,5 +204,7 @@ MESSAGE_TYPES: dict[str, type] = {
     "reject": Reject,
     "heartbeat": Heartbeat,
     "evaluation": Evaluation,
+    "backbone_request": BackboneRequest,
+    "backbone_part": BackbonePart,
 }
 TYPE_NAMES: dict[type, str] = {cls: name for name, cls in MESSAGE_TYPES.items()}

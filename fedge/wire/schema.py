@@ -12,8 +12,6 @@ import typing
 from functools import cache
 from typing import Any
 
-import numpy as np
-
 from fedge.wire.errors import SchemaError
 
 
@@ -59,16 +57,19 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
     raise SchemaError(f"{path}: unsupported type {hint!r}")
 
 
-def from_json(cls: type, data: Any, path: str = "", tensors: dict[str, np.ndarray] | None = None) -> Any:
-    """An instance of dataclass ``cls`` from a JSON object; ``tensors`` fills a tensor-carrying message's body."""
+BODY_FIELDS = ("tensors", "data")  # filled from the message body, never from the JSON header
+
+
+def from_json(cls: type, data: Any, path: str = "", body: dict[str, Any] | None = None) -> Any:
+    """An instance of dataclass ``cls`` from a JSON object; ``body`` fills its body field (``tensors`` or ``data``)."""
     if not isinstance(data, dict):
         raise SchemaError(f"{path or cls.__name__}: expected an object")
     hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "tensors"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in BODY_FIELDS}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise SchemaError(f"{path or cls.__name__}: unknown fields {unknown}")
-    values: dict[str, Any] = {} if tensors is None else {"tensors": tensors}
+    values: dict[str, Any] = dict(body or {})
     for name, spec in fields.items():
         where = f"{path}.{name}" if path else name
         if name not in data:
@@ -80,9 +81,9 @@ def from_json(cls: type, data: Any, path: str = "", tensors: dict[str, np.ndarra
 
 
 def to_json(message: Any) -> dict[str, Any]:
-    """The JSON-able fields of a message dataclass, without its tensors."""
+    """The JSON-able fields of a message dataclass, without its body."""
     return {
         f.name: dataclasses.asdict(value) if dataclasses.is_dataclass(value := getattr(message, f.name)) else value
         for f in dataclasses.fields(message)
-        if f.name != "tensors"
+        if f.name not in BODY_FIELDS
     }

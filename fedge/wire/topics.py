@@ -2,7 +2,8 @@
 
     {root}/agents/{agent_id}/status   retained "online"/"offline"; the agent's Last Will sets "offline"
     {root}/agents/{agent_id}/up       agent -> coordinator: hello, update, heartbeat, evaluation
-    {root}/agents/{agent_id}/down     coordinator -> agent: assignment, global state, reject
+    {root}/agents/{agent_id}/down     coordinator -> agent: assignment, global state, reject, backbone parts
+    {root}/agents/{agent_id}/fetch    agent -> coordinator's backbone server: backbone requests
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ def uplink(agent_id: str, root: str = DEFAULT_ROOT) -> str:
 
 def downlink(agent_id: str, root: str = DEFAULT_ROOT) -> str:
     return f"{root}/agents/{check_agent_id(agent_id)}/down"
+
+
+def fetch(agent_id: str, root: str = DEFAULT_ROOT) -> str:
+    return f"{root}/agents/{check_agent_id(agent_id)}/fetch"
+
+
+def all_fetches(root: str = DEFAULT_ROOT) -> str:
+    return f"{root}/agents/+/fetch"
 
 
 def all_uplinks(root: str = DEFAULT_ROOT) -> str:
