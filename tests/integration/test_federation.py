@@ -24,7 +24,7 @@ def test_heterogeneous_agents_complete_rounds_and_leave_a_loadable_adapter(any_b
     agents = []
     for index, device in enumerate(["cpu-8gb", "jetson-orin-nano-8gb"]):
         write_jsonl(tmp_path / f"a{index}.jsonl", shard(index))
-        agents.append(cli("agent", "--broker", any_broker.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", device, log=tmp_path / f"a{index}.log"))
+        agents.append(cli("agent", "--broker", any_broker.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", device, "--cache", str(tmp_path / f"cache{index}"), log=tmp_path / f"a{index}.log"))
     try:
         assert coordinator.wait(timeout=240) == 0, coordinator.stderr.read().decode()[-2000:]
         for agent in agents:
@@ -42,6 +42,10 @@ def test_heterogeneous_agents_complete_rounds_and_leave_a_loadable_adapter(any_b
         assert set(record["client_metrics"]["a0"]) >= {"loss", "seconds_per_step", "peak_memory_bytes"}
     assert (run / "metrics.png").stat().st_size > 1000
     assert (run / "updates" / "round_002" / "a1.safetensors").exists()
+    # each agent started with an empty cache and received its backbone over MQTT, in the quantization it was assigned
+    (fp32,), (nf4,) = [list((tmp_path / f"cache{index}").glob("*/.verified")) for index in (0, 1)]
+    assert "quantization_config" not in json.loads((fp32.parent / "config.json").read_text())
+    assert json.loads((nf4.parent / "config.json").read_text())["quantization_config"]["bnb_4bit_quant_type"] == "nf4"
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
