@@ -21,17 +21,21 @@ THREADS = 2
 STEPS = 3
 NUM_LAYERS = 30  # SmolLM2-135M
 QV = ("q_proj", "v_proj")
+PACKAGE_CHUNK_BYTES = 512 * 1024 - 1024
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def start(description: str) -> tuple[str, Console]:
-    """The ``--backend`` argument of a benchmark, with torch fixed at THREADS threads, and a wide console."""
+def start(description: str) -> tuple[str, bool, Console]:
+    """The ``--backend`` and ``--quick`` arguments of a benchmark, with torch fixed at THREADS threads, and a wide
+    console (tables stay whole when the output goes to a file)."""
     import torch
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--backend", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="three configurations only, to check the benchmark still runs")
     torch.set_num_threads(THREADS)
-    return parser.parse_args().backend, Console(width=180)
+    args = parser.parse_args()
+    return args.backend, args.quick, Console(width=180)
 
 
 def top_setup(quantization: str, ranks: int | tuple[int, ...], depth: int, targets: tuple[str, ...], batch: int, seq: int, optimizer: str = "adamw", checkpointing: bool = False, examples: int = 64) -> TrainingSetup:
@@ -62,10 +66,12 @@ def _run(setup: TrainingSetup, device: str) -> dict:
     from edge_agent.trainer import train_local
     from fedge.task.classifier import EncodedExamples, lora_classifier
     from fedge.wire import LoraSpec
-    from quantization.backbone import load_backbone, locate_backbone
+    from quantization.backbone import BackboneSource, load_backbone, locate_backbone
+    from quantization.package import package_backbone
 
     torch.set_num_threads(THREADS)
-    model, tokenizer = load_backbone(locate_backbone(), setup.quantization, device)
+    package = package_backbone(locate_backbone(), setup.quantization, PACKAGE_CHUNK_BYTES)  # what an agent receives
+    model, tokenizer = load_backbone(BackboneSource("package", package.directory, package.digest), setup.quantization, device)
     spec = LoraSpec(setup.target_modules, setup.layers, setup.ranks, 2.0)
     runner = lora_classifier(model, tokenizer, spec, seed=0, gradient_checkpointing=setup.gradient_checkpointing)
     generator = torch.Generator().manual_seed(0)

@@ -1,6 +1,6 @@
 """Check the calibrated memory and time models against real training runs the calibration never saw.
 
-    python benchmarks/planner_accuracy.py [--backend cpu|cuda]
+    python benchmarks/planner_accuracy.py [--backend cpu|cuda] [--quick]
 
 For each configuration below (fresh process each, SmolLM2-135M, fedge's own trainer) it prints the predicted and
 measured peak memory and step time with the relative error. The baseline is the same model uncalibrated (no
@@ -33,11 +33,14 @@ ACCURACY_SET = [
     top_setup("fp32", (32,) * 5 + (16,) * 5 + (8,) * 4, 14, QV, 24, 64, optimizer="sgd", checkpointing=True),
     top_setup("fp32", 32, 2, QV, 48, 48, examples=256),
     top_setup("bf16", 8, 24, ALL, 2, 32, examples=8),
+    top_setup("nf4", (16, 16, 8, 8, 4, 4), 6, QV, 16, 48, examples=128),
+    top_setup("nf4", 8, 10, ALL, 8, 64),
 ]
+QUICK_SET = [ACCURACY_SET[0], ACCURACY_SET[-2]]
 
 
 def main() -> None:
-    backend, console = start(__doc__.split("\n")[0])
+    backend, quick, console = start(__doc__.split("\n")[0])
     calibration = load_calibration(backend)
     uncalibrated = Calibration.uncalibrated(calibration.efficiencies)
     shape = load_model_shape("smollm2-135m-instruct")
@@ -46,7 +49,7 @@ def main() -> None:
     for column in ("configuration", "predicted MiB", "measured MiB", "error", "uncalibrated error", "predicted s/step", "measured s/step", "error"):
         table.add_column(column, justify="left" if column == "configuration" else "right")
     memory_errors, baseline_errors, time_errors = [], [], []
-    for setup in ACCURACY_SET:
+    for setup in QUICK_SET if quick else ACCURACY_SET:
         measured = measure(setup, backend)
         predicted = predict_memory(shape, setup, calibration).total
         textbook = predict_memory(shape, setup, uncalibrated).total

@@ -36,6 +36,7 @@ def plan_table(plan: dict) -> Table:
         table.add_column(column, justify="left" if column in ("device", "ranks (top first)") else "right")
     for device in plan["devices"]:
         label = device["device_id"] if device["device_id"] == device["profile_name"] else f"{device['device_id']} ({device['profile_name']})"
+        label += " †" if device.get("simulated") else ""
         if not device["feasible"]:
             table.add_row(label, "—", f"[red]refused: {device['reason']}[/]", "", "", "", f"— / {_size(device['available_bytes'])}", "", "", "")
             continue
@@ -51,8 +52,12 @@ def plan_table(plan: dict) -> Table:
             f"{device['round_seconds']:.1f} s",
             f"{_size(device['bytes_up'])} / {_size(device['bytes_down'])}",
         )
+    notes = []
     if any(device["feasible"] and not device["calibrated"] for device in plan["devices"]):
-        table.caption = "* uncalibrated backend (profiles/calibration/cuda.json holds defaults until measured)"
+        notes.append("* uncalibrated backend (profiles/calibration/cuda.json holds defaults until measured)")
+    if any(device.get("simulated") for device in plan["devices"]):
+        notes.append("† simulated: memory limit, step and round times are the real device's figures; bits are what this host's CPU runs")
+    table.caption = "\n".join(notes) or None
     return table
 
 

@@ -5,7 +5,7 @@ A pure function of the fleet (profiles, data sizes), the model's shape and the o
 1. **Budget.** A device may use ``safety_margin`` × its usable memory (GPU memory on a discrete GPU; host memory
    on CPU-only and unified-memory devices).
 2. **Quantization.** The most precise base the backend runs (CPU: fp32; CUDA: bf16, or fp16 before Ampere; then
-   NF4 where bitsandbytes works) whose weights and overhead leave at least half the budget for training; failing
+   NF4 where bitsandbytes works, on CPU or CUDA) whose weights and overhead leave at least half the budget for training; failing
    that, the smallest base that still fits anything. INT8 is never chosen on its own: bitsandbytes' LLM.int8()
    matmuls train several times slower than NF4 for more memory, so it is only used where an operator pins it.
 3. **Capacity.** The deepest adapter, then the highest top rank, at the configured batch size, that fits the
@@ -115,6 +115,7 @@ class DevicePlan:
     bytes_up: int = 0
     bytes_down: int = 0
     calibrated: bool = True
+    simulated: bool = False  # a catalogue device standing in on another machine (its profile's source)
 
     @property
     def depth(self) -> int:
@@ -149,9 +150,9 @@ def rank_profile(depth: int, top_rank: int, floor: int) -> tuple[int, ...]:
 
 
 def quantization_choices(profile: DeviceProfile) -> list[str]:
-    """Bases this device can train on, most precise first."""
+    """Bases this device can train on, most precise first (bitsandbytes runs NF4 on CPUs as well as on CUDA)."""
     if not profile.cuda_device_name:
-        return ["fp32"]
+        return ["fp32", "nf4"] if profile.bitsandbytes_usable else ["fp32"]
     ampere = profile.cuda_capability is not None and float(profile.cuda_capability) >= 8.0
     sixteen = "bf16" if ampere else "fp16"
     return [sixteen, "nf4"] if profile.bitsandbytes_usable else [sixteen]
@@ -219,6 +220,7 @@ class _Device:
             bytes_up=up,
             bytes_down=down,
             calibrated=self.calibration.measured,
+            simulated=profile.source == "simulated",
         )
 
     def refuse(self, reason: str) -> DevicePlan:

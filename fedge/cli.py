@@ -69,11 +69,12 @@ def cmd_agent(args) -> int:
 
     from edge_agent.agent import EdgeAgent
     from fedge.task.data import read_jsonl
-    from profiles import load_catalogue_profile, probe
+    from profiles import probe, simulated_profile
+    from profiles.probe import bitsandbytes_usable
 
     _set_threads(args.threads)
-    profile = load_catalogue_profile(args.device_profile) if args.device_profile else probe(args.id)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    profile = simulated_profile(args.device_profile, device.startswith("cuda"), bitsandbytes_usable()) if args.device_profile else probe(args.id)
     broker = _broker_config(args)
     eval_data = read_jsonl(args.eval_data) if args.eval_data else None
     agent = EdgeAgent(args.id, broker, read_jsonl(args.data), profile, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None)

@@ -28,6 +28,8 @@ class Calibration:
     efficiencies: dict[str, float]  # achieved share of the device's throughput figure, per quantization
     per_layer_seconds: float  # fixed cost per trained layer per step (launches, Python)
     note: str = ""
+    bitsandbytes_overhead_bytes: int = 0  # what a 4/8-bit base adds besides its weights (kernels, dequantisation buffers)
+    bitsandbytes_samples: tuple[dict, ...] = field(default=(), repr=False)
     samples: tuple[dict, ...] = field(default=(), repr=False)
 
     @classmethod
@@ -53,6 +55,8 @@ class Calibration:
             "efficiencies": self.efficiencies,
             "per_layer_seconds": self.per_layer_seconds,
             "note": self.note,
+            "bitsandbytes_overhead_bytes": self.bitsandbytes_overhead_bytes,
+            "bitsandbytes_samples": list(self.bitsandbytes_samples),
             "samples": list(self.samples),
         }
 
@@ -67,6 +71,7 @@ def load_calibration(backend: str) -> Calibration:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     raw = json.loads(calibration_file(backend).read_text())
     raw["samples"] = tuple(raw.get("samples", ()))
+    raw["bitsandbytes_samples"] = tuple(raw.get("bitsandbytes_samples", ()))
     return Calibration(**raw)
 
 

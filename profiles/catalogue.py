@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -52,4 +53,31 @@ def load_catalogue_profile(name: str) -> DeviceProfile:
         uplink_mbps=float(entry["uplink_mbps"]),
         downlink_mbps=float(entry["downlink_mbps"]),
         source_note=entry["source"],
+    )
+
+
+def simulated_profile(name: str, host_has_cuda: bool, host_bitsandbytes: bool) -> DeviceProfile:
+    """The catalogue device ``name`` as this machine can stand in for it.
+
+    A GPU device simulated on a host without CUDA keeps its memory limit (its GPU memory, applied to host memory),
+    its throughput and its links, so the planner balances the fleet as it would the real one; but it trains on
+    this host's CPU, so the planner picks among the bases a CPU runs (fp32, or NF4/INT8 through bitsandbytes'
+    CPU backend) and the agent runs exactly that. ``source`` is ``"simulated"`` and reports say so.
+    """
+    real = load_catalogue_profile(name)
+    if not real.cuda_device_name or host_has_cuda:
+        return replace(real, source="simulated", bitsandbytes_usable=real.bitsandbytes_usable and host_bitsandbytes)
+    memory = real.ram_total_bytes if real.unified_memory else real.cuda_total_bytes or real.ram_total_bytes
+    return replace(
+        real,
+        source="simulated",
+        ram_total_bytes=memory,
+        ram_available_bytes=memory,
+        cuda_device_name=None,
+        cuda_total_bytes=None,
+        cuda_free_bytes=None,
+        cuda_capability=None,
+        unified_memory=False,
+        bitsandbytes_usable=host_bitsandbytes,
+        source_note=f"{real.source_note}; simulated on a CPU host: the real device's memory limit, throughput and links",
     )

@@ -15,7 +15,8 @@
   checkpointing only each trained layer's input is kept, plus one layer's activations while it is recomputed.
 * **Cached prefix**: the trainer runs the frozen layers below the adapter once and keeps their output for every
   local example (examples × seq × hidden).
-* **Overhead**: the process and runtime (Python, torch, transformers; the CUDA context), calibrated per backend.
+* **Overhead**: the process and runtime (Python, torch, transformers; the CUDA context), calibrated per backend,
+  plus what bitsandbytes adds on a 4/8-bit base (its kernels and dequantisation buffers; ~220 MiB on CPU).
   On unified memory (Jetson) the host process and the CUDA context share one pool, so both count.
 """
 
@@ -120,6 +121,8 @@ def predict_memory(shape: ModelShape, setup: TrainingSetup, calibration: Calibra
     if setup.optimizer not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"unknown optimizer {setup.optimizer!r}; expected one of {', '.join(OPTIMIZER_STATE_BYTES)}")
     overhead = calibration.overhead_bytes + (unified_host.overhead_bytes if unified_host is not None else 0)
+    if setup.quantization in ("nf4", "int8"):
+        overhead += calibration.bitsandbytes_overhead_bytes
     return MemoryBreakdown(
         base_weights=base_weight_bytes(shape, setup.quantization),
         adapter_state=lora_params(shape, setup) * (ADAPTER_BYTES + OPTIMIZER_STATE_BYTES[setup.optimizer]),

@@ -6,7 +6,7 @@ import pytest
 
 from fedge import wire
 from fedge.wire import (
-    AdapterUpdate, Assignment, BackboneSpec, DecodeError, DeviceProfile, GlobalState, Heartbeat, Hello, Limits,
+    AdapterUpdate, Assignment, BackbonePart, BackboneRequest, BackboneSpec, DecodeError, DeviceProfile, GlobalState, Heartbeat, Hello, Limits,
     LoraSpec, Reject, SchemaError, TooLargeError, decode_message, encode_message,
 )
 from fedge.wire.codec import MAGIC
@@ -16,11 +16,13 @@ TENSORS = {"layers.3.q_proj.lora_A.weight": np.arange(12, dtype=np.float32).resh
 
 MESSAGES = [
     Hello("a1", PROFILE, 120, (3, 0, 5)),
-    Assignment("run", 2, "a1", BackboneSpec("smollm2", "ab" * 32, "nf4"), LoraSpec(("q_proj", "v_proj"), (26, 27, 28, 29), (4, 4, 8, 8), 2.0), 10, 16, 2e-3, 1.7e9, 7),
+    Assignment("run", 2, "a1", BackboneSpec("smollm2", "ab" * 32, "nf4", 168_000_000, "https://models.lan/pkg/"), LoraSpec(("q_proj", "v_proj"), (26, 27, 28, 29), (4, 4, 8, 8), 2.0), 10, 16, 2e-3, 1.7e9, 7),
     AdapterUpdate("run", 2, "a1", 120, {"loss": 0.5}, TENSORS),
     GlobalState("run", 2, "a1", False, {"accuracy": 0.8}, TENSORS),
     Reject("a1", "wrong_round", "late", 2, "abc"),
     Heartbeat("a1", "idle", 1.7e9),
+    BackboneRequest("a1", "ab" * 32, 40, 16),
+    BackbonePart("ab" * 32, 41, bytes(range(256)) * 3),
 ]
 
 
@@ -52,7 +54,7 @@ def test_tensors_travel_as_fp16_by_default_and_fp32_on_request():
 
 def test_public_api_is_pinned():
     assert set(wire.__all__) == {
-        "PROTOCOL_VERSION", "AdapterUpdate", "Assignment", "BackboneSpec", "ChunkError", "DecodeError", "DeviceProfile", "Evaluation",
+        "PROTOCOL_VERSION", "AdapterUpdate", "Assignment", "BackbonePart", "BackboneRequest", "BackboneSpec", "ChunkError", "DecodeError", "DeviceProfile", "Evaluation",
         "GlobalState", "Heartbeat", "Hello", "Limits", "LoraSpec", "Message", "ProtocolError", "Reassembler", "Reject",
         "SchemaError", "TooLargeError", "decode_message", "encode_message", "split_frames",
     }
@@ -70,10 +72,12 @@ def test_public_api_is_pinned():
         (_encode_raw({"type": "heartbeat", "fields": {"agent_id": "a", "state": "x"}}), SchemaError, "sent_unix: missing"),
         (_encode_raw({"type": "heartbeat", "fields": {"agent_id": "a", "state": "x", "sent_unix": 1.0, "evil": 1}}), SchemaError, "unknown fields"),
         (_encode_raw({"type": "heartbeat", "fields": {"agent_id": 5, "state": "x", "sent_unix": 1.0}}), SchemaError, "agent_id: expected a string"),
-        (_encode_raw({"type": "heartbeat", "fields": {"agent_id": "a", "state": "x", "sent_unix": 1.0}}, b"xx"), SchemaError, "carries no tensors"),
+        (_encode_raw({"type": "heartbeat", "fields": {"agent_id": "a", "state": "x", "sent_unix": 1.0}}, b"xx"), SchemaError, "carries no body"),
         (_encode_raw({"type": "update", "fields": {"run_id": "r", "round": True, "agent_id": "a", "num_examples": 1, "metrics": {}}}), SchemaError, "round: expected an integer"),
         (_encode_raw({"type": "update", "fields": {"run_id": "r", "round": 1, "agent_id": "a", "num_examples": 1, "metrics": {}}}, b"\x01\x02broken"), DecodeError, "safetensors"),
         (_encode_raw({"type": "update", "fields": []}), SchemaError, "expected an object"),
+        (_encode_raw({"type": "backbone_part", "fields": {"digest": "d", "index": 0, "data": "AAAA"}}), SchemaError, "unknown fields"),
+        (_encode_raw({"type": "backbone_request", "fields": {"agent_id": "a", "digest": "d", "first": "0", "count": 1}}), SchemaError, "first: expected an integer"),
     ],
 )
 def test_malformed_messages_are_refused_with_a_reason(payload, error, text):
