@@ -69,16 +69,21 @@ def _targets(model, spec: LoraSpec) -> list[tuple[str, torch.nn.Module]]:
 
 
 def upload(model, spec: LoraSpec, recipe: ClientRecipe) -> dict[str, np.ndarray]:
-    """The tensors this device sends: exactly the recipe's ``sends``."""
+    """The tensors this device sends: exactly the recipe's ``sends``, in the wire's fp16 (torch casts it several
+    times faster than numpy would in the codec)."""
     out: dict[str, np.ndarray] = {}
     if recipe.adapter == "full":
-        return {name + FULL_SUFFIX: module.weight.detach().float().cpu().numpy() for name, module in _targets(model, spec)}
+        return {name + FULL_SUFFIX: _wire(module.weight) for name, module in _targets(model, spec)}
     if "A" in recipe.sends or "B" in recipe.sends:
         wanted = tuple(suffix for factor, suffix in (("A", A_SUFFIX), ("B", B_SUFFIX)) if factor in recipe.sends)
-        out.update({key: value.detach().float().cpu().numpy() for key, value in get_peft_model_state_dict(model).items() if key.endswith(wanted)})
+        out.update({key: _wire(value) for key, value in get_peft_model_state_dict(model).items() if key.endswith(wanted)})
     if "C" in recipe.sends:
-        out.update({name + C_SUFFIX: layer.lora_B[ADAPTER].core.detach().float().cpu().numpy() for name, layer in lora_layers(model)})
+        out.update({name + C_SUFFIX: _wire(layer.lora_B[ADAPTER].core) for name, layer in lora_layers(model)})
     return out
+
+
+def _wire(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to(torch.float16).cpu().numpy()
 
 
 def apply_view(model, spec: LoraSpec, view: dict[str, np.ndarray], applied_rounds: set[int]) -> int | None:

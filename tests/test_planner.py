@@ -53,7 +53,8 @@ def test_rank_profiles_rise_toward_the_output():
 
 
 def test_quantization_follows_the_hardware():
-    assert quantization_choices(load_catalogue_profile("cpu-16gb")) == ["fp32"]
+    assert quantization_choices(load_catalogue_profile("cpu-16gb")) == ["fp32", "nf4"]  # bitsandbytes' CPU backend
+    assert quantization_choices(replace(load_catalogue_profile("cpu-16gb"), bitsandbytes_usable=False)) == ["fp32"]
     assert quantization_choices(load_catalogue_profile("jetson-orin-nano-8gb")) == ["bf16", "nf4"]
     assert quantization_choices(load_catalogue_profile("jetson-nano-4gb")) == ["fp16"]  # Maxwell: no bf16, no bitsandbytes
 
@@ -108,3 +109,14 @@ def test_invalid_options_are_reported_together():
     with pytest.raises(ValueError) as caught:
         plan_fleet(_fleet("cpu-8gb"), load_model_shape("smollm2-135m-instruct"), PlannerOptions(strategy="magic", safety_margin=1.5, ranks=()))
     assert all(key in str(caught.value) for key in ("strategy", "safety_margin", "ranks"))
+
+
+def test_a_cpu_whose_memory_needs_it_gets_a_4_bit_base_costed_with_the_bitsandbytes_overhead():
+    shape = load_model_shape("llama-3.2-1b")
+    plan = plan_fleet(_fleet("raspberry-pi-5-8gb", "cpu-16gb"), shape, PlannerOptions(max_depth=4))
+    pi, desktop = plan.devices
+    assert pi.feasible and pi.quantization == "nf4"  # 5 GB of fp32 weights would leave no room to train
+    assert desktop.feasible and desktop.quantization == "fp32"
+    from profiles.calibration import load_calibration
+
+    assert pi.memory.overhead == load_calibration("cpu").overhead_bytes + load_calibration("cpu").bitsandbytes_overhead_bytes > 0

@@ -58,7 +58,19 @@ def test_every_catalogue_entry_is_complete_and_consistent(name):
         assert not profile.unified_memory and 0 < profile.cuda_total_bytes < profile.ram_total_bytes
         assert profile.fp16_gflops > profile.gflops  # tensor cores
     else:
-        assert profile.cuda_total_bytes is None and not profile.bitsandbytes_usable
+        assert profile.cuda_total_bytes is None and profile.bitsandbytes_usable  # bitsandbytes' CPU backend
+
+
+def test_a_gpu_device_simulated_on_a_cpu_host_keeps_its_limits_and_takes_the_hosts_backend():
+    from profiles import simulated_profile
+
+    laptop = simulated_profile("laptop-rtx3060-6gb", host_has_cuda=False, host_bitsandbytes=True)
+    assert laptop.source == "simulated" and laptop.cuda_device_name is None and laptop.bitsandbytes_usable
+    assert laptop.ram_available_bytes == 6 * 2**30 and laptop.gflops == load_catalogue_profile("laptop-rtx3060-6gb").gflops
+    jetson = simulated_profile("jetson-orin-nano-8gb", host_has_cuda=False, host_bitsandbytes=False)
+    assert jetson.ram_available_bytes == 8 * 2**30 and not jetson.bitsandbytes_usable
+    on_gpu = simulated_profile("jetson-orin-nano-8gb", host_has_cuda=True, host_bitsandbytes=True)
+    assert on_gpu.cuda_device_name == load_catalogue_profile("jetson-orin-nano-8gb").cuda_device_name
 
 
 def test_catalogue_figures_order_devices_sensibly():
