@@ -120,7 +120,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--modules", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="d = k = 512, 4 clients, one repeat: checks the benchmark still runs")
     args = parser.parse_args()
+    if args.quick:
+        args.dim, args.clients, args.repeats = 512, 4, 1
     compare_flexlora(args.dim, args.clients, args.repeats)
     time_strategies(args.dim, args.clients, args.modules, args.repeats)
 

@@ -15,13 +15,30 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-console = Console()
+FILE_WIDTH = 240  # output going to a file or pipe is never wrapped or cut at 80 columns
+console = Console(width=None if sys.stdout.isatty() else FILE_WIDTH)
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _HideNotices(logging.Filter):
+    """Drops library notices a user cannot act on (bitsandbytes asks CPU users to install ``kernels``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in record.getMessage()
 
 
 def _setup_logging(verbose: bool, log_file: str | None = None) -> None:
     level = logging.DEBUG if verbose else logging.INFO
-    handlers: list[logging.Handler] = [RichHandler(console=Console(stderr=True), show_path=False)] if log_file is None else [logging.FileHandler(log_file)]
-    logging.basicConfig(level=level, handlers=handlers, format="%(message)s" if log_file is None else "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_file is not None:
+        handler: logging.Handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    elif sys.stderr.isatty():
+        handler = RichHandler(console=Console(stderr=True), show_path=False)
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    handler.addFilter(_HideNotices())
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s")
     for noisy in ("amqtt", "transitions", "httpx", "urllib3", "transformers", "peft"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -122,8 +139,20 @@ def cmd_plan(args) -> int:
     console.print(plan_table(plan))
     if plan["groups"]:
         console.print(groups_table(plan))
-    write_plan(plan, args.out)
-    console.print(f"plan written to {args.out}")
+    if args.out:
+        write_plan(plan, args.out)
+        console.print(f"plan written to {args.out}")
+    return 0
+
+
+def cmd_backbone(args) -> int:
+    from quantization.backbone import locate_backbone
+    from quantization.package import export_package, package_backbone
+
+    package = package_backbone(locate_backbone(args.backbone), args.quantization, args.max_frame_kb * 1024 - 1024)
+    target = export_package(package, Path(args.out))
+    console.print(f"{args.backbone} as {args.quantization}: {package.manifest.total_bytes / 1e6:.1f} MB in {target}")
+    console.print(f"serve {args.out} over HTTP(S) and set backbone_url in the coordinator config; digest {package.digest}")
     return 0
 
 
@@ -153,7 +182,8 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedge", description="Federated LoRA fine-tuning for heterogeneous edge devices.")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"fedge {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--log-file", help="write logs here instead of the terminal")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -163,51 +193,69 @@ def build_parser() -> argparse.ArgumentParser:
     profile.set_defaults(func=cmd_profile)
 
     broker = sub.add_parser("broker", help="run the embedded MQTT broker")
-    broker.add_argument("--host", default="127.0.0.1")
-    broker.add_argument("--port", type=int, default=1883)
+    broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    broker.add_argument("--port", type=int, default=1883, help="port to listen on (default 1883)")
     broker.set_defaults(func=cmd_broker)
 
     agent = sub.add_parser("agent", help="run an edge agent")
     agent.add_argument("--broker", required=True, help="mqtt://[user@]host:port or mqtts://…; password from FEDGE_MQTT_PASSWORD")
     agent.add_argument("--data", required=True, help="JSON lines of {text, label}")
-    agent.add_argument("--id", required=True)
-    agent.add_argument("--device-profile", help="simulate this catalogue device instead of probing")
+    agent.add_argument("--id", required=True, help="this device's id: 1-64 letters, digits, '.', '_' or '-'")
+    agent.add_argument("--device-profile", help="simulate this catalogue device (its memory limit, speed and links) on this machine's backend")
     agent.add_argument("--device", help="torch device (default: cuda if available)")
-    agent.add_argument("--threads", type=int, default=0)
+    agent.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     agent.add_argument("--save", help="save the final adapter here")
     agent.add_argument("--eval-data", help="JSON lines of {text, label}: report held-out accuracy after every round")
     agent.add_argument("--heartbeat", type=float, default=10.0, help="seconds of silence before a heartbeat")
     agent.add_argument("--cache", help="where backbone packages are kept, by digest (default $FEDGE_CACHE/received)")
-    for name in ("username", "ca-certs", "certfile", "keyfile"):
-        agent.add_argument(f"--{name}")
+    agent.add_argument("--username", help="broker user name (password from FEDGE_MQTT_PASSWORD)")
+    agent.add_argument("--ca-certs", help="CA bundle that signed the broker's certificate (mqtts://)")
+    agent.add_argument("--certfile", help="client certificate for mutual TLS")
+    agent.add_argument("--keyfile", help="private key of the client certificate")
     agent.set_defaults(func=cmd_agent)
 
     coordinator = sub.add_parser("coordinator", help="run the coordinator")
-    coordinator.add_argument("--config", required=True)
+    coordinator.add_argument("--config", required=True, help="coordinator YAML (see examples/coordinator.yaml)")
     coordinator.add_argument("--resume", action="store_true", help="continue a run from its last completed round")
     coordinator.set_defaults(func=cmd_coordinator)
 
     plan = sub.add_parser("plan", help="plan bits, ranks, depth, batch and steps for a fleet")
     plan.add_argument("fleet", help="fleet YAML: devices (catalogue names or profile JSON) and planner options")
     plan.add_argument("--model", help="checkpoint directory, config.json, or a bundled architecture (e.g. llama-2-7b)")
-    plan.add_argument("--out", default="plan.json", help="where to write the plan as JSON")
+    plan.add_argument("--out", help="also write the plan as JSON here")
     plan.set_defaults(func=cmd_plan)
 
     trial = sub.add_parser("trial", help="compare aggregation strategies on one simulated fleet; writes a report with plots")
     trial.add_argument("trial", help="trial YAML (see examples/trial.yaml)")
     trial.add_argument("--out", help="output directory (default runs/trial-NAME)")
     trial.set_defaults(func=cmd_trial)
+    backbone = sub.add_parser("backbone", help="export a backbone package to serve from a URL (backbone_url)")
+    backbone.add_argument("--backbone", default="smollm2-135m-instruct", help="backbone name or checkpoint directory")
+    backbone.add_argument("--quantization", default="nf4", choices=("nf4", "int8", "bf16", "fp16", "fp32"), help="the form devices are assigned")
+    backbone.add_argument("--max-frame-kb", type=int, default=512, help="the coordinator's max_frame_kb (sets the chunk size)")
+    backbone.add_argument("--out", required=True, help="directory to write OUT/<digest>/ into")
+    backbone.set_defaults(func=cmd_backbone)
+
     demo = sub.add_parser("demo", help="a heterogeneous fleet fine-tunes SmolLM2-135M on an embedded broker")
-    demo.add_argument("--run-dir", default="runs/demo")
-    demo.add_argument("--rounds", type=int, default=6)
-    demo.add_argument("--local-steps", type=int, default=10)
-    demo.add_argument("--agents", type=int, default=4)
-    demo.add_argument("--train-per-label", type=int, default=80)
-    demo.add_argument("--test-per-label", type=int, default=40)
+    demo.add_argument("--run-dir", default="runs/demo", help="where the run's data, logs and results go")
+    demo.add_argument("--rounds", type=int, default=6, help="federated rounds")
+    demo.add_argument("--local-steps", type=int, default=10, help="the planner's starting local steps per round")
+    demo.add_argument("--agents", type=int, default=4, help="agents, cycling through four catalogue devices")
+    demo.add_argument("--train-per-label", type=int, default=80, help="training definitions per label, split across agents")
+    demo.add_argument("--test-per-label", type=int, default=40, help="held-out definitions per label")
     demo.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the label skew")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the split, the planner's ties and training")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedge")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")  # bitsandbytes, on every INT8 step
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, args.log_file)
     try:

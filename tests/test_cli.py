@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,23 @@ def test_plan_takes_a_live_profile_written_by_fedge_profile(tmp_path, capsys):
     assert main(["plan", str(tmp_path / "fleet.yaml"), "--model", "smollm2-135m-instruct", "--out", str(tmp_path / "p.json")]) == 0
     device = json.loads((tmp_path / "p.json").read_text())["devices"][0]
     assert device["device_id"] == "this-machine" and device["feasible"] and device["quantization"] == "fp32"
+
+
+def test_plan_writes_json_only_when_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", str(Path(__file__).resolve().parent.parent / "examples" / "fleet.yaml")]) == 0
+    assert list(tmp_path.iterdir()) == [] and "Plan for smollm2-135m-instruct" in capsys.readouterr().out
+
+
+def test_version_and_help_on_every_option(capsys):
+    from fedge.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("fedge ")
+    parser = build_parser()
+    subparsers = next(action for action in parser._actions if action.choices and isinstance(action.choices, dict))
+    for name, sub in [("fedge", parser), *subparsers.choices.items()]:
+        for action in sub._actions:
+            if action.dest not in ("help", "command") and action.option_strings + [action.dest]:
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help text"

@@ -1,0 +1,41 @@
+"""Every benchmark's quick mode runs, so none rots when the code around it changes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _quick(script: str, *args: str, timeout: int = 600) -> str:
+    done = subprocess.run([sys.executable, script, "--quick", *args], cwd=BENCHMARKS, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.broker
+def test_wire_benchmark_quick_mode_prints_goodput_against_mosquitto_pub():
+    out = _quick("wire.py")
+    assert "stress: rank 64, all layers" in out and "goodput vs mosquitto_pub" in out and "×" in out
+
+
+@pytest.mark.broker
+def test_backbone_delivery_benchmark_quick_mode_prints_goodput_and_resume():
+    out = _quick("backbone_delivery.py")
+    assert "goodput vs mosquitto_pub/sub" in out and "killed after" in out and "nf4" in out
+
+
+def test_aggregation_benchmark_quick_mode_times_every_strategy():
+    out = _quick("aggregation.py")
+    assert "flexlora" in out.lower() and "hetlora" in out.lower()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["calibrate.py", "planner_accuracy.py"])
+def test_model_benchmarks_quick_mode_runs_on_the_real_model(script):
+    out = _quick(script, timeout=1200)
+    assert "MiB" in out

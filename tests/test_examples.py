@@ -1,0 +1,44 @@
+"""Every file under examples/ loads with the loader its users will feed it to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_every_example_is_covered_here():
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["coordinator.yaml", "fleet.yaml", "trial.yaml"]
+
+
+def test_coordinator_example_is_a_valid_config():
+    from coordinator.config import CoordinatorConfig
+
+    config = CoordinatorConfig.from_yaml(EXAMPLES / "coordinator.yaml")
+    assert config.strategy == "hetlora" and config.devices["laptop-rtx3060-6gb"].quantization == "nf4"
+    config.planner_options()
+
+
+def test_fleet_example_loads_and_plans():
+    from coordinator.fleet import load_fleet
+    from coordinator.planner import plan_fleet
+    from profiles.model_shape import load_model_shape
+
+    fleet = load_fleet(EXAMPLES / "fleet.yaml")
+    assert plan_fleet(fleet.members, load_model_shape(fleet.model), fleet.options).feasible()
+
+
+def test_trial_example_loads():
+    from fedge.trial.config import TrialConfig
+
+    trial = TrialConfig.from_yaml(EXAMPLES / "trial.yaml")
+    assert len(trial.strategies) >= 2
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.iterdir()), ids=lambda p: p.name)
+def test_examples_are_valid_yaml(path):
+    import yaml
+
+    assert isinstance(yaml.safe_load(path.read_text()), dict)
