@@ -25,7 +25,7 @@ from coordinator.validation import Expectation, UpdateRejected, validate_update
 from fedge.strategies import ClientInfo, ClientUpdate
 from fedge.task.data import read_jsonl
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
-from fedge.wire import AdapterUpdate, Assignment, BackboneSpec, Evaluation, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
+from fedge.wire import AdapterUpdate, Assignment, BackbonePart, BackboneSpec, Evaluation, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
 from fedge.wire import topics
 from profiles.model_shape import load_model_shape
 from quantization.backbone import locate_backbone
@@ -411,8 +411,10 @@ class Coordinator:
         if received.error is not None:
             return self._reject(agent_id, received.error.reason, str(received.error))
         message = received.message
+        if isinstance(message, BackbonePart):
+            return self._reject(agent_id, "unexpected_type", "agents do not send backbone parts")
         if getattr(message, "agent_id", None) != agent_id:
-            return self._reject(agent_id, "agent_mismatch", f"message names {message.agent_id!r} on {agent_id!r}'s topic")
+            return self._reject(agent_id, "agent_mismatch", f"message names {getattr(message, 'agent_id', None)!r} on {agent_id!r}'s topic")
         if isinstance(message, Hello):
             self._on_hello(message)
         elif isinstance(message, AdapterUpdate):

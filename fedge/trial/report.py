@@ -157,7 +157,7 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
             "Accuracy: the coordinator's global model on the held-out set (final/best); \"devices\": the mean over devices of the model each holds after the round (the only figure for CE-LoRA, which has no global model). "
             "Bytes are whole encoded messages (fp16 tensors + header) per device per round." + (f" {', '.join(one_rank)} cannot mix ranks: every device trained rank {trial.same_rank} on the layers the planner gave it." if one_rank else ""), ""]
     if rows:
-        text += ["## Plans (first seed)", "", *[f"- {row['strategy']}: " + ", ".join(f"{device} {plan}" for device, plan in sorted(row["ranks"].items())) for row in rows], ""]
+        text += ["## Plans (first seed)", "", "Devices are catalogue entries simulated on this host: the planner used each real device's memory limit, speed and links; the bases it chose, the wall times and the accuracies are this host's CPU runs.", "", *[f"- {row['strategy']}: " + ", ".join(f"{device} {plan}" for device, plan in sorted(row["ranks"].items())) for row in rows], ""]
     text += ["## Data", ""]
     for seed, split in splits.items():
         text += [f"Seed {seed}, α={split['alpha']}, {split['test_examples']} held-out examples; label histograms ({', '.join(split['labels'])}):", ""]

@@ -13,7 +13,7 @@ from coordinator.server import Coordinator
 from fedge.task.data import write_jsonl
 from fedge.task.wordnet import Example
 from fedge.transport import BrokerConfig, MqttTransport
-from fedge.wire import AdapterUpdate, GlobalState, Hello, Reject, topics
+from fedge.wire import AdapterUpdate, BackbonePart, BackboneRequest, GlobalState, Hello, Reject, topics
 from fedge.wire.codec import MAGIC
 from profiles import load_catalogue_profile
 
@@ -114,6 +114,13 @@ def test_every_kind_of_bad_input_is_rejected_and_the_run_goes_on(any_broker, tin
     good.send(valid)
     good.send(valid)
     good.expect_reject("duplicate")
+    # backbone traffic: a part sent the wrong way is refused; garbage or a stranger's request to the backbone server
+    # changes nothing (the stranger was never assigned a package) and the run goes on
+    good.send(BackbonePart("ab" * 32, 0, b"x" * 100))
+    good.expect_reject("unexpected_type")
+    stranger.transport.publish(topics.fetch("stranger"), BackboneRequest("stranger", "ab" * 32, -1, 0))
+    stranger.transport.publish_raw(topics.fetch("stranger"), b"\x00" * 5000)
+    stranger.transport.publish(topics.fetch("stranger"), BackboneRequest("good", "ab" * 32, 0, 10**9))
 
     # slow misses round 1's deadline; its round-1 update then arrives during round 2
     slow_round1 = slow.update(1)
