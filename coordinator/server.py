@@ -448,7 +448,7 @@ class Coordinator:
         now = time.monotonic()
         for agent_id, since in list(self._unannounced.items()):
             if now - since < HELLO_GRACE_S:
-                continue
+                break  # entries are in arrival order: the rest are younger still
             del self._unannounced[agent_id]
             if self.registry.get(agent_id) is None:
                 log.info("%s is online but not registered; asking it for a hello", agent_id)
