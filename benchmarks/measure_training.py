@@ -66,7 +66,7 @@ def _run(setup: TrainingSetup, device: str) -> dict:
     from edge_agent.trainer import train_local
     from fedge.task.classifier import EncodedExamples, lora_classifier
     from fedge.wire import LoraSpec
-    from quantization.backbone import BackboneSource, load_backbone, locate_backbone
+    from quantization.backbone import BackboneSource, load_backbone, locate_backbone, needs_loss_scaling
     from quantization.package import package_backbone
 
     torch.set_num_threads(THREADS)
@@ -82,7 +82,8 @@ def _run(setup: TrainingSetup, device: str) -> dict:
         labels=torch.randint(0, 8, (examples,), generator=generator),
     ).to(device)
     prefix = runner.cache(data.input_ids)
-    result = train_local(runner, prefix, data, STEPS, setup.batch_size, 1e-3, seed=0, optimizer=setup.optimizer)
+    loss_scaling = needs_loss_scaling(setup.quantization, device)  # as the agent trains
+    result = train_local(runner, prefix, data, STEPS, setup.batch_size, 1e-3, seed=0, optimizer=setup.optimizer, loss_scaling=loss_scaling)
     return {"peak_bytes": result.peak_memory_bytes, "step_seconds": result.seconds_per_step}
 
 

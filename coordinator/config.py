@@ -9,8 +9,8 @@ import yaml
 
 from coordinator.fleet import planner_options
 from coordinator.planner import Pin, PlannerOptions
-from fedge.lora import DEFAULT_TARGET_MODULES
 from fedge.strategies import Strategy, StrategyError, make_strategy
+from profiles.model_shape import DEFAULT_TARGET_MODULES
 from quantization.backbone import DEFAULT_BACKBONE, QUANTIZATIONS
 
 _RUN_LEVEL = ("strategy", "target_modules", "batch_size", "local_steps")  # planner options set at the top level

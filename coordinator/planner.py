@@ -8,6 +8,7 @@ A pure function of the fleet (profiles, data sizes), the model's shape and the o
    NF4 where bitsandbytes works, on CPU or CUDA) whose weights and overhead leave at least half the budget for training; failing
    that, the smallest base that still fits anything. INT8 is never chosen on its own: bitsandbytes' LLM.int8()
    matmuls train several times slower than NF4 for more memory, so it is only used where an operator pins it.
+   Full-weight training (``full``) keeps a 16/32-bit base, fp32 on GPUs without bf16.
 3. **Capacity.** The deepest adapter, then the highest top rank, at the configured batch size, that fits the
    budget, switching gradient checkpointing on before giving up depth; the batch is halved only when nothing else
    fits. Ranks follow a LEGEND-style profile: the top rank on the third of the adapted layers nearest the output,
@@ -17,8 +18,9 @@ A pure function of the fleet (profiles, data sizes), the model's shape and the o
    local step is refused, with the figures.
 
 A device that cannot take part gets ``feasible=False`` and a reason; it is never planned over its memory. An
-operator may pin a device's quantization, rank and depth: the pin is costed and checked against the budget like any
-other setup, and never lightened, but it counts in the median.
+operator may pin a device's quantization, rank and depth: the pin is checked against what the device can run
+(``quantization_problem``), costed and checked against the budget like any other setup, and never lightened, but
+it counts in the median.
 """
 
 from __future__ import annotations
@@ -27,11 +29,10 @@ import statistics
 from dataclasses import dataclass, field, replace
 
 from coordinator.grouping import GroupPlan, plan_groups
-from fedge.lora import DEFAULT_TARGET_MODULES
 from fedge.wire import DeviceProfile
 from profiles.calibration import Calibration, load_calibration
 from profiles.memory import MemoryBreakdown, TrainingSetup, base_weight_bytes, predict_memory
-from profiles.model_shape import ModelShape
+from profiles.model_shape import DEFAULT_TARGET_MODULES, ModelShape
 from profiles.timing import WIRE_STRATEGIES, device_gflops, predict_prefix_seconds, predict_round_bytes, predict_step_seconds, transfer_seconds
 
 
@@ -149,13 +150,38 @@ def rank_profile(depth: int, top_rank: int, floor: int) -> tuple[int, ...]:
     return tuple(reversed(from_top))
 
 
-def quantization_choices(profile: DeviceProfile) -> list[str]:
-    """Bases this device can train on, most precise first (bitsandbytes runs NF4 on CPUs as well as on CUDA)."""
+def _ampere(profile: DeviceProfile) -> bool:
+    return profile.cuda_capability is not None and float(profile.cuda_capability) >= 8.0
+
+
+def quantization_problem(profile: DeviceProfile, quantization: str, strategy: str) -> str | None:
+    """Why this device cannot train on a ``quantization`` base under ``strategy``, or None when it can."""
+    cuda = bool(profile.cuda_device_name)
+    if quantization in ("nf4", "int8"):
+        if strategy == "full":
+            return f"full-weight training needs a 16/32-bit base, not {quantization}"
+        if not profile.bitsandbytes_usable:
+            return f"{quantization} needs bitsandbytes, which does not load on this device"
+    if quantization == "bf16" and cuda and not _ampere(profile):
+        return f"bf16 needs an Ampere or newer GPU (compute capability {profile.cuda_capability}); use fp16"
+    if quantization == "fp16" and not cuda:
+        return "fp16 training needs a CUDA GPU; CPUs train fp32, bf16 or nf4"
+    if quantization == "fp16" and strategy == "full":
+        return "full-weight training cannot loss-scale fp16 weights (no fp32 master copy); use fp32"
+    return None
+
+
+def quantization_choices(profile: DeviceProfile, strategy: str = "fedit") -> list[str]:
+    """Bases this device can train on under ``strategy``, most precise first: the backend's natural precision
+    (CPU fp32; CUDA bf16, or fp16 before Ampere), then NF4 (bitsandbytes runs it on CPUs as well as on CUDA).
+    Full-weight training keeps a 16/32-bit base: fp32 where the GPU has no bf16."""
     if not profile.cuda_device_name:
-        return ["fp32", "nf4"] if profile.bitsandbytes_usable else ["fp32"]
-    ampere = profile.cuda_capability is not None and float(profile.cuda_capability) >= 8.0
-    sixteen = "bf16" if ampere else "fp16"
-    return [sixteen, "nf4"] if profile.bitsandbytes_usable else [sixteen]
+        preferred = ["fp32", "nf4"]
+    elif _ampere(profile):
+        preferred = ["bf16", "nf4"]
+    else:
+        preferred = ["fp32"] if strategy == "full" else ["fp16", "nf4"]
+    return [q for q in preferred if quantization_problem(profile, q, strategy) is None]
 
 
 def usable_memory_bytes(profile: DeviceProfile) -> int:
@@ -230,6 +256,9 @@ class _Device:
         """The operator's pin, with gradient checkpointing if that is what makes it fit, or why it cannot fit."""
         if pin.depth > self.shape.num_layers:
             return f"pinned depth {pin.depth} exceeds the model's {self.shape.num_layers} layers"
+        problem = quantization_problem(self.member.profile, pin.quantization, self.options.strategy)
+        if problem:
+            return f"the pinned base cannot run here: {problem}"
         for checkpointing in (False, True):
             setup = self.setup(pin.quantization, pin.depth, pin.rank, self.options.batch_size, checkpointing, uniform=True)
             if self.fits(setup):
@@ -239,7 +268,7 @@ class _Device:
 
     def largest_setup(self, max_depth: int) -> TrainingSetup | str:
         """The highest-capacity setup that fits the budget, or why none does."""
-        choices = quantization_choices(self.member.profile)
+        choices = quantization_choices(self.member.profile, self.options.strategy)
         roomy = [q for q in choices if base_weight_bytes(self.shape, q) + self.calibration.overhead_bytes <= self.budget / 2]
         for quantization in dict.fromkeys(roomy[:1] + choices[-1:]):  # the most precise roomy base, else the smallest
             batch = self.options.batch_size

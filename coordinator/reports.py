@@ -100,7 +100,8 @@ class RunDirectory:
         round_number, path = max(found)
         return round_number, load_file(path)
 
-    def plot(self) -> Path:
+    def plot(self, baselines: dict[str, list[float]] | None = None) -> Path:
+        """Accuracy per round (with any ``baselines``: label -> accuracy from round 0 on) and bytes per round."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -109,8 +110,12 @@ class RunDirectory:
         records = self.rounds()
         rounds = [r["round"] for r in records]
         figure, (accuracy_axis, bytes_axis) = plt.subplots(1, 2, figsize=(11, 4))
-        accuracy_axis.plot(rounds, [r["accuracy"] for r in records], marker="o")
+        accuracy_axis.plot(rounds, [r["accuracy"] for r in records], marker="o", label="federated (global model)")
+        for label, accuracies in (baselines or {}).items():
+            accuracy_axis.plot(range(len(accuracies)), accuracies, marker="s", linestyle="--", label=label)
         accuracy_axis.set(xlabel="round", ylabel="held-out accuracy", title="Global model accuracy", ylim=(0, 1))
+        if baselines:
+            accuracy_axis.legend()
         accuracy_axis.grid(alpha=0.3)
         up = [sum(r.get("bytes_up", {}).values()) / 1e6 for r in records]
         down = [sum(r.get("bytes_down", {}).values()) / 1e6 for r in records]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from edge_agent.memory import available_bytes
-from edge_agent.trainer import TrainResult, train_local
+from edge_agent.trainer import StepProgress, TrainResult, train_local
 from fedge.adapters import apply_view, attach, galore_groups, restart_lora, upload
 from fedge.strategies import ClientRecipe, StrategyError, recipe_for
 from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, evaluate, label_token_ids
@@ -30,7 +30,7 @@ from fedge.transport import BrokerConfig, MqttTransport, Received, TransportErro
 from fedge.wire import AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Reject
 from fedge.wire import topics
 from edge_agent.fetch import BackboneFetcher, package_cache
-from quantization.backbone import BackboneSource, load_backbone, quantization_problem
+from quantization.backbone import BackboneSource, load_backbone, needs_loss_scaling, quantization_problem
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class _Session:
     data: EncodedExamples
     prefix: torch.Tensor
     applied_rounds: set[int]  # rounds whose frozen-weight changes this backbone holds
+    loss_scaling: bool = False  # fp16 activations: scale the loss so gradients do not underflow
     held_out: EncodedExamples | None = None  # evaluation data, when the agent was given some
     held_out_prefix: torch.Tensor | None = None
 
@@ -154,7 +155,11 @@ class EdgeAgent:
         try:
             optimizer = session.recipe.optimizer or assignment.optimizer
             groups = galore_groups(session.model, session.lora) if optimizer == "galore" else None
-            result = train_local(session.runner, session.prefix, session.data, assignment.local_steps, assignment.batch_size, assignment.learning_rate, assignment.seed, optimizer, groups)
+            result = train_local(
+                session.runner, session.prefix, session.data, assignment.local_steps, assignment.batch_size,
+                assignment.learning_rate, assignment.seed, optimizer, groups, session.loss_scaling,
+                on_step=StepProgress(f"{self.agent_id}: round {state.round}", assignment.local_steps),
+            )
         except (ValueError, RuntimeError, torch.OutOfMemoryError) as error:
             log.error("%s: training round %d failed: %s", self.agent_id, state.round, error)
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
@@ -211,7 +216,8 @@ class EdgeAgent:
         held_out = encode(tokenizer, self.eval_data).to(self.device) if self.eval_data else None
         held_out_prefix = runner.cache(held_out.input_ids) if held_out is not None else None
         log.info("%s: backbone %s (%s, %s) ready, %d examples cached below layer %d in %.1f s", self.agent_id, source.name, spec.quantization, assignment.strategy, len(self.data), runner.start_layer, time.perf_counter() - started)
-        self._session = _Session(key, assignment.lora, recipe, trainable, runner, data, prefix, applied, held_out, held_out_prefix)
+        loss_scaling = needs_loss_scaling(spec.quantization, self.device)
+        self._session = _Session(key, assignment.lora, recipe, trainable, runner, data, prefix, applied, loss_scaling, held_out, held_out_prefix)
         return self._session
 
     def _send_update(self, assignment: Assignment, session: _Session, result: TrainResult) -> None:
@@ -221,6 +227,7 @@ class EdgeAgent:
             "seconds_per_step": result.seconds_per_step,
             "peak_memory_bytes": float(result.peak_memory_bytes),
             "base_version": float(self._base_version()),
+            "skipped_steps": float(result.skipped_steps),
         }
         tensors = upload(session.model, session.lora, session.recipe)
         update = AdapterUpdate(assignment.run_id, assignment.round, self.agent_id, len(self.data), metrics, tensors)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +15,7 @@ from edge_agent.memory import peak_bytes, reset_peak
 from fedge.task.classifier import EncodedExamples, FrozenPrefix
 
 OPTIMIZERS = ("adamw", "sgd", "galore")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,8 @@ class TrainResult:
     steps: int
     seconds_per_step: float
     peak_memory_bytes: int
+    loss_scale: float = 1.0  # the loss scale after the last step (1 without loss scaling)
+    skipped_steps: int = 0  # steps loss scaling skipped because a gradient overflowed
 
 
 def train_local(
@@ -33,30 +38,48 @@ def train_local(
     seed: int,
     optimizer: str = "adamw",
     galore_groups: list[dict] | None = None,
+    loss_scaling: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """``steps`` optimizer steps (AdamW, plain SGD, or GaLore-AdamW over ``galore_groups``) over random batches of
-    the local data; returns the mean loss, the time per step and the peak memory of the training alone."""
+    the local data; returns the mean loss, the time per step and the peak memory of the training alone.
+    ``on_step(step, loss)`` is called after every step (e.g. a ``StepProgress``).
+
+    With ``loss_scaling`` (fp16 activations) the loss is scaled up before backward so small gradients do not
+    underflow, and a step whose gradients overflowed is skipped while the scale backs off (``torch.amp.GradScaler``);
+    the trained parameters themselves must be fp32 (peft's LoRA factors are)."""
     model = runner.model
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    if loss_scaling and any(p.dtype != torch.float32 for p in params):
+        raise ValueError("loss scaling needs fp32 trainable parameters; train a 16-bit base's weights from an fp32 base")
     step_rule = make_optimizer(optimizer, params, learning_rate, galore_groups)
+    scaler = torch.amp.GradScaler(prefix.device.type, enabled=loss_scaling)
     generator = torch.Generator().manual_seed(seed)
     device = str(prefix.device)
     reset_peak(device)
     model.train()
     losses = []
+    skipped, galore_checked = 0, False
     started = time.perf_counter()
     for _ in range(steps):
         rows = torch.randperm(len(prefix), generator=generator)[:batch_size]
         logits = runner.label_logits(prefix[rows], data.lengths[rows])
         loss = F.cross_entropy(logits.float(), data.labels[rows].to(logits.device))
         step_rule.zero_grad(set_to_none=True)
-        loss.backward()
-        step_rule.step()
-        if optimizer == "galore" and not losses:
+        scaler.scale(loss).backward()
+        scale = scaler.get_scale()
+        scaler.step(step_rule)
+        scaler.update()
+        if scaler.get_scale() < scale:  # the scale backs off only after an overflow, whose step was skipped
+            skipped += 1
+        elif optimizer == "galore" and not galore_checked:
             check_galore_active(step_rule)
+            galore_checked = True
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(len(losses), losses[-1])
     elapsed = time.perf_counter() - started
     model.eval()
     return TrainResult(
@@ -64,7 +87,28 @@ def train_local(
         steps=steps,
         seconds_per_step=elapsed / steps,
         peak_memory_bytes=peak_bytes(device),
+        loss_scale=scaler.get_scale() if loss_scaling else 1.0,
+        skipped_steps=skipped,
     )
+
+
+class StepProgress:
+    """Logs training progress at the first and last step and every ``every_s`` seconds between: step, loss,
+    time per step and what is left (plain log lines, readable in a file)."""
+
+    def __init__(self, label: str, total_steps: int, every_s: float = 2.0):
+        self.label = label
+        self.total = total_steps
+        self.every_s = every_s
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, step: int, loss: float) -> None:
+        now = time.monotonic()
+        if step not in (1, self.total) and now - self.last < self.every_s:
+            return
+        self.last = now
+        per_step = (now - self.started) / step
+        log.info("%s: step %d/%d, loss %.4f, %.2f s/step, %.0f s left", self.label, step, self.total, loss, per_step, per_step * (self.total - step))
 
 
 def make_optimizer(name: str, params: list[torch.nn.Parameter], learning_rate: float, galore_groups: list[dict] | None = None) -> torch.optim.Optimizer:

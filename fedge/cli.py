@@ -20,13 +20,6 @@ console = Console(width=None if sys.stdout.isatty() else FILE_WIDTH)
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class _HideNotices(logging.Filter):
-    """Drops library notices a user cannot act on (bitsandbytes asks CPU users to install ``kernels``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "kernels-community" not in record.getMessage()
-
-
 def _setup_logging(verbose: bool, log_file: str | None = None) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     if log_file is not None:
@@ -37,7 +30,6 @@ def _setup_logging(verbose: bool, log_file: str | None = None) -> None:
     else:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
-    handler.addFilter(_HideNotices())
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s")
     for noisy in ("amqtt", "transitions", "httpx", "urllib3", "transformers", "peft"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -82,19 +74,22 @@ def cmd_broker(args) -> int:
 
 
 def cmd_agent(args) -> int:
+    from fedge.task.data import read_jsonl
+
+    data = read_jsonl(args.data)  # checked before the heavy imports: a bad file fails in well under a second
+    eval_data = read_jsonl(args.eval_data) if args.eval_data else None
+    broker = _broker_config(args)
+
     import torch
 
     from edge_agent.agent import EdgeAgent
-    from fedge.task.data import read_jsonl
     from profiles import probe, simulated_profile
     from profiles.probe import bitsandbytes_usable
 
     _set_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     profile = simulated_profile(args.device_profile, device.startswith("cuda"), bitsandbytes_usable()) if args.device_profile else probe(args.id)
-    broker = _broker_config(args)
-    eval_data = read_jsonl(args.eval_data) if args.eval_data else None
-    agent = EdgeAgent(args.id, broker, read_jsonl(args.data), profile, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None)
+    agent = EdgeAgent(args.id, broker, data, profile, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None)
     agent.run()
     if agent.refused:
         console.print(f"[red]this device cannot take part: {agent.refused}[/]")
@@ -116,9 +111,13 @@ def _broker_config(args):
 
 def cmd_coordinator(args) -> int:
     from coordinator.config import CoordinatorConfig
+    from fedge.task.data import read_jsonl
+
+    config = CoordinatorConfig.from_yaml(args.config)  # config and data are checked before the heavy imports
+    read_jsonl(config.eval_data)
+
     from coordinator.server import Coordinator
 
-    config = CoordinatorConfig.from_yaml(args.config)
     summary = Coordinator(config, resume=args.resume).run()
     final = summary.rounds[-1]
     console.print(f"final accuracy {final['accuracy']:.3f} after round {final['round']}; run directory {summary.run_dir}")

@@ -22,12 +22,15 @@ from rich.table import Table
 
 from coordinator.plan_report import plan_table
 from coordinator.planner import Pin, PlannerOptions
+from coordinator.reports import RunDirectory
 from fedge.broker import EmbeddedBroker
-from fedge.lora import DEFAULT_TARGET_MODULES, uniform_spec
+from fedge.lora import uniform_spec
 from fedge.processes import spawn, stop
+from fedge.progress import long_step
 from fedge.task.data import write_jsonl
 from fedge.task.split import dirichlet_split, label_histogram
 from fedge.task.wordnet import LABELS, load_splits
+from profiles.model_shape import DEFAULT_TARGET_MODULES
 from quantization.backbone import DEFAULT_BACKBONE, locate_backbone
 
 log = logging.getLogger(__name__)
@@ -94,7 +97,7 @@ def prepare(settings: DemoSettings, broker_url: str) -> tuple[Path, list[tuple[s
     return config_path, agents
 
 
-def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, plan: Pin, scaling: float) -> list[float]:
+def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, plan: Pin, scaling: float, console: Console) -> list[float]:
     """LoRA on the pooled data with the same number of steps as the federation; accuracy after each 'round'."""
     from edge_agent.trainer import train_local
     from fedge.task.classifier import encode, evaluate, lora_classifier
@@ -110,6 +113,7 @@ def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, plan:
     for round_number in range(1, settings.rounds + 1):
         train_local(runner, train_prefix, train, settings.local_steps, settings.batch_size, settings.learning_rate, settings.seed + round_number)
         accuracies.append(evaluate(runner, test_prefix, held_out).accuracy)
+        console.print(f"centralised round {round_number}: accuracy {accuracies[-1]:.3f}")
     return accuracies
 
 
@@ -118,7 +122,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     logs = settings.run_dir / "logs"
     logs.mkdir(exist_ok=True)
-    with console.status("locating the SmolLM2-135M-Instruct backbone (first run converts the GGUF, ~40 s)"):
+    with long_step(console, "locating the SmolLM2-135M-Instruct backbone (first run converts the GGUF, ~40 s)"):
         locate_backbone(DEFAULT_BACKBONE)
     with EmbeddedBroker() as broker:
         config_path, agents = prepare(settings, broker.url)
@@ -133,8 +137,9 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
     records = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     planned = [device for device in json.loads((settings.run_dir / "coordinator" / "plan.json").read_text())["devices"] if device["feasible"]]
     widest = Pin(rank=max(max(d["ranks"]) for d in planned), depth=max(len(d["layers"]) for d in planned))
-    with console.status("centralised LoRA baseline on the pooled data (same steps)"):
-        central = centralised_baseline(settings, settings.run_dir / "data" / "train_pooled.jsonl", settings.run_dir / "data" / "test.jsonl", widest, PlannerOptions().scaling)
+    with long_step(console, "centralised LoRA baseline on the pooled data (same steps)"):
+        central = centralised_baseline(settings, settings.run_dir / "data" / "train_pooled.jsonl", settings.run_dir / "data" / "test.jsonl", widest, PlannerOptions().scaling, console)
+    RunDirectory(settings.run_dir / "coordinator").plot({"centralised LoRA (pooled data)": [records[0]["accuracy"], *central]})
     _print_results(records, central, settings, console, time.time() - started)
     (settings.run_dir / "summary.json").write_text(json.dumps({
         "federated_accuracy": [r["accuracy"] for r in records], "centralised_accuracy": central, "wall_s": round(time.time() - started, 1),

@@ -16,7 +16,6 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft
 
 from fedge.wire import LoraSpec
 
-DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
 _LAYER_KEY = re.compile(r"\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
 
 

@@ -15,6 +15,7 @@ import yaml
 
 MODELS_FILE = Path(__file__).with_name("models.yaml")
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
 
 
 class UnsupportedModel(ValueError):

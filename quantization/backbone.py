@@ -116,6 +116,27 @@ def resolve_dtype(quantization: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(quantization, torch.float32)
 
 
+def compute_dtype(quantization: str, device: str):
+    """The dtype a ``quantization`` base computes in on ``device``: a 16/32-bit base its own; NF4 bf16 as QLoRA
+    does, but fp16 on GPUs before Ampere (no bf16 tensor cores); INT8 fp16 on CUDA (LLM.int8() matmuls), fp32 on CPU.
+    """
+    import torch
+
+    if quantization == "nf4":
+        older_gpu = device.startswith("cuda") and torch.cuda.get_device_capability(device)[0] < 8
+        return torch.float16 if older_gpu else torch.bfloat16
+    if quantization == "int8":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return resolve_dtype(quantization)
+
+
+def needs_loss_scaling(quantization: str, device: str) -> bool:
+    """Gradients flowing through fp16 activations underflow without loss scaling (bf16 has fp32's range)."""
+    import torch
+
+    return compute_dtype(quantization, device) == torch.float16
+
+
 def bitsandbytes_config(quantization: str):
     """The transformers quantization config of a 4/8-bit base (NF4 with double quantization and bf16 compute, as
     QLoRA does), or None for a 16/32-bit one."""
@@ -162,6 +183,16 @@ def _avoid_unpackable_cpu_layout(model) -> None:
                 module.support_avx512bf16_for_cpu = False
 
 
+def _set_4bit_compute_dtype(model, dtype) -> None:
+    """A package records the compute dtype of the machine that built it; the device's own capability decides."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.compute_dtype = dtype
+            module.compute_type_is_set = True
+
+
 def _holds_quantized_weights(directory: Path) -> bool:
     config = directory / "config.json"
     return config.exists() and "quantization_config" in json.loads(config.read_text())
@@ -189,6 +220,8 @@ def load_backbone(source: BackboneSource, quantization: str = "fp32", device: st
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if quantization == "nf4":
+            _set_4bit_compute_dtype(model, compute_dtype(quantization, device))
         if device == "cpu":
             _avoid_unpackable_cpu_layout(model)
     elif device != "cpu":

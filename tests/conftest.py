@@ -34,7 +34,7 @@ class Mosquitto:
         self.config = directory / "mosquitto.conf"
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"max_queued_messages 100000\nmessage_size_limit {message_size_limit}\n"
+            f"max_queued_messages 100000\nmessage_size_limit {message_size_limit}\nset_tcp_nodelay true\n"
         )
         self.process: subprocess.Popen | None = None
 

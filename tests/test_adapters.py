@@ -13,7 +13,7 @@ from fedge.strategies.base import delta_key, shared_lora_a
 from fedge.task.classifier import FrozenPrefix, encode, label_token_ids
 from fedge.task.wordnet import Example
 from fedge.wire import LoraSpec
-from quantization.backbone import load_backbone, locate_backbone
+from quantization.backbone import load_backbone, locate_backbone, needs_loss_scaling
 
 SPEC = LoraSpec(("q_proj", "v_proj"), (2, 3), (2, 4), 2.0)
 EXAMPLES = [Example("food animal plant time", i % 8) for i in range(12)]
@@ -116,3 +116,35 @@ def test_full_weight_training_refuses_a_quantized_base(tiny_backbone):
     model, _ = _load(tiny_backbone, "nf4")
     with pytest.raises(ValueError, match="needs a 16/32-bit base"):
         attach(model, SPEC, recipe_for("full"), run_seed=0, seed=0)
+
+
+def test_fp16_base_trains_with_loss_scaling_and_fp32_adapter(tiny_backbone):
+    model, tokenizer = _load(tiny_backbone, "fp16")
+    peft_model = attach(model, SPEC, recipe_for("fedit"), run_seed=0, seed=0)
+    trainable = {name: p.detach().clone() for name, p in peft_model.named_parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in trainable.values())  # peft keeps LoRA factors in fp32
+    runner = FrozenPrefix(peft_model, label_token_ids(tokenizer), min(SPEC.layers))
+    data = encode(tokenizer, EXAMPLES)
+    result = train_local(runner, runner.cache(data.input_ids), data, 6, 4, 1e-2, 0, loss_scaling=True)
+    assert result.loss_scale > 1 and result.skipped_steps < 6 and np.isfinite(result.loss)
+    after = dict(peft_model.named_parameters())
+    assert any(not torch.equal(after[name], before) for name, before in trainable.items())
+
+
+def test_loss_scaling_refuses_16_bit_trainable_weights(tiny_backbone):
+    model, tokenizer = _load(tiny_backbone, "fp16")
+    plain = attach(model, SPEC, recipe_for("full"), run_seed=0, seed=0)
+    runner = FrozenPrefix(plain, label_token_ids(tokenizer), min(SPEC.layers))
+    data = encode(tokenizer, EXAMPLES)
+    with pytest.raises(ValueError, match="fp32 trainable parameters"):
+        train_local(runner, runner.cache(data.input_ids), data, 1, 4, 1e-2, 0, loss_scaling=True)
+
+
+@pytest.mark.parametrize(
+    ("quantization", "device", "capability", "scaled"),
+    [("fp16", "cuda", None, True), ("bf16", "cuda", None, False), ("fp32", "cuda", None, False), ("int8", "cuda", None, True),
+     ("nf4", "cuda:0", (7, 5), True), ("nf4", "cuda:0", (8, 6), False), ("nf4", "cpu", None, False), ("int8", "cpu", None, False)],
+)
+def test_loss_scaling_wherever_activations_are_fp16(monkeypatch, quantization, device, capability, scaled):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert needs_loss_scaling(quantization, device) is scaled

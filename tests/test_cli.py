@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,18 @@ def test_version_and_help_on_every_option(capsys):
         for action in sub._actions:
             if action.dest not in ("help", "command") and action.option_strings + [action.dest]:
                 assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+
+
+def test_bad_files_are_reported_before_the_heavy_imports(tmp_path):
+    """A wrong config or data file fails before peft/transformers load (seconds, not the 5+ s those take)."""
+    (tmp_path / "bad.jsonl").write_text('{"text": "no label"}\n')
+    (tmp_path / "c.yaml").write_text(f"eval_data: {tmp_path / 'bad.jsonl'}\n")
+    probe = (
+        "import sys\nfrom fedge.cli import main\n"
+        f"codes = [main(['agent', '--broker', 'mqtt://127.0.0.1:1', '--id', 'a', '--data', {str(tmp_path / 'bad.jsonl')!r}]),\n"
+        f"         main(['coordinator', '--config', {str(tmp_path / 'c.yaml')!r}])]\n"
+        "print(codes, sorted(m for m in ('torch', 'peft', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[1, 1] ['torch']", result.stdout + result.stderr
+    assert result.stderr.count("bad.jsonl:1:") == 2

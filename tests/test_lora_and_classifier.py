@@ -1,10 +1,12 @@
 """LoRA construction, adapter (de)serialisation and the frozen-prefix split, on a tiny random Llama."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 
-from edge_agent.trainer import train_local
+from edge_agent.trainer import StepProgress, train_local
 from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays, parse_adapter_key, uniform_spec
 from fedge.wire import LoraSpec
 from fedge.task.classifier import FrozenPrefix, encode, evaluate, label_token_ids
@@ -97,3 +99,17 @@ def test_optimizer_steps_touch_only_the_adapter(tiny):
     for name, param in peft_model.get_base_model().named_parameters():
         if "lora_" not in name:
             assert torch.equal(param, frozen_before[name.replace("base_layer.", "")])
+
+
+def test_training_progress_is_logged_at_first_and_last_step_and_on_a_clock(tiny, caplog):
+    model, tokenizer = tiny
+    peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]))
+    runner = FrozenPrefix(peft_model, label_token_ids(tokenizer), 2)
+    data = encode(tokenizer, EXAMPLES)
+    seen = []
+    with caplog.at_level(logging.INFO, logger="edge_agent.trainer"):
+        progress = StepProgress("a1: round 3", 5, every_s=3600)
+        train_local(runner, runner.cache(data.input_ids), data, 5, 4, 1e-2, 0, on_step=lambda step, loss: (seen.append(step), progress(step, loss)))
+    assert seen == [1, 2, 3, 4, 5]
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2 and lines[0].startswith("a1: round 3: step 1/5, loss ") and lines[1].startswith("a1: round 3: step 5/5")

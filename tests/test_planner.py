@@ -57,6 +57,27 @@ def test_quantization_follows_the_hardware():
     assert quantization_choices(replace(load_catalogue_profile("cpu-16gb"), bitsandbytes_usable=False)) == ["fp32"]
     assert quantization_choices(load_catalogue_profile("jetson-orin-nano-8gb")) == ["bf16", "nf4"]
     assert quantization_choices(load_catalogue_profile("jetson-nano-4gb")) == ["fp16"]  # Maxwell: no bf16, no bitsandbytes
+    turing = replace(load_catalogue_profile("laptop-rtx3050-4gb"), cuda_capability="7.5")
+    assert quantization_choices(turing) == ["fp16", "nf4"]
+
+
+def test_full_weight_training_keeps_a_base_it_can_train_in_full():
+    assert quantization_choices(load_catalogue_profile("cpu-16gb"), "full") == ["fp32"]
+    assert quantization_choices(load_catalogue_profile("jetson-orin-nano-8gb"), "full") == ["bf16"]
+    assert quantization_choices(load_catalogue_profile("jetson-nano-4gb"), "full") == ["fp32"]  # no fp16 master weights
+
+
+def test_a_pinned_base_the_device_cannot_run_is_refused_at_plan_time():
+    pins = {
+        "cpu-8gb": (Pin(rank=4, depth=1, quantization="fp16"), "needs a CUDA GPU"),
+        "jetson-nano-4gb": (Pin(rank=4, depth=1, quantization="bf16"), "Ampere"),
+        "jetson-xavier-nx-8gb": (Pin(rank=4, depth=1, quantization="nf4"), "bitsandbytes"),
+    }
+    members = [FleetMember(name, load_catalogue_profile(name), 300, pin=pin) for name, (pin, _) in pins.items()]
+    plan = plan_fleet(members, load_model_shape("smollm2-135m-instruct"), PlannerOptions(max_depth=4))
+    for device in plan.devices:
+        assert not device.feasible and "the pinned base cannot run here" in device.reason
+        assert pins[device.device_id][1] in device.reason
 
 
 def test_unified_memory_is_budgeted_from_host_memory_and_discrete_gpus_from_their_own():

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from fedge.broker import EmbeddedBroker
 from fedge.processes import spawn, stop
+from fedge.progress import long_step
 from fedge.strategies import STRATEGIES
 from fedge.task.data import write_jsonl
 from fedge.task.split import dirichlet_split, label_histogram
@@ -64,7 +65,7 @@ def run_trial(trial: TrialConfig, out_dir: Path, console: Console) -> Path:
     started = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "trial.json").write_text(json.dumps(asdict(trial), indent=2, default=list))
-    with console.status(f"locating the backbone {trial.backbone}"):
+    with long_step(console, f"locating the backbone {trial.backbone}"):
         locate_backbone(trial.backbone)
     splits = {}
     runs = []

@@ -1,11 +1,12 @@
-"""Split large messages into content-checked chunks and put them back together.
+"""Split large messages into chunk frames and put them back together.
 
 A message no larger than ``max_frame_bytes`` travels as it is. A larger one becomes chunk frames:
-``FEDC`` | header length (u16) | JSON ``{id, index, count, size, digest}`` | data, where ``digest`` is the sha256
-of the whole message, checked once it is reassembled (MQTT over TCP delivers each frame intact or not at all, so
-one hash of the whole catches a mixed-up or forged chunk at a quarter of the hashing cost). Brokers drop messages
-silently when their queues overflow, so a message still incomplete after ``timeout_s`` is dropped with an error
-rather than waited on for ever.
+``FEDC`` | header length (u16) | JSON ``{id, index, count, size}`` | data; the last frame's header adds ``digest``,
+the sha256 of the whole message, checked once it is reassembled (MQTT over TCP delivers each frame intact or not at
+all, so one hash of the whole catches a mixed-up or forged chunk). Carrying the digest last lets both ends hash while
+the frames travel: the sender publishes each frame as soon as it is cut, the receiver hashes frames as they arrive
+in order. Brokers drop messages silently when their queues overflow, so a message still incomplete after
+``timeout_s`` is dropped with an error rather than waited on for ever.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import struct
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from fedge.wire.errors import ChunkError, DecodeError, TooLargeError
@@ -22,43 +24,46 @@ from fedge.wire.errors import ChunkError, DecodeError, TooLargeError
 CHUNK_MAGIC = b"FEDC"
 _CHUNK_PREFIX = struct.Struct(">4sH")
 DEFAULT_MAX_FRAME_BYTES = 512 * 1024  # well under the 1 MB limit some brokers (EMQX) default to
+_HEADER_ROOM = 512
 
 
-def split_frames(message: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> list[bytes]:
-    """The MQTT payloads that carry ``message``: itself, or its chunk frames."""
+def split_frames(message: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Iterator[bytes]:
+    """The MQTT payloads that carry ``message``, cut one at a time: itself, or its chunk frames."""
     if len(message) <= max_frame_bytes:
-        return [message]
-    data_size = max_frame_bytes - 512  # room for the chunk header
+        yield message
+        return
+    data_size = max_frame_bytes - _HEADER_ROOM
     if data_size <= 0:
-        raise ValueError("max_frame_bytes must exceed 512")
+        raise ValueError(f"max_frame_bytes must exceed {_HEADER_ROOM}")
     message_id = uuid.uuid4().hex
-    digest = hashlib.sha256(message).hexdigest()
     count = -(-len(message) // data_size)
-    frames = []
+    view = memoryview(message)
+    hasher = hashlib.sha256()
     for index in range(count):
-        data = message[index * data_size : (index + 1) * data_size]
-        header = json.dumps(
-            {
-                "id": message_id,
-                "index": index,
-                "count": count,
-                "size": len(message),
-                "digest": digest,
-            },
-            separators=(",", ":"),
-        ).encode()
-        frames.append(_CHUNK_PREFIX.pack(CHUNK_MAGIC, len(header)) + header + data)
-    return frames
+        data = view[index * data_size : (index + 1) * data_size]
+        hasher.update(data)
+        header = {"id": message_id, "index": index, "count": count, "size": len(message)}
+        if index == count - 1:
+            header["digest"] = hasher.hexdigest()
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        yield b"".join((_CHUNK_PREFIX.pack(CHUNK_MAGIC, len(encoded)), encoded, data))
 
 
 @dataclass
 class _Partial:
     count: int
     size: int
-    digest: str
     started: float
-    parts: dict[int, bytes] = field(default_factory=dict)
+    digest: str | None = None
+    parts: dict[int, memoryview] = field(default_factory=dict)
     received_bytes: int = 0
+    hashed: int = 0  # parts 0 .. hashed-1 are in ``hasher``
+    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    def hash_arrived(self) -> None:
+        while self.hashed in self.parts:
+            self.hasher.update(self.parts[self.hashed])
+            self.hashed += 1
 
 
 class Reassembler:
@@ -88,23 +93,25 @@ class Reassembler:
                 raise TooLargeError(f"chunked message of {header['size']} bytes exceeds the {self.max_message_bytes}-byte limit")
             if len(self._pending) >= self.max_pending:
                 raise TooLargeError(f"more than {self.max_pending} chunked messages in flight")
-            partial = _Partial(count=header["count"], size=header["size"], digest=header["digest"], started=now)
+            partial = _Partial(count=header["count"], size=header["size"], started=now)
             self._pending[header["id"]] = partial
-        if (header["count"], header["size"], header["digest"]) != (partial.count, partial.size, partial.digest):
+        if (header["count"], header["size"]) != (partial.count, partial.size):
             raise ChunkError(f"chunk {header['index']} of {header['id']} disagrees with its siblings")
+        if "digest" in header:
+            partial.digest = header["digest"]
         if header["index"] not in partial.parts:
             partial.parts[header["index"]] = data
             partial.received_bytes += len(data)
+            partial.hash_arrived()
         if partial.received_bytes > partial.size:
             del self._pending[header["id"]]
             raise ChunkError(f"chunks of {header['id']} exceed the declared size")
         if len(partial.parts) < partial.count:
             return None
         del self._pending[header["id"]]
-        message = b"".join(partial.parts[index] for index in range(partial.count))
-        if len(message) != partial.size or hashlib.sha256(message).hexdigest() != partial.digest:
+        if partial.received_bytes != partial.size or partial.hasher.hexdigest() != partial.digest:
             raise ChunkError(f"reassembled {header['id']} fails its digest")
-        return message
+        return b"".join(partial.parts[index] for index in range(partial.count))
 
     def expire(self, now: float | None = None) -> list[str]:
         """Drop messages still incomplete after the timeout; returns a description of each."""
@@ -118,7 +125,7 @@ class Reassembler:
         return dropped
 
     @staticmethod
-    def _parse(frame: bytes) -> tuple[dict, bytes]:
+    def _parse(frame: bytes) -> tuple[dict, memoryview]:
         if len(frame) < _CHUNK_PREFIX.size:
             raise DecodeError("chunk frame shorter than its prefix")
         _, header_length = _CHUNK_PREFIX.unpack_from(frame)
@@ -127,11 +134,18 @@ class Reassembler:
             header = json.loads(frame[_CHUNK_PREFIX.size : end])
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise DecodeError("chunk header is not JSON") from None
-        expected = {"id": str, "index": int, "count": int, "size": int, "digest": str}
-        if not isinstance(header, dict) or set(header) != set(expected):
+        if not isinstance(header, dict):
+            raise DecodeError("chunk header is not an object")
+        expected = dict(_FRAME_FIELDS)
+        if isinstance(header.get("count"), int) and header.get("index") == header["count"] - 1:
+            expected["digest"] = str  # the last frame carries the whole message's digest
+        if set(header) != set(expected):
             raise DecodeError("chunk header has the wrong fields")
         if any(not isinstance(header[key], kind) or isinstance(header[key], bool) for key, kind in expected.items()):
             raise DecodeError("chunk header has a field of the wrong type")
         if not 0 <= header["index"] < header["count"] or header["size"] < 0:
             raise DecodeError("chunk index out of range")
-        return header, frame[end:]
+        return header, memoryview(frame)[end:]
+
+
+_FRAME_FIELDS = {"id": str, "index": int, "count": int, "size": int}

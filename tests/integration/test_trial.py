@@ -7,7 +7,10 @@ import sys
 import pytest
 import yaml
 
+from safetensors.numpy import load_file
+
 from coordinator.config import ConfigError
+from fedge.strategies.base import C_SUFFIX
 from fedge.trial.config import TrialConfig
 
 pytestmark = pytest.mark.broker
@@ -28,7 +31,9 @@ def test_a_trial_compares_strategies_on_one_split_and_writes_its_report(tiny_bac
     rows = {row["strategy"]: row for row in report["rows"]}
     assert set(rows) == {"hetlora", "ce-lora"}
     assert all(run["exit"] == 0 for run in report["runs"])
-    assert rows["ce-lora"]["up_per_client_round"] < rows["hetlora"]["up_per_client_round"] / 3  # r×r cores only
+    assert rows["ce-lora"]["up_per_client_round"] < rows["hetlora"]["up_per_client_round"]
+    core_updates = list((out / "seed_0" / "ce-lora").rglob("updates/round_*/*.safetensors"))
+    assert core_updates and all(set(load_file(path)) and all(key.endswith(C_SUFFIX) for key in load_file(path)) for path in core_updates)  # r×r cores only
     assert rows["hetlora"]["final_global"] == rows["hetlora"]["final_global"]  # a number: hetlora has a global model
     assert rows["ce-lora"]["final_devices"] >= 0 and rows["hetlora"]["rounds_to_target"] is None
     assert sum(map(sum, report["splits"]["0"]["histograms"].values())) == 8 * 6  # one split, every training example once

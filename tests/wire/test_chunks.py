@@ -1,5 +1,7 @@
+import json
 import os
 import random
+import struct
 
 import pytest
 
@@ -7,12 +9,12 @@ from fedge.wire import ChunkError, DecodeError, Reassembler, TooLargeError, spli
 
 
 def test_small_messages_travel_whole():
-    assert split_frames(b"FEDGhello", 1024) == [b"FEDGhello"]
+    assert list(split_frames(b"FEDGhello", 1024)) == [b"FEDGhello"]
 
 
 def test_chunks_reassemble_in_any_order_and_tolerate_redelivery():
     message = os.urandom(50_000)
-    frames = split_frames(message, 4096)
+    frames = list(split_frames(message, 4096))
     assert len(frames) > 10 and all(len(frame) <= 4096 for frame in frames)
     shuffled = frames + frames[:3]  # QoS 1 may deliver twice
     random.Random(1).shuffle(shuffled)
@@ -23,7 +25,7 @@ def test_chunks_reassemble_in_any_order_and_tolerate_redelivery():
 
 
 def test_corrupted_chunk_fails_the_message_digest():
-    frames = split_frames(os.urandom(10_000), 2048)
+    frames = list(split_frames(os.urandom(10_000), 2048))
     frames[1] = frames[1][:-1] + bytes([frames[1][-1] ^ 0xFF])
     reassembler = Reassembler()
     with pytest.raises(ChunkError, match="digest"):
@@ -33,7 +35,7 @@ def test_corrupted_chunk_fails_the_message_digest():
 
 
 def test_missing_chunk_times_out_cleanly():
-    frames = split_frames(os.urandom(10_000), 2048)
+    frames = list(split_frames(os.urandom(10_000), 2048))
     reassembler = Reassembler(timeout_s=5)
     for frame in frames[:-1]:
         assert reassembler.feed(frame, now=100.0) is None
@@ -44,7 +46,7 @@ def test_missing_chunk_times_out_cleanly():
 
 
 def test_oversized_messages_are_refused_before_buffering():
-    frames = split_frames(os.urandom(10_000), 2048)
+    frames = list(split_frames(os.urandom(10_000), 2048))
     with pytest.raises(TooLargeError):
         Reassembler(max_message_bytes=5_000).feed(frames[0])
     with pytest.raises(TooLargeError):
@@ -54,11 +56,24 @@ def test_oversized_messages_are_refused_before_buffering():
 def test_too_many_messages_in_flight_are_refused():
     reassembler = Reassembler(max_pending=2)
     for _ in range(2):
-        reassembler.feed(split_frames(os.urandom(5_000), 2048)[0])
+        reassembler.feed(next(split_frames(os.urandom(5_000), 2048)))
     with pytest.raises(TooLargeError, match="in flight"):
-        reassembler.feed(split_frames(os.urandom(5_000), 2048)[0])
+        reassembler.feed(next(split_frames(os.urandom(5_000), 2048)))
 
 
 def test_garbled_chunk_header_is_a_decode_error():
     with pytest.raises(DecodeError):
         Reassembler().feed(b"FEDC\x00\x05{bad}")
+
+
+def test_only_the_last_frame_carries_the_digest():
+    frames = list(split_frames(os.urandom(10_000), 2048))
+    last_without_digest = frames[-1].replace(b',"digest":', b',"digesx":')
+    with pytest.raises(DecodeError, match="wrong fields"):
+        Reassembler().feed(last_without_digest)
+    header_end = 6 + struct.unpack(">H", frames[0][4:6])[0]
+    header = json.loads(frames[0][6:header_end]) | {"digest": "00"}
+    encoded = json.dumps(header).encode()
+    first_with_digest = b"FEDC" + struct.pack(">H", len(encoded)) + encoded + frames[0][header_end:]
+    with pytest.raises(DecodeError, match="wrong fields"):
+        Reassembler().feed(first_with_digest)

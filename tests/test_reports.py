@@ -1,0 +1,16 @@
+from coordinator.reports import RunDirectory
+
+
+def _run_dir(tmp_path) -> RunDirectory:
+    run = RunDirectory(tmp_path / "run")
+    for round_number, accuracy in enumerate([0.1, 0.3, 0.4]):
+        run.append_round({"round": round_number, "accuracy": accuracy, "loss": 1.0, "bytes_up": {"a": 1e5}, "bytes_down": {"a": 2e5}})
+    return run
+
+
+def test_plot_draws_baselines_next_to_the_federated_curve(tmp_path):
+    run = _run_dir(tmp_path)
+    plain = run.plot().read_bytes()
+    with_baseline = run.plot({"centralised LoRA (pooled data)": [0.1, 0.5, 0.6]}).read_bytes()
+    assert plain.startswith(b"\x89PNG") and with_baseline.startswith(b"\x89PNG")
+    assert with_baseline != plain
