@@ -10,7 +10,6 @@ import yaml
 from coordinator.fleet import planner_options
 from coordinator.planner import Pin, PlannerOptions
 from fedge.strategies import Strategy, StrategyError, make_strategy
-from profiles.model_shape import DEFAULT_TARGET_MODULES
 from quantization.backbone import DEFAULT_BACKBONE, QUANTIZATIONS
 
 _RUN_LEVEL = ("strategy", "target_modules", "batch_size", "local_steps")  # planner options set at the top level
@@ -40,7 +39,7 @@ class CoordinatorConfig:
     local_steps: int = 10
     batch_size: int = 16
     learning_rate: float = 2e-3
-    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    target_modules: tuple[str, ...] = ()  # empty: the backbone family's default (q_proj, v_proj on Llama-style models)
     seed: int = 0
     max_message_mb: float = 64.0
     max_frame_kb: int = 512

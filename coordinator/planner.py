@@ -32,7 +32,7 @@ from coordinator.grouping import GroupPlan, plan_groups
 from fedge.wire import DeviceProfile
 from profiles.calibration import Calibration, load_calibration
 from profiles.memory import MemoryBreakdown, TrainingSetup, base_weight_bytes, predict_memory
-from profiles.model_shape import DEFAULT_TARGET_MODULES, ModelShape
+from profiles.model_shape import ModelShape
 from profiles.timing import WIRE_STRATEGIES, device_gflops, predict_prefix_seconds, predict_round_bytes, predict_step_seconds, transfer_seconds
 
 
@@ -60,7 +60,7 @@ RANK_PROFILES = ("legend", "uniform")
 @dataclass(frozen=True)
 class PlannerOptions:
     strategy: str = "fedit"
-    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    target_modules: tuple[str, ...] = ()  # empty: the model family's default (``profiles.architecture``)
     seq_len: int = 48
     ranks: tuple[int, ...] = (4, 8, 16, 32)
     max_depth: int = 0  # 0: every layer
@@ -73,6 +73,14 @@ class PlannerOptions:
     rank_profile: str = "legend"  # legend: r, r/2, r/4 by thirds, highest nearest the output; uniform: r everywhere
     groups: int = 0  # HierFedLoRA near-IID groups; 0 = none
     max_group_frequency: int = 4
+
+    def for_model(self, shape: ModelShape) -> PlannerOptions:
+        """These options with the target modules resolved for ``shape``; ``ValueError`` if it lacks one of them."""
+        targets = self.target_modules or shape.default_targets
+        unknown = [module for module in targets if module not in shape.linear_modules]
+        if unknown:
+            raise ValueError(f"target_modules: {shape.name} ({shape.family}) has no {', '.join(unknown)}; its per-layer modules are {', '.join(shape.linear_modules)}")
+        return replace(self, target_modules=tuple(targets))
 
     def problems(self) -> list[str]:
         """Every invalid option, each naming its key."""
@@ -297,7 +305,7 @@ def _lighter(device: _Device, plan: DevicePlan) -> tuple[TrainingSetup, int] | N
 
 def plan_fleet(members: list[FleetMember], shape: ModelShape, options: PlannerOptions | None = None, calibrations: dict[str, Calibration] | None = None) -> FleetPlan:
     """Plan every member; see the module docstring for the rules."""
-    options = options or PlannerOptions()
+    options = (options or PlannerOptions()).for_model(shape)
     problems = options.problems()
     if problems:
         raise ValueError("invalid planner options: " + "; ".join(problems))

@@ -68,9 +68,9 @@ class Coordinator:
         self.backbone_server = BackboneServer(broker, client_id=f"fedge-backbone-{config.run_id}")
         self._packages: dict[str, BackbonePackage] = {}  # the backbone as each assigned quantization ships
         self.backbone = locate_backbone(config.backbone)
-        self.options = config.planner_options()
         self.strategy = config.make_strategy()
         self.shape = load_model_shape(str(self.backbone.directory))
+        self.options = config.planner_options().for_model(self.shape)
         self.num_layers = self.shape.num_layers
         pins = list(config.devices.values())
         # The global adapter covers every layer and rank any plan may use (the planner's caps and the pins).
@@ -107,7 +107,7 @@ class Coordinator:
         self.backbone_server.start()
         self.run_dir.write_config(config.to_dict())
         test = read_jsonl(config.eval_data)
-        self.model = GlobalModel(self.backbone, self.rank, list(self._top_layers(self.depth)), list(config.target_modules), test, config.seed)
+        self.model = GlobalModel(self.backbone, self.rank, list(self._top_layers(self.depth)), list(self.options.target_modules), test, config.seed)
         if arrays is None:
             arrays = self.strategy.initial_state(self.model.initial_arrays(), self.model.base_weights())
             self._record({"round": 0, **self._evaluate(arrays), "participants": [], "contributors": []})

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from peft import get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from transformers.pytorch_utils import Conv1D
 
 from fedge.lora import build_lora_model, parse_adapter_key
 from fedge.strategies import ClientRecipe
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, FULL_SUFFIX, base_deltas, layer_of, shared_lora_a
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, FULL_SUFFIX, base_deltas, layer_index, layer_of, shared_lora_a
 from fedge.wire import LoraSpec
 
 PEFT_PREFIX = "base_model.model."
@@ -62,10 +63,14 @@ def _targets(model, spec: LoraSpec) -> list[tuple[str, torch.nn.Module]]:
     """(wire module name, module) of every target linear on the spec's layers of a plain model."""
     out = []
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in spec.target_modules and ".layers." in name:
-            if layer_of(name) in spec.layer_ranks:
-                out.append((PEFT_PREFIX + name, module))
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and _targeted(name, spec.target_modules) and layer_index(name) in spec.layer_ranks:
+            out.append((PEFT_PREFIX + name, module))
     return out
+
+
+def _targeted(name: str, target_modules: tuple[str, ...]) -> bool:
+    """Whether a module path matches a target as peft matches it: the whole name or a dotted suffix."""
+    return any(name == target or name.endswith("." + target) for target in target_modules)
 
 
 def upload(model, spec: LoraSpec, recipe: ClientRecipe) -> dict[str, np.ndarray]:
@@ -131,6 +136,8 @@ def _add_to_base(modules: dict[str, torch.nn.Module], name: str, left: np.ndarra
     base = module.get_base_layer() if isinstance(module, LoraLayer) else module
     change = torch.from_numpy(left.astype(np.float32)) @ torch.from_numpy(right.astype(np.float32))
     weight = base.weight
+    if isinstance(base, Conv1D):  # GPT-2 stores its weights in×out
+        change = change.T
     if weight.dtype in (torch.float32, torch.float16, torch.bfloat16) and weight.shape == change.shape:
         with torch.no_grad():
             weight.add_(change.to(weight.device, weight.dtype))

@@ -30,7 +30,7 @@ from fedge.progress import long_step
 from fedge.task.data import write_jsonl
 from fedge.task.split import dirichlet_split, label_histogram
 from fedge.task.wordnet import LABELS, load_splits
-from profiles.model_shape import DEFAULT_TARGET_MODULES
+from profiles.model_shape import load_model_shape
 from quantization.backbone import DEFAULT_BACKBONE, locate_backbone
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, plan:
 
     model, tokenizer = load_backbone(locate_backbone(DEFAULT_BACKBONE))
     layers = list(range(model.config.num_hidden_layers - plan.depth, model.config.num_hidden_layers))
-    runner = lora_classifier(model, tokenizer, uniform_spec(plan.rank, scaling, DEFAULT_TARGET_MODULES, layers), settings.seed)
+    runner = lora_classifier(model, tokenizer, uniform_spec(plan.rank, scaling, load_model_shape(DEFAULT_BACKBONE).default_targets, layers), settings.seed)
     train, held_out = encode(tokenizer, read_jsonl(pooled)), encode(tokenizer, read_jsonl(test))
     train_prefix, test_prefix = runner.cache(train.input_ids), runner.cache(held_out.input_ids)
     accuracies = []

@@ -16,7 +16,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft
 
 from fedge.wire import LoraSpec
 
-_LAYER_KEY = re.compile(r"\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
+_LAYER_KEY = re.compile(r"\.(?:layers|h)\.(\d+)\.(.+)\.lora_([AB])\.weight$")  # GPT-2 names its layer list h
 
 
 def uniform_spec(rank: int, scaling: float, target_modules, layers) -> LoraSpec:
@@ -49,7 +49,7 @@ def build_lora_model(model, spec: LoraSpec, seed: int = 0):
 
 def _layer_pattern(layer: int) -> str:
     """A peft pattern key for every module of one layer (peft matches it as ``(.*\\.)?(pattern)$``)."""
-    return rf"layers\.{layer}\..*"
+    return rf"(?:layers|h)\.{layer}\..*"
 
 
 def parse_adapter_key(key: str) -> tuple[int, str, str]:
@@ -61,9 +61,10 @@ def parse_adapter_key(key: str) -> tuple[int, str, str]:
 
 
 def adapter_arrays(peft_model) -> dict[str, np.ndarray]:
-    """The adapter's tensors as float32 numpy arrays keyed by peft's state-dict names."""
+    """The adapter's tensors as float32 numpy arrays keyed by peft's state-dict names (copies: an fp32 CPU tensor's
+    ``numpy()`` would share the live parameter's memory and change with the next step or load)."""
     state = get_peft_model_state_dict(peft_model)
-    return {key: value.detach().float().cpu().numpy() for key, value in state.items()}
+    return {key: value.detach().float().cpu().numpy().copy() for key, value in state.items()}
 
 
 def load_adapter_arrays(peft_model, arrays: dict[str, np.ndarray]) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from profiles.calibration import Calibration
+from profiles.architecture import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES
 from profiles.model_shape import ModelShape
 
 WEIGHT_BYTES = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "int8": 1.0, "bf16": 2.0, "fp16": 2.0, "fp32": 4.0}
@@ -73,7 +74,7 @@ def base_weight_bytes(shape: ModelShape, quantization: str) -> int:
     if quantization == "nf4":
         return int(linear * WEIGHT_BYTES["nf4"] + 4 * shape.other_params)
     if quantization == "int8":
-        rows = shape.num_layers * sum(shape.module_dims(module)[0] for module in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+        rows = shape.num_layers * sum(shape.module_dims(module)[0] for module in shape.linear_modules)
         return int(linear + 4 * rows + 4 * shape.other_params)
     return int(shape.total_params * WEIGHT_BYTES[quantization])
 
@@ -86,22 +87,24 @@ def lora_params(shape: ModelShape, setup: TrainingSetup) -> int:
 def saved_elements_per_token(shape: ModelShape, rank: int, target_modules: tuple[str, ...]) -> int:
     """Values autograd keeps per token for one trained decoder layer (LoRA on frozen linears, sdpa attention).
 
-    A frozen linear keeps nothing (its input gradient needs only the weight); each RMSNorm keeps its input (2h);
-    sdpa keeps q and k after the rotary embedding, v and its output (2·q_dim + 2·kv_dim); the gated MLP keeps gate,
-    silu(gate) and up (3i). LoRA keeps each adapted module's input: the normalised hidden state once for q/k/v (h)
-    and once for gate/up (h), the re-laid-out attention output for o_proj (q_dim), the MLP product for down_proj
-    (i); plus every module's rank-r intermediate.
+    A frozen linear keeps nothing (its input gradient needs only the weight); each norm keeps its input (2h);
+    sdpa keeps q and k (after the rotary embedding where there is one), v and its output (2·q_dim + 2·kv_dim); a
+    gated MLP keeps gate, act(gate) and up (3i), a plain one fc and act(fc) (2i). LoRA keeps each adapted module's
+    input: the normalised hidden state once for the attention inputs (h) and once for the MLP inputs (h), the
+    re-laid-out attention output for the output projection (q_dim), the MLP product for the down projection (i);
+    plus every module's rank-r intermediate. Module roles come from ``profiles.architecture``.
     """
     h, i = shape.hidden_size, shape.intermediate_size
     q_dim, kv_dim = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
-    targets = set(target_modules)
+    roles = {shape.architecture.modules[module] for module in target_modules if module in shape.architecture.modules}
     lora_inputs = (
-        h * bool(targets & {"q_proj", "k_proj", "v_proj"})
-        + h * bool(targets & {"gate_proj", "up_proj"})
-        + q_dim * ("o_proj" in targets)
-        + i * ("down_proj" in targets)
+        h * bool(roles & ATTENTION_INPUT_ROLES)
+        + h * bool(roles & MLP_INPUT_ROLES)
+        + q_dim * ("o" in roles)
+        + i * ("down" in roles)
     )
-    return 2 * h + 2 * q_dim + 2 * kv_dim + 3 * i + lora_inputs + rank * len(targets)
+    mlp = (3 if shape.architecture.gated_mlp else 2) * i
+    return 2 * h + 2 * q_dim + 2 * kv_dim + mlp + lora_inputs + rank * len(target_modules)
 
 
 def activation_elements(shape: ModelShape, setup: TrainingSetup) -> int:

@@ -13,18 +13,15 @@ from pathlib import Path
 
 import yaml
 
+from profiles.architecture import FAMILIES, Family, UnsupportedModel, family_of
+
 MODELS_FILE = Path(__file__).with_name("models.yaml")
-LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
-
-
-class UnsupportedModel(ValueError):
-    """The config is not a Llama-style decoder (attention q/k/v/o + gated MLP) the cost model knows."""
 
 
 @dataclass(frozen=True)
 class ModelShape:
     name: str
+    family: str  # a key of ``profiles.architecture.FAMILIES``
     hidden_size: int
     intermediate_size: int
     num_layers: int
@@ -33,24 +30,40 @@ class ModelShape:
     head_dim: int
     vocab_size: int
     tied_embeddings: bool
+    position_embeddings: int = 0  # rows of a learned absolute position table (GPT-2), else 0
+
+    @property
+    def architecture(self) -> Family:
+        return FAMILIES[self.family]
+
+    @property
+    def linear_modules(self) -> tuple[str, ...]:
+        return self.architecture.linear_modules
+
+    @property
+    def default_targets(self) -> tuple[str, ...]:
+        return self.architecture.default_targets
 
     def module_dims(self, module: str) -> tuple[int, int]:
         """``(out_features, in_features)`` of a per-layer linear module, as ``nn.Linear.weight`` lays them out."""
+        role = self.architecture.modules.get(module)
+        if role is None:
+            raise UnsupportedModel(f"{self.family} has no per-layer module {module!r}; expected one of {', '.join(self.linear_modules)}")
         h, q, kv, i = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.intermediate_size
-        dims = {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q), "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
-        if module not in dims:
-            raise UnsupportedModel(f"unknown target module {module!r}; expected one of {', '.join(LINEAR_MODULES)}")
-        return dims[module]
+        return {"q": (q, h), "kv": (kv, h), "qkv": (q + 2 * kv, h), "o": (h, q), "up": (i, h), "gate_up": (2 * i, h), "down": (h, i)}[role]
 
     @property
     def linear_params_per_layer(self) -> int:
-        return sum(out * inp for out, inp in map(self.module_dims, LINEAR_MODULES))
+        return sum(out * inp for out, inp in map(self.module_dims, self.linear_modules))
 
     @property
     def other_params(self) -> int:
-        """Embeddings, the output head when untied, and the RMSNorm weights: never quantized by bitsandbytes."""
-        embeddings = self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
-        return embeddings + (2 * self.num_layers + 1) * self.hidden_size
+        """Embeddings, the output head when untied, norms and biases: never quantized by bitsandbytes."""
+        family = self.architecture
+        embeddings = self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2) + self.position_embeddings * self.hidden_size
+        norms = (2 * self.num_layers + 1) * self.hidden_size * (2 if family.layer_norm else 1)
+        biases = self.num_layers * sum(self.module_dims(module)[0] for module, role in family.modules.items() if role in family.biased_roles)
+        return embeddings + norms + biases
 
     @property
     def total_params(self) -> int:
@@ -67,22 +80,26 @@ def bundled_models() -> list[str]:
 
 
 def shape_from_config(config, name: str) -> ModelShape:
-    """The ``ModelShape`` of a transformers ``PretrainedConfig``."""
-    required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    """The ``ModelShape`` of a transformers ``PretrainedConfig`` (GPT-2's ``n_embd``/``n_layer``/``n_head`` reach it
+    through the config's own attribute map)."""
+    family = family_of(getattr(config, "model_type", None) or type(config).__name__)
+    required = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
     missing = [key for key in required if getattr(config, key, None) is None]
     if missing:
-        raise UnsupportedModel(f"{name}: {type(config).__name__} lacks {', '.join(missing)}; fedge plans Llama-style decoders")
-    heads = config.num_attention_heads
+        raise UnsupportedModel(f"{name}: {type(config).__name__} lacks {', '.join(missing)}")
+    hidden, heads = config.hidden_size, config.num_attention_heads
     return ModelShape(
         name=name,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
+        family=family.name,
+        hidden_size=hidden,
+        intermediate_size=getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden,
         num_layers=config.num_hidden_layers,
         num_heads=heads,
         num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        head_dim=getattr(config, "head_dim", None) or hidden // heads,
         vocab_size=config.vocab_size,
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        position_embeddings=(getattr(config, "n_positions", None) or 0) if family.learned_positions else 0,
     )
 
 

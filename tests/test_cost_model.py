@@ -25,6 +25,14 @@ def test_smollm2_shape_has_its_published_parameter_count():
     assert shape.module_dims("k_proj") == (192, 576) and shape.module_dims("down_proj") == (576, 1536)
 
 
+@pytest.mark.parametrize(
+    ("name", "published"),
+    [("gpt2", 124_439_808), ("pythia-410m", 405_334_016), ("phi-3-mini-4k", 3_821_079_552), ("gemma-2b", 2_506_172_416), ("qwen2.5-0.5b", 494_032_768)],
+)
+def test_every_family_has_its_published_parameter_count(name, published):
+    assert load_model_shape(name).total_params == published
+
+
 def test_every_bundled_architecture_loads_through_autoconfig():
     sizes = {name: load_model_shape(name).total_params for name in bundled_models()}
     assert 6.5e9 < sizes["llama-2-7b"] < 6.9e9 and 1.1e9 < sizes["llama-3.2-1b"] < 1.3e9

@@ -113,3 +113,14 @@ def test_training_progress_is_logged_at_first_and_last_step_and_on_a_clock(tiny,
     assert seen == [1, 2, 3, 4, 5]
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) == 2 and lines[0].startswith("a1: round 3: step 1/5, loss ") and lines[1].startswith("a1: round 3: step 5/5")
+
+
+def test_adapter_arrays_are_snapshots_not_views_of_the_live_adapter(tiny):
+    model, _ = tiny
+    peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]))
+    snapshot = adapter_arrays(peft_model)
+    with torch.no_grad():
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.add_(1.0)
+    assert all(not np.array_equal(snapshot[key], value) for key, value in adapter_arrays(peft_model).items())

@@ -32,7 +32,7 @@ B_SUFFIX = ".lora_B.weight"
 C_SUFFIX = ".lora_C.weight"
 FULL_SUFFIX = ".full.weight"
 _DELTA = re.compile(r"^(.*)\.base_delta\.(\d{4})\.(left|right)$")
-_LAYER = re.compile(r"\.layers\.(\d+)\.")
+_LAYER = re.compile(r"\.(?:layers|h)\.(\d+)\.")  # GPT-2 names its layer list h
 
 State = dict[str, np.ndarray]
 
@@ -89,11 +89,17 @@ class GlobalParts:
     weights: State = field(default_factory=dict)
 
 
-def layer_of(module: str) -> int:
+def layer_index(module: str) -> int | None:
+    """The decoder layer a module path sits in, or None outside the layer list."""
     match = _LAYER.search(module)
-    if match is None:
+    return None if match is None else int(match.group(1))
+
+
+def layer_of(module: str) -> int:
+    layer = layer_index(module)
+    if layer is None:
         raise ValueError(f"no layer index in {module!r}")
-    return int(match.group(1))
+    return layer
 
 
 def lora_modules(state: State) -> list[str]:

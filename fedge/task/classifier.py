@@ -1,6 +1,6 @@
 """Topic classification with a causal LM: score one label word after a prompt.
 
-The logits come from the final hidden state at the prompt's last token, multiplied by the (frozen, tied) output
+The logits come from the final hidden state at the prompt's last token, multiplied by the (frozen) output
 embeddings of the label words only, so the 49k-row vocabulary projection is never computed.
 
 LoRA sits only on the top D layers, so everything below the lowest adapted layer is frozen and deterministic:
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
-
+from fedge.decoder import decoder_parts
 from fedge.lora import build_lora_model
 from fedge.task.wordnet import LABELS, Example
 from fedge.wire import LoraSpec
@@ -62,41 +61,18 @@ def encode(tokenizer, examples: list[Example], max_tokens: int = 48) -> EncodedE
     )
 
 
-def decoder_of(model):
-    """The decoder stack (``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``) under any peft wrapping."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model, base.get_output_embeddings()
-
-
 class FrozenPrefix:
-    """Runs a Llama-style decoder split at ``start_layer``: a cached frozen bottom and a trainable top."""
+    """Runs a causal LM's decoder split at ``start_layer``: a cached frozen bottom and a trainable top."""
 
     def __init__(self, model, label_ids: list[int], start_layer: int, gradient_checkpointing: bool = False):
         self.model = model
         self.gradient_checkpointing = gradient_checkpointing
-        self.decoder, output_embeddings = decoder_of(model)
+        self.decoder = decoder_parts(model)
         self.start_layer = start_layer
-        self.label_ids = torch.tensor(label_ids, device=self.decoder.embed_tokens.weight.device)
+        self.label_ids = torch.tensor(label_ids, device=self.decoder.output.weight.device)
         self.num_layers = len(self.decoder.layers)
         if not 0 <= start_layer < self.num_layers:
             raise ValueError(f"start_layer {start_layer} outside 0..{self.num_layers - 1}")
-
-    def _run(self, hidden: torch.Tensor, first: int, last: int) -> torch.Tensor:
-        positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
-        rotary = self.decoder.rotary_emb(hidden, positions)
-        checkpointed = self.gradient_checkpointing and torch.is_grad_enabled()
-        for layer in self.decoder.layers[first:last]:
-            if checkpointed:  # keep only each layer's input; recompute its activations during backward
-                hidden = checkpoint(self._layer_forward, layer, hidden, positions, rotary, use_reentrant=False)
-            else:
-                hidden = self._layer_forward(layer, hidden, positions, rotary)
-        return hidden
-
-    @staticmethod
-    def _layer_forward(layer, hidden: torch.Tensor, positions: torch.Tensor, rotary) -> torch.Tensor:
-        # No mask: sdpa attention is then causal, and right padding never reaches a real token.
-        out = layer(hidden, attention_mask=None, position_ids=positions, position_embeddings=rotary)
-        return out[0] if isinstance(out, tuple) else out
 
     @torch.no_grad()
     def cache(self, input_ids: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
@@ -104,16 +80,18 @@ class FrozenPrefix:
         parts = []
         for begin in range(0, len(input_ids), batch_size):
             hidden = self.decoder.embed_tokens(input_ids[begin : begin + batch_size])
-            parts.append(self._run(hidden, 0, self.start_layer))
+            parts.append(self.decoder.run_layers(hidden, 0, self.start_layer))
         return torch.cat(parts)
 
     def label_logits(self, prefix: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(batch, num_labels) logits from cached prefix states, through the adapted top layers."""
-        hidden = self._run(prefix, self.start_layer, self.num_layers)
+        checkpointed = self.gradient_checkpointing and torch.is_grad_enabled()
+        hidden = self.decoder.run_layers(prefix, self.start_layer, self.num_layers, checkpointed)
         last = hidden[torch.arange(len(lengths), device=hidden.device), lengths - 1]
         last = self.decoder.norm(last)
-        weights = self.decoder.embed_tokens.weight[self.label_ids]
-        return last @ weights.T.to(last.dtype)
+        output = self.decoder.output
+        logits = last @ output.weight[self.label_ids].T.to(last.dtype)
+        return logits if output.bias is None else logits + output.bias[self.label_ids].to(logits.dtype)
 
 
 def lora_classifier(model, tokenizer, spec: LoraSpec, seed: int, gradient_checkpointing: bool = False) -> FrozenPrefix:
