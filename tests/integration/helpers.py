@@ -18,3 +18,14 @@ def shard(seed: int, size: int = 24) -> list[Example]:
 def cli(*args: str, log: Path) -> subprocess.Popen:
     """``python -m fedge.cli --log-file LOG ARGS…`` with stderr kept for the failure message."""
     return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log), *args], stderr=subprocess.PIPE)
+
+
+def finish(coordinator: subprocess.Popen, agents: list[subprocess.Popen], timeout_s: float = 240) -> None:
+    """Wait for the coordinator to end the run and every agent to stop cleanly; kill whatever is left."""
+    try:
+        assert coordinator.wait(timeout=timeout_s) == 0, coordinator.stderr.read().decode()[-2000:]
+        for agent in agents:
+            assert agent.wait(timeout=60) == 0  # the final global state ends each agent cleanly
+    finally:
+        for process in [coordinator, *agents]:
+            process.kill()

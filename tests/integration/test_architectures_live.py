@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from fedge.task.data import write_jsonl
-from tests.integration.helpers import cli, shard
+from tests.integration.helpers import cli, finish, shard
 from tests.tiny_model import build_tiny_backbone
 
 pytestmark = pytest.mark.broker
@@ -27,13 +27,7 @@ def test_a_gpt2_backbone_federates_with_its_own_target_modules(mosquitto, tmp_pa
     for index in range(2):
         write_jsonl(tmp_path / f"a{index}.jsonl", shard(index))
         agents.append(cli("agent", "--broker", mosquitto.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", "cpu-8gb", "--cache", str(tmp_path / "cache"), log=tmp_path / f"a{index}.log"))
-    try:
-        assert coordinator.wait(timeout=240) == 0, coordinator.stderr.read().decode()[-2000:]
-        for agent in agents:
-            assert agent.wait(timeout=60) == 0
-    finally:
-        for process in [coordinator, *agents]:
-            process.kill()
+    finish(coordinator, agents)
     run = tmp_path / "run"
     rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rounds[-1]["round"] == 1 and rounds[-1]["contributors"] == ["a0", "a1"]

@@ -13,7 +13,7 @@ from fedge.task.data import write_jsonl
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.wire import Assignment, BackboneSpec, GlobalState, Hello, LoraSpec, Reject, topics
 from fedge.lora import parse_adapter_key
-from tests.integration.helpers import cli, shard
+from tests.integration.helpers import cli, finish, shard
 
 pytestmark = pytest.mark.broker
 
@@ -39,13 +39,7 @@ def _config(url: str, backbone: Path, tmp_path: Path, **overrides) -> Path:
 def test_the_planner_assigns_each_device_and_predictions_meet_measurements(mosquitto, tiny_backbone, tmp_path):
     coordinator = cli("coordinator", "--config", str(_config(mosquitto.url, tiny_backbone, tmp_path)), log=tmp_path / "coordinator.log")
     agents = [_agent(mosquitto.url, "gpu", "jetson-orin-nano-8gb", tmp_path), _agent(mosquitto.url, "cpu", "cpu-8gb", tmp_path)]
-    try:
-        assert coordinator.wait(timeout=240) == 0, coordinator.stderr.read().decode()[-2000:]
-        for agent in agents:
-            assert agent.wait(timeout=60) == 0
-    finally:
-        for process in [coordinator, *agents]:
-            process.kill()
+    finish(coordinator, agents)
     run = tmp_path / "run"
     plan = {device["device_id"]: device for device in json.loads((run / "plan.json").read_text())["devices"]}
     assert set(plan) == {"gpu", "cpu"} and all(device["feasible"] for device in plan.values())

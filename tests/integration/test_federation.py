@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from fedge.task.data import write_jsonl
-from tests.integration.helpers import cli, shard
+from tests.integration.helpers import cli, finish, shard
 
 pytestmark = pytest.mark.broker
 
@@ -25,13 +25,7 @@ def test_heterogeneous_agents_complete_rounds_and_leave_a_loadable_adapter(any_b
     for index, device in enumerate(["cpu-8gb", "jetson-orin-nano-8gb"]):
         write_jsonl(tmp_path / f"a{index}.jsonl", shard(index))
         agents.append(cli("agent", "--broker", any_broker.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", device, "--cache", str(tmp_path / f"cache{index}"), log=tmp_path / f"a{index}.log"))
-    try:
-        assert coordinator.wait(timeout=240) == 0, coordinator.stderr.read().decode()[-2000:]
-        for agent in agents:
-            assert agent.wait(timeout=60) == 0  # the final global state ends each agent cleanly
-    finally:
-        for process in [coordinator, *agents]:
-            process.kill()
+    finish(coordinator, agents)
 
     run = tmp_path / "run"
     rounds = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
