@@ -65,6 +65,7 @@ def _run(setup: TrainingSetup, device: str) -> dict:
 
     from edge_agent.trainer import train_local
     from fedge.task.classifier import EncodedExamples, lora_classifier
+    from fedge.task.wordnet import WORDNET_TASK
     from fedge.wire import LoraSpec
     from quantization.backbone import BackboneSource, load_backbone, locate_backbone, needs_loss_scaling
     from quantization.package import package_backbone
@@ -73,7 +74,7 @@ def _run(setup: TrainingSetup, device: str) -> dict:
     package = package_backbone(locate_backbone(), setup.quantization, PACKAGE_CHUNK_BYTES)  # what an agent receives
     model, tokenizer = load_backbone(BackboneSource("package", package.directory, package.digest), setup.quantization, device)
     spec = LoraSpec(setup.target_modules, setup.layers, setup.ranks, 2.0)
-    runner = lora_classifier(model, tokenizer, spec, seed=0, gradient_checkpointing=setup.gradient_checkpointing)
+    runner = lora_classifier(model, tokenizer, spec, WORDNET_TASK.labels, seed=0, gradient_checkpointing=setup.gradient_checkpointing)
     generator = torch.Generator().manual_seed(0)
     examples = max(setup.cached_examples, setup.batch_size)
     data = EncodedExamples(

@@ -10,9 +10,13 @@ import yaml
 from coordinator.fleet import planner_options
 from coordinator.planner import Pin, PlannerOptions
 from fedge.strategies import Strategy, StrategyError, make_strategy
+from fedge.task.classify import task_problems
+from fedge.task.wordnet import WORDNET_TASK
+from fedge.wire import TaskSpec
 from quantization.backbone import DEFAULT_BACKBONE, QUANTIZATIONS
 
 _RUN_LEVEL = ("strategy", "target_modules", "batch_size", "local_steps")  # planner options set at the top level
+_TASK_KEYS = {"kind", "labels", "prompt", "max_tokens"}
 
 
 class ConfigError(ValueError):
@@ -44,6 +48,7 @@ class CoordinatorConfig:
     max_message_mb: float = 64.0
     max_frame_kb: int = 512
     threads: int = 0  # torch threads for evaluation; 0 = torch's default
+    task: TaskSpec = WORDNET_TASK  # what the run fine-tunes for; sent to agents in every assignment
     planner: dict = field(default_factory=dict)  # PlannerOptions besides the run-level keys above
     devices: dict[str, Pin] = field(default_factory=dict)  # optional pins by catalogue name, then device class
 
@@ -52,7 +57,7 @@ class CoordinatorConfig:
 
     def planner_options(self) -> PlannerOptions:
         run_level = {key: getattr(self, key) for key in _RUN_LEVEL}
-        return PlannerOptions(**self.planner, **run_level)
+        return PlannerOptions(**self.planner, **run_level, seq_len=self.task.max_tokens)
 
     def make_strategy(self) -> Strategy:
         return make_strategy(self.strategy, seed=self.seed, **self.strategy_options)
@@ -82,8 +87,13 @@ class CoordinatorConfig:
         values["devices"] = devices
         if "target_modules" in values:
             values["target_modules"] = tuple(values["target_modules"])
+        if "task" in values:
+            values["task"], task_errors = _task(values["task"])
+            errors += task_errors
         planner = values.get("planner") or {}
         errors += [f"planner.{key}: set it at the top level" for key in _RUN_LEVEL if key in planner]
+        if "seq_len" in planner:
+            errors.append("planner.seq_len: the token budget is the task's; set task.max_tokens")
         errors += planner_options({key: value for key, value in planner.items() if key not in _RUN_LEVEL})[1]
         values["planner"] = {key: tuple(value) if isinstance(value, list) else value for key, value in planner.items()}
         for key in ("rounds", "min_clients", "expected_clients", "local_steps", "batch_size"):
@@ -102,6 +112,25 @@ class CoordinatorConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         return cls.from_dict(raw)
+
+
+def _task(raw) -> tuple[TaskSpec, list[str]]:
+    """The ``task:`` mapping as a ``TaskSpec`` (unset keys from the WordNet default), and its problems."""
+    if not isinstance(raw, dict):
+        return WORDNET_TASK, ["task: expected a mapping (kind, labels, prompt, max_tokens)"]
+    errors = [f"task.{key}: unknown key" for key in sorted(set(raw) - _TASK_KEYS)]
+    labels = raw.get("labels", WORDNET_TASK.labels)
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(label, str) for label in labels):
+        return WORDNET_TASK, errors + ["task.labels: a list of label strings"]
+    spec = TaskSpec(
+        kind=raw.get("kind", "classify"),
+        labels=tuple(labels),
+        prompt=raw.get("prompt", WORDNET_TASK.prompt),
+        max_tokens=raw.get("max_tokens", WORDNET_TASK.max_tokens),
+    )
+    if not isinstance(spec.prompt, str) or not isinstance(spec.max_tokens, int) or isinstance(spec.max_tokens, bool):
+        return WORDNET_TASK, errors + ["task.prompt and task.max_tokens: a string and an integer"]
+    return spec, errors + task_problems(spec)
 
 
 def _strategy_problems(values: dict, devices: dict[str, Pin]) -> list[str]:

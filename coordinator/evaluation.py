@@ -12,7 +12,8 @@ from fedge.adapters import apply_view, lora_layers
 from fedge.lora import adapter_arrays, load_adapter_arrays, uniform_spec
 from fedge.strategies import GlobalParts
 from fedge.task.classifier import Evaluation, encode, evaluate, lora_classifier
-from fedge.task.wordnet import Example
+from fedge.task.data import Example
+from fedge.wire import TaskSpec
 from quantization.backbone import BackboneSource, load_backbone
 
 log = logging.getLogger(__name__)
@@ -21,13 +22,13 @@ log = logging.getLogger(__name__)
 class GlobalModel:
     """Backbone plus a rank-R adapter over every layer any device adapts (scaling 1: alpha = R)."""
 
-    def __init__(self, source: BackboneSource, rank: int, layers: list[int], target_modules: list[str], test: list[Example], seed: int):
+    def __init__(self, source: BackboneSource, rank: int, layers: list[int], target_modules: list[str], task: TaskSpec, test: list[Example], seed: int):
         model, tokenizer = load_backbone(source, "fp32")
         self.rank = rank
         self.spec = uniform_spec(rank, 1.0, target_modules, layers)
-        self.runner = lora_classifier(model, tokenizer, self.spec, seed)
+        self.runner = lora_classifier(model, tokenizer, self.spec, task.labels, seed)
         self.model = self.runner.model
-        self.test = encode(tokenizer, test)
+        self.test = encode(tokenizer, test, task)
         self._applied_rounds: set[int] = set()  # base changes already merged into this copy
         log.info("caching evaluation states for %d examples below layer %d", len(test), min(layers))
         self.prefix = self.runner.cache(self.test.input_ids)

@@ -23,7 +23,8 @@ from coordinator.registry import AgentRecord, Registry
 from coordinator.reports import RunDirectory
 from coordinator.validation import Expectation, UpdateRejected, validate_update
 from fedge.strategies import ClientInfo, ClientUpdate
-from fedge.task.data import read_jsonl
+from fedge.task.classify import examples_of, histogram
+from fedge.task.data import read_rows
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.wire import AdapterUpdate, Assignment, BackbonePart, BackboneSpec, Evaluation, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
 from fedge.wire import topics
@@ -106,8 +107,8 @@ class Coordinator:
         self.transport.subscribe(topics.all_statuses(), raw=True)
         self.backbone_server.start()
         self.run_dir.write_config(config.to_dict())
-        test = read_jsonl(config.eval_data)
-        self.model = GlobalModel(self.backbone, self.rank, list(self._top_layers(self.depth)), list(self.options.target_modules), test, config.seed)
+        test = examples_of(read_rows(config.eval_data), config.task, config.eval_data)
+        self.model = GlobalModel(self.backbone, self.rank, list(self._top_layers(self.depth)), list(self.options.target_modules), config.task, test, config.seed)
         if arrays is None:
             arrays = self.strategy.initial_state(self.model.initial_arrays(), self.model.base_weights())
             self._record({"round": 0, **self._evaluate(arrays), "participants": [], "contributors": []})
@@ -304,13 +305,14 @@ class Coordinator:
         histogram = record.label_histogram if record is not None else ()
         return ClientUpdate(update.agent_id, update.num_examples, self._specs[update.agent_id], update.tensors, histogram)
 
-    def _evaluate(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
-        """Held-out accuracy and loss of the strategy's global model (NaN where the strategy has none)."""
+    def _evaluate(self, arrays: dict[str, np.ndarray]) -> dict:
+        """Held-out accuracy, loss and F1 (macro and per class) of the strategy's global model (NaN where the
+        strategy has none)."""
         parts = self.strategy.global_parts(arrays)
         if parts is None:
-            return {"accuracy": float("nan"), "loss": float("nan")}
+            return {"accuracy": float("nan"), "loss": float("nan"), "macro_f1": float("nan"), "per_class_f1": []}
         result = self.model.evaluate(parts)
-        return {"accuracy": result.accuracy, "loss": result.loss}
+        return {"accuracy": result.accuracy, "loss": result.loss, "macro_f1": result.macro_f1, "per_class_f1": [round(f1, 4) for f1 in result.per_class_f1]}
 
     def _expected_round(self, agent_id: str) -> int | None:
         expectation = self._expectations.get(agent_id)
@@ -348,6 +350,7 @@ class Coordinator:
             agent_id=record.agent_id,
             backbone=self._backbone_spec(record.agent_id, plan.quantization),
             lora=spec,
+            task=self.config.task,
             local_steps=plan.local_steps,
             batch_size=plan.batch_size,
             learning_rate=self.config.learning_rate,
@@ -428,7 +431,7 @@ class Coordinator:
         elif isinstance(message, Reject):
             log.warning("%s refused its work: %s (%s)", agent_id, message.reason, message.detail)
             if self._expected_round(agent_id) == message.round:
-                self._rejected[agent_id] = f"refused by agent: {message.reason}"
+                self._rejected[agent_id] = f"refused by agent: {message.reason} ({message.detail[:200]})"
         else:
             self._reject(agent_id, "unexpected_type", f"agents do not send {type(message).__name__}")
 
@@ -459,7 +462,7 @@ class Coordinator:
         known = self.registry.get(hello.agent_id)
         keep = known.plan if known is not None and known.profile == hello.profile and known.num_examples == hello.num_examples else None
         pin = self.config.pin_for(hello.profile.name, hello.profile.device_class)
-        record = AgentRecord(hello.agent_id, hello.profile, hello.num_examples, hello.label_histogram, pin, keep, base_version=hello.base_version)
+        record = AgentRecord(hello.agent_id, hello.profile, hello.num_examples, histogram(hello.label_counts, self.config.task), pin, keep, base_version=hello.base_version)
         is_new = self.registry.register(record)
         log.info("%s %s: %s, %d examples", "registered" if is_new else "re-registered", hello.agent_id, hello.profile.name, hello.num_examples)
         if self._planned and record.plan is None:  # joined (or changed) after the fleet was planned

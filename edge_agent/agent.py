@@ -24,8 +24,8 @@ from edge_agent.trainer import StepProgress, TrainResult, train_local
 from fedge.adapters import apply_view, attach, galore_groups, restart_lora, upload
 from fedge.strategies import ClientRecipe, StrategyError, recipe_for
 from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, evaluate, label_token_ids
-from fedge.task.split import label_histogram
-from fedge.task.wordnet import LABELS, Example
+from fedge.task.classify import examples_of, task_problems
+from fedge.task.data import Row, label_counts
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.wire import AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Reject
 from fedge.wire import topics
@@ -53,10 +53,16 @@ class _Session:
 
 
 class EdgeAgent:
-    def __init__(self, agent_id: str, broker: BrokerConfig, data: list[Example], profile: DeviceProfile, device: str = "cpu", heartbeat_s: float = 10.0, save_dir: Path | None = None, eval_data: list[Example] | None = None, cache_dir: Path | None = None):
+    def __init__(
+        self, agent_id: str, broker: BrokerConfig, data: list[Row], profile: DeviceProfile, device: str = "cpu",
+        heartbeat_s: float = 10.0, save_dir: Path | None = None, eval_data: list[Row] | None = None,
+        cache_dir: Path | None = None, data_source: str = "training data", eval_source: str = "evaluation data",
+    ):
+        """``data`` and ``eval_data`` are rows as their files hold them; ``*_source`` names those files in errors."""
         self.agent_id = topics.check_agent_id(agent_id)
         self.data = data
         self.eval_data = eval_data or None
+        self.data_source, self.eval_source = data_source, eval_source
         self.profile = profile
         self.device = device
         self.heartbeat_s = heartbeat_s
@@ -97,8 +103,7 @@ class EdgeAgent:
             self.transport.close()
 
     def _hello(self) -> None:
-        histogram = tuple(label_histogram(self.data, len(LABELS)))
-        self._send(Hello(self.agent_id, self.profile, len(self.data), histogram, self._base_version()))
+        self._send(Hello(self.agent_id, self.profile, len(self.data), label_counts(self.data), self._base_version()))
         log.info("%s: announced as %s with %d examples", self.agent_id, self.profile.name, len(self.data))
 
     def _dispatch(self, message) -> None:
@@ -196,24 +201,30 @@ class EdgeAgent:
 
     def _prepare(self, assignment: Assignment) -> _Session:
         spec = assignment.backbone
-        key = (assignment.lora, spec.sha256, spec.quantization, assignment.gradient_checkpointing, assignment.strategy, assignment.run_seed)
+        task = assignment.task
+        key = (assignment.lora, task, spec.sha256, spec.quantization, assignment.gradient_checkpointing, assignment.strategy, assignment.run_seed)
         session = self._session
         if session and session.key == key:
             return session
         problem = quantization_problem(spec.quantization, self.device)
         if problem:
             raise ValueError(f"cannot run the assigned {spec.quantization} base: {problem}")
+        problems = task_problems(task)
+        if problems:
+            raise ValueError("the assigned task is invalid: " + "; ".join(problems))
         recipe = recipe_for(assignment.strategy)
+        examples = examples_of(self.data, task, self.data_source)  # a label the task lacks fails before any download
+        held_out_examples = examples_of(self.eval_data, task, self.eval_source) if self.eval_data else None
         source = BackboneSource(spec.name, self._fetcher.fetch(spec), spec.sha256)
         started = time.perf_counter()
         model, tokenizer = load_backbone(source, spec.quantization, self.device)
         trainable = attach(model, assignment.lora, recipe, assignment.run_seed, assignment.seed)
-        runner = FrozenPrefix(trainable, label_token_ids(tokenizer), min(assignment.lora.layers), assignment.gradient_checkpointing)
+        runner = FrozenPrefix(trainable, label_token_ids(tokenizer, task.labels), min(assignment.lora.layers), assignment.gradient_checkpointing)
         applied: set[int] = set()
         apply_view(trainable, assignment.lora, self._base_changes, applied)  # a rebuilt backbone gets every change back
-        data = encode(tokenizer, self.data).to(self.device)
+        data = encode(tokenizer, examples, task).to(self.device)
         prefix = runner.cache(data.input_ids)
-        held_out = encode(tokenizer, self.eval_data).to(self.device) if self.eval_data else None
+        held_out = encode(tokenizer, held_out_examples, task).to(self.device) if held_out_examples else None
         held_out_prefix = runner.cache(held_out.input_ids) if held_out is not None else None
         log.info("%s: backbone %s (%s, %s) ready, %d examples cached below layer %d in %.1f s", self.agent_id, source.name, spec.quantization, assignment.strategy, len(self.data), runner.start_layer, time.perf_counter() - started)
         loss_scaling = needs_loss_scaling(spec.quantization, self.device)

@@ -74,10 +74,10 @@ def cmd_broker(args) -> int:
 
 
 def cmd_agent(args) -> int:
-    from fedge.task.data import read_jsonl
+    from fedge.task.data import read_rows
 
-    data = read_jsonl(args.data)  # checked before the heavy imports: a bad file fails in well under a second
-    eval_data = read_jsonl(args.eval_data) if args.eval_data else None
+    data = read_rows(args.data)  # checked before the heavy imports: a bad file fails in well under a second
+    eval_data = read_rows(args.eval_data) if args.eval_data else None
     broker = _broker_config(args)
 
     import torch
@@ -89,7 +89,7 @@ def cmd_agent(args) -> int:
     _set_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     profile = simulated_profile(args.device_profile, device.startswith("cuda"), bitsandbytes_usable()) if args.device_profile else probe(args.id)
-    agent = EdgeAgent(args.id, broker, data, profile, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None)
+    agent = EdgeAgent(args.id, broker, data, profile, data_source=args.data, eval_source=args.eval_data, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None)
     agent.run()
     if agent.refused:
         console.print(f"[red]this device cannot take part: {agent.refused}[/]")
@@ -111,10 +111,11 @@ def _broker_config(args):
 
 def cmd_coordinator(args) -> int:
     from coordinator.config import CoordinatorConfig
-    from fedge.task.data import read_jsonl
+    from fedge.task.classify import examples_of
+    from fedge.task.data import read_rows
 
     config = CoordinatorConfig.from_yaml(args.config)  # config and data are checked before the heavy imports
-    read_jsonl(config.eval_data)
+    examples_of(read_rows(config.eval_data), config.task, config.eval_data)
 
     from coordinator.server import Coordinator
 

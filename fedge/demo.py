@@ -29,7 +29,7 @@ from fedge.processes import spawn, stop
 from fedge.progress import long_step
 from fedge.task.data import write_jsonl
 from fedge.task.split import dirichlet_split, label_histogram
-from fedge.task.wordnet import LABELS, load_splits
+from fedge.task.wordnet import LABELS, WORDNET_TASK, load_splits
 from profiles.model_shape import load_model_shape
 from quantization.backbone import DEFAULT_BACKBONE, locate_backbone
 
@@ -101,13 +101,14 @@ def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, plan:
     """LoRA on the pooled data with the same number of steps as the federation; accuracy after each 'round'."""
     from edge_agent.trainer import train_local
     from fedge.task.classifier import encode, evaluate, lora_classifier
-    from fedge.task.data import read_jsonl
+    from fedge.task.classify import examples_of
+    from fedge.task.data import read_rows
     from quantization.backbone import load_backbone
 
     model, tokenizer = load_backbone(locate_backbone(DEFAULT_BACKBONE))
     layers = list(range(model.config.num_hidden_layers - plan.depth, model.config.num_hidden_layers))
-    runner = lora_classifier(model, tokenizer, uniform_spec(plan.rank, scaling, load_model_shape(DEFAULT_BACKBONE).default_targets, layers), settings.seed)
-    train, held_out = encode(tokenizer, read_jsonl(pooled)), encode(tokenizer, read_jsonl(test))
+    runner = lora_classifier(model, tokenizer, uniform_spec(plan.rank, scaling, load_model_shape(DEFAULT_BACKBONE).default_targets, layers), WORDNET_TASK.labels, settings.seed)
+    train, held_out = (encode(tokenizer, examples_of(read_rows(path), WORDNET_TASK, str(path)), WORDNET_TASK) for path in (pooled, test))
     train_prefix, test_prefix = runner.cache(train.input_ids), runner.cache(held_out.input_ids)
     accuracies = []
     for round_number in range(1, settings.rounds + 1):

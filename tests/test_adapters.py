@@ -11,7 +11,8 @@ from fedge.adapters import apply_view, attach, galore_groups, lora_layers, resta
 from fedge.strategies import recipe_for
 from fedge.strategies.base import delta_key, shared_lora_a
 from fedge.task.classifier import FrozenPrefix, encode, label_token_ids
-from fedge.task.wordnet import Example
+from fedge.task.data import Example
+from fedge.task.wordnet import LABELS, WORDNET_TASK
 from fedge.wire import LoraSpec
 from quantization.backbone import load_backbone, locate_backbone, needs_loss_scaling
 
@@ -24,8 +25,8 @@ def _load(backbone, quantization="fp32"):
 
 
 def _train(model, tokenizer, spec, optimizer="adamw", groups=None):
-    runner = FrozenPrefix(model, label_token_ids(tokenizer), min(spec.layers))
-    data = encode(tokenizer, EXAMPLES)
+    runner = FrozenPrefix(model, label_token_ids(tokenizer, LABELS), min(spec.layers))
+    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
     return train_local(runner, runner.cache(data.input_ids), data, 3, 4, 1e-2, 0, optimizer, groups)
 
 
@@ -123,8 +124,8 @@ def test_fp16_base_trains_with_loss_scaling_and_fp32_adapter(tiny_backbone):
     peft_model = attach(model, SPEC, recipe_for("fedit"), run_seed=0, seed=0)
     trainable = {name: p.detach().clone() for name, p in peft_model.named_parameters() if p.requires_grad}
     assert all(p.dtype == torch.float32 for p in trainable.values())  # peft keeps LoRA factors in fp32
-    runner = FrozenPrefix(peft_model, label_token_ids(tokenizer), min(SPEC.layers))
-    data = encode(tokenizer, EXAMPLES)
+    runner = FrozenPrefix(peft_model, label_token_ids(tokenizer, LABELS), min(SPEC.layers))
+    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
     result = train_local(runner, runner.cache(data.input_ids), data, 6, 4, 1e-2, 0, loss_scaling=True)
     assert result.loss_scale > 1 and result.skipped_steps < 6 and np.isfinite(result.loss)
     after = dict(peft_model.named_parameters())
@@ -134,8 +135,8 @@ def test_fp16_base_trains_with_loss_scaling_and_fp32_adapter(tiny_backbone):
 def test_loss_scaling_refuses_16_bit_trainable_weights(tiny_backbone):
     model, tokenizer = _load(tiny_backbone, "fp16")
     plain = attach(model, SPEC, recipe_for("full"), run_seed=0, seed=0)
-    runner = FrozenPrefix(plain, label_token_ids(tokenizer), min(SPEC.layers))
-    data = encode(tokenizer, EXAMPLES)
+    runner = FrozenPrefix(plain, label_token_ids(tokenizer, LABELS), min(SPEC.layers))
+    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
     with pytest.raises(ValueError, match="fp32 trainable parameters"):
         train_local(runner, runner.cache(data.input_ids), data, 1, 4, 1e-2, 0, loss_scaling=True)
 

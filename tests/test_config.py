@@ -23,3 +23,18 @@ def test_every_error_is_reported_at_once_with_its_key():
     for key in ("eval_data: required", "colour: unknown key", "rounds: must be a positive integer", "devices.cpu: rank and depth", "devices.cpu.quantization",
                 "planner.batch_size: set it at the top level", "planner.safety_margin", "planner.strategy", "planner.speed: unknown option"):
         assert key in text
+
+
+def test_the_task_comes_from_the_config_and_sets_the_token_budget():
+    config = CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "task": {"labels": ["love", "work", "science"], "prompt": "Fortune: {text}\nTopic:", "max_tokens": 96}})
+    assert config.task.kind == "classify" and config.task.labels == ("love", "work", "science")
+    assert config.planner_options().seq_len == 96
+    assert CoordinatorConfig.from_dict({"eval_data": "t.jsonl"}).task.labels[0] == "animal"  # the WordNet default
+
+
+def test_task_errors_name_their_keys():
+    with pytest.raises(ConfigError) as caught:
+        CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "task": {"labels": ["x"], "prompt": "no slot", "colour": 1}, "planner": {"seq_len": 64}})
+    text = str(caught.value)
+    for key in ("task.colour: unknown key", "task.labels: between 2", "task.prompt: must contain {text}", "planner.seq_len: the token budget is the task's"):
+        assert key in text

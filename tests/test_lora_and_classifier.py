@@ -10,7 +10,8 @@ from edge_agent.trainer import StepProgress, train_local
 from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays, parse_adapter_key, uniform_spec
 from fedge.wire import LoraSpec
 from fedge.task.classifier import FrozenPrefix, encode, evaluate, label_token_ids
-from fedge.task.wordnet import Example
+from fedge.task.data import Example
+from fedge.task.wordnet import LABELS, WORDNET_TASK
 from quantization.backbone import load_backbone, locate_backbone
 
 EXAMPLES = [Example("food animal plant time", i % 8) for i in range(12)]
@@ -60,8 +61,8 @@ def test_adapter_arrays_round_trip_and_shape_errors(tiny):
 
 def test_cached_prefix_gives_the_full_forward_logits(tiny):
     model, tokenizer = tiny
-    labels = label_token_ids(tokenizer)
-    data = encode(tokenizer, EXAMPLES)
+    labels = label_token_ids(tokenizer, LABELS)
+    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
     with torch.no_grad():
         full = model(data.input_ids).logits[torch.arange(len(EXAMPLES)), data.lengths - 1][:, labels]
         for start in (1, 3):
@@ -71,13 +72,13 @@ def test_cached_prefix_gives_the_full_forward_logits(tiny):
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny):
     model, tokenizer = tiny
-    data = encode(tokenizer, EXAMPLES)
+    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
     peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]), seed=1)
     for param in (p for n, p in peft_model.named_parameters() if "lora_B" in n):
         torch.nn.init.normal_(param)  # B = 0 would make every gradient but B's zero
     grads = []
     for checkpointing in (False, True):
-        runner = FrozenPrefix(peft_model, label_token_ids(tokenizer), 2, gradient_checkpointing=checkpointing)
+        runner = FrozenPrefix(peft_model, label_token_ids(tokenizer, LABELS), 2, gradient_checkpointing=checkpointing)
         peft_model.zero_grad()
         runner.label_logits(runner.cache(data.input_ids), data.lengths).sum().backward()
         grads.append({n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad})
@@ -89,8 +90,8 @@ def test_optimizer_steps_touch_only_the_adapter(tiny):
     model, tokenizer = tiny
     frozen_before = {name: p.clone() for name, p in model.named_parameters()}
     peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]))
-    runner = FrozenPrefix(peft_model, label_token_ids(tokenizer), 2)
-    data = encode(tokenizer, EXAMPLES)
+    runner = FrozenPrefix(peft_model, label_token_ids(tokenizer, LABELS), 2)
+    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
     prefix = runner.cache(data.input_ids)
     before = evaluate(runner, prefix, data).loss
     result = train_local(runner, prefix, data, steps=30, batch_size=12, learning_rate=1e-2, seed=0)
@@ -104,8 +105,8 @@ def test_optimizer_steps_touch_only_the_adapter(tiny):
 def test_training_progress_is_logged_at_first_and_last_step_and_on_a_clock(tiny, caplog):
     model, tokenizer = tiny
     peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]))
-    runner = FrozenPrefix(peft_model, label_token_ids(tokenizer), 2)
-    data = encode(tokenizer, EXAMPLES)
+    runner = FrozenPrefix(peft_model, label_token_ids(tokenizer, LABELS), 2)
+    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
     seen = []
     with caplog.at_level(logging.INFO, logger="edge_agent.trainer"):
         progress = StepProgress("a1: round 3", 5, every_s=3600)

@@ -1,7 +1,7 @@
 import pytest
 
 from fedge.task.split import dirichlet_split, label_histogram
-from fedge.task.wordnet import Example
+from fedge.task.data import Example
 
 
 def _examples(per_label=50, labels=8):

@@ -12,12 +12,12 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
-from fedge.task.classifier import PROMPT
-from fedge.task.wordnet import LABELS
+from fedge.task.wordnet import LABELS, PROMPT
 
 
-def build_tiny_backbone(directory: Path, layers: int = 4, family: str = "llama") -> Path:
-    words = sorted(set(re.findall(r"\w+|[^\w\s]", PROMPT.format(text="")) + list(LABELS)))
+def build_tiny_backbone(directory: Path, layers: int = 4, family: str = "llama", text: str = "") -> Path:
+    """``text``: more words for the vocabulary (another task's prompt and labels)."""
+    words = sorted(set(re.findall(r"\w+|[^\w\s]", PROMPT.format(text="") + " " + text) + list(LABELS)))
     vocab = {"[UNK]": 0, "[PAD]": 1, **{word: index + 2 for index, word in enumerate(words)}}
     backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = Whitespace()

@@ -1,1 +1,2 @@
-"""The demo task: classify WordNet glosses into topics with a causal LM (a label-word verbaliser)."""
+"""Tasks: what a run fine-tunes for. ``classify`` scores the operator's labels after a prompt; the WordNet topic
+task is the demo's ``classify`` configuration."""

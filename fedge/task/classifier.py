@@ -1,4 +1,4 @@
-"""Topic classification with a causal LM: score one label word after a prompt.
+"""Classification with a causal LM: score each label after the task's prompt.
 
 The logits come from the final hidden state at the prompt's last token, multiplied by the (frozen) output
 embeddings of the label words only, so the 49k-row vocabulary projection is never computed.
@@ -15,22 +15,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from fedge.decoder import decoder_parts
 from fedge.lora import build_lora_model
-from fedge.task.wordnet import LABELS, Example
-from fedge.wire import LoraSpec
-
-PROMPT = "Definition: {text}\nCategory (animal, body, food, place, person, plant, substance or time):"
+from fedge.task.data import Example
+from fedge.wire import LoraSpec, TaskSpec
 
 
-def label_token_ids(tokenizer) -> list[int]:
-    """One token id per label word (with its leading space), all distinct."""
-    ids = []
-    for word in LABELS:
-        tokens = tokenizer.encode(" " + word, add_special_tokens=False)
-        ids.append(tokens[0])
+def label_token_ids(tokenizer, labels: tuple[str, ...]) -> list[int]:
+    """The token each label starts with (after a space), one per label; labels must start with distinct tokens."""
+    ids = [tokenizer.encode(" " + label, add_special_tokens=False)[0] for label in labels]
     if len(set(ids)) != len(ids):
-        raise ValueError("label words must start with distinct tokens")
+        clashes = sorted({labels[i] for i, token in enumerate(ids) if ids.count(token) > 1})
+        raise ValueError(f"labels {clashes} start with the same token; name the classes so each starts differently")
     return ids
 
 
@@ -44,11 +41,20 @@ class EncodedExamples:
         return EncodedExamples(self.input_ids.to(device), self.lengths.to(device), self.labels.to(device))
 
 
-def encode(tokenizer, examples: list[Example], max_tokens: int = 48) -> EncodedExamples:
-    rows = [tokenizer.encode(PROMPT.format(text=example.text), add_special_tokens=False) for example in examples]
-    suffix = tokenizer.encode(PROMPT.format(text="").split("\n", 1)[1], add_special_tokens=False)
-    # Truncate the definition, never the question after it.
-    rows = [row if len(row) <= max_tokens else row[: max_tokens - len(suffix) - 1] + tokenizer.encode("\n", add_special_tokens=False) + suffix for row in rows]
+def encode(tokenizer, examples: list[Example], task: TaskSpec) -> EncodedExamples:
+    """The examples in the task's prompt, cut to its token budget: the text is shortened, never the prompt after it."""
+    head, tail = task.prompt.split("{text}", 1)
+    head_ids = tokenizer.encode(head, add_special_tokens=False) if head else []
+    tail_ids = tokenizer.encode(tail, add_special_tokens=False) if tail else []
+    room = task.max_tokens - len(head_ids) - len(tail_ids)
+    if room < 1:
+        raise ValueError(f"the prompt takes {len(head_ids) + len(tail_ids)} tokens; task.max_tokens {task.max_tokens} leaves no room for the text")
+    rows = []
+    for example in examples:
+        row = tokenizer.encode(task.prompt.format(text=example.text), add_special_tokens=False)
+        if len(row) > task.max_tokens:
+            row = head_ids + tokenizer.encode(example.text, add_special_tokens=False)[:room] + tail_ids
+        rows.append(row)
     width = max(len(row) for row in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -94,27 +100,43 @@ class FrozenPrefix:
         return logits if output.bias is None else logits + output.bias[self.label_ids].to(logits.dtype)
 
 
-def lora_classifier(model, tokenizer, spec: LoraSpec, seed: int, gradient_checkpointing: bool = False) -> FrozenPrefix:
+def lora_classifier(model, tokenizer, spec: LoraSpec, labels: tuple[str, ...], seed: int, gradient_checkpointing: bool = False) -> FrozenPrefix:
     """Wrap ``model`` with LoRA per ``spec`` and split it at the lowest adapted layer; ``.model`` is the peft model."""
     peft_model = build_lora_model(model, spec, seed=seed)
-    return FrozenPrefix(peft_model, label_token_ids(tokenizer), min(spec.layers), gradient_checkpointing)
+    return FrozenPrefix(peft_model, label_token_ids(tokenizer, labels), min(spec.layers), gradient_checkpointing)
 
 
 @dataclass(frozen=True)
 class Evaluation:
     accuracy: float
     loss: float
+    per_class_f1: tuple[float, ...] = ()  # in the task's label order; 0 for a class never predicted nor present
+
+    @property
+    def macro_f1(self) -> float:
+        return sum(self.per_class_f1) / len(self.per_class_f1) if self.per_class_f1 else 0.0
 
 
 @torch.no_grad()
 def evaluate(runner: FrozenPrefix, prefix: torch.Tensor, data: EncodedExamples, batch_size: int = 64) -> Evaluation:
     was_training = runner.model.training
     runner.model.eval()
-    correct, total_loss = 0, 0.0
+    total_loss, predictions = 0.0, []
     for begin in range(0, len(prefix), batch_size):
         rows = slice(begin, begin + batch_size)
         logits = runner.label_logits(prefix[rows], data.lengths[rows]).float()
         total_loss += F.cross_entropy(logits, data.labels[rows], reduction="sum").item()
-        correct += (logits.argmax(-1) == data.labels[rows]).sum().item()
+        predictions.append(logits.argmax(-1))
     runner.model.train(was_training)
-    return Evaluation(accuracy=correct / len(prefix), loss=total_loss / len(prefix))
+    predicted, truth = torch.cat(predictions).cpu(), data.labels.cpu()
+    return Evaluation(accuracy=(predicted == truth).float().mean().item(), loss=total_loss / len(prefix), per_class_f1=per_class_f1(predicted, truth, len(runner.label_ids)))
+
+
+def per_class_f1(predicted: torch.Tensor, truth: torch.Tensor, num_classes: int) -> tuple[float, ...]:
+    """F1 of each class: 2·TP / (2·TP + FP + FN)."""
+    scores = []
+    for label in range(num_classes):
+        true_positive = ((predicted == label) & (truth == label)).sum().item()
+        wrong = ((predicted == label) != (truth == label)).sum().item()  # false positives and false negatives
+        scores.append(2 * true_positive / (2 * true_positive + wrong) if true_positive + wrong else 0.0)
+    return tuple(scores)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedge.task.wordnet import Example
+from fedge.task.data import Example
 
 
 def dirichlet_split(

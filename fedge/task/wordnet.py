@@ -8,8 +8,10 @@ task keeps eight concrete categories whose names are single, common English word
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
+
+from fedge.task.data import Example
+from fedge.wire import TaskSpec
 
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
 # Lexicographer file numbers fixed by WordNet's lexnames(5WN) table, and the label word the model is asked for.
@@ -24,12 +26,8 @@ CATEGORIES: dict[int, str] = {
     28: "time",
 }
 LABELS: tuple[str, ...] = tuple(CATEGORIES.values())
-
-
-@dataclass(frozen=True)
-class Example:
-    text: str
-    label: int
+PROMPT = "Definition: {text}\nCategory (animal, body, food, place, person, plant, substance or time):"
+WORDNET_TASK = TaskSpec("classify", LABELS, PROMPT, max_tokens=48)  # the demo's task, and the default one
 
 
 def _definition(gloss: str) -> str:

@@ -21,6 +21,7 @@ from fedge.wire.messages import (
     LoraSpec,
     Message,
     Reject,
+    TaskSpec,
 )
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "ProtocolError",
     "Reassembler",
     "Reject",
+    "TaskSpec",
     "SchemaError",
     "TooLargeError",
     "decode_message",

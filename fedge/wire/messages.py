@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: assignments carry the task, hellos count labels as written
 
 
 def new_message_id() -> str:
@@ -79,13 +79,30 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
+class TaskSpec:
+    """What the run fine-tunes for, carried in every assignment so agents need no task config of their own.
+
+    ``kind`` names a built-in task (``classify``); a config from the network never names code to import.
+    For ``classify``: ``labels`` are the classes in index order (the words or strings the model is scored on),
+    ``prompt`` the template around each example's ``{text}``, ``max_tokens`` the token budget of an example.
+    """
+
+    kind: str
+    labels: tuple[str, ...] = ()
+    prompt: str = ""
+    max_tokens: int = 48
+
+
+@dataclass(frozen=True)
 class Hello:
-    """Agent registration: who it is, what it can do, how much data it holds."""
+    """Agent registration: who it is, what it can do, how much data it holds. ``label_counts`` counts the labels
+    as its data writes them (label strings, or indices as decimal strings): the agent learns the task's label
+    order only from its assignment."""
 
     agent_id: str
     profile: DeviceProfile
     num_examples: int
-    label_histogram: tuple[int, ...] = ()
+    label_counts: dict[str, int] = field(default_factory=dict)
     base_version: int = 0  # the last round whose changes to the frozen weights this agent has merged
     message_id: str = field(default_factory=new_message_id)
 
@@ -99,6 +116,7 @@ class Assignment:
     agent_id: str
     backbone: BackboneSpec
     lora: LoraSpec
+    task: TaskSpec
     local_steps: int
     batch_size: int
     learning_rate: float

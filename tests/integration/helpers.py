@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedge.task.wordnet import Example
+from fedge.task.data import Example, Row
 
 
 def shard(seed: int, size: int = 24) -> list[Example]:
@@ -29,3 +29,8 @@ def finish(coordinator: subprocess.Popen, agents: list[subprocess.Popen], timeou
     finally:
         for process in [coordinator, *agents]:
             process.kill()
+
+
+def rows(examples: list[Example]) -> list[Row]:
+    """Examples as an agent reads them from a file (labels as class indices)."""
+    return [Row(example.text, example.label, line) for line, example in enumerate(examples, 1)]

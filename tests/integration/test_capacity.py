@@ -10,6 +10,7 @@ import yaml
 from safetensors.numpy import load_file
 
 from fedge.task.data import write_jsonl
+from fedge.task.wordnet import WORDNET_TASK
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.wire import Assignment, BackboneSpec, GlobalState, Hello, LoraSpec, Reject, topics
 from fedge.lora import parse_adapter_key
@@ -29,7 +30,7 @@ def _config(url: str, backbone: Path, tmp_path: Path, **overrides) -> Path:
         "run_id": "plan", "run_dir": str(tmp_path / "run"), "broker": url, "backbone": str(backbone),
         "eval_data": str(tmp_path / "test.jsonl"), "rounds": 1, "min_clients": 2, "expected_clients": 2,
         "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
-        "planner": {"max_depth": 3, "ranks": [2, 4], "seq_len": 16}, **overrides,
+        "planner": {"max_depth": 3, "ranks": [2, 4]}, "task": {"max_tokens": 24}, **overrides,
     }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -88,7 +89,7 @@ def test_an_agent_refuses_a_plan_bigger_than_its_free_memory(mosquitto, tiny_bac
         next_message(Hello)
         assignment = Assignment(
             "run", 1, "tight", BackboneSpec(str(tiny_backbone), "0" * 64, "fp32"), LoraSpec(("q_proj",), (3,), (2,), 2.0),
-            2, 4, 1e-3, time.time() + 60, 0, predicted_peak_bytes=2**50, predicted_step_seconds=0.1,
+            WORDNET_TASK, 2, 4, 1e-3, time.time() + 60, 0, predicted_peak_bytes=2**50, predicted_step_seconds=0.1,
         )
         coordinator.publish(topics.downlink("tight"), assignment)
         coordinator.publish(topics.downlink("tight"), GlobalState("run", 1, "tight", False, {}, {}))

@@ -47,7 +47,7 @@ def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone
         assert fresh.returncode != 0 and "--resume" in fresh.stderr + fresh.stdout  # never silently overwrites a run
 
         resumed = _cli("coordinator", "--config", str(tmp_path / "c.yaml"), "--resume", log=tmp_path / "c2.log")
-        assert resumed.wait(timeout=180) == 0
+        assert resumed.wait(timeout=180) == 0, (tmp_path / "c2.log").read_text()[-3000:]
         for agent in agents:
             assert agent.wait(timeout=60) == 0
     finally:

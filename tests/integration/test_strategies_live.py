@@ -20,7 +20,7 @@ from fedge.strategies.base import base_deltas
 from fedge.task.data import write_jsonl
 from fedge.transport import BrokerConfig
 from profiles import load_catalogue_profile
-from tests.integration.helpers import shard
+from tests.integration.helpers import rows, shard
 
 pytestmark = pytest.mark.broker
 
@@ -37,8 +37,8 @@ def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path, evaluat
         "devices": {"cpu-8gb": {"rank": 4 if same_rank else 2, "depth": 1}, "cpu-16gb": {"rank": 4, "depth": 3}},
     })
     coordinator = Coordinator(config)
-    held_out = shard(5, 16) if evaluate_on_agents else None
-    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(broker_url), shard(i), load_catalogue_profile(device), heartbeat_s=2, eval_data=held_out) for i, device in enumerate(["cpu-8gb", "cpu-16gb"])]
+    held_out = rows(shard(5, 16)) if evaluate_on_agents else None
+    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(broker_url), rows(shard(i)), load_catalogue_profile(device), heartbeat_s=2, eval_data=held_out) for i, device in enumerate(["cpu-8gb", "cpu-16gb"])]
     _federate(coordinator, agents)
     return coordinator, agents
 
@@ -111,7 +111,7 @@ def test_hierfedlora_groups_exchange_at_their_own_frequency_and_combine(mosquitt
     coordinator = Coordinator(config)
     # a0, a2 hold labels 0-3 and a1, a3 labels 4-7: label balancing pairs the two GPUs and the two CPUs
     halves = [[example for example in shard(0, 48) if (example.label < 4) == (i % 2 == 0)] for i in range(4)]
-    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(mosquitto.url), halves[i], load_catalogue_profile(device), heartbeat_s=2) for i, device in enumerate(devices)]
+    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(mosquitto.url), rows(halves[i]), load_catalogue_profile(device), heartbeat_s=2) for i, device in enumerate(devices)]
     rounds = _federate(coordinator, agents)
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert len(plan["groups"]) == 2

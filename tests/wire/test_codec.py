@@ -7,7 +7,7 @@ import pytest
 from fedge import wire
 from fedge.wire import (
     AdapterUpdate, Assignment, BackbonePart, BackboneRequest, BackboneSpec, DecodeError, DeviceProfile, GlobalState, Heartbeat, Hello, Limits,
-    LoraSpec, Reject, SchemaError, TooLargeError, decode_message, encode_message,
+    LoraSpec, Reject, SchemaError, TaskSpec, TooLargeError, decode_message, encode_message,
 )
 from fedge.wire.codec import MAGIC
 
@@ -15,8 +15,8 @@ PROFILE = DeviceProfile("jetson-orin-nano-8gb", "catalogue", "jetson", 8 << 30, 
 TENSORS = {"layers.3.q_proj.lora_A.weight": np.arange(12, dtype=np.float32).reshape(3, 4) / 7}
 
 MESSAGES = [
-    Hello("a1", PROFILE, 120, (3, 0, 5)),
-    Assignment("run", 2, "a1", BackboneSpec("smollm2", "ab" * 32, "nf4", 168_000_000, "https://models.lan/pkg/"), LoraSpec(("q_proj", "v_proj"), (26, 27, 28, 29), (4, 4, 8, 8), 2.0), 10, 16, 2e-3, 1.7e9, 7),
+    Hello("a1", PROFILE, 120, {"animal": 3, "7": 5}),
+    Assignment("run", 2, "a1", BackboneSpec("smollm2", "ab" * 32, "nf4", 168_000_000, "https://models.lan/pkg/"), LoraSpec(("q_proj", "v_proj"), (26, 27, 28, 29), (4, 4, 8, 8), 2.0), TaskSpec("classify", ("positive", "negative"), "Review: {text}\nSentiment:", 64), 10, 16, 2e-3, 1.7e9, 7),
     AdapterUpdate("run", 2, "a1", 120, {"loss": 0.5}, TENSORS),
     GlobalState("run", 2, "a1", False, {"accuracy": 0.8}, TENSORS),
     Reject("a1", "wrong_round", "late", 2, "abc"),
@@ -56,7 +56,7 @@ def test_public_api_is_pinned():
     assert set(wire.__all__) == {
         "PROTOCOL_VERSION", "AdapterUpdate", "Assignment", "BackbonePart", "BackboneRequest", "BackboneSpec", "ChunkError", "DecodeError", "DeviceProfile", "Evaluation",
         "GlobalState", "Heartbeat", "Hello", "Limits", "LoraSpec", "Message", "ProtocolError", "Reassembler", "Reject",
-        "SchemaError", "TooLargeError", "decode_message", "encode_message", "split_frames",
+        "SchemaError", "TaskSpec", "TooLargeError", "decode_message", "encode_message", "split_frames",
     }
 
 

@@ -1,0 +1,43 @@
+"""An operator's own classification task, named only in the coordinator's config: agents learn it from their
+assignments, read string labels, and one whose data has a label the task lacks says which file and line."""
+
+import json
+
+import pytest
+import yaml
+
+from tests.integration.helpers import cli, finish
+from tests.tiny_model import build_tiny_backbone
+
+pytestmark = pytest.mark.broker
+
+TASK = {"kind": "classify", "labels": ["love", "work", "science"], "prompt": "Fortune : {text} Topic :", "max_tokens": 24}
+WORDS = ["kiss", "heart", "boss", "desk", "atom", "star"]
+
+
+def _write(path, labels):
+    path.write_text("".join(json.dumps({"text": f"{WORDS[i % 6]} {WORDS[(i + 1) % 6]}", "label": label}) + "\n" for i, label in enumerate(labels)))
+
+
+def test_agents_train_the_task_their_assignment_names(mosquitto, tmp_path):
+    backbone = build_tiny_backbone(tmp_path / "tiny", text=" ".join(TASK["labels"] + WORDS) + " " + TASK["prompt"])
+    _write(tmp_path / "test.jsonl", ["love", "work", "science", 0, 1, 2])
+    _write(tmp_path / "a0.jsonl", ["love", "work", "science", "love", 1, 2] * 3)
+    _write(tmp_path / "a1.jsonl", ["love", "work", "vehicle", "science"])
+    config = {
+        "run_id": "fortunes", "run_dir": str(tmp_path / "run"), "broker": mosquitto.url, "backbone": str(backbone),
+        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 1, "min_clients": 1, "expected_clients": 2,
+        "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
+        "planner": {"max_depth": 2, "ranks": [2]}, "task": TASK,
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    coordinator = cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "coordinator.log")
+    agents = [
+        cli("agent", "--broker", mosquitto.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", "cpu-8gb", "--cache", str(tmp_path / "cache"), log=tmp_path / f"a{index}.log")
+        for index in range(2)
+    ]
+    finish(coordinator, agents)
+    record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert record["round"] == 1 and record["contributors"] == ["a0"]
+    assert "a1.jsonl:3: label 'vehicle' is not one of the task's 3 labels" in record["rejected"]["a1"]
+    assert len(record["per_class_f1"]) == 3 and record["macro_f1"] == pytest.approx(sum(record["per_class_f1"]) / 3, abs=1e-3)
