@@ -102,6 +102,9 @@ class Coordinator:
         if config.threads:
             torch.set_num_threads(config.threads)
         start_round, arrays = self._starting_point_or_none()
+        if start_round > config.rounds:
+            log.info("the run in %s already completed its %d rounds; nothing to resume", self.run_dir.path, config.rounds)
+            return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
         self.transport.connect()
         self.transport.subscribe(topics.all_uplinks())
         self.transport.subscribe(topics.all_statuses(), raw=True)

@@ -24,7 +24,7 @@ def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone
     run = tmp_path / "run"
     config = {
         "run_id": "resume", "run_dir": str(run), "broker": mosquitto.url, "backbone": str(tiny_backbone),
-        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 3, "min_clients": 2, "expected_clients": 2,
+        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 6, "min_clients": 2, "expected_clients": 2,
         "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
         "planner": {"max_depth": 2, "ranks": [2]}, "devices": {"cpu": {"rank": 2, "depth": 2}},
     }
@@ -55,5 +55,5 @@ def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone
             process.kill()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     completed = [r["round"] for r in records]
-    assert completed[-2:] == [2, 3] and completed.count(1) == 1
+    assert completed[-2:] == [5, 6] and completed.count(1) == 1
     assert records[-1]["contributors"] == ["a0", "a1"]

@@ -65,8 +65,8 @@ def test_public_api_is_pinned():
     [
         (b"GARBAGE-NOT-FEDGE", DecodeError, "bad magic"),
         (b"FE", DecodeError, "shorter"),
-        (struct.pack(">4sBI", MAGIC, 1, 5) + b"{nope", DecodeError, "not JSON"),
-        (struct.pack(">4sBI", MAGIC, 1, 500) + b"{}", DecodeError, "runs past"),
+        (struct.pack(">4sBI", MAGIC, wire.PROTOCOL_VERSION, 5) + b"{nope", DecodeError, "not JSON"),
+        (struct.pack(">4sBI", MAGIC, wire.PROTOCOL_VERSION, 500) + b"{}", DecodeError, "runs past"),
         (_encode_raw({"type": "teleport", "fields": {}}), SchemaError, "unknown message type"),
         (_encode_raw({"type": "heartbeat", "fields": {"agent_id": "a", "state": "x", "sent_unix": 1.0}}, version=9), SchemaError, "version 9"),
         (_encode_raw({"type": "heartbeat", "fields": {"agent_id": "a", "state": "x"}}), SchemaError, "sent_unix: missing"),
