@@ -28,9 +28,9 @@ from edge_agent.fetch import BackboneFetcher
 from fedge.delivery import PackageStore, build_manifest
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.wire import BackboneSpec, topics
-from quantization.package import BackbonePackage
+from quantization.package import BackbonePackage, chunk_bytes_for
 
-CHUNK_BYTES = 512 * 1024 - 1024  # the coordinator's default max_frame_kb, less room for the header
+CHUNK_BYTES = chunk_bytes_for(512)  # the coordinator's default max_frame_kb
 
 
 class _Killed(Exception):

@@ -21,7 +21,6 @@ THREADS = 2
 STEPS = 3
 NUM_LAYERS = 30  # SmolLM2-135M
 QV = ("q_proj", "v_proj")
-PACKAGE_CHUNK_BYTES = 512 * 1024 - 1024
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -68,10 +67,10 @@ def _run(setup: TrainingSetup, device: str) -> dict:
     from fedge.task.wordnet import WORDNET_TASK
     from fedge.wire import LoraSpec
     from quantization.backbone import BackboneSource, load_backbone, locate_backbone, needs_loss_scaling
-    from quantization.package import package_backbone
+    from quantization.package import chunk_bytes_for, package_backbone
 
     torch.set_num_threads(THREADS)
-    package = package_backbone(locate_backbone(), setup.quantization, PACKAGE_CHUNK_BYTES)  # what an agent receives
+    package = package_backbone(locate_backbone(), setup.quantization, chunk_bytes_for(512))  # what an agent receives
     model, tokenizer = load_backbone(BackboneSource("package", package.directory, package.digest), setup.quantization, device)
     spec = LoraSpec(setup.target_modules, setup.layers, setup.ranks, 2.0)
     runner = lora_classifier(model, tokenizer, spec, WORDNET_TASK.labels, seed=0, gradient_checkpointing=setup.gradient_checkpointing)

@@ -30,7 +30,7 @@ from fedge.wire import AdapterUpdate, Assignment, BackbonePart, BackboneSpec, Ev
 from fedge.wire import topics
 from profiles.model_shape import load_model_shape
 from quantization.backbone import locate_backbone
-from quantization.package import BackbonePackage, package_backbone
+from quantization.package import BackbonePackage, chunk_bytes_for, package_backbone
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class Coordinator:
 
     def _package_planned_backbones(self) -> None:
         """Build (or find in the cache) the backbone in every quantization the plan hands out, ready to serve."""
-        chunk_bytes = self.config.max_frame_kb * 1024 - 1024  # a chunk and its message header fit in one frame
+        chunk_bytes = chunk_bytes_for(self.config.max_frame_kb)
         for quantization in sorted({r.plan.quantization for r in self.registry.all() if r.plan is not None} - set(self._packages)):
             package = package_backbone(self.backbone, quantization, chunk_bytes)
             self._packages[quantization] = package

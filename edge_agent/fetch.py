@@ -56,7 +56,6 @@ class BackboneFetcher:
             manifest = store.start(self._receive_manifest(spec.sha256))
         else:
             log.info("%s: resuming the backbone download with %d of %d chunks verified", self.agent_id, manifest.chunk_count - len(store.missing()), manifest.chunk_count)
-        store.check_disk(manifest.total_bytes - store.have_bytes())
         progress = DownloadProgress(f"{self.agent_id}: backbone {manifest.name} ({manifest.quantization})", manifest.total_bytes, store.have_bytes())
         missing, stalls = store.missing(), 0
         while missing:

@@ -15,6 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
+from quantization.backbone import DEFAULT_BACKBONE, QUANTIZATIONS
+
 FILE_WIDTH = 240  # output going to a file or pipe is never wrapped or cut at 80 columns
 console = Console(width=None if sys.stdout.isatty() else FILE_WIDTH)
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -147,9 +149,9 @@ def cmd_plan(args) -> int:
 
 def cmd_backbone(args) -> int:
     from quantization.backbone import locate_backbone
-    from quantization.package import export_package, package_backbone
+    from quantization.package import chunk_bytes_for, export_package, package_backbone
 
-    package = package_backbone(locate_backbone(args.backbone), args.quantization, args.max_frame_kb * 1024 - 1024)
+    package = package_backbone(locate_backbone(args.backbone), args.quantization, chunk_bytes_for(args.max_frame_kb))
     target = export_package(package, Path(args.out))
     console.print(f"{args.backbone} as {args.quantization}: {package.manifest.total_bytes / 1e6:.1f} MB in {target}")
     console.print(f"serve {args.out} over HTTP(S) and set backbone_url in the coordinator config; digest {package.digest}")
@@ -230,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--out", help="output directory (default runs/trial-NAME)")
     trial.set_defaults(func=cmd_trial)
     backbone = sub.add_parser("backbone", help="export a backbone package to serve from a URL (backbone_url)")
-    backbone.add_argument("--backbone", default="smollm2-135m-instruct", help="backbone name or checkpoint directory")
-    backbone.add_argument("--quantization", default="nf4", choices=("nf4", "int8", "bf16", "fp16", "fp32"), help="the form devices are assigned")
+    backbone.add_argument("--backbone", default=DEFAULT_BACKBONE, help="backbone name or checkpoint directory")
+    backbone.add_argument("--quantization", default="nf4", choices=QUANTIZATIONS, help="the form devices are assigned")
     backbone.add_argument("--max-frame-kb", type=int, default=512, help="the coordinator's max_frame_kb (sets the chunk size)")
     backbone.add_argument("--out", required=True, help="directory to write OUT/<digest>/ into")
     backbone.set_defaults(func=cmd_backbone)

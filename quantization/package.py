@@ -20,6 +20,11 @@ from quantization.backbone import LOADING, BackboneSource, bitsandbytes_config, 
 log = logging.getLogger(__name__)
 
 
+def chunk_bytes_for(max_frame_kb: int) -> int:
+    """The package chunk size for a coordinator's ``max_frame_kb``: a chunk and its message header fit in one frame."""
+    return max_frame_kb * 1024 - 1024
+
+
 @dataclass(frozen=True)
 class BackbonePackage:
     directory: Path

@@ -83,6 +83,18 @@ def test_store_refuses_a_package_the_disk_cannot_hold(package, tmp_path, monkeyp
         PackageStore(tmp_path / "cache", manifest.digest).start(manifest.to_bytes())
 
 
+def test_a_resumed_download_needs_room_for_what_is_still_missing(package, tmp_path, monkeypatch):
+    directory, manifest = package
+    import shutil
+
+    store = PackageStore(tmp_path / "cache", manifest.digest)
+    store.start(manifest.to_bytes())
+    store.write_chunk(0, read_chunk(directory, manifest, 0))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DeliveryError, match="GB on disk"):
+        PackageStore(tmp_path / "cache", manifest.digest).resume()  # the URL source resumes this way too
+
+
 def _export(directory: Path, manifest: Manifest, out: Path) -> Path:
     out.mkdir()
     for entry in manifest.files:

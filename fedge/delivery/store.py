@@ -81,7 +81,8 @@ class PackageStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def resume(self) -> Manifest | None:
-        """The manifest of a partial download already on disk (with its verified chunks), or None."""
+        """The manifest of a partial download already on disk (with its verified chunks), or None; the disk must
+        have room for the chunks still missing."""
         path = self.partial_dir / "manifest.json"
         if not path.exists():
             return None
@@ -92,6 +93,7 @@ class PackageStore:
             shutil.rmtree(self.partial_dir, ignore_errors=True)
             return None
         self._open(manifest)
+        self.check_disk(manifest.total_bytes - self.have_bytes())
         return manifest
 
     def start(self, manifest_bytes: bytes) -> Manifest:
