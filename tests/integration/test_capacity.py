@@ -3,6 +3,7 @@
 import json
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from safetensors.numpy import load_file
 from fedge.task.data import write_jsonl
 from fedge.task.wordnet import WORDNET_TASK
 from fedge.transport import BrokerConfig, MqttTransport
-from fedge.wire import Assignment, BackboneSpec, GlobalState, Hello, LoraSpec, Reject, topics
+from fedge.wire import Assignment, BackboneSpec, GlobalState, Hello, LoraSpec, Reject, TaskSpec, topics
 from fedge.lora import parse_adapter_key
 from tests.integration.helpers import cli, finish, shard
 
@@ -72,7 +73,7 @@ def test_a_device_the_planner_cannot_fit_is_refused_and_its_agent_says_why(mosqu
     assert "only 0 agents can train" in (tmp_path / "coordinator.log").read_text()
 
 
-def test_an_agent_refuses_a_plan_bigger_than_its_free_memory(mosquitto, tiny_backbone, tmp_path):
+def test_an_agent_refuses_a_plan_bigger_than_its_free_memory_or_an_invalid_task(mosquitto, tiny_backbone, tmp_path):
     coordinator = MqttTransport(BrokerConfig.from_url(mosquitto.url), "fake-coordinator")
     coordinator.subscribe(topics.uplink("tight"))
     coordinator.connect()
@@ -96,6 +97,13 @@ def test_an_agent_refuses_a_plan_bigger_than_its_free_memory(mosquitto, tiny_bac
         reject = next_message(Reject)
         assert reject.reason == "insufficient_memory" and reject.round == 1 and reject.ref == assignment.message_id
         assert "1048576.00 GiB" in reject.detail and "free" in reject.detail
+
+        forged_task = TaskSpec("classify", ("only-one",), "no placeholder", 48)  # the network's word is checked, not trusted
+        bad = replace(assignment, round=2, task=forged_task, predicted_peak_bytes=0, message_id="task-check")
+        coordinator.publish(topics.downlink("tight"), bad)
+        coordinator.publish(topics.downlink("tight"), GlobalState("run", 2, "tight", False, {}, {}))
+        reject = next_message(Reject)
+        assert reject.reason == "cannot_train" and reject.round == 2 and "the assigned task is invalid" in reject.detail
     finally:
         agent.kill()
         coordinator.close()

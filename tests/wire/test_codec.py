@@ -10,6 +10,7 @@ from fedge.wire import (
     LoraSpec, Reject, SchemaError, TaskSpec, TooLargeError, decode_message, encode_message,
 )
 from fedge.wire.codec import MAGIC
+from fedge.wire.schema import to_json
 
 PROFILE = DeviceProfile("jetson-orin-nano-8gb", "catalogue", "jetson", 8 << 30, 7 << 30, 6, is_jetson=True, unified_memory=True, gflops=1280.0)
 TENSORS = {"layers.3.q_proj.lora_A.weight": np.arange(12, dtype=np.float32).reshape(3, 4) / 7}
@@ -78,6 +79,9 @@ def test_public_api_is_pinned():
         (_encode_raw({"type": "update", "fields": []}), SchemaError, "expected an object"),
         (_encode_raw({"type": "backbone_part", "fields": {"digest": "d", "index": 0, "data": "AAAA"}}), SchemaError, "unknown fields"),
         (_encode_raw({"type": "backbone_request", "fields": {"agent_id": "a", "digest": "d", "first": "0", "count": 1}}), SchemaError, "first: expected an integer"),
+        (_encode_raw({"type": "hello", "fields": {"agent_id": "a", "profile": to_json(PROFILE), "num_examples": 1, "label_counts": {"animal": "many"}}}), SchemaError, r"label_counts\.animal: expected an integer"),
+        (_encode_raw({"type": "assignment", "fields": {**to_json(MESSAGES[1]), "task": {"kind": "classify", "labels": "animal"}}}), SchemaError, "task.labels: expected a list"),
+        (_encode_raw({"type": "assignment", "fields": {**to_json(MESSAGES[1]), "task": {"kind": "classify", "labels": ["a"], "exec": "import os"}}}), SchemaError, r"task: unknown fields \['exec'\]"),
     ],
 )
 def test_malformed_messages_are_refused_with_a_reason(payload, error, text):
