@@ -62,7 +62,7 @@ def measure(setup: TrainingSetup, device: str = "cpu") -> dict:
 def _run(setup: TrainingSetup, device: str) -> dict:
     import torch
 
-    from edge_agent.trainer import train_local
+    from edge_agent.trainer import BatchSampler, train_local
     from fedge.task.classifier import EncodedExamples, lora_classifier
     from fedge.task.wordnet import WORDNET_TASK
     from fedge.wire import LoraSpec
@@ -73,7 +73,7 @@ def _run(setup: TrainingSetup, device: str) -> dict:
     package = package_backbone(locate_backbone(), setup.quantization, chunk_bytes_for(512))  # what an agent receives
     model, tokenizer = load_backbone(BackboneSource("package", package.directory, package.digest), setup.quantization, device)
     spec = LoraSpec(setup.target_modules, setup.layers, setup.ranks, 2.0)
-    runner = lora_classifier(model, tokenizer, spec, WORDNET_TASK.labels, seed=0, gradient_checkpointing=setup.gradient_checkpointing)
+    classifier = lora_classifier(model, tokenizer, spec, WORDNET_TASK.labels, seed=0, gradient_checkpointing=setup.gradient_checkpointing)
     generator = torch.Generator().manual_seed(0)
     examples = max(setup.cached_examples, setup.batch_size)
     data = EncodedExamples(
@@ -81,9 +81,10 @@ def _run(setup: TrainingSetup, device: str) -> dict:
         lengths=torch.full((examples,), setup.seq_len),
         labels=torch.randint(0, 8, (examples,), generator=generator),
     ).to(device)
-    prefix = runner.cache(data.input_ids)
+    cache = classifier.runner.cache(data)
+    cache.fill(range(len(data)))  # the whole cache is resident, as the planner counts it
     loss_scaling = needs_loss_scaling(setup.quantization, device)  # as the agent trains
-    result = train_local(runner, prefix, data, STEPS, setup.batch_size, 1e-3, seed=0, optimizer=setup.optimizer, loss_scaling=loss_scaling)
+    result = train_local(classifier, cache, BatchSampler(len(data), 0), STEPS, setup.batch_size, 1e-3, optimizer=setup.optimizer, loss_scaling=loss_scaling)
     return {"peak_bytes": result.peak_memory_bytes, "step_seconds": result.seconds_per_step}
 
 

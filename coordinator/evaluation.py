@@ -11,7 +11,7 @@ import torch
 from fedge.adapters import apply_view, lora_layers
 from fedge.lora import adapter_arrays, load_adapter_arrays, uniform_spec
 from fedge.strategies import GlobalParts
-from fedge.task.classifier import Evaluation, encode, evaluate, lora_classifier
+from fedge.task.classifier import Evaluation, encode, lora_classifier
 from fedge.task.data import Example
 from fedge.wire import TaskSpec
 from quantization.backbone import BackboneSource, load_backbone
@@ -26,12 +26,10 @@ class GlobalModel:
         model, tokenizer = load_backbone(source, "fp32")
         self.rank = rank
         self.spec = uniform_spec(rank, 1.0, target_modules, layers)
-        self.runner = lora_classifier(model, tokenizer, self.spec, task.labels, seed)
-        self.model = self.runner.model
-        self.test = encode(tokenizer, test, task)
+        self.task = lora_classifier(model, tokenizer, self.spec, task.labels, seed)
+        self.model = self.task.model
+        self.test = self.task.runner.cache(encode(tokenizer, test, task))
         self._applied_rounds: set[int] = set()  # base changes already merged into this copy
-        log.info("caching evaluation states for %d examples below layer %d", len(test), min(layers))
-        self.prefix = self.runner.cache(self.test.input_ids)
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         """peft's own initialisation (A random, B zero), the common starting point of every device."""
@@ -49,14 +47,16 @@ class GlobalModel:
         else:
             for _, layer in lora_layers(self.model):
                 torch.nn.init.zeros_(layer.lora_B["default"].weight)
-        apply_view(self.model, self.spec, parts.base_changes, self._applied_rounds)
+        lowest = apply_view(self.model, self.spec, parts.base_changes, self._applied_rounds)
+        if lowest is not None and lowest < self.task.runner.start_layer:
+            self.test.clear()
         for name, layer in lora_layers(self.model):
             if name in parts.weights:  # full-weight averaging holds every adapted module's weight
                 layer.get_base_layer().weight.data.copy_(torch.from_numpy(parts.weights[name]))
 
     def evaluate(self, parts: GlobalParts) -> Evaluation:
         self.load(parts)
-        return evaluate(self.runner, self.prefix, self.test)
+        return self.task.evaluate(self.test)
 
     def save(self, parts: GlobalParts, directory: Path) -> None:
         """Write the adapter so ``PeftModel.from_pretrained(backbone, directory)`` loads it (base changes and

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from coordinator.grouping import GroupPlan, plan_groups
 from fedge.wire import DeviceProfile
 from profiles.calibration import Calibration, load_calibration
-from profiles.memory import MemoryBreakdown, TrainingSetup, base_weight_bytes, predict_memory
+from profiles.memory import ACTIVATION_BYTES, MemoryBreakdown, TrainingSetup, base_weight_bytes, predict_memory
 from profiles.model_shape import ModelShape
 from profiles.timing import WIRE_STRATEGIES, device_gflops, predict_prefix_seconds, predict_round_bytes, predict_step_seconds, transfer_seconds
 
@@ -73,6 +73,7 @@ class PlannerOptions:
     rank_profile: str = "legend"  # legend: r, r/2, r/4 by thirds, highest nearest the output; uniform: r everywhere
     groups: int = 0  # HierFedLoRA near-IID groups; 0 = none
     max_group_frequency: int = 4
+    prefix_cache_mib: int = 1024  # the most a device's frozen-prefix cache may hold; the rest is recomputed
 
     def for_model(self, shape: ModelShape) -> PlannerOptions:
         """These options with the target modules resolved for ``shape``; ``ValueError`` if it lacks one of them."""
@@ -91,7 +92,7 @@ class PlannerOptions:
             found.append(f"rank_profile: one of {', '.join(RANK_PROFILES)}")
         if not self.ranks or min(self.ranks) < 1:
             found.append("ranks: positive integers")
-        for key in ("seq_len", "batch_size", "local_steps", "max_group_frequency"):
+        for key in ("seq_len", "batch_size", "local_steps", "max_group_frequency", "prefix_cache_mib"):
             if getattr(self, key) < 1:
                 found.append(f"{key}: must be >= 1")
         if self.max_depth < 0 or self.groups < 0:
@@ -119,7 +120,7 @@ class DevicePlan:
     budget_bytes: int = 0
     available_bytes: int = 0
     step_seconds: float = 0.0
-    setup_seconds: float = 0.0
+    setup_seconds: float = 0.0  # the first round's extra: caching the frozen prefix of the rows it trains on
     round_seconds: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
@@ -220,7 +221,9 @@ class _Device:
         uniform = uniform or self.options.rank_profile == "uniform"
         ranks = (top_rank,) * depth if uniform else rank_profile(depth, top_rank, min(self.options.ranks))
         examples = self.member.num_examples
-        return TrainingSetup(quantization, layers, ranks, self.options.target_modules, batch, self.options.seq_len, self.options.optimizer, checkpointing, examples)
+        row_bytes = self.options.seq_len * self.shape.hidden_size * ACTIVATION_BYTES[quantization]
+        cached = min(examples, max(batch, self.options.prefix_cache_mib * 2**20 // row_bytes))
+        return TrainingSetup(quantization, layers, ranks, self.options.target_modules, batch, self.options.seq_len, self.options.optimizer, checkpointing, cached, examples)
 
     def memory(self, setup: TrainingSetup) -> MemoryBreakdown:
         return predict_memory(self.shape, setup, self.calibration, self.host)
@@ -249,7 +252,7 @@ class _Device:
             budget_bytes=self.budget,
             available_bytes=self.available,
             step_seconds=step,
-            setup_seconds=predict_prefix_seconds(self.shape, setup, device_gflops(profile, setup.quantization), self.calibration),
+            setup_seconds=predict_prefix_seconds(self.shape, setup, min(setup.examples, local_steps * setup.batch_size), device_gflops(profile, setup.quantization), self.calibration),
             round_seconds=local_steps * step + transfer_seconds(up, down, profile),
             bytes_up=up,
             bytes_down=down,

@@ -365,6 +365,7 @@ class Coordinator:
             predicted_step_seconds=plan.step_seconds,
             strategy=self.strategy.name,
             run_seed=self.config.seed,
+            prefix_cache_bytes=plan.memory.cached_prefix,
         )
         state = self._state_for(record, arrays, round_number, final=False)
         downlink = topics.downlink(record.agent_id)

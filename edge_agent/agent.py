@@ -3,6 +3,7 @@
     connect (Last Will: status "offline") -> status "online" -> Hello(profile, data size, label histogram)
     Assignment(round r)  -> remember it
     GlobalState(round r) -> verify + load the backbone once, apply the state, [Evaluation(r-1)], train, send AdapterUpdate(r)
+                            then, while waiting, cache the frozen-prefix states of the rows round r+1 will train on
     GlobalState(final)   -> apply it, [Evaluation(final round)], save the adapter if asked, stop
 
 An agent given evaluation data reports the held-out accuracy of the model it holds after each state it takes.
@@ -13,19 +14,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from edge_agent.memory import available_bytes
-from edge_agent.trainer import StepProgress, TrainResult, train_local
+from edge_agent.trainer import BatchSampler, StepProgress, TrainResult, train_local
 from fedge.adapters import apply_view, attach, galore_groups, restart_lora, upload
 from fedge.strategies import ClientRecipe, StrategyError, recipe_for
-from fedge.task.classifier import EncodedExamples, FrozenPrefix, encode, evaluate, label_token_ids
+from fedge.task.classifier import Classifier, encode, label_token_ids
 from fedge.task.classify import examples_of, task_problems
 from fedge.task.data import Row, label_counts
+from fedge.task.prefix import FrozenPrefix, PrefixCache
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.wire import AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Reject
 from fedge.wire import topics
@@ -37,19 +39,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Session:
-    """A loaded backbone with what the strategy trains on it and the cached frozen-prefix states of the local data."""
+    """A loaded backbone with what the strategy trains on it and the frozen-prefix caches of the local data."""
 
     key: tuple
     lora: LoraSpec
     recipe: ClientRecipe
     model: torch.nn.Module
-    runner: FrozenPrefix
-    data: EncodedExamples
-    prefix: torch.Tensor
+    task: Classifier
+    cache: PrefixCache
+    sampler: BatchSampler
     applied_rounds: set[int]  # rounds whose frozen-weight changes this backbone holds
     loss_scaling: bool = False  # fp16 activations: scale the loss so gradients do not underflow
-    held_out: EncodedExamples | None = None  # evaluation data, when the agent was given some
-    held_out_prefix: torch.Tensor | None = None
+    held_out: PrefixCache | None = None  # evaluation data, when the agent was given some
+    ahead: list[int] = field(default_factory=list)  # rows the next round trains on, still to cache while idle
 
 
 class EdgeAgent:
@@ -84,7 +86,7 @@ class EdgeAgent:
         self._hello()
         try:
             while not self._done:
-                received = self._deferred.popleft() if self._deferred else self.transport.receive(timeout_s=self.heartbeat_s)
+                received = self._next_message()
                 try:
                     if received is None:
                         self._send(Heartbeat(self.agent_id, "idle", time.time()))
@@ -101,6 +103,20 @@ class EdgeAgent:
             except TransportError:
                 pass  # the Last Will says it for us
             self.transport.close()
+
+    def _next_message(self) -> Received | None:
+        """The next message; while rows for the next round wait to be cached, cache a chunk between polls. None
+        after ``heartbeat_s`` with nothing to do."""
+        if self._deferred:
+            return self._deferred.popleft()
+        session = self._session
+        while session is not None and session.ahead:
+            received = self.transport.receive(timeout_s=0)
+            if received is not None:
+                return received
+            chunk, session.ahead = session.ahead[: session.cache.chunk_rows], session.ahead[session.cache.chunk_rows :]
+            session.cache.fill(chunk)
+        return self.transport.receive(timeout_s=self.heartbeat_s)
 
     def _hello(self) -> None:
         self._send(Hello(self.agent_id, self.profile, len(self.data), label_counts(self.data), self._base_version()))
@@ -161,8 +177,8 @@ class EdgeAgent:
             optimizer = session.recipe.optimizer or assignment.optimizer
             groups = galore_groups(session.model, session.lora) if optimizer == "galore" else None
             result = train_local(
-                session.runner, session.prefix, session.data, assignment.local_steps, assignment.batch_size,
-                assignment.learning_rate, assignment.seed, optimizer, groups, session.loss_scaling,
+                session.task, session.cache, session.sampler, assignment.local_steps, assignment.batch_size,
+                assignment.learning_rate, optimizer, groups, session.loss_scaling,
                 on_step=StepProgress(f"{self.agent_id}: round {state.round}", assignment.local_steps),
             )
         except (ValueError, RuntimeError, torch.OutOfMemoryError) as error:
@@ -170,6 +186,8 @@ class EdgeAgent:
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
             return
         self._send_update(assignment, session, result)
+        upcoming = torch.cat(session.sampler.upcoming(assignment.local_steps, assignment.batch_size))
+        session.ahead = session.cache.missing(upcoming)  # cached between messages while the coordinator aggregates
 
     def _memory_shortfall(self, assignment: Assignment) -> str | None:
         """Why the planned peak cannot fit in the memory free now, or None when it fits."""
@@ -186,18 +204,18 @@ class EdgeAgent:
         """Load a received state; refresh the cached prefix when a change reached a layer below the adapter."""
         self._base_changes.update({key: value for key, value in view.items() if ".base_delta." in key})
         lowest = apply_view(session.model, session.lora, view, session.applied_rounds)
-        if lowest is not None and lowest < session.runner.start_layer:
-            session.prefix = session.runner.cache(session.data.input_ids)
-            if session.held_out is not None:
-                session.held_out_prefix = session.runner.cache(session.held_out.input_ids)
+        if lowest is not None and lowest < session.cache.runner.start_layer:
+            for cache in (session.cache, session.held_out):
+                if cache is not None:
+                    cache.clear()
 
     def _report_accuracy(self, session: _Session, run_id: str, round_number: int) -> None:
         """Evaluate the model this device now holds on its evaluation data and tell the coordinator."""
         if session.held_out is None:
             return
-        result = evaluate(session.runner, session.held_out_prefix, session.held_out)
-        self._send(Evaluation(run_id, round_number, self.agent_id, result.accuracy, result.loss, len(session.held_out.labels)))
-        log.info("%s: the model after round %d scores %.3f on %d held-out examples", self.agent_id, round_number, result.accuracy, len(session.held_out.labels))
+        result = session.task.evaluate(session.held_out)
+        self._send(Evaluation(run_id, round_number, self.agent_id, result.accuracy, result.loss, len(session.held_out)))
+        log.info("%s: the model after round %d scores %.3f on %d held-out examples", self.agent_id, round_number, result.accuracy, len(session.held_out))
 
     def _prepare(self, assignment: Assignment) -> _Session:
         spec = assignment.backbone
@@ -219,16 +237,15 @@ class EdgeAgent:
         started = time.perf_counter()
         model, tokenizer = load_backbone(source, spec.quantization, self.device)
         trainable = attach(model, assignment.lora, recipe, assignment.run_seed, assignment.seed)
-        runner = FrozenPrefix(trainable, label_token_ids(tokenizer, task.labels), min(assignment.lora.layers), assignment.gradient_checkpointing)
+        runner = FrozenPrefix(trainable, min(assignment.lora.layers), assignment.gradient_checkpointing)
         applied: set[int] = set()
         apply_view(trainable, assignment.lora, self._base_changes, applied)  # a rebuilt backbone gets every change back
-        data = encode(tokenizer, examples, task).to(self.device)
-        prefix = runner.cache(data.input_ids)
-        held_out = encode(tokenizer, held_out_examples, task).to(self.device) if held_out_examples else None
-        held_out_prefix = runner.cache(held_out.input_ids) if held_out is not None else None
-        log.info("%s: backbone %s (%s, %s) ready, %d examples cached below layer %d in %.1f s", self.agent_id, source.name, spec.quantization, assignment.strategy, len(self.data), runner.start_layer, time.perf_counter() - started)
+        cache = runner.cache(encode(tokenizer, examples, task).to(self.device), assignment.prefix_cache_bytes or None)
+        held_out = runner.cache(encode(tokenizer, held_out_examples, task).to(self.device)) if held_out_examples else None
+        log.info("%s: backbone %s (%s, %s) ready in %.1f s; %d examples, split below layer %d", self.agent_id, source.name, spec.quantization, assignment.strategy, time.perf_counter() - started, len(self.data), runner.start_layer)
         loss_scaling = needs_loss_scaling(spec.quantization, self.device)
-        self._session = _Session(key, assignment.lora, recipe, trainable, runner, data, prefix, applied, loss_scaling, held_out, held_out_prefix)
+        sampler = BatchSampler(len(examples), assignment.run_seed)
+        self._session = _Session(key, assignment.lora, recipe, trainable, Classifier(runner, label_token_ids(tokenizer, task.labels)), cache, sampler, applied, loss_scaling, held_out)
         return self._session
 
     def _send_update(self, assignment: Assignment, session: _Session, result: TrainResult) -> None:
@@ -239,6 +256,8 @@ class EdgeAgent:
             "peak_memory_bytes": float(result.peak_memory_bytes),
             "base_version": float(self._base_version()),
             "skipped_steps": float(result.skipped_steps),
+            "prefix_seconds": result.prefix_seconds,
+            "prefix_rows": float(result.prefix_rows),
         }
         tensors = upload(session.model, session.lora, session.recipe)
         update = AdapterUpdate(assignment.run_id, assignment.round, self.agent_id, len(self.data), metrics, tensors)

@@ -1,18 +1,24 @@
-"""Local LoRA training on cached frozen-prefix states: a plain loop over random mini-batches."""
+"""Local LoRA training on cached frozen-prefix states: a plain loop over shuffled mini-batches.
+
+``BatchSampler`` deals the local rows in a shuffled order that carries on across rounds (every row once per epoch,
+reshuffled each epoch), so the rows the next round will train on are known ahead and can be cached while the agent
+waits for the coordinator.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from galore_torch import GaLoreAdamW
 
 from edge_agent.memory import peak_bytes, reset_peak
-from fedge.task.classifier import EncodedExamples, FrozenPrefix
+from fedge.task.prefix import PrefixCache
 
 OPTIMIZERS = ("adamw", "sgd", "galore")
 log = logging.getLogger(__name__)
@@ -26,47 +32,96 @@ class TrainResult:
     peak_memory_bytes: int
     loss_scale: float = 1.0  # the loss scale after the last step (1 without loss scaling)
     skipped_steps: int = 0  # steps loss scaling skipped because a gradient overflowed
+    prefix_seconds: float = 0.0  # time spent caching frozen-prefix states of rows not cached before
+    prefix_rows: int = 0  # how many rows that was
+
+
+class TaskModel(Protocol):
+    """What the trainer needs of a task: the model it trains and the loss of some rows of a cached dataset."""
+
+    model: torch.nn.Module
+
+    def loss(self, cache: PrefixCache, rows: torch.Tensor) -> torch.Tensor: ...
+
+
+class BatchSampler:
+    """Row indices of an ``n``-row dataset in shuffled epochs, dealt batch by batch across calls; a batch never spans
+    two epochs (an epoch's last rows that do not fill a batch are left for the next shuffle)."""
+
+    def __init__(self, n: int, seed: int):
+        if n < 1:
+            raise ValueError("no rows to sample")
+        self.n = n
+        self._generator = torch.Generator().manual_seed(seed)
+        self._epochs: deque[torch.Tensor] = deque()
+        self._next = 0
+
+    def upcoming(self, batches: int, batch_size: int) -> list[torch.Tensor]:
+        """The next ``batches`` batches ``take`` will deal, without dealing them (for caching ahead of need)."""
+        size = min(batch_size, self.n)
+        epoch, position, out = 0, self._next, []
+        for _ in range(batches):
+            if position + size > self.n:
+                epoch, position = epoch + 1, 0
+            out.append(self._epoch(epoch)[position : position + size])
+            position += size
+        return out
+
+    def take(self, batch_size: int) -> torch.Tensor:
+        rows = self.upcoming(1, batch_size)[0]
+        if self._next + len(rows) > self.n:
+            self._epochs.popleft()
+            self._next = 0
+        self._next += len(rows)
+        return rows
+
+    def _epoch(self, index: int) -> torch.Tensor:
+        while len(self._epochs) <= index:
+            self._epochs.append(torch.randperm(self.n, generator=self._generator))
+        return self._epochs[index]
 
 
 def train_local(
-    runner: FrozenPrefix,
-    prefix: torch.Tensor,
-    data: EncodedExamples,
+    task: TaskModel,
+    cache: PrefixCache,
+    sampler: BatchSampler,
     steps: int,
     batch_size: int,
     learning_rate: float,
-    seed: int,
     optimizer: str = "adamw",
     galore_groups: list[dict] | None = None,
     loss_scaling: bool = False,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """``steps`` optimizer steps (AdamW, plain SGD, or GaLore-AdamW over ``galore_groups``) over random batches of
-    the local data; returns the mean loss, the time per step and the peak memory of the training alone.
+    """``steps`` optimizer steps (AdamW, plain SGD, or GaLore-AdamW over ``galore_groups``) over the sampler's next
+    batches of the cached data; rows not cached yet are cached first. Returns the mean loss, the time per step and
+    the peak memory of the training alone, and the time caching took.
     ``on_step(step, loss)`` is called after every step (e.g. a ``StepProgress``).
 
     With ``loss_scaling`` (fp16 activations) the loss is scaled up before backward so small gradients do not
     underflow, and a step whose gradients overflowed is skipped while the scale backs off (``torch.amp.GradScaler``);
     the trained parameters themselves must be fp32 (peft's LoRA factors are)."""
-    model = runner.model
+    model = task.model
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
     if loss_scaling and any(p.dtype != torch.float32 for p in params):
         raise ValueError("loss scaling needs fp32 trainable parameters; train a 16-bit base's weights from an fp32 base")
     step_rule = make_optimizer(optimizer, params, learning_rate, galore_groups)
-    scaler = torch.amp.GradScaler(prefix.device.type, enabled=loss_scaling)
-    generator = torch.Generator().manual_seed(seed)
-    device = str(prefix.device)
+    device = str(params[0].device)
+    scaler = torch.amp.GradScaler(params[0].device.type, enabled=loss_scaling)
+    batches = [sampler.take(batch_size) for _ in range(steps)]
+    started = time.perf_counter()
+    newly_cached = len(cache.missing(torch.cat(batches)))
+    cache.fill(torch.cat(batches))  # the rows this call trains on that no earlier call (or prefetch) cached
+    prefix_seconds = time.perf_counter() - started
     reset_peak(device)
     model.train()
     losses = []
     skipped, galore_checked = 0, False
     started = time.perf_counter()
-    for _ in range(steps):
-        rows = torch.randperm(len(prefix), generator=generator)[:batch_size]
-        logits = runner.label_logits(prefix[rows], data.lengths[rows])
-        loss = F.cross_entropy(logits.float(), data.labels[rows].to(logits.device))
+    for rows in batches:
+        loss = task.loss(cache, rows)
         step_rule.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scale = scaler.get_scale()
@@ -89,6 +144,8 @@ def train_local(
         peak_memory_bytes=peak_bytes(device),
         loss_scale=scaler.get_scale() if loss_scaling else 1.0,
         skipped_steps=skipped,
+        prefix_seconds=prefix_seconds,
+        prefix_rows=newly_cached,
     )
 
 

@@ -99,21 +99,21 @@ def prepare(settings: DemoSettings, broker_url: str) -> tuple[Path, list[tuple[s
 
 def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, plan: Pin, scaling: float, console: Console) -> list[float]:
     """LoRA on the pooled data with the same number of steps as the federation; accuracy after each 'round'."""
-    from edge_agent.trainer import train_local
-    from fedge.task.classifier import encode, evaluate, lora_classifier
+    from edge_agent.trainer import BatchSampler, train_local
+    from fedge.task.classifier import encode, lora_classifier
     from fedge.task.classify import examples_of
     from fedge.task.data import read_rows
     from quantization.backbone import load_backbone
 
     model, tokenizer = load_backbone(locate_backbone(DEFAULT_BACKBONE))
     layers = list(range(model.config.num_hidden_layers - plan.depth, model.config.num_hidden_layers))
-    runner = lora_classifier(model, tokenizer, uniform_spec(plan.rank, scaling, load_model_shape(DEFAULT_BACKBONE).default_targets, layers), WORDNET_TASK.labels, settings.seed)
-    train, held_out = (encode(tokenizer, examples_of(read_rows(path), WORDNET_TASK, str(path)), WORDNET_TASK) for path in (pooled, test))
-    train_prefix, test_prefix = runner.cache(train.input_ids), runner.cache(held_out.input_ids)
+    classifier = lora_classifier(model, tokenizer, uniform_spec(plan.rank, scaling, load_model_shape(DEFAULT_BACKBONE).default_targets, layers), WORDNET_TASK.labels, settings.seed)
+    train, held_out = (classifier.runner.cache(encode(tokenizer, examples_of(read_rows(path), WORDNET_TASK, str(path)), WORDNET_TASK)) for path in (pooled, test))
+    sampler = BatchSampler(len(train), settings.seed)
     accuracies = []
     for round_number in range(1, settings.rounds + 1):
-        train_local(runner, train_prefix, train, settings.local_steps, settings.batch_size, settings.learning_rate, settings.seed + round_number)
-        accuracies.append(evaluate(runner, test_prefix, held_out).accuracy)
+        train_local(classifier, train, sampler, settings.local_steps, settings.batch_size, settings.learning_rate)
+        accuracies.append(classifier.evaluate(held_out).accuracy)
         console.print(f"centralised round {round_number}: accuracy {accuracies[-1]:.3f}")
     return accuracies
 

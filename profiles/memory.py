@@ -13,8 +13,10 @@
   checkpointed training, whose recomputation allocates in a different pattern. fedge runs attention through
   PyTorch's sdpa kernels, which never store the s×s score matrix, so there is no quadratic term. With gradient
   checkpointing only each trained layer's input is kept, plus one layer's activations while it is recomputed.
-* **Cached prefix**: the trainer runs the frozen layers below the adapter once and keeps their output for every
-  local example (examples × seq × hidden).
+* **Cached prefix**: the trainer runs the frozen layers below the adapter once per example, the first time a round
+  trains on it, and keeps the output of at most ``cached_examples`` examples (× seq × hidden); the planner bounds
+  that number (``PlannerOptions.prefix_cache_mib``), and examples beyond it are recomputed per step
+  (``profiles.timing``).
 * **Overhead**: the process and runtime (Python, torch, transformers; the CUDA context), calibrated per backend,
   plus what bitsandbytes adds on a 4/8-bit base (its kernels and dequantisation buffers; ~220 MiB on CPU).
   On unified memory (Jetson) the host process and the CUDA context share one pool, so both count.
@@ -46,11 +48,17 @@ class TrainingSetup:
     seq_len: int
     optimizer: str = "adamw"
     gradient_checkpointing: bool = False
-    cached_examples: int = 0
+    cached_examples: int = 0  # examples whose frozen-prefix states the cache keeps
+    examples: int = 0  # the device's local examples (more than ``cached_examples``: the rest are recomputed)
 
     @property
     def depth(self) -> int:
         return len(self.layers)
+
+    @property
+    def uncached_fraction(self) -> float:
+        """The share of examples the cache cannot keep, whose prefix is recomputed whenever a step trains on them."""
+        return max(0.0, 1.0 - self.cached_examples / self.examples) if self.examples else 0.0
 
 
 @dataclass(frozen=True)

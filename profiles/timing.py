@@ -1,7 +1,9 @@
 """Step time and bytes per round, predicted from the model's shape, the device's throughput and the wire format.
 
-Time: a training step runs the trained top-D layers forward and backward (the frozen layers below them run once
-per session, when the trainer caches their output: ``prefix_flops``). Forward costs 2 FLOPs per weight per token
+Time: a training step runs the trained top-D layers forward and backward. The frozen layers below them run once
+per example, the first time a round trains on it (``prefix_flops``): a first round caches the rows it trains on,
+and the agent caches the next round's rows while it waits for the coordinator, so later rounds find them cached.
+Examples beyond the cache's bound are recomputed in every step that draws them. Forward costs 2 FLOPs per weight per token
 in the linear layers plus causal attention (2·s·q_dim per token); the backward through frozen weights needs only
 the input gradients, one forward's worth again, with attention's backward at twice its forward; LoRA adds
 2·r·(out+in) per token forward and twice that backward. Gradient checkpointing runs the forward once more. The
@@ -32,20 +34,20 @@ def _layer_flops_per_token(shape: ModelShape, seq_len: int, rank: int, target_mo
 
 
 def step_flops(shape: ModelShape, setup: TrainingSetup) -> float:
-    """FLOPs of one optimizer step over the trained layers (the prefix below them is cached)."""
+    """FLOPs of one optimizer step over the trained layers, plus the prefix of the rows the cache cannot keep."""
     total = 0.0
     for rank in setup.ranks:
         linear, attention, lora = _layer_flops_per_token(shape, setup.seq_len, rank, setup.target_modules)
         forward = linear + attention + lora
         backward = linear + 2 * attention + 2 * lora  # input gradients only through the frozen weights
         total += forward * (2 if setup.gradient_checkpointing else 1) + backward
-    return setup.batch_size * setup.seq_len * total
+    return setup.batch_size * setup.seq_len * total + prefix_flops(shape, setup, setup.batch_size * setup.uncached_fraction)
 
 
-def prefix_flops(shape: ModelShape, setup: TrainingSetup) -> float:
-    """FLOPs of caching the frozen layers below the adapter for every local example (once per session)."""
+def prefix_flops(shape: ModelShape, setup: TrainingSetup, rows: float) -> float:
+    """FLOPs of running the frozen layers below the adapter for ``rows`` examples."""
     linear, attention, _ = _layer_flops_per_token(shape, setup.seq_len, 0, ())
-    return setup.cached_examples * setup.seq_len * min(setup.layers) * (linear + attention)
+    return rows * setup.seq_len * min(setup.layers) * (linear + attention)
 
 
 def device_gflops(profile: DeviceProfile, quantization: str) -> float:
@@ -62,8 +64,9 @@ def predict_step_seconds(shape: ModelShape, setup: TrainingSetup, gflops: float,
     return step_flops(shape, setup) / (gflops * 1e9 * efficiency) + calibration.per_layer_seconds * setup.depth
 
 
-def predict_prefix_seconds(shape: ModelShape, setup: TrainingSetup, gflops: float, calibration: Calibration) -> float:
-    return prefix_flops(shape, setup) / (gflops * 1e9 * calibration.efficiency(setup.quantization))
+def predict_prefix_seconds(shape: ModelShape, setup: TrainingSetup, rows: float, gflops: float, calibration: Calibration) -> float:
+    """Time to cache the frozen prefix of ``rows`` examples (a first round: the rows it trains on)."""
+    return prefix_flops(shape, setup, rows) / (gflops * 1e9 * calibration.efficiency(setup.quantization))
 
 
 # --- bytes on the wire -------------------------------------------------------------------------------------------

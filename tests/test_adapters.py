@@ -6,11 +6,12 @@ import pytest
 import torch
 from galore_torch import GaLoreAdamW
 
-from edge_agent.trainer import check_galore_active, make_optimizer, train_local
+from edge_agent.trainer import BatchSampler, check_galore_active, make_optimizer, train_local
 from fedge.adapters import apply_view, attach, galore_groups, lora_layers, restart_lora, upload
 from fedge.strategies import recipe_for
 from fedge.strategies.base import delta_key, shared_lora_a
-from fedge.task.classifier import FrozenPrefix, encode, label_token_ids
+from fedge.task.classifier import Classifier, encode, label_token_ids
+from fedge.task.prefix import FrozenPrefix
 from fedge.task.data import Example
 from fedge.task.wordnet import LABELS, WORDNET_TASK
 from fedge.wire import LoraSpec
@@ -24,10 +25,10 @@ def _load(backbone, quantization="fp32"):
     return load_backbone(locate_backbone(str(backbone)), quantization)
 
 
-def _train(model, tokenizer, spec, optimizer="adamw", groups=None):
-    runner = FrozenPrefix(model, label_token_ids(tokenizer, LABELS), min(spec.layers))
-    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
-    return train_local(runner, runner.cache(data.input_ids), data, 3, 4, 1e-2, 0, optimizer, groups)
+def _train(model, tokenizer, spec, optimizer="adamw", groups=None, steps=3, loss_scaling=False):
+    classifier = Classifier(FrozenPrefix(model, min(spec.layers)), label_token_ids(tokenizer, LABELS))
+    cache = classifier.runner.cache(encode(tokenizer, EXAMPLES, WORDNET_TASK))
+    return train_local(classifier, cache, BatchSampler(len(cache), 0), steps, 4, 1e-2, optimizer, groups, loss_scaling)
 
 
 def test_tri_factor_adapter_computes_s_b_c_a_and_sends_only_cores(tiny_backbone):
@@ -124,9 +125,7 @@ def test_fp16_base_trains_with_loss_scaling_and_fp32_adapter(tiny_backbone):
     peft_model = attach(model, SPEC, recipe_for("fedit"), run_seed=0, seed=0)
     trainable = {name: p.detach().clone() for name, p in peft_model.named_parameters() if p.requires_grad}
     assert all(p.dtype == torch.float32 for p in trainable.values())  # peft keeps LoRA factors in fp32
-    runner = FrozenPrefix(peft_model, label_token_ids(tokenizer, LABELS), min(SPEC.layers))
-    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
-    result = train_local(runner, runner.cache(data.input_ids), data, 6, 4, 1e-2, 0, loss_scaling=True)
+    result = _train(peft_model, tokenizer, SPEC, steps=6, loss_scaling=True)
     assert result.loss_scale > 1 and result.skipped_steps < 6 and np.isfinite(result.loss)
     after = dict(peft_model.named_parameters())
     assert any(not torch.equal(after[name], before) for name, before in trainable.items())
@@ -135,10 +134,8 @@ def test_fp16_base_trains_with_loss_scaling_and_fp32_adapter(tiny_backbone):
 def test_loss_scaling_refuses_16_bit_trainable_weights(tiny_backbone):
     model, tokenizer = _load(tiny_backbone, "fp16")
     plain = attach(model, SPEC, recipe_for("full"), run_seed=0, seed=0)
-    runner = FrozenPrefix(plain, label_token_ids(tokenizer, LABELS), min(SPEC.layers))
-    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
     with pytest.raises(ValueError, match="fp32 trainable parameters"):
-        train_local(runner, runner.cache(data.input_ids), data, 1, 4, 1e-2, 0, loss_scaling=True)
+        _train(plain, tokenizer, SPEC, steps=1, loss_scaling=True)
 
 
 @pytest.mark.parametrize(

@@ -6,11 +6,12 @@ import torch
 from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
 from coordinator.planner import FleetMember, PlannerOptions, plan_fleet
-from edge_agent.trainer import train_local
+from edge_agent.trainer import BatchSampler, train_local
 from fedge.adapters import apply_view, attach, upload
 from fedge.lora import adapter_arrays, parse_adapter_key
 from fedge.strategies import recipe_for
-from fedge.task.classifier import EncodedExamples, FrozenPrefix
+from fedge.task.classifier import Classifier, EncodedExamples
+from fedge.task.prefix import FrozenPrefix
 from fedge.wire import LoraSpec
 from profiles import load_catalogue_profile
 from profiles.architecture import UnsupportedModel, family_of
@@ -63,8 +64,8 @@ def test_the_frozen_prefix_split_is_exact(family_model):
     batch = _batch()
     with torch.no_grad():
         full = model(batch.input_ids).logits[torch.arange(6), batch.lengths - 1][:, LABELS]
-        runner = FrozenPrefix(model, LABELS, start_layer=2)
-        split = runner.label_logits(runner.cache(batch.input_ids), batch.lengths)
+        classifier = Classifier(FrozenPrefix(model, start_layer=2), LABELS)
+        split = classifier.logits(classifier.runner.cache(batch), torch.arange(6))
     torch.testing.assert_close(split, full, rtol=1e-4, atol=1e-5)
 
 
@@ -75,9 +76,9 @@ def test_lora_on_the_family_default_targets_trains_and_travels(family_model):
     peft_model = attach(model, spec, recipe_for("hetlora"), run_seed=0, seed=0)
     before = adapter_arrays(peft_model)
     assert before and {parse_adapter_key(key)[0] for key in before} == {2, 3}
-    runner = FrozenPrefix(peft_model, LABELS, start_layer=2)
+    classifier = Classifier(FrozenPrefix(peft_model, start_layer=2), LABELS)
     batch = _batch()
-    result = train_local(runner, runner.cache(batch.input_ids), batch, steps=3, batch_size=4, learning_rate=1e-2, seed=0)
+    result = train_local(classifier, classifier.runner.cache(batch), BatchSampler(6, 0), steps=3, batch_size=4, learning_rate=1e-2)
     assert result.steps == 3
     sent = upload(peft_model, spec, recipe_for("hetlora"))
     assert set(sent) == set(before) and any((sent[key] != before[key].astype(sent[key].dtype)).any() for key in sent)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from edge_agent.trainer import StepProgress, train_local
+from edge_agent.trainer import BatchSampler, StepProgress, train_local
 from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays, parse_adapter_key, uniform_spec
 from fedge.wire import LoraSpec
-from fedge.task.classifier import FrozenPrefix, encode, evaluate, label_token_ids
+from fedge.task.classifier import Classifier, encode, label_token_ids
+from fedge.task.prefix import FrozenPrefix
 from fedge.task.data import Example
 from fedge.task.wordnet import LABELS, WORDNET_TASK
 from quantization.backbone import load_backbone, locate_backbone
@@ -66,8 +67,11 @@ def test_cached_prefix_gives_the_full_forward_logits(tiny):
     with torch.no_grad():
         full = model(data.input_ids).logits[torch.arange(len(EXAMPLES)), data.lengths - 1][:, labels]
         for start in (1, 3):
-            runner = FrozenPrefix(model, labels, start)
-            np.testing.assert_allclose(runner.label_logits(runner.cache(data.input_ids), data.lengths), full, atol=1e-5)
+            classifier = Classifier(FrozenPrefix(model, start), labels)
+            cache = classifier.runner.cache(data)
+            np.testing.assert_allclose(classifier.logits(cache, torch.arange(len(EXAMPLES))), full, atol=1e-5)
+            shuffled = torch.tensor([5, 0, 11, 3])  # rows of other lengths padded together, cached in another order
+            np.testing.assert_allclose(classifier.logits(cache, shuffled), full[shuffled], atol=1e-5)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny):
@@ -78,9 +82,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
         torch.nn.init.normal_(param)  # B = 0 would make every gradient but B's zero
     grads = []
     for checkpointing in (False, True):
-        runner = FrozenPrefix(peft_model, label_token_ids(tokenizer, LABELS), 2, gradient_checkpointing=checkpointing)
+        classifier = Classifier(FrozenPrefix(peft_model, 2, gradient_checkpointing=checkpointing), label_token_ids(tokenizer, LABELS))
         peft_model.zero_grad()
-        runner.label_logits(runner.cache(data.input_ids), data.lengths).sum().backward()
+        classifier.logits(classifier.runner.cache(data), torch.arange(len(EXAMPLES))).sum().backward()
         grads.append({n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6)
@@ -90,12 +94,11 @@ def test_optimizer_steps_touch_only_the_adapter(tiny):
     model, tokenizer = tiny
     frozen_before = {name: p.clone() for name, p in model.named_parameters()}
     peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]))
-    runner = FrozenPrefix(peft_model, label_token_ids(tokenizer, LABELS), 2)
-    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
-    prefix = runner.cache(data.input_ids)
-    before = evaluate(runner, prefix, data).loss
-    result = train_local(runner, prefix, data, steps=30, batch_size=12, learning_rate=1e-2, seed=0)
-    assert evaluate(runner, prefix, data).loss < before
+    classifier = Classifier(FrozenPrefix(peft_model, 2), label_token_ids(tokenizer, LABELS))
+    cache = classifier.runner.cache(encode(tokenizer, EXAMPLES, WORDNET_TASK))
+    before = classifier.evaluate(cache).loss
+    result = train_local(classifier, cache, BatchSampler(len(cache), 0), steps=30, batch_size=12, learning_rate=1e-2)
+    assert classifier.evaluate(cache).loss < before
     assert result.steps == 30 and result.peak_memory_bytes > 0
     for name, param in peft_model.get_base_model().named_parameters():
         if "lora_" not in name:
@@ -105,12 +108,12 @@ def test_optimizer_steps_touch_only_the_adapter(tiny):
 def test_training_progress_is_logged_at_first_and_last_step_and_on_a_clock(tiny, caplog):
     model, tokenizer = tiny
     peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]))
-    runner = FrozenPrefix(peft_model, label_token_ids(tokenizer, LABELS), 2)
-    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
+    classifier = Classifier(FrozenPrefix(peft_model, 2), label_token_ids(tokenizer, LABELS))
+    cache = classifier.runner.cache(encode(tokenizer, EXAMPLES, WORDNET_TASK))
     seen = []
     with caplog.at_level(logging.INFO, logger="edge_agent.trainer"):
         progress = StepProgress("a1: round 3", 5, every_s=3600)
-        train_local(runner, runner.cache(data.input_ids), data, 5, 4, 1e-2, 0, on_step=lambda step, loss: (seen.append(step), progress(step, loss)))
+        train_local(classifier, cache, BatchSampler(len(cache), 0), 5, 4, 1e-2, on_step=lambda step, loss: (seen.append(step), progress(step, loss)))
     assert seen == [1, 2, 3, 4, 5]
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) == 2 and lines[0].startswith("a1: round 3: step 1/5, loss ") and lines[1].startswith("a1: round 3: step 5/5")
@@ -125,3 +128,45 @@ def test_adapter_arrays_are_snapshots_not_views_of_the_live_adapter(tiny):
             if param.requires_grad:
                 param.add_(1.0)
     assert all(not np.array_equal(snapshot[key], value) for key, value in adapter_arrays(peft_model).items())
+
+
+def test_the_sampler_deals_every_row_once_per_epoch_and_says_ahead_what_comes():
+    sampler = BatchSampler(10, seed=3)
+    ahead = sampler.upcoming(5, 4)
+    dealt = [sampler.take(4) for _ in range(5)]
+    assert all(torch.equal(a, b) for a, b in zip(ahead, dealt))
+    # 10 rows in batches of 4: each epoch deals 8 distinct rows and leaves its last 2 for the next shuffle
+    first_epoch = torch.cat(dealt[:2]).tolist()
+    assert len(set(first_epoch)) == 8 and all(len(set(batch.tolist())) == 4 for batch in dealt)
+    assert sorted(sampler.take(50).tolist()) == list(range(10))  # a batch larger than the data is the data
+
+
+def test_the_prefix_cache_computes_rows_once_and_recomputes_beyond_its_bound(tiny):
+    model, tokenizer = tiny
+    data = encode(tokenizer, EXAMPLES, WORDNET_TASK)
+    classifier = Classifier(FrozenPrefix(model, 2), label_token_ids(tokenizer, LABELS))
+    unbounded = classifier.runner.cache(data)
+    rows = torch.tensor([0, 1, 2, 0])
+    expected = classifier.logits(unbounded, rows)
+    classifier.logits(unbounded, rows)
+    assert unbounded.computed_rows == 3 and unbounded.cached_rows == 3
+    row_bytes = unbounded.bytes // 3
+    bounded = classifier.runner.cache(data, max_bytes=row_bytes)  # room for one row
+    torch.testing.assert_close(classifier.logits(bounded, rows), expected)
+    classifier.logits(bounded, rows)
+    assert bounded.cached_rows == 1 and bounded.bytes <= row_bytes and bounded.computed_rows == 3 + 2
+    unbounded.clear()
+    assert unbounded.cached_rows == 0 and unbounded.bytes == 0
+
+
+def test_training_caches_only_the_rows_it_trains_on(tiny):
+    model, tokenizer = tiny
+    peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]))
+    classifier = Classifier(FrozenPrefix(peft_model, 2), label_token_ids(tokenizer, LABELS))
+    cache = classifier.runner.cache(encode(tokenizer, EXAMPLES, WORDNET_TASK))
+    sampler = BatchSampler(len(cache), 0)
+    first = train_local(classifier, cache, sampler, steps=1, batch_size=4, learning_rate=1e-2)
+    assert first.prefix_rows == 4 and cache.cached_rows == 4 and first.prefix_seconds > 0
+    cache.fill(torch.cat(sampler.upcoming(2, 4)))  # what the agent does while it waits for the next round
+    second = train_local(classifier, cache, sampler, steps=2, batch_size=4, learning_rate=1e-2)
+    assert second.prefix_rows == 0 and cache.cached_rows == 12

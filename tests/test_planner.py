@@ -141,3 +141,16 @@ def test_a_cpu_whose_memory_needs_it_gets_a_4_bit_base_costed_with_the_bitsandby
     from profiles.calibration import load_calibration
 
     assert pi.memory.overhead == load_calibration("cpu").overhead_bytes + load_calibration("cpu").bitsandbytes_overhead_bytes > 0
+
+
+def test_the_first_round_costs_caching_the_rows_it_trains_on_and_the_cache_is_bounded():
+    shape = load_model_shape("smollm2-135m-instruct")
+    options = PlannerOptions(max_depth=4, local_steps=10, batch_size=16)
+    small, large = (plan_fleet(_fleet("cpu-16gb", examples=n), shape, options).feasible()[0] for n in (400, 40_000))
+    # the first round caches the rows it trains on (10 steps × 16), whatever the dataset's size
+    assert small.setup_seconds == pytest.approx(large.setup_seconds) and small.setup_seconds > 0
+    assert small.memory.cached_prefix == 400 * 48 * shape.hidden_size * 4
+    bounded = plan_fleet(_fleet("cpu-16gb", examples=40_000), shape, replace(options, prefix_cache_mib=64)).feasible()[0]
+    assert bounded.memory.cached_prefix <= 64 * 2**20
+    assert bounded.step_seconds > small.step_seconds  # rows the cache cannot keep are recomputed in the step
+    assert PlannerOptions(prefix_cache_mib=0).problems() == ["prefix_cache_mib: must be >= 1"]

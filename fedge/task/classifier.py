@@ -1,12 +1,8 @@
 """Classification with a causal LM: score each label after the task's prompt.
 
 The logits come from the final hidden state at the prompt's last token, multiplied by the (frozen) output
-embeddings of the label words only, so the 49k-row vocabulary projection is never computed.
-
-LoRA sits only on the top D layers, so everything below the lowest adapted layer is frozen and deterministic:
-``FrozenPrefix`` runs those layers once per example and caches their output, and every training step or
-evaluation afterwards runs only the adapted top of the network. This is exact, not an approximation, and it is what
-makes a 30-layer model trainable on two CPU cores in minutes.
+embeddings of the label words only, so the 49k-row vocabulary projection is never computed. Only the adapted top
+of the network runs per step; the frozen bottom's output comes from a ``PrefixCache`` (``fedge.task.prefix``).
 """
 
 from __future__ import annotations
@@ -16,9 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fedge.decoder import decoder_parts
 from fedge.lora import build_lora_model
 from fedge.task.data import Example
+from fedge.task.prefix import EncodedRows, FrozenPrefix, PrefixCache
 from fedge.wire import LoraSpec, TaskSpec
 
 
@@ -32,10 +28,8 @@ def label_token_ids(tokenizer, labels: tuple[str, ...]) -> list[int]:
 
 
 @dataclass
-class EncodedExamples:
-    input_ids: torch.Tensor  # (n, t) right-padded
-    lengths: torch.Tensor  # (n,)
-    labels: torch.Tensor  # (n,)
+class EncodedExamples(EncodedRows):
+    labels: torch.Tensor  # (n,) class indices
 
     def to(self, device: str | torch.device) -> EncodedExamples:
         return EncodedExamples(self.input_ids.to(device), self.lengths.to(device), self.labels.to(device))
@@ -55,55 +49,60 @@ def encode(tokenizer, examples: list[Example], task: TaskSpec) -> EncodedExample
         if len(row) > task.max_tokens:
             row = head_ids + tokenizer.encode(example.text, add_special_tokens=False)[:room] + tail_ids
         rows.append(row)
-    width = max(len(row) for row in rows)
+    input_ids, lengths = pad_rows(rows, tokenizer)
+    return EncodedExamples(input_ids, lengths, torch.tensor([example.label for example in examples]))
+
+
+def pad_rows(rows: list[list[int]], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids right-padded with the tokenizer's pad token, lengths)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    input_ids = torch.full((len(rows), max(len(row) for row in rows)), pad, dtype=torch.long)
     for index, row in enumerate(rows):
         input_ids[index, : len(row)] = torch.tensor(row)
-    return EncodedExamples(
-        input_ids=input_ids,
-        lengths=torch.tensor([len(row) for row in rows]),
-        labels=torch.tensor([example.label for example in examples]),
-    )
+    return input_ids, torch.tensor([len(row) for row in rows])
 
 
-class FrozenPrefix:
-    """Runs a causal LM's decoder split at ``start_layer``: a cached frozen bottom and a trainable top."""
+class Classifier:
+    """Scores each label by the logit of its token after the prompt, from the adapted top of a split model."""
 
-    def __init__(self, model, label_ids: list[int], start_layer: int, gradient_checkpointing: bool = False):
-        self.model = model
-        self.gradient_checkpointing = gradient_checkpointing
-        self.decoder = decoder_parts(model)
-        self.start_layer = start_layer
-        self.label_ids = torch.tensor(label_ids, device=self.decoder.output.weight.device)
-        self.num_layers = len(self.decoder.layers)
-        if not 0 <= start_layer < self.num_layers:
-            raise ValueError(f"start_layer {start_layer} outside 0..{self.num_layers - 1}")
+    def __init__(self, runner: FrozenPrefix, label_ids: list[int]):
+        self.runner = runner
+        self.model = runner.model
+        self.label_ids = torch.tensor(label_ids, device=runner.decoder.output.weight.device)
 
-    @torch.no_grad()
-    def cache(self, input_ids: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        """Hidden states entering ``start_layer`` for every row, computed once."""
-        parts = []
-        for begin in range(0, len(input_ids), batch_size):
-            hidden = self.decoder.embed_tokens(input_ids[begin : begin + batch_size])
-            parts.append(self.decoder.run_layers(hidden, 0, self.start_layer))
-        return torch.cat(parts)
-
-    def label_logits(self, prefix: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(batch, num_labels) logits from cached prefix states, through the adapted top layers."""
-        checkpointed = self.gradient_checkpointing and torch.is_grad_enabled()
-        hidden = self.decoder.run_layers(prefix, self.start_layer, self.num_layers, checkpointed)
-        last = hidden[torch.arange(len(lengths), device=hidden.device), lengths - 1]
-        last = self.decoder.norm(last)
-        output = self.decoder.output
+    def logits(self, cache: PrefixCache, rows: torch.Tensor) -> torch.Tensor:
+        """(len(rows), num_labels) logits: the last token's final state times the label words' output rows only."""
+        hidden = self.runner.top(cache.batch(rows))
+        lengths = cache.data.lengths[rows].to(hidden.device)
+        last = hidden[torch.arange(len(rows), device=hidden.device), lengths - 1]
+        output = self.runner.decoder.output
         logits = last @ output.weight[self.label_ids].T.to(last.dtype)
         return logits if output.bias is None else logits + output.bias[self.label_ids].to(logits.dtype)
 
+    def loss(self, cache: PrefixCache, rows: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(cache, rows)
+        return F.cross_entropy(logits.float(), cache.data.labels[rows].to(logits.device))
 
-def lora_classifier(model, tokenizer, spec: LoraSpec, labels: tuple[str, ...], seed: int, gradient_checkpointing: bool = False) -> FrozenPrefix:
-    """Wrap ``model`` with LoRA per ``spec`` and split it at the lowest adapted layer; ``.model`` is the peft model."""
+    @torch.no_grad()
+    def evaluate(self, cache: PrefixCache, batch_size: int = 64) -> Evaluation:
+        was_training = self.model.training
+        self.model.eval()
+        total_loss, predictions = 0.0, []
+        labels = cache.data.labels
+        for begin in range(0, len(cache), batch_size):
+            rows = torch.arange(begin, min(begin + batch_size, len(cache)))
+            logits = self.logits(cache, rows).float()
+            total_loss += F.cross_entropy(logits, labels[rows].to(logits.device), reduction="sum").item()
+            predictions.append(logits.argmax(-1).cpu())
+        self.model.train(was_training)
+        predicted, truth = torch.cat(predictions), labels.cpu()
+        return Evaluation(accuracy=(predicted == truth).float().mean().item(), loss=total_loss / len(cache), per_class_f1=per_class_f1(predicted, truth, len(self.label_ids)))
+
+
+def lora_classifier(model, tokenizer, spec: LoraSpec, labels: tuple[str, ...], seed: int, gradient_checkpointing: bool = False) -> Classifier:
+    """Wrap ``model`` with LoRA per ``spec``, split it at the lowest adapted layer and score ``labels``."""
     peft_model = build_lora_model(model, spec, seed=seed)
-    return FrozenPrefix(peft_model, label_token_ids(tokenizer, labels), min(spec.layers), gradient_checkpointing)
+    return Classifier(FrozenPrefix(peft_model, min(spec.layers), gradient_checkpointing), label_token_ids(tokenizer, labels))
 
 
 @dataclass(frozen=True)
@@ -115,21 +114,6 @@ class Evaluation:
     @property
     def macro_f1(self) -> float:
         return sum(self.per_class_f1) / len(self.per_class_f1) if self.per_class_f1 else 0.0
-
-
-@torch.no_grad()
-def evaluate(runner: FrozenPrefix, prefix: torch.Tensor, data: EncodedExamples, batch_size: int = 64) -> Evaluation:
-    was_training = runner.model.training
-    runner.model.eval()
-    total_loss, predictions = 0.0, []
-    for begin in range(0, len(prefix), batch_size):
-        rows = slice(begin, begin + batch_size)
-        logits = runner.label_logits(prefix[rows], data.lengths[rows]).float()
-        total_loss += F.cross_entropy(logits, data.labels[rows], reduction="sum").item()
-        predictions.append(logits.argmax(-1))
-    runner.model.train(was_training)
-    predicted, truth = torch.cat(predictions).cpu(), data.labels.cpu()
-    return Evaluation(accuracy=(predicted == truth).float().mean().item(), loss=total_loss / len(prefix), per_class_f1=per_class_f1(predicted, truth, len(runner.label_ids)))
 
 
 def per_class_f1(predicted: torch.Tensor, truth: torch.Tensor, num_classes: int) -> tuple[float, ...]:

@@ -128,6 +128,7 @@ class Assignment:
     predicted_step_seconds: float = 0.0
     strategy: str = "hetlora"  # what to train and send: fedge.strategies.recipe_for(strategy)
     run_seed: int = 0  # shared by every device of the run (e.g. FFA-LoRA's frozen A)
+    prefix_cache_bytes: int = 0  # the most the frozen-prefix cache may hold (0: no bound); rows beyond it are recomputed
     message_id: str = field(default_factory=new_message_id)
 
 
