@@ -37,17 +37,17 @@ def start(description: str) -> tuple[str, bool, Console]:
     return args.backend, args.quick, Console(width=180)
 
 
-def top_setup(quantization: str, ranks: int | tuple[int, ...], depth: int, targets: tuple[str, ...], batch: int, seq: int, optimizer: str = "adamw", checkpointing: bool = False, examples: int = 64) -> TrainingSetup:
+def top_setup(quantization: str, ranks: int | tuple[int, ...], depth: int, targets: tuple[str, ...], batch: int, seq: int, optimizer: str = "adamw", checkpointing: bool = False, examples: int = 64, answer_share: float = 0.0) -> TrainingSetup:
     """A setup adapting the top ``depth`` layers; ``ranks`` is one rank for all, or one per layer from the top."""
     layers = tuple(range(NUM_LAYERS - depth, NUM_LAYERS))
     per_layer = (ranks,) * depth if isinstance(ranks, int) else tuple(reversed(ranks))
-    return TrainingSetup(quantization, layers, per_layer, targets, batch, seq, optimizer, checkpointing, examples)
+    return TrainingSetup(quantization, layers, per_layer, targets, batch, seq, optimizer, checkpointing, examples, answer_share=answer_share)
 
 
 def describe(setup: TrainingSetup) -> str:
     ranks = str(setup.ranks[0]) if len(set(setup.ranks)) == 1 else f"{max(setup.ranks)}→{min(setup.ranks)}"
     targets = "qv" if setup.target_modules == QV else "all" if setup.target_modules == ALL else ",".join(setup.target_modules)
-    extras = (" ckpt" if setup.gradient_checkpointing else "") + (f" {setup.optimizer}" if setup.optimizer != "adamw" else "")
+    extras = (" ckpt" if setup.gradient_checkpointing else "") + (f" {setup.optimizer}" if setup.optimizer != "adamw" else "") + (f" instruct {setup.answer_share:.0%} answer" if setup.answer_share else "")
     return f"{setup.quantization} D{setup.depth} r{ranks} {targets} b{setup.batch_size} s{setup.seq_len} n{setup.cached_examples}{extras}"
 
 
@@ -63,9 +63,12 @@ def _run(setup: TrainingSetup, device: str) -> dict:
     import torch
 
     from edge_agent.trainer import BatchSampler, train_local
-    from fedge.task.classifier import EncodedExamples, lora_classifier
+    from fedge.lora import build_lora_model
+    from fedge.task.classifier import Classifier, EncodedExamples, label_token_ids
+    from fedge.task.instruction import IGNORE, EncodedDialogues, InstructionTuner
+    from fedge.task.prefix import FrozenPrefix
     from fedge.task.wordnet import WORDNET_TASK
-    from fedge.wire import LoraSpec
+    from fedge.wire import LoraSpec, TaskSpec
     from quantization.backbone import BackboneSource, load_backbone, locate_backbone, needs_loss_scaling
     from quantization.package import chunk_bytes_for, package_backbone
 
@@ -73,18 +76,24 @@ def _run(setup: TrainingSetup, device: str) -> dict:
     package = package_backbone(locate_backbone(), setup.quantization, chunk_bytes_for(512))  # what an agent receives
     model, tokenizer = load_backbone(BackboneSource("package", package.directory, package.digest), setup.quantization, device)
     spec = LoraSpec(setup.target_modules, setup.layers, setup.ranks, 2.0)
-    classifier = lora_classifier(model, tokenizer, spec, WORDNET_TASK.labels, seed=0, gradient_checkpointing=setup.gradient_checkpointing)
+    runner = FrozenPrefix(build_lora_model(model, spec, seed=0), min(setup.layers), setup.gradient_checkpointing)
     generator = torch.Generator().manual_seed(0)
     examples = max(setup.cached_examples, setup.batch_size)
-    data = EncodedExamples(
-        input_ids=torch.randint(0, tokenizer.vocab_size, (examples, setup.seq_len), generator=generator),
-        lengths=torch.full((examples,), setup.seq_len),
-        labels=torch.randint(0, 8, (examples,), generator=generator),
-    ).to(device)
-    cache = classifier.runner.cache(data)
+    input_ids = torch.randint(0, tokenizer.vocab_size, (examples, setup.seq_len), generator=generator)
+    lengths = torch.full((examples,), setup.seq_len)
+    if setup.answer_share:  # instruct: the last answer_share of every row is the answer
+        task = InstructionTuner(runner, tokenizer, TaskSpec("instruct", (), "", setup.seq_len, "token_f1", 1, 1))
+        targets = torch.full_like(input_ids, IGNORE)
+        first = setup.seq_len - round(setup.seq_len * setup.answer_share)
+        targets[:, first - 1 : -1] = input_ids[:, first:]
+        data = EncodedDialogues(input_ids, lengths, targets, [], []).to(device)
+    else:
+        task = Classifier(runner, label_token_ids(tokenizer, WORDNET_TASK.labels))
+        data = EncodedExamples(input_ids, lengths, torch.randint(0, 8, (examples,), generator=generator)).to(device)
+    cache = runner.cache(data)
     cache.fill(range(len(data)))  # the whole cache is resident, as the planner counts it
     loss_scaling = needs_loss_scaling(setup.quantization, device)  # as the agent trains
-    result = train_local(classifier, cache, BatchSampler(len(data), 0), STEPS, setup.batch_size, 1e-3, optimizer=setup.optimizer, loss_scaling=loss_scaling)
+    result = train_local(task, cache, BatchSampler(len(data), 0), STEPS, setup.batch_size, 1e-3, optimizer=setup.optimizer, loss_scaling=loss_scaling)
     return {"peak_bytes": result.peak_memory_bytes, "step_seconds": result.seconds_per_step}
 
 

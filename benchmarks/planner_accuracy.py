@@ -35,8 +35,11 @@ ACCURACY_SET = [
     top_setup("bf16", 8, 24, ALL, 2, 32, examples=8),
     top_setup("nf4", (16, 16, 8, 8, 4, 4), 6, QV, 16, 48, examples=128),
     top_setup("nf4", 8, 10, ALL, 8, 64),
+    top_setup("fp32", 8, 4, QV, 8, 128, examples=64, answer_share=0.5),
+    top_setup("fp32", 16, 8, ALL, 16, 256, examples=32, answer_share=0.25),
+    top_setup("nf4", 8, 6, QV, 4, 512, examples=16, answer_share=0.75, checkpointing=True),
 ]
-QUICK_SET = [ACCURACY_SET[0], ACCURACY_SET[-2]]
+QUICK_SET = [ACCURACY_SET[0], ACCURACY_SET[-5], ACCURACY_SET[-3]]
 
 
 def main() -> None:

@@ -10,13 +10,16 @@ import yaml
 from coordinator.fleet import planner_options
 from coordinator.planner import Pin, PlannerOptions
 from fedge.strategies import Strategy, StrategyError, make_strategy
-from fedge.task.classify import task_problems
+from fedge.task import instruct
+from fedge.task.kinds import task_problems
 from fedge.task.wordnet import WORDNET_TASK
 from fedge.wire import TaskSpec
 from quantization.backbone import DEFAULT_BACKBONE, QUANTIZATIONS
 
 _RUN_LEVEL = ("strategy", "target_modules", "batch_size", "local_steps")  # planner options set at the top level
-_TASK_KEYS = {"kind", "labels", "prompt", "max_tokens"}
+_TASK_KEYS = {"kind", "labels", "prompt", "max_tokens", "metric", "eval_samples", "max_new_tokens"}
+_TASK_INTEGERS = ("max_tokens", "eval_samples", "max_new_tokens")
+INSTRUCT_ANSWER_SHARE = 0.5  # the planner's share of answer tokens for instruct unless planner.answer_share says
 
 
 class ConfigError(ValueError):
@@ -57,7 +60,10 @@ class CoordinatorConfig:
 
     def planner_options(self) -> PlannerOptions:
         run_level = {key: getattr(self, key) for key in _RUN_LEVEL}
-        return PlannerOptions(**self.planner, **run_level, seq_len=self.task.max_tokens)
+        task_level = {"seq_len": self.task.max_tokens}
+        if self.task.kind == "instruct" and "answer_share" not in self.planner:
+            task_level["answer_share"] = INSTRUCT_ANSWER_SHARE
+        return PlannerOptions(**self.planner, **run_level, **task_level)
 
     def make_strategy(self) -> Strategy:
         return make_strategy(self.strategy, seed=self.seed, **self.strategy_options)
@@ -115,21 +121,24 @@ class CoordinatorConfig:
 
 
 def _task(raw) -> tuple[TaskSpec, list[str]]:
-    """The ``task:`` mapping as a ``TaskSpec`` (unset keys from the WordNet default), and its problems."""
+    """The ``task:`` mapping as a ``TaskSpec`` and its problems. Unset keys of ``classify`` come from the WordNet
+    default; ``instruct`` defaults to a 256-token budget and token F1 on 32 held-out answers of up to 48 tokens."""
     if not isinstance(raw, dict):
-        return WORDNET_TASK, ["task: expected a mapping (kind, labels, prompt, max_tokens)"]
+        return WORDNET_TASK, ["task: expected a mapping (kind, labels, prompt, max_tokens, ...)"]
     errors = [f"task.{key}: unknown key" for key in sorted(set(raw) - _TASK_KEYS)]
-    labels = raw.get("labels", WORDNET_TASK.labels)
+    kind = raw.get("kind", "classify")
+    if kind == "instruct":
+        defaults = TaskSpec("instruct", (), "", 256, instruct.DEFAULT_METRIC, instruct.DEFAULT_EVAL_SAMPLES, instruct.DEFAULT_MAX_NEW_TOKENS)
+    else:
+        defaults = WORDNET_TASK if kind == "classify" else TaskSpec(str(kind))
+    labels = raw.get("labels", defaults.labels)
     if not isinstance(labels, (list, tuple)) or not all(isinstance(label, str) for label in labels):
         return WORDNET_TASK, errors + ["task.labels: a list of label strings"]
-    spec = TaskSpec(
-        kind=raw.get("kind", "classify"),
-        labels=tuple(labels),
-        prompt=raw.get("prompt", WORDNET_TASK.prompt),
-        max_tokens=raw.get("max_tokens", WORDNET_TASK.max_tokens),
-    )
-    if not isinstance(spec.prompt, str) or not isinstance(spec.max_tokens, int) or isinstance(spec.max_tokens, bool):
-        return WORDNET_TASK, errors + ["task.prompt and task.max_tokens: a string and an integer"]
+    values = {key: raw.get(key, getattr(defaults, key)) for key in ("kind", "prompt", "max_tokens", "metric", "eval_samples", "max_new_tokens")}
+    wrong = [key for key, value in values.items() if not isinstance(value, int if key in _TASK_INTEGERS else str) or isinstance(value, bool)]
+    if wrong:
+        return WORDNET_TASK, errors + [f"task.{key}: expected {'an integer' if key in _TASK_INTEGERS else 'a string'}" for key in wrong]
+    spec = TaskSpec(labels=tuple(labels), **values)
     return spec, errors + task_problems(spec)
 
 

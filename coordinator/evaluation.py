@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from fedge.adapters import apply_view, lora_layers
-from fedge.lora import adapter_arrays, load_adapter_arrays, uniform_spec
+from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays, uniform_spec
 from fedge.strategies import GlobalParts
-from fedge.task.classifier import Evaluation, encode, lora_classifier
-from fedge.task.data import Example
+from fedge.task.classifier import Evaluation
+from fedge.task.kinds import kind_of
+from fedge.task.prefix import FrozenPrefix
 from fedge.wire import TaskSpec
 from quantization.backbone import BackboneSource, load_backbone
 
@@ -22,13 +23,15 @@ log = logging.getLogger(__name__)
 class GlobalModel:
     """Backbone plus a rank-R adapter over every layer any device adapts (scaling 1: alpha = R)."""
 
-    def __init__(self, source: BackboneSource, rank: int, layers: list[int], target_modules: list[str], task: TaskSpec, test: list[Example], seed: int):
+    def __init__(self, source: BackboneSource, rank: int, layers: list[int], target_modules: list[str], task: TaskSpec, test: list, seed: int):
+        """``test`` holds the task kind's held-out items (``TaskKind.items``)."""
         model, tokenizer = load_backbone(source, "fp32")
         self.rank = rank
         self.spec = uniform_spec(rank, 1.0, target_modules, layers)
-        self.task = lora_classifier(model, tokenizer, self.spec, task.labels, seed)
-        self.model = self.task.model
-        self.test = self.task.runner.cache(encode(tokenizer, test, task))
+        runner = FrozenPrefix(build_lora_model(model, self.spec, seed=seed), min(layers))
+        self.task = kind_of(task.kind).model(runner, tokenizer, task)
+        self.model = runner.model
+        self.test = runner.cache(self.task.encode(test))
         self._applied_rounds: set[int] = set()  # base changes already merged into this copy
 
     def initial_arrays(self) -> dict[str, np.ndarray]:

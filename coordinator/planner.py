@@ -74,6 +74,7 @@ class PlannerOptions:
     groups: int = 0  # HierFedLoRA near-IID groups; 0 = none
     max_group_frequency: int = 4
     prefix_cache_mib: int = 1024  # the most a device's frozen-prefix cache may hold; the rest is recomputed
+    answer_share: float = 0.0  # instruct: the share of tokens the full-vocabulary loss runs on (0: classify)
 
     def for_model(self, shape: ModelShape) -> PlannerOptions:
         """These options with the target modules resolved for ``shape``; ``ValueError`` if it lacks one of them."""
@@ -97,6 +98,8 @@ class PlannerOptions:
                 found.append(f"{key}: must be >= 1")
         if self.max_depth < 0 or self.groups < 0:
             found.append("max_depth and groups: must be >= 0")
+        if not 0 <= self.answer_share <= 1:
+            found.append("answer_share: in [0, 1]")
         if not 0 < self.safety_margin <= 1:
             found.append("safety_margin: in (0, 1]")
         if self.straggler_bound < 1:
@@ -223,7 +226,7 @@ class _Device:
         examples = self.member.num_examples
         row_bytes = self.options.seq_len * self.shape.hidden_size * ACTIVATION_BYTES[quantization]
         cached = min(examples, max(batch, self.options.prefix_cache_mib * 2**20 // row_bytes))
-        return TrainingSetup(quantization, layers, ranks, self.options.target_modules, batch, self.options.seq_len, self.options.optimizer, checkpointing, cached, examples)
+        return TrainingSetup(quantization, layers, ranks, self.options.target_modules, batch, self.options.seq_len, self.options.optimizer, checkpointing, cached, examples, self.options.answer_share)
 
     def memory(self, setup: TrainingSetup) -> MemoryBreakdown:
         return predict_memory(self.shape, setup, self.calibration, self.host)

@@ -7,6 +7,7 @@ message is logged, answered with a Reject, and the round goes on with the valid 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -23,7 +24,8 @@ from coordinator.registry import AgentRecord, Registry
 from coordinator.reports import RunDirectory
 from coordinator.validation import Expectation, UpdateRejected, validate_update
 from fedge.strategies import ClientInfo, ClientUpdate
-from fedge.task.classify import examples_of, histogram
+from fedge.task.classify import histogram
+from fedge.task.kinds import kind_of
 from fedge.task.data import read_rows
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.wire import AdapterUpdate, Assignment, BackbonePart, BackboneSpec, Evaluation, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
@@ -110,7 +112,7 @@ class Coordinator:
         self.transport.subscribe(topics.all_statuses(), raw=True)
         self.backbone_server.start()
         self.run_dir.write_config(config.to_dict())
-        test = examples_of(read_rows(config.eval_data), config.task, config.eval_data)
+        test = kind_of(config.task.kind).items(read_rows(config.eval_data), config.task, config.eval_data)
         self.model = GlobalModel(self.backbone, self.rank, list(self._top_layers(self.depth)), list(self.options.target_modules), config.task, test, config.seed)
         if arrays is None:
             arrays = self.strategy.initial_state(self.model.initial_arrays(), self.model.base_weights())
@@ -309,13 +311,19 @@ class Coordinator:
         return ClientUpdate(update.agent_id, update.num_examples, self._specs[update.agent_id], update.tensors, histogram)
 
     def _evaluate(self, arrays: dict[str, np.ndarray]) -> dict:
-        """Held-out accuracy, loss and F1 (macro and per class) of the strategy's global model (NaN where the
-        strategy has none)."""
+        """The held-out score (``accuracy``: the task's headline metric, named by ``metric``) and loss of the
+        strategy's global model, with classify's F1 (macro and per class) or instruct's perplexity; NaN where the
+        strategy has no global model."""
         parts = self.strategy.global_parts(arrays)
         if parts is None:
-            return {"accuracy": float("nan"), "loss": float("nan"), "macro_f1": float("nan"), "per_class_f1": []}
+            return {"accuracy": float("nan"), "loss": float("nan"), "metric": self.config.task.metric or "accuracy"}
         result = self.model.evaluate(parts)
-        return {"accuracy": result.accuracy, "loss": result.loss, "macro_f1": result.macro_f1, "per_class_f1": [round(f1, 4) for f1 in result.per_class_f1]}
+        record = {"accuracy": result.accuracy, "loss": result.loss, "metric": result.metric}
+        if result.per_class_f1:
+            record |= {"macro_f1": result.macro_f1, "per_class_f1": [round(f1, 4) for f1 in result.per_class_f1]}
+        if math.isfinite(result.perplexity):
+            record["perplexity"] = result.perplexity
+        return record
 
     def _expected_round(self, agent_id: str) -> int | None:
         expectation = self._expectations.get(agent_id)

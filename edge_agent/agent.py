@@ -21,11 +21,10 @@ import numpy as np
 import torch
 
 from edge_agent.memory import available_bytes
-from edge_agent.trainer import BatchSampler, StepProgress, TrainResult, train_local
+from edge_agent.trainer import BatchSampler, StepProgress, TaskModel, TrainResult, train_local
 from fedge.adapters import apply_view, attach, galore_groups, restart_lora, upload
 from fedge.strategies import ClientRecipe, StrategyError, recipe_for
-from fedge.task.classifier import Classifier, encode, label_token_ids
-from fedge.task.classify import examples_of, task_problems
+from fedge.task.kinds import kind_of, task_problems
 from fedge.task.data import Row, label_counts
 from fedge.task.prefix import FrozenPrefix, PrefixCache
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
@@ -45,7 +44,7 @@ class _Session:
     lora: LoraSpec
     recipe: ClientRecipe
     model: torch.nn.Module
-    task: Classifier
+    task: TaskModel
     cache: PrefixCache
     sampler: BatchSampler
     applied_rounds: set[int]  # rounds whose frozen-weight changes this backbone holds
@@ -231,8 +230,11 @@ class EdgeAgent:
         if problems:
             raise ValueError("the assigned task is invalid: " + "; ".join(problems))
         recipe = recipe_for(assignment.strategy)
-        examples = examples_of(self.data, task, self.data_source)  # a label the task lacks fails before any download
-        held_out_examples = examples_of(self.eval_data, task, self.eval_source) if self.eval_data else None
+        if assignment.prefix_cache_bytes < 0:
+            raise ValueError("the assignment's prefix_cache_bytes is negative")
+        kind = kind_of(task.kind)
+        items = kind.items(self.data, task, self.data_source)  # data the task cannot use fails before any download
+        held_out_items = kind.items(self.eval_data, task, self.eval_source) if self.eval_data else None
         source = BackboneSource(spec.name, self._fetcher.fetch(spec), spec.sha256)
         started = time.perf_counter()
         model, tokenizer = load_backbone(source, spec.quantization, self.device)
@@ -240,12 +242,13 @@ class EdgeAgent:
         runner = FrozenPrefix(trainable, min(assignment.lora.layers), assignment.gradient_checkpointing)
         applied: set[int] = set()
         apply_view(trainable, assignment.lora, self._base_changes, applied)  # a rebuilt backbone gets every change back
-        cache = runner.cache(encode(tokenizer, examples, task).to(self.device), assignment.prefix_cache_bytes or None)
-        held_out = runner.cache(encode(tokenizer, held_out_examples, task).to(self.device)) if held_out_examples else None
+        task_model = kind.model(runner, tokenizer, task)
+        cache = runner.cache(task_model.encode(items).to(self.device), assignment.prefix_cache_bytes or None)
+        held_out = runner.cache(task_model.encode(held_out_items).to(self.device)) if held_out_items else None
         log.info("%s: backbone %s (%s, %s) ready in %.1f s; %d examples, split below layer %d", self.agent_id, source.name, spec.quantization, assignment.strategy, time.perf_counter() - started, len(self.data), runner.start_layer)
         loss_scaling = needs_loss_scaling(spec.quantization, self.device)
-        sampler = BatchSampler(len(examples), assignment.run_seed)
-        self._session = _Session(key, assignment.lora, recipe, trainable, Classifier(runner, label_token_ids(tokenizer, task.labels)), cache, sampler, applied, loss_scaling, held_out)
+        sampler = BatchSampler(len(cache), assignment.run_seed)
+        self._session = _Session(key, assignment.lora, recipe, trainable, task_model, cache, sampler, applied, loss_scaling, held_out)
         return self._session
 
     def _send_update(self, assignment: Assignment, session: _Session, result: TrainResult) -> None:

@@ -113,17 +113,17 @@ def _broker_config(args):
 
 def cmd_coordinator(args) -> int:
     from coordinator.config import CoordinatorConfig
-    from fedge.task.classify import examples_of
     from fedge.task.data import read_rows
+    from fedge.task.kinds import kind_of
 
     config = CoordinatorConfig.from_yaml(args.config)  # config and data are checked before the heavy imports
-    examples_of(read_rows(config.eval_data), config.task, config.eval_data)
+    kind_of(config.task.kind).items(read_rows(config.eval_data), config.task, config.eval_data)
 
     from coordinator.server import Coordinator
 
     summary = Coordinator(config, resume=args.resume).run()
     final = summary.rounds[-1]
-    console.print(f"final accuracy {final['accuracy']:.3f} after round {final['round']}; run directory {summary.run_dir}")
+    console.print(f"final {final.get('metric', 'accuracy')} {final['accuracy']:.3f} after round {final['round']}; run directory {summary.run_dir}")
     return 0
 
 

@@ -17,6 +17,11 @@
   trains on it, and keeps the output of at most ``cached_examples`` examples (× seq × hidden); the planner bounds
   that number (``PlannerOptions.prefix_cache_mib``), and examples beyond it are recomputed per step
   (``profiles.timing``).
+* **Output layer** (``instruct``): the loss runs the full-vocabulary output layer on the answer tokens
+  (``answer_share`` of a batch's tokens) in chunks of ``LOSS_CHUNK_TOKENS`` whose logits are recomputed during
+  backward, so at most one chunk's logits live at once: recomputed logits, their fp32 copy, the softmax and its
+  gradient (``LOGIT_BYTES`` per logit), plus each answer token's final hidden state. ``classify`` scores only its
+  label words' rows, which is negligible.
 * **Overhead**: the process and runtime (Python, torch, transformers; the CUDA context), calibrated per backend,
   plus what bitsandbytes adds on a 4/8-bit base (its kernels and dequantisation buffers; ~220 MiB on CPU).
   On unified memory (Jetson) the host process and the CUDA context share one pool, so both count.
@@ -33,6 +38,8 @@ from profiles.model_shape import ModelShape
 WEIGHT_BYTES = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "int8": 1.0, "bf16": 2.0, "fp16": 2.0, "fp32": 4.0}
 ACTIVATION_BYTES = {"nf4": 2, "int8": 2, "bf16": 2, "fp16": 2, "fp32": 4}
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "sgd": 0}
+LOSS_CHUNK_TOKENS = 256  # the trainer's chunk of answer positions (fedge.task.instruction)
+LOGIT_BYTES = 14  # per live logit of a chunk: recomputed logits and their fp32 copy, softmax, gradient (4+4+4+2)
 ADAPTER_BYTES = 4 + 4  # fp32 weight + fp32 gradient
 
 
@@ -50,6 +57,7 @@ class TrainingSetup:
     gradient_checkpointing: bool = False
     cached_examples: int = 0  # examples whose frozen-prefix states the cache keeps
     examples: int = 0  # the device's local examples (more than ``cached_examples``: the rest are recomputed)
+    answer_share: float = 0.0  # instruct: the share of tokens whose full-vocabulary loss is computed (0: classify)
 
     @property
     def depth(self) -> int:
@@ -125,6 +133,14 @@ def activation_elements(shape: ModelShape, setup: TrainingSetup) -> int:
     return tokens * sum(per_layer)
 
 
+def output_layer_bytes(shape: ModelShape, setup: TrainingSetup) -> int:
+    """The instruct loss's live memory: one chunk of vocabulary logits and the answer tokens' hidden states."""
+    answers = int(setup.batch_size * setup.seq_len * setup.answer_share)
+    if not answers:
+        return 0
+    return min(answers, LOSS_CHUNK_TOKENS) * shape.vocab_size * LOGIT_BYTES + answers * shape.hidden_size * 4
+
+
 def predict_memory(shape: ModelShape, setup: TrainingSetup, calibration: Calibration, unified_host: Calibration | None = None) -> MemoryBreakdown:
     """Peak memory of training ``setup`` on a backend described by ``calibration``; pass the CPU calibration as
     ``unified_host`` for a GPU that shares host memory, whose host process then counts too."""
@@ -137,7 +153,7 @@ def predict_memory(shape: ModelShape, setup: TrainingSetup, calibration: Calibra
     return MemoryBreakdown(
         base_weights=base_weight_bytes(shape, setup.quantization),
         adapter_state=lora_params(shape, setup) * (ADAPTER_BYTES + OPTIMIZER_STATE_BYTES[setup.optimizer]),
-        activations=int(calibration.activation_factor_for(setup.gradient_checkpointing) * activation_elements(shape, setup) * element),
+        activations=int(calibration.activation_factor_for(setup.gradient_checkpointing) * activation_elements(shape, setup) * element) + output_layer_bytes(shape, setup),
         cached_prefix=setup.cached_examples * setup.seq_len * shape.hidden_size * element,
         overhead=int(overhead),
     )

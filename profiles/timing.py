@@ -41,7 +41,9 @@ def step_flops(shape: ModelShape, setup: TrainingSetup) -> float:
         forward = linear + attention + lora
         backward = linear + 2 * attention + 2 * lora  # input gradients only through the frozen weights
         total += forward * (2 if setup.gradient_checkpointing else 1) + backward
-    return setup.batch_size * setup.seq_len * total + prefix_flops(shape, setup, setup.batch_size * setup.uncached_fraction)
+    # instruct: the output layer on answer tokens, forward, recomputed in backward, and its input gradient
+    output = 6 * shape.vocab_size * shape.hidden_size * setup.answer_share
+    return setup.batch_size * setup.seq_len * (total + output) + prefix_flops(shape, setup, setup.batch_size * setup.uncached_fraction)
 
 
 def prefix_flops(shape: ModelShape, setup: TrainingSetup, rows: float) -> float:

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from fedge.task.classify import examples_of, histogram, task_problems
+from fedge.task.classify import examples_of, histogram
+from fedge.task.kinds import task_problems
 from fedge.task.data import Example, label_counts, read_rows, write_jsonl
 from fedge.task.wordnet import LABELS, WORDNET_NOUNS, WORDNET_TASK, load_splits
 from fedge.wire import TaskSpec

@@ -65,10 +65,14 @@ def pad_rows(rows: list[list[int]], tokenizer) -> tuple[torch.Tensor, torch.Tens
 class Classifier:
     """Scores each label by the logit of its token after the prompt, from the adapted top of a split model."""
 
-    def __init__(self, runner: FrozenPrefix, label_ids: list[int]):
+    def __init__(self, runner: FrozenPrefix, label_ids: list[int], tokenizer=None, spec: TaskSpec | None = None):
         self.runner = runner
         self.model = runner.model
         self.label_ids = torch.tensor(label_ids, device=runner.decoder.output.weight.device)
+        self.tokenizer, self.spec = tokenizer, spec
+
+    def encode(self, examples: list[Example]) -> EncodedExamples:
+        return encode(self.tokenizer, examples, self.spec)
 
     def logits(self, cache: PrefixCache, rows: torch.Tensor) -> torch.Tensor:
         """(len(rows), num_labels) logits: the last token's final state times the label words' output rows only."""
@@ -99,6 +103,10 @@ class Classifier:
         return Evaluation(accuracy=(predicted == truth).float().mean().item(), loss=total_loss / len(cache), per_class_f1=per_class_f1(predicted, truth, len(self.label_ids)))
 
 
+def classifier_for(runner: FrozenPrefix, tokenizer, spec: TaskSpec) -> Classifier:
+    return Classifier(runner, label_token_ids(tokenizer, spec.labels), tokenizer, spec)
+
+
 def lora_classifier(model, tokenizer, spec: LoraSpec, labels: tuple[str, ...], seed: int, gradient_checkpointing: bool = False) -> Classifier:
     """Wrap ``model`` with LoRA per ``spec``, split it at the lowest adapted layer and score ``labels``."""
     peft_model = build_lora_model(model, spec, seed=seed)
@@ -107,9 +115,14 @@ def lora_classifier(model, tokenizer, spec: LoraSpec, labels: tuple[str, ...], s
 
 @dataclass(frozen=True)
 class Evaluation:
+    """A task's held-out result: ``accuracy`` is its headline score, named by ``metric`` (classify: accuracy;
+    instruct: the answers' token F1 or exact match), ``loss`` the mean loss per scored token."""
+
     accuracy: float
     loss: float
-    per_class_f1: tuple[float, ...] = ()  # in the task's label order; 0 for a class never predicted nor present
+    per_class_f1: tuple[float, ...] = ()  # classify, in the task's label order; 0 for a class never predicted nor present
+    metric: str = "accuracy"
+    perplexity: float = float("nan")  # instruct: exp(loss) over the answers' tokens
 
     @property
     def macro_f1(self) -> float:

@@ -7,17 +7,14 @@ or as its class index. Each label is scored by the model's likelihood of its tok
 
 from __future__ import annotations
 
-from fedge.task.data import Example, Row
+from fedge.task.data import Example, Record, Row
 from fedge.wire import TaskSpec
 
-KINDS = ("classify",)
 MAX_LABELS = 1024
 
 
-def task_problems(spec: TaskSpec) -> list[str]:
-    """Every problem with a task spec, each naming its key (empty when it is valid)."""
-    if spec.kind not in KINDS:
-        return [f"task.kind: {spec.kind!r} is not a task kind; choose one of {', '.join(KINDS)}"]
+def problems(spec: TaskSpec) -> list[str]:
+    """Every problem with a ``classify`` spec, each naming its key (empty when it is valid)."""
     found = []
     if not 2 <= len(spec.labels) <= MAX_LABELS:
         found.append(f"task.labels: between 2 and {MAX_LABELS} labels")
@@ -27,14 +24,18 @@ def task_problems(spec: TaskSpec) -> list[str]:
         found.append("task.prompt: must contain {text}, where each example goes")
     if not 8 <= spec.max_tokens <= 8192:
         found.append("task.max_tokens: between 8 and 8192")
+    if spec.metric not in ("", "accuracy") or spec.eval_samples or spec.max_new_tokens:
+        found.append("task.metric, eval_samples, max_new_tokens: instruct settings; classify reports accuracy and per-class F1")
     return found
 
 
-def examples_of(rows: list[Row], spec: TaskSpec, source: str) -> list[Example]:
+def examples_of(rows: list[Record], spec: TaskSpec, source: str) -> list[Example]:
     """The rows with their labels as class indices; an unknown label is reported with its file and line."""
     index = {label: position for position, label in enumerate(spec.labels)}
     examples = []
     for row in rows:
+        if not isinstance(row, Row):
+            raise ValueError(f"{source}:{row.line}: a conversation; a classify task trains on {{text, label}} lines")
         label = index.get(row.label) if isinstance(row.label, str) else row.label
         if label is None or not 0 <= label < len(spec.labels):
             raise ValueError(f"{source}:{row.line}: label {row.label!r} is not one of the task's {len(spec.labels)} labels ({_some(spec.labels)}) or an index 0..{len(spec.labels) - 1}")

@@ -82,15 +82,21 @@ class LoraSpec:
 class TaskSpec:
     """What the run fine-tunes for, carried in every assignment so agents need no task config of their own.
 
-    ``kind`` names a built-in task (``classify``); a config from the network never names code to import.
-    For ``classify``: ``labels`` are the classes in index order (the words or strings the model is scored on),
-    ``prompt`` the template around each example's ``{text}``, ``max_tokens`` the token budget of an example.
+    ``kind`` names a task kind: built in (``classify``, ``instruct``) or installed on both sides under the
+    ``fedge.tasks`` entry point group; a config from the network names a kind, never code to import.
+    ``max_tokens`` is the token budget of an example. For ``classify``: ``labels`` are the classes in index order
+    (the words or strings the model is scored on), ``prompt`` the template around each example's ``{text}``.
+    For ``instruct``: ``prompt`` is an optional system message; ``metric`` (``token_f1`` or ``exact_match``) scores
+    greedy answers of up to ``max_new_tokens`` tokens to the first ``eval_samples`` held-out conversations.
     """
 
     kind: str
     labels: tuple[str, ...] = ()
     prompt: str = ""
     max_tokens: int = 48
+    metric: str = ""
+    eval_samples: int = 0
+    max_new_tokens: int = 0
 
 
 @dataclass(frozen=True)
