@@ -2,7 +2,7 @@
 exact aggregate ΔW = Σ p_i s_i B_i A_i; clients start from A = Ā, B = B̄ + ΔB at no extra wire cost.
 
 Two solvers: ``ridge`` (default), the closed form ΔB = (ΔW − B̄Ā)Āᵀ(ĀĀᵀ + λI)⁻¹, and ``cosine``, the paper's
-objective — maximise cos(ΔW, (B̄ + ΔB)Ā) − λ‖ΔB‖_F by Adam steps. Both use ΔW only through products with Ā
+objective — maximise cos(ΔW, (B̄ + ΔB)Ā) − λ‖ΔB‖_F by Adam steps, keeping the best iterate. Both use ΔW only through products with Ā
 (ΔW·Āᵀ = B_s·(A_s·Āᵀ)), so nothing d×k is formed. Scaling is folded into B (global s = 1), so ΔW/s is ΔW here.
 Mixed ranks are zero-padded as in HetLoRA."""
 
@@ -51,12 +51,15 @@ class LoRAFAIR(Strategy):
         target_norm = torch.sqrt(((left.T @ left) * torch.from_numpy(exact.right @ exact.right.T)).sum())
         correction = torch.zeros_like(base, requires_grad=True)
         optimiser = torch.optim.Adam([correction], lr=self.learning_rate)
+        best_loss, best = float("inf"), correction.detach().clone()
         for _ in range(self.steps):
             corrected = base + correction
             inner = ((left @ cross) * corrected).sum()  # ⟨ΔW, (B̄+ΔB)Ā⟩ = Σ (ΔW Āᵀ) ∘ (B̄+ΔB)
             norm = torch.sqrt(((corrected.T @ corrected) * gram).sum()).clamp_min(1e-12)
             loss = -inner / (norm * target_norm.clamp_min(1e-12)) + self.lam * correction.norm()
+            if loss.item() < best_loss:  # Adam may step past the optimum: keep the best iterate (ΔB = 0 included)
+                best_loss, best = loss.item(), correction.detach().clone()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-        return correction.detach().numpy()
+        return best.numpy()
