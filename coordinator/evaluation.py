@@ -50,9 +50,7 @@ class GlobalModel:
         else:
             for _, layer in lora_layers(self.model):
                 torch.nn.init.zeros_(layer.lora_B["default"].weight)
-        lowest = apply_view(self.model, self.spec, parts.base_changes, self._applied_rounds)
-        if lowest is not None and lowest < self.task.runner.start_layer:
-            self.test.clear()
+        self.test.weights_changed(apply_view(self.model, self.spec, parts.base_changes, self._applied_rounds))
         for name, layer in lora_layers(self.model):
             if name in parts.weights:  # full-weight averaging holds every adapted module's weight
                 layer.get_base_layer().weight.data.copy_(torch.from_numpy(parts.weights[name]))

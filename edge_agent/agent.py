@@ -25,7 +25,7 @@ from edge_agent.trainer import BatchSampler, StepProgress, TaskModel, TrainResul
 from fedge.adapters import apply_view, attach, galore_groups, restart_lora, upload
 from fedge.strategies import ClientRecipe, StrategyError, recipe_for
 from fedge.task.kinds import kind_of, task_problems
-from fedge.task.data import Row, label_counts
+from fedge.task.data import Record, label_counts
 from fedge.task.prefix import FrozenPrefix, PrefixCache
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.wire import AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Reject
@@ -55,8 +55,8 @@ class _Session:
 
 class EdgeAgent:
     def __init__(
-        self, agent_id: str, broker: BrokerConfig, data: list[Row], profile: DeviceProfile, device: str = "cpu",
-        heartbeat_s: float = 10.0, save_dir: Path | None = None, eval_data: list[Row] | None = None,
+        self, agent_id: str, broker: BrokerConfig, data: list[Record], profile: DeviceProfile, device: str = "cpu",
+        heartbeat_s: float = 10.0, save_dir: Path | None = None, eval_data: list[Record] | None = None,
         cache_dir: Path | None = None, data_source: str = "training data", eval_source: str = "evaluation data",
     ):
         """``data`` and ``eval_data`` are rows as their files hold them; ``*_source`` names those files in errors."""
@@ -203,10 +203,9 @@ class EdgeAgent:
         """Load a received state; refresh the cached prefix when a change reached a layer below the adapter."""
         self._base_changes.update({key: value for key, value in view.items() if ".base_delta." in key})
         lowest = apply_view(session.model, session.lora, view, session.applied_rounds)
-        if lowest is not None and lowest < session.cache.runner.start_layer:
-            for cache in (session.cache, session.held_out):
-                if cache is not None:
-                    cache.clear()
+        for cache in (session.cache, session.held_out):
+            if cache is not None:
+                cache.weights_changed(lowest)
 
     def _report_accuracy(self, session: _Session, run_id: str, round_number: int) -> None:
         """Evaluate the model this device now holds on its evaluation data and tell the coordinator."""

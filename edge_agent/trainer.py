@@ -112,8 +112,7 @@ def train_local(
     scaler = torch.amp.GradScaler(params[0].device.type, enabled=loss_scaling)
     batches = [sampler.take(batch_size) for _ in range(steps)]
     started = time.perf_counter()
-    newly_cached = len(cache.missing(torch.cat(batches)))
-    cache.fill(torch.cat(batches))  # the rows this call trains on that no earlier call (or prefetch) cached
+    newly_cached = len(cache.fill(torch.cat(batches)))  # the rows this call trains on that no earlier call (or prefetch) cached
     prefix_seconds = time.perf_counter() - started
     reset_peak(device)
     model.train()

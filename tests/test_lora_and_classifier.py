@@ -155,7 +155,10 @@ def test_the_prefix_cache_computes_rows_once_and_recomputes_beyond_its_bound(tin
     torch.testing.assert_close(classifier.logits(bounded, rows), expected)
     classifier.logits(bounded, rows)
     assert bounded.cached_rows == 1 and bounded.bytes <= row_bytes and bounded.computed_rows == 3 + 2
-    unbounded.clear()
+    unbounded.weights_changed(None)
+    unbounded.weights_changed(2)  # the adapted layers' own weights: the cached states stay valid
+    assert unbounded.cached_rows == 3
+    unbounded.weights_changed(1)  # a layer the states passed through
     assert unbounded.cached_rows == 0 and unbounded.bytes == 0
 
 

@@ -100,8 +100,8 @@ class TorchCausalLM:
     """The same interface on a torch model (the merged run, before export)."""
 
     def __init__(self, model):
-        self.model = model
+        self.forward = _Logits(model)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+        return self.forward(input_ids, attention_mask).float()

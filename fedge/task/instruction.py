@@ -61,8 +61,9 @@ def render(tokenizer, dialogue: Dialogue, system: str) -> tuple[list[int], list[
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start, end = len(text(index, True)), len(text(index + 1, False))
-        if not full.startswith(text(index + 1, False)) or start > end:
+        through = text(index + 1, False)
+        start, end = len(text(index, True)), len(through)
+        if not full.startswith(through) or start > end:
             raise ValueError(f"line {dialogue.line}: the chat template does not render a conversation as a prefix of its continuation")
         before = tokenizer.encode(full[done:start], add_special_tokens=False)
         ids += before

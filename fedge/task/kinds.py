@@ -42,15 +42,9 @@ class TaskKind(Protocol):
 @dataclass(frozen=True)
 class BuiltIn:
     name: str
-    check: Callable[[TaskSpec], list[str]]
-    take: Callable[[list[Record], TaskSpec, str], list[Any]]
+    problems: Callable[[TaskSpec], list[str]]
+    items: Callable[[list[Record], TaskSpec, str], list[Any]]
     build: str  # "module:function" building the model side, imported only when a model is loaded
-
-    def problems(self, spec: TaskSpec) -> list[str]:
-        return self.check(spec)
-
-    def items(self, records: list[Record], spec: TaskSpec, source: str) -> list[Any]:
-        return self.take(records, spec, source)
 
     def model(self, runner, tokenizer, spec: TaskSpec) -> Any:
         module, function = self.build.split(":")

@@ -105,9 +105,14 @@ class PrefixCache:
         return out
 
     def clear(self) -> None:
-        """Forget every row (a frozen weight below the adapter changed)."""
+        """Forget every row."""
         self._states.clear()
         self.bytes = 0
+
+    def weights_changed(self, lowest_layer: int | None) -> None:
+        """Forget every row when a frozen weight changed in a layer the cached states passed through."""
+        if lowest_layer is not None and lowest_layer < self.runner.start_layer:
+            self.clear()
 
     @property
     def cached_rows(self) -> int:

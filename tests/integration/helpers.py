@@ -1,10 +1,14 @@
-"""Shared pieces of the broker integration tests: a small labelled shard and a fedge command as a child process."""
+"""Shared pieces of the broker integration tests: a small labelled shard, a fedge command as a child process, and a
+small run of a coordinator with agents on one machine."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from fedge.task.data import Example, Row
 
@@ -34,3 +38,25 @@ def finish(coordinator: subprocess.Popen, agents: list[subprocess.Popen], timeou
 def rows(examples: list[Example]) -> list[Row]:
     """Examples as an agent reads them from a file (labels as class indices)."""
     return [Row(example.text, example.label, line) for line, example in enumerate(examples, 1)]
+
+
+def fleet_config(tmp_path: Path, broker_url: str, backbone: Path, **overrides) -> dict:
+    """A short run's coordinator config (run directory and held-out data ``test.jsonl`` under ``tmp_path``)."""
+    return {
+        "run_id": "it", "run_dir": str(tmp_path / "run"), "broker": broker_url, "backbone": str(backbone),
+        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 1, "min_clients": 2, "expected_clients": 2,
+        "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60, **overrides,
+    }
+
+
+def run_fleet(tmp_path: Path, config: dict, agents: int, profile: str = "cpu-8gb") -> list[dict]:
+    """Run the coordinator and agents ``a0..`` (data ``a<i>.jsonl`` under ``tmp_path``, one shared backbone cache)
+    to the end; returns the run's metrics records."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    coordinator = cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "coordinator.log")
+    processes = [
+        cli("agent", "--broker", config["broker"], "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", profile, "--cache", str(tmp_path / "cache"), log=tmp_path / f"a{index}.log")
+        for index in range(agents)
+    ]
+    finish(coordinator, processes)
+    return [json.loads(line) for line in (Path(config["run_dir"]) / "metrics.jsonl").read_text().splitlines()]

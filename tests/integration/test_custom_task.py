@@ -5,9 +5,8 @@ import json
 import math
 
 import pytest
-import yaml
 
-from tests.integration.helpers import cli, finish
+from tests.integration.helpers import fleet_config, run_fleet
 from tests.tiny_model import build_tiny_backbone
 
 pytestmark = pytest.mark.broker
@@ -25,20 +24,8 @@ def test_agents_train_the_task_their_assignment_names(mosquitto, tmp_path):
     _write(tmp_path / "test.jsonl", ["love", "work", "science", 0, 1, 2])
     _write(tmp_path / "a0.jsonl", ["love", "work", "science", "love", 1, 2] * 3)
     _write(tmp_path / "a1.jsonl", ["love", "work", "vehicle", "science"])
-    config = {
-        "run_id": "fortunes", "run_dir": str(tmp_path / "run"), "broker": mosquitto.url, "backbone": str(backbone),
-        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 1, "min_clients": 1, "expected_clients": 2,
-        "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
-        "planner": {"max_depth": 2, "ranks": [2]}, "task": TASK,
-    }
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    coordinator = cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "coordinator.log")
-    agents = [
-        cli("agent", "--broker", mosquitto.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", "cpu-8gb", "--cache", str(tmp_path / "cache"), log=tmp_path / f"a{index}.log")
-        for index in range(2)
-    ]
-    finish(coordinator, agents)
-    record = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    config = fleet_config(tmp_path, mosquitto.url, backbone, min_clients=1, planner={"max_depth": 2, "ranks": [2]}, task=TASK)
+    record = run_fleet(tmp_path, config, agents=2)[-1]
     assert record["round"] == 1 and record["contributors"] == ["a0"]
     assert "a1.jsonl:3: label 'vehicle' is not one of the task's 3 labels" in record["rejected"]["a1"]
     assert len(record["per_class_f1"]) == 3 and record["macro_f1"] == pytest.approx(sum(record["per_class_f1"]) / 3, abs=1e-3)
@@ -52,20 +39,9 @@ def test_an_instruct_run_trains_on_answers_and_scores_generated_ones(mosquitto, 
     chat(tmp_path / "test.jsonl", 6, 0)
     chat(tmp_path / "a0.jsonl", 12, 1)
     (tmp_path / "a1.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "atom"}, {"role": "assistant", "content": "star"}]}) + "\n")
-    config = {
-        "run_id": "chat", "run_dir": str(tmp_path / "run"), "broker": mosquitto.url, "backbone": str(backbone),
-        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 2, "expected_clients": 2,
-        "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
-        "planner": {"max_depth": 2, "ranks": [2]}, "task": {"kind": "instruct", "max_tokens": 32, "eval_samples": 3, "max_new_tokens": 3, "metric": "exact_match"},
-    }
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    coordinator = cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "coordinator.log")
-    agents = [
-        cli("agent", "--broker", mosquitto.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", "cpu-8gb", "--cache", str(tmp_path / "cache"), log=tmp_path / f"a{index}.log")
-        for index in range(2)
-    ]
-    finish(coordinator, agents)
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    task = {"kind": "instruct", "max_tokens": 32, "eval_samples": 3, "max_new_tokens": 3, "metric": "exact_match"}
+    config = fleet_config(tmp_path, mosquitto.url, backbone, rounds=2, planner={"max_depth": 2, "ranks": [2]}, task=task)
+    records = run_fleet(tmp_path, config, agents=2)
     assert [record["round"] for record in records] == [0, 1, 2] and records[-1]["contributors"] == ["a0", "a1"]
     for record in records:
         assert record["metric"] == "exact_match" and 0 <= record["accuracy"] <= 1
