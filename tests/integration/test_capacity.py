@@ -104,6 +104,15 @@ def test_an_agent_refuses_a_plan_bigger_than_its_free_memory_or_an_invalid_task(
         coordinator.publish(topics.downlink("tight"), GlobalState("run", 2, "tight", False, {}, {}))
         reject = next_message(Reject)
         assert reject.reason == "cannot_train" and reject.round == 2 and "the assigned task is invalid" in reject.detail
+        for round_number, change, reason in [
+            (3, {"task": TaskSpec("os.system")}, "'os.system' is not a task kind here"),  # a name, never code to import
+            (4, {"prefix_cache_bytes": -1}, "prefix_cache_bytes is negative"),
+        ]:
+            forged = replace(assignment, round=round_number, predicted_peak_bytes=0, message_id=f"check-{round_number}", **change)
+            coordinator.publish(topics.downlink("tight"), forged)
+            coordinator.publish(topics.downlink("tight"), GlobalState("run", round_number, "tight", False, {}, {}))
+            reject = next_message(Reject)
+            assert reject.reason == "cannot_train" and reject.round == round_number and reason in reject.detail
     finally:
         agent.kill()
         coordinator.close()

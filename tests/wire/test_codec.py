@@ -82,6 +82,9 @@ def test_public_api_is_pinned():
         (_encode_raw({"type": "hello", "fields": {"agent_id": "a", "profile": to_json(PROFILE), "num_examples": 1, "label_counts": {"animal": "many"}}}), SchemaError, r"label_counts\.animal: expected an integer"),
         (_encode_raw({"type": "assignment", "fields": {**to_json(MESSAGES[1]), "task": {"kind": "classify", "labels": "animal"}}}), SchemaError, "task.labels: expected a list"),
         (_encode_raw({"type": "assignment", "fields": {**to_json(MESSAGES[1]), "task": {"kind": "classify", "labels": ["a"], "exec": "import os"}}}), SchemaError, r"task: unknown fields \['exec'\]"),
+        (_encode_raw({"type": "assignment", "fields": {**to_json(MESSAGES[1]), "task": {"kind": "instruct", "eval_samples": 1e9}}}), SchemaError, "task.eval_samples: expected an integer"),
+        (_encode_raw({"type": "assignment", "fields": {**to_json(MESSAGES[1]), "task": {"kind": "instruct", "metric": ["bleu"]}}}), SchemaError, "task.metric: expected a string"),
+        (_encode_raw({"type": "assignment", "fields": {**to_json(MESSAGES[1]), "prefix_cache_bytes": "all"}}), SchemaError, "prefix_cache_bytes: expected an integer"),
     ],
 )
 def test_malformed_messages_are_refused_with_a_reason(payload, error, text):
