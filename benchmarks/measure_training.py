@@ -65,7 +65,8 @@ def _run(setup: TrainingSetup, device: str) -> dict:
     from edge_agent.trainer import BatchSampler, train_local
     from fedge.lora import build_lora_model
     from fedge.task.classifier import Classifier, EncodedExamples, label_token_ids
-    from fedge.task.instruction import IGNORE, EncodedDialogues, InstructionTuner
+    from fedge.task.instruction import EncodedDialogues, InstructionTuner
+    from fedge.task.next_token import IGNORE
     from fedge.task.prefix import FrozenPrefix
     from fedge.task.wordnet import WORDNET_TASK
     from fedge.wire import LoraSpec, TaskSpec

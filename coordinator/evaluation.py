@@ -27,6 +27,7 @@ class GlobalModel:
         """``test`` holds the task kind's held-out items (``TaskKind.items``)."""
         model, tokenizer = load_backbone(source, "fp32")
         self.rank = rank
+        self.tokenizer = tokenizer
         self.spec = uniform_spec(rank, 1.0, target_modules, layers)
         runner = FrozenPrefix(build_lora_model(model, self.spec, seed=seed), min(layers))
         self.task = kind_of(task.kind).model(runner, tokenizer, task)
@@ -50,7 +51,7 @@ class GlobalModel:
         else:
             for _, layer in lora_layers(self.model):
                 torch.nn.init.zeros_(layer.lora_B["default"].weight)
-        self.test.weights_changed(apply_view(self.model, self.spec, parts.base_changes, self._applied_rounds))
+        self.test.weights_changed(apply_view(self.model, parts.base_changes, self._applied_rounds))
         for name, layer in lora_layers(self.model):
             if name in parts.weights:  # full-weight averaging holds every adapted module's weight
                 layer.get_base_layer().weight.data.copy_(torch.from_numpy(parts.weights[name]))

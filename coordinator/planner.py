@@ -74,7 +74,8 @@ class PlannerOptions:
     groups: int = 0  # HierFedLoRA near-IID groups; 0 = none
     max_group_frequency: int = 4
     prefix_cache_mib: int = 1024  # the most a device's frozen-prefix cache may hold; the rest is recomputed
-    answer_share: float = 0.0  # instruct: the share of tokens the full-vocabulary loss runs on (0: classify)
+    answer_share: float = 0.0  # the share of tokens the full-vocabulary loss runs on (instruct's answers, multi-token labels)
+    sequences_per_example: int = 1  # classify with labels of several tokens: one sequence per label
 
     def for_model(self, shape: ModelShape) -> PlannerOptions:
         """These options with the target modules resolved for ``shape``; ``ValueError`` if it lacks one of them."""
@@ -93,7 +94,7 @@ class PlannerOptions:
             found.append(f"rank_profile: one of {', '.join(RANK_PROFILES)}")
         if not self.ranks or min(self.ranks) < 1:
             found.append("ranks: positive integers")
-        for key in ("seq_len", "batch_size", "local_steps", "max_group_frequency", "prefix_cache_mib"):
+        for key in ("seq_len", "batch_size", "local_steps", "max_group_frequency", "prefix_cache_mib", "sequences_per_example"):
             if getattr(self, key) < 1:
                 found.append(f"{key}: must be >= 1")
         if self.max_depth < 0 or self.groups < 0:
@@ -224,9 +225,9 @@ class _Device:
         uniform = uniform or self.options.rank_profile == "uniform"
         ranks = (top_rank,) * depth if uniform else rank_profile(depth, top_rank, min(self.options.ranks))
         examples = self.member.num_examples
-        row_bytes = self.options.seq_len * self.shape.hidden_size * ACTIVATION_BYTES[quantization]
+        row_bytes = self.options.sequences_per_example * self.options.seq_len * self.shape.hidden_size * ACTIVATION_BYTES[quantization]
         cached = min(examples, max(batch, self.options.prefix_cache_mib * 2**20 // row_bytes))
-        return TrainingSetup(quantization, layers, ranks, self.options.target_modules, batch, self.options.seq_len, self.options.optimizer, checkpointing, cached, examples, self.options.answer_share)
+        return TrainingSetup(quantization, layers, ranks, self.options.target_modules, batch, self.options.seq_len, self.options.optimizer, checkpointing, cached, examples, self.options.answer_share, self.options.sequences_per_example)
 
     def memory(self, setup: TrainingSetup) -> MemoryBreakdown:
         return predict_memory(self.shape, setup, self.calibration, self.host)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -19,11 +19,12 @@ from coordinator.delivery import BackboneServer
 from coordinator.evaluation import GlobalModel
 from coordinator.plan_report import plan_to_dict
 from coordinator.grouping import GroupPlan
-from coordinator.planner import DevicePlan, FleetMember, plan_fleet
+from coordinator.planner import DevicePlan, FleetMember, PlannerOptions, plan_fleet
 from coordinator.registry import AgentRecord, Registry
 from coordinator.reports import RunDirectory
 from coordinator.validation import Expectation, UpdateRejected, validate_update
 from fedge.strategies import ClientInfo, ClientUpdate
+from fedge.task.classifier import scoring_cost
 from fedge.task.classify import histogram
 from fedge.task.kinds import kind_of
 from fedge.task.data import read_rows
@@ -114,6 +115,7 @@ class Coordinator:
         self.run_dir.write_config(config.to_dict())
         test = kind_of(config.task.kind).items(read_rows(config.eval_data), config.task, config.eval_data)
         self.model = GlobalModel(self.backbone, self.rank, list(self._top_layers(self.depth)), list(self.options.target_modules), config.task, test, config.seed)
+        self.options = self._task_costs(self.options)
         if arrays is None:
             arrays = self.strategy.initial_state(self.model.initial_arrays(), self.model.base_weights())
             self._record({"round": 0, **self._evaluate(arrays), "participants": [], "contributors": []})
@@ -324,6 +326,13 @@ class Coordinator:
         if math.isfinite(result.perplexity):
             record["perplexity"] = result.perplexity
         return record
+
+    def _task_costs(self, options: PlannerOptions) -> PlannerOptions:
+        """Classify labels of several tokens: the planner costs one sequence per label and the loss on their tokens."""
+        if self.config.task.kind != "classify" or "sequences_per_example" in self.config.planner:
+            return options
+        sequences, tokens = scoring_cost(self.model.tokenizer, self.config.task.labels)
+        return replace(options, sequences_per_example=sequences, answer_share=min(1.0, tokens / options.seq_len)) if sequences > 1 else options
 
     def _expected_round(self, agent_id: str) -> int | None:
         expectation = self._expectations.get(agent_id)

@@ -22,7 +22,7 @@ import torch
 
 from edge_agent.memory import available_bytes
 from edge_agent.trainer import BatchSampler, StepProgress, TaskModel, TrainResult, train_local
-from fedge.adapters import apply_view, attach, galore_groups, restart_lora, upload
+from fedge.adapters import apply_view, attach, galore_groups, restart_lora, save_adapter, upload
 from fedge.strategies import ClientRecipe, StrategyError, recipe_for
 from fedge.task.kinds import kind_of, task_problems
 from fedge.task.data import Record, label_counts
@@ -143,7 +143,7 @@ class EdgeAgent:
                 self._apply(self._session, state.tensors)
                 self._report_accuracy(self._session, state.run_id, state.round)
                 if self.save_dir is not None:
-                    self._session.model.save_pretrained(self.save_dir)
+                    save_adapter(self._session.model, self.save_dir)
             log.info("%s: run finished", self.agent_id)
             self._done = True
             return
@@ -202,7 +202,7 @@ class EdgeAgent:
     def _apply(self, session: _Session, view: dict[str, np.ndarray]) -> None:
         """Load a received state; refresh the cached prefix when a change reached a layer below the adapter."""
         self._base_changes.update({key: value for key, value in view.items() if ".base_delta." in key})
-        lowest = apply_view(session.model, session.lora, view, session.applied_rounds)
+        lowest = apply_view(session.model, view, session.applied_rounds)
         for cache in (session.cache, session.held_out):
             if cache is not None:
                 cache.weights_changed(lowest)
@@ -240,7 +240,7 @@ class EdgeAgent:
         trainable = attach(model, assignment.lora, recipe, assignment.run_seed, assignment.seed)
         runner = FrozenPrefix(trainable, min(assignment.lora.layers), assignment.gradient_checkpointing)
         applied: set[int] = set()
-        apply_view(trainable, assignment.lora, self._base_changes, applied)  # a rebuilt backbone gets every change back
+        apply_view(trainable, self._base_changes, applied)  # a rebuilt backbone gets every change back
         task_model = kind.model(runner, tokenizer, task)
         cache = runner.cache(task_model.encode(items).to(self.device), assignment.prefix_cache_bytes or None)
         held_out = runner.cache(task_model.encode(held_out_items).to(self.device)) if held_out_items else None

@@ -13,6 +13,8 @@ they are kept as one dense frozen matrix per changed module in the compute dtype
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from peft import get_peft_model_state_dict
@@ -54,6 +56,18 @@ def lora_layers(model) -> list[tuple[str, LoraLayer]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer) and ADAPTER in module.lora_A]
 
 
+def save_adapter(model, directory: Path) -> None:
+    """Write a trained model as plain PEFT (or, trained in full, a plain checkpoint) that loads without fedge:
+    a tri-factor core C folds into its B (ΔW = s·B·C·A = s·(BC)·A)."""
+    state = model.state_dict()
+    for name, layer in lora_layers(model):
+        core = getattr(layer.lora_B[ADAPTER], "core", None)
+        if core is not None:
+            state[f"{name}.lora_B.{ADAPTER}.weight"] = (layer.lora_B[ADAPTER].weight @ core).detach()
+            del state[f"{name}.lora_B.{ADAPTER}.core"]
+    model.save_pretrained(directory, state_dict=state)
+
+
 def _add_core(lora_b: torch.nn.Module, rank: int) -> None:
     lora_b.register_parameter("core", torch.nn.Parameter(torch.eye(rank, dtype=lora_b.weight.dtype, device=lora_b.weight.device)))
     lora_b.register_forward_pre_hook(lambda module, args: (args[0] @ module.core.T.to(args[0].dtype),) + tuple(args[1:]))
@@ -91,7 +105,7 @@ def _wire(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to(torch.float16).cpu().numpy()
 
 
-def apply_view(model, spec: LoraSpec, view: dict[str, np.ndarray], applied_rounds: set[int]) -> int | None:
+def apply_view(model, view: dict[str, np.ndarray], applied_rounds: set[int]) -> int | None:
     """Load a received state: factors, cores or weights by key, plus base changes of rounds not in
     ``applied_rounds`` (which it extends). Returns the lowest layer whose frozen weights changed, or None."""
     params = dict(model.named_parameters())

@@ -1,4 +1,4 @@
-"""``fedge`` command line: profile, broker, agent, coordinator, plan, trial, demo."""
+"""``fedge`` command line: profile, broker, agent, coordinator, plan, trial, backbone, export, evaluate, demo."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _setup_logging(verbose: bool, log_file: str | None = None) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s")
-    for noisy in ("amqtt", "transitions", "httpx", "urllib3", "transformers", "peft"):
+    for noisy in ("amqtt", "transitions", "httpx", "urllib3", "transformers", "peft", "onnxruntime"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -172,6 +172,43 @@ def cmd_trial(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from fedge.deploy.onnx import export_run
+
+    files = export_run(Path(args.run_dir), Path(args.onnx), int8=args.int8, adapter=Path(args.adapter) if args.adapter else None)
+    for file in files:
+        console.print(f"{file}: {file.stat().st_size / 1e6:.1f} MB")
+    console.print(f"tokenizer and task written beside them; evaluate with: fedge evaluate {args.onnx} --data HELD_OUT.jsonl")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from fedge.task.data import read_rows
+
+    records = read_rows(args.data)  # checked before the heavy imports
+    from fedge.deploy.evaluate import evaluate_model
+    from fedge.deploy.onnx import INT8_FILE, MODEL_FILE, TASK_FILE, OnnxCausalLM, TorchCausalLM, export_task, merged_model, run_task
+
+    _set_threads(args.threads)
+    path = Path(args.path)
+    if (path / TASK_FILE).exists():
+        from transformers import AutoTokenizer
+
+        engine, tokenizer, task = OnnxCausalLM(path / (INT8_FILE if args.int8 else MODEL_FILE), args.threads), AutoTokenizer.from_pretrained(path), export_task(path)
+    elif (path / "config.json").exists():
+        model, tokenizer = merged_model(path, Path(args.adapter) if args.adapter else None)
+        engine, task = TorchCausalLM(model), run_task(path)[1]
+    else:
+        raise FileNotFoundError(f"{path}: neither an export ({TASK_FILE}) nor a run directory (config.json)")
+    started = time.perf_counter()
+    result = evaluate_model(engine, tokenizer, task, records, args.data, batch_size=args.batch_size)
+    per_example_ms = (time.perf_counter() - started) / len(records) * 1000
+    figures = {result.metric: result.accuracy, "loss": result.loss, "examples": len(records), "ms_per_example": per_example_ms}
+    figures |= {"macro_f1": result.macro_f1} if result.per_class_f1 else {"perplexity": result.perplexity}
+    print(json.dumps(figures) if args.json else "  ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}" for key, value in figures.items()))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from fedge.demo import DemoSettings, run_demo
 
@@ -237,6 +274,23 @@ def build_parser() -> argparse.ArgumentParser:
     backbone.add_argument("--max-frame-kb", type=int, default=512, help="the coordinator's max_frame_kb (sets the chunk size)")
     backbone.add_argument("--out", required=True, help="directory to write OUT/<digest>/ into")
     backbone.set_defaults(func=cmd_backbone)
+
+    export = sub.add_parser("export", help="merge a run's model into its backbone and write it as ONNX for onnxruntime")
+    export.add_argument("run_dir", help="the coordinator's run directory (RUN/coordinator in a demo or trial)")
+    export.add_argument("--onnx", required=True, help="directory for model.onnx, the tokenizer and the task")
+    export.add_argument("--int8", action="store_true", help="also write model.int8.onnx: int8 weights and int8 compute")
+    export.add_argument("--adapter", help="one device's adapter (what `fedge agent --save DIR` wrote) instead of the global model; required for ce-lora")
+    export.set_defaults(func=cmd_export)
+
+    evaluate = sub.add_parser("evaluate", help="the task's held-out evaluation of an ONNX export (onnxruntime) or a run (torch)")
+    evaluate.add_argument("path", help="an export directory (onnxruntime) or a run directory (torch, merged)")
+    evaluate.add_argument("--data", required=True, help="held-out JSON lines in the task's format")
+    evaluate.add_argument("--int8", action="store_true", help="evaluate the export's int8 model")
+    evaluate.add_argument("--adapter", help="with a run directory: one device's adapter instead of the global model")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="rows per forward pass")
+    evaluate.add_argument("--threads", type=int, default=0, help="CPU threads (0: the runtime's default)")
+    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="a heterogeneous fleet fine-tunes SmolLM2-135M on an embedded broker")
     demo.add_argument("--run-dir", default="runs/demo", help="where the run's data, logs and results go")

@@ -57,7 +57,13 @@ class TrainingSetup:
     gradient_checkpointing: bool = False
     cached_examples: int = 0  # examples whose frozen-prefix states the cache keeps
     examples: int = 0  # the device's local examples (more than ``cached_examples``: the rest are recomputed)
-    answer_share: float = 0.0  # instruct: the share of tokens whose full-vocabulary loss is computed (0: classify)
+    answer_share: float = 0.0  # the share of tokens whose full-vocabulary loss is computed (instruct, multi-token labels)
+    sequences_per_example: int = 1  # classify with labels of several tokens: one sequence per label
+
+    @property
+    def sequences(self) -> int:
+        """Sequences a step runs: the batch's examples, each as many times as it has sequences."""
+        return self.batch_size * self.sequences_per_example
 
     @property
     def depth(self) -> int:
@@ -126,7 +132,7 @@ def saved_elements_per_token(shape: ModelShape, rank: int, target_modules: tuple
 def activation_elements(shape: ModelShape, setup: TrainingSetup) -> int:
     """Counted activation values: every trained layer's saved tensors, or with checkpointing each layer's input
     plus one layer's saved tensors while it is recomputed."""
-    tokens = setup.batch_size * setup.seq_len
+    tokens = setup.sequences * setup.seq_len
     per_layer = [saved_elements_per_token(shape, rank, setup.target_modules) for rank in setup.ranks]
     if setup.gradient_checkpointing:
         return tokens * (setup.depth * shape.hidden_size + max(per_layer))
@@ -135,7 +141,7 @@ def activation_elements(shape: ModelShape, setup: TrainingSetup) -> int:
 
 def output_layer_bytes(shape: ModelShape, setup: TrainingSetup) -> int:
     """The instruct loss's live memory: one chunk of vocabulary logits and the answer tokens' hidden states."""
-    answers = int(setup.batch_size * setup.seq_len * setup.answer_share)
+    answers = int(setup.sequences * setup.seq_len * setup.answer_share)
     if not answers:
         return 0
     return min(answers, LOSS_CHUNK_TOKENS) * shape.vocab_size * LOGIT_BYTES + answers * shape.hidden_size * 4

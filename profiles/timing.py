@@ -43,13 +43,13 @@ def step_flops(shape: ModelShape, setup: TrainingSetup) -> float:
         total += forward * (2 if setup.gradient_checkpointing else 1) + backward
     # instruct: the output layer on answer tokens, forward, recomputed in backward, and its input gradient
     output = 6 * shape.vocab_size * shape.hidden_size * setup.answer_share
-    return setup.batch_size * setup.seq_len * (total + output) + prefix_flops(shape, setup, setup.batch_size * setup.uncached_fraction)
+    return setup.sequences * setup.seq_len * (total + output) + prefix_flops(shape, setup, setup.batch_size * setup.uncached_fraction)
 
 
 def prefix_flops(shape: ModelShape, setup: TrainingSetup, rows: float) -> float:
-    """FLOPs of running the frozen layers below the adapter for ``rows`` examples."""
+    """FLOPs of running the frozen layers below the adapter for ``rows`` examples (each of its sequences)."""
     linear, attention, _ = _layer_flops_per_token(shape, setup.seq_len, 0, ())
-    return rows * setup.seq_len * min(setup.layers) * (linear + attention)
+    return rows * setup.sequences_per_example * setup.seq_len * min(setup.layers) * (linear + attention)
 
 
 def device_gflops(profile: DeviceProfile, quantization: str) -> float:

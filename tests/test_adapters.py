@@ -93,8 +93,8 @@ def test_frozen_weight_changes_apply_once_on_plain_and_4bit_bases(tiny_backbone,
     before = module(x.to(torch.bfloat16) if quantization == "nf4" else x).float()
     applied: set[int] = set()
     view = {delta_key(name, 1, "left"): left, delta_key(name, 1, "right"): right}
-    assert apply_view(peft_model, SPEC, view, applied) == 1 and applied == {1}
-    assert apply_view(peft_model, SPEC, view, applied) is None  # the same round again changes nothing
+    assert apply_view(peft_model, view, applied) == 1 and applied == {1}
+    assert apply_view(peft_model, view, applied) is None  # the same round again changes nothing
     after = module(x.to(torch.bfloat16) if quantization == "nf4" else x).float()
     expected = before + x @ torch.from_numpy(left @ right).T
     tolerance = 1e-4 if quantization == "fp32" else 0.1

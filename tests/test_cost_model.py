@@ -142,3 +142,16 @@ def test_calibration_files_are_in_the_repo_and_say_whether_they_were_measured():
     cpu, cuda = load_calibration("cpu"), load_calibration("cuda")
     assert cpu.measured and len(cpu.samples) >= 8 and 0 < cpu.overhead_bytes < 2**31
     assert not cuda.measured and "Not measured" in cuda.note
+
+
+def test_labels_of_several_tokens_cost_one_sequence_per_label_and_their_output_layer():
+    from dataclasses import replace
+
+    from profiles.memory import output_layer_bytes
+
+    shape = load_model_shape("smollm2-135m-instruct")
+    words = _setup()
+    choices = replace(words, sequences_per_example=4, answer_share=2 / 32)
+    assert activation_elements(shape, choices) == 4 * activation_elements(shape, words)
+    assert output_layer_bytes(shape, words) == 0 and output_layer_bytes(shape, choices) > 0
+    assert step_flops(shape, choices) > 4 * step_flops(shape, words)  # four sequences, plus the labels' vocabulary logits

@@ -8,10 +8,12 @@ import torch
 
 from edge_agent.trainer import BatchSampler, StepProgress, train_local
 from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays, parse_adapter_key, uniform_spec
-from fedge.wire import LoraSpec
-from fedge.task.classifier import Classifier, encode, label_token_ids
+from fedge.wire import LoraSpec, TaskSpec
+from fedge.deploy.evaluate import evaluate_model
+from fedge.deploy.onnx import TorchCausalLM
+from fedge.task.classifier import Classifier, LikelihoodClassifier, classifier_for, encode, label_token_ids
 from fedge.task.prefix import FrozenPrefix
-from fedge.task.data import Example
+from fedge.task.data import Example, Row
 from fedge.task.wordnet import LABELS, WORDNET_TASK
 from quantization.backbone import load_backbone, locate_backbone
 
@@ -173,3 +175,41 @@ def test_training_caches_only_the_rows_it_trains_on(tiny):
     cache.fill(torch.cat(sampler.upcoming(2, 4)))  # what the agent does while it waits for the next round
     second = train_local(classifier, cache, sampler, steps=2, batch_size=4, learning_rate=1e-2)
     assert second.prefix_rows == 0 and cache.cached_rows == 12
+
+
+MULTI_TOKEN_TASK = TaskSpec("classify", ("food plant", "food animal", "time", "place person body"), WORDNET_TASK.prompt, max_tokens=24)
+
+
+def test_labels_of_several_tokens_are_scored_by_their_full_log_likelihood(tiny):
+    model, tokenizer = tiny
+    classifier = classifier_for(FrozenPrefix(model, 2), tokenizer, MULTI_TOKEN_TASK)
+    assert isinstance(classifier, LikelihoodClassifier)
+    examples = [Example("food animal plant time " * 6, i % 4) for i in range(6)]  # cut so the longest label still fits
+    data = classifier.encode(examples)
+    assert len(data) == 6 and data.input_ids.shape[0] == 24 and int(data.lengths.max()) <= MULTI_TOKEN_TASK.max_tokens
+    cache = classifier.runner.cache(data)
+    with torch.no_grad():
+        scores = classifier.logits(cache, torch.tensor([4, 1]))
+        for position, row in enumerate((4, 1)):
+            for choice, label in enumerate(MULTI_TOKEN_TASK.labels):
+                sequence = data.input_ids[row * 4 + choice, : data.lengths[row * 4 + choice]]
+                label_ids = tokenizer.encode(" " + label, add_special_tokens=False)
+                log_probs = model(sequence.unsqueeze(0)).logits[0].log_softmax(-1)
+                expected = sum(log_probs[len(sequence) - len(label_ids) - 1 + i, token] for i, token in enumerate(label_ids))
+                torch.testing.assert_close(scores[position, choice], expected, atol=1e-4, rtol=1e-4)
+    assert cache.missing([4, 1, 0]) == [0] and cache.cached_rows == 8  # a row is cached when all its sequences are
+
+
+def test_a_likelihood_classifier_learns_and_deploys_with_the_same_scores(tiny):
+    model, tokenizer = tiny
+    peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]), seed=0)
+    classifier = classifier_for(FrozenPrefix(peft_model, 2), tokenizer, MULTI_TOKEN_TASK)
+    examples = [Example(text, i % 4) for i, text in enumerate(["food plant", "animal food", "time time", "place body"] * 3)]
+    cache = classifier.runner.cache(classifier.encode(examples))
+    before = classifier.evaluate(cache)
+    train_local(classifier, cache, BatchSampler(len(cache), 0), steps=30, batch_size=6, learning_rate=1e-2)
+    after = classifier.evaluate(cache)
+    assert after.loss < before.loss and len(after.per_class_f1) == 4
+    rows = [Row(example.text, MULTI_TOKEN_TASK.labels[example.label], line) for line, example in enumerate(examples, 1)]
+    deployed = evaluate_model(TorchCausalLM(peft_model), tokenizer, MULTI_TOKEN_TASK, rows, "test")
+    assert deployed.accuracy == after.accuracy and abs(deployed.loss - after.loss) < 1e-4

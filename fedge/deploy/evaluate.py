@@ -1,7 +1,7 @@
 """A task's held-out evaluation on a deployed model (onnxruntime or torch), from full-sequence logits.
 
 The same encodings and scores as training-time evaluation: ``classify`` scores its label words after the prompt's
-last token (accuracy, per-class F1); ``instruct`` takes the loss over answer tokens and scores greedy answers
+last token, or labels of several tokens by their log-likelihood (accuracy, per-class F1); ``instruct`` takes the loss over answer tokens and scores greedy answers
 (decoded one token per forward pass, without a key/value cache) on the task's bounded sample.
 """
 
@@ -13,9 +13,10 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from fedge.task.classifier import Evaluation, encode as encode_examples, label_token_ids, per_class_f1
+from fedge.task.classifier import Evaluation, encode as encode_examples, encode_choices, label_tokens, per_class_f1, single_token
 from fedge.task.instruct import score
-from fedge.task.instruction import IGNORE, encode as encode_dialogues
+from fedge.task.instruction import encode as encode_dialogues
+from fedge.task.next_token import IGNORE
 from fedge.task.kinds import kind_of
 from fedge.task.data import Record
 from fedge.wire import TaskSpec
@@ -39,15 +40,21 @@ def evaluate_model(engine: CausalLM, tokenizer, task: TaskSpec, records: list[Re
 
 
 def _classify(engine: CausalLM, tokenizer, task: TaskSpec, examples, batch_size: int) -> Evaluation:
-    data = encode_examples(tokenizer, examples, task)
-    labels = torch.tensor(label_token_ids(tokenizer, task.labels))
+    tokens = label_tokens(tokenizer, task.labels)
+    data = encode_examples(tokenizer, examples, task) if single_token(tokens) else encode_choices(tokenizer, examples, task)
     predictions, total_loss = [], 0.0
     for begin in range(0, len(data), batch_size):
-        rows = slice(begin, begin + batch_size)
-        input_ids, lengths = data.input_ids[rows], data.lengths[rows]
+        rows = torch.arange(begin, min(begin + batch_size, len(data)))
+        sequences = data.sequences(rows)
+        input_ids, lengths = data.input_ids[sequences], data.lengths[sequences]
         width = int(lengths.max())
-        logits = engine.logits(input_ids[:, :width], _mask(input_ids[:, :width], lengths))
-        scores = logits[torch.arange(len(lengths)), lengths - 1][:, labels].float()
+        logits = engine.logits(input_ids[:, :width], _mask(input_ids[:, :width], lengths)).float()
+        if single_token(tokens):
+            scores = logits[torch.arange(len(rows)), lengths - 1][:, [ids[0] for ids in tokens]]
+        else:
+            targets = data.targets[sequences, :width]
+            picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            scores = (picked * (targets != IGNORE)).sum(-1).view(len(rows), -1)
         total_loss += F.cross_entropy(scores, data.labels[rows], reduction="sum").item()
         predictions.append(scores.argmax(-1))
     predicted = torch.cat(predictions)

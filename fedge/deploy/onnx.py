@@ -1,8 +1,12 @@
-"""Export a run's global model for inference with onnxruntime, and run a task's evaluation on an export.
+"""Export a run's model for inference with onnxruntime.
 
-``export_run`` merges the run's global adapter into its backbone (fp32) and writes one ONNX graph,
-``input_ids, attention_mask -> logits``, with the tokenizer and the run's task beside it, optionally with an int8
-copy quantized by onnxruntime's dynamic quantization (weights int8, activations quantized on the fly).
+``export_run`` rebuilds the run's final global model — its backbone, the global adapter, and the frozen-weight
+changes or replaced weights the strategy keeps in the last global state — or one device's personalised model (the
+adapter ``fedge agent --save`` wrote), merges it into fp32 weights and writes one ONNX graph,
+``input_ids, attention_mask -> logits``, with the tokenizer and the run's task beside it. ``int8`` adds a copy whose
+linear weights are int8 (symmetric, one scale per block of 128 inputs) run by onnxruntime's ``MatMulNBits`` with
+int8 compute: activations are quantized on the fly, per block, which keeps the task's accuracy where per-tensor
+dynamic quantization of a small LLM loses points.
 ``OnnxCausalLM`` runs such an export behind the small interface the task evaluations use.
 """
 
@@ -19,8 +23,10 @@ import torch
 from fedge.wire import TaskSpec
 
 MODEL_FILE, INT8_FILE, TASK_FILE = "model.onnx", "model.int8.onnx", "fedge_task.json"
-# strategies whose global model lives partly outside the adapter (merged base changes or replaced weights)
-NOT_IN_ADAPTER = ("fedex-lora", "flora", "full", "ce-lora")
+INT8_BLOCK = 128
+ONE_FILE_LIMIT = 1 << 31  # protobuf's 2 GiB: larger graphs keep their weights in an external data file
+PER_DEVICE_ONLY = ("ce-lora",)  # no global model: export a device's own adapter
+ADAPTER_ONLY = ("fedex-lora", "flora", "full")  # part of their model is outside any one adapter
 log = logging.getLogger(__name__)
 
 
@@ -40,26 +46,42 @@ def run_task(run_dir: Path) -> tuple[dict, TaskSpec]:
     return config, TaskSpec(**{**task, "labels": tuple(task.get("labels", ()))})
 
 
-def merged_model(run_dir: Path):
-    """The run's backbone with its global adapter merged in, and the tokenizer."""
+def merged_model(run_dir: Path, adapter: Path | None = None):
+    """The run's final global model, or the backbone with one device's ``adapter`` directory, merged; and the tokenizer."""
     from peft import PeftModel
 
+    from fedge.adapters import apply_view, lora_layers
+    from fedge.strategies import make_strategy
     from quantization.backbone import load_backbone, locate_backbone
+    from safetensors.numpy import load_file
 
     config, _ = run_task(run_dir)
-    if config["strategy"] in NOT_IN_ADAPTER:
-        raise ValueError(f"{config['strategy']} keeps part of its model outside the adapter (base changes, replaced weights or per-device cores); export supports the factor-averaging strategies")
-    if not (run_dir / "adapter" / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{run_dir / 'adapter'}: no adapter; the run has not finished")
-    model, tokenizer = load_backbone(locate_backbone(config["backbone"]))
-    merged = PeftModel.from_pretrained(model, run_dir / "adapter").merge_and_unload()
+    strategy = config["strategy"]
+    if adapter is None and strategy in PER_DEVICE_ONLY:
+        raise ValueError(f"{strategy} has no global model: export one device's personalised model with --adapter DIR (the directory its `fedge agent --save DIR` wrote)")
+    if adapter is not None and strategy in ADAPTER_ONLY:
+        raise ValueError(f"{strategy} keeps frozen-weight changes outside a device's adapter: export the run's global model (no --adapter)")
+    source = adapter or run_dir / "adapter"
+    if not (source / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{source}: no adapter_config.json" + ("" if adapter else "; the run has not finished"))
+    model, tokenizer = load_backbone(locate_backbone(config["backbone"]), "fp32")
+    model = PeftModel.from_pretrained(model, source)
+    if adapter is None:
+        rounds = sorted((run_dir / "globals").glob("round_*.safetensors"))
+        parts = make_strategy(strategy, seed=config.get("seed", 0), **config.get("strategy_options", {})).global_parts(load_file(rounds[-1])) if rounds else None
+        if parts is not None:
+            apply_view(model, parts.base_changes, set())
+            for name, layer in lora_layers(model):
+                if name in parts.weights:
+                    layer.get_base_layer().weight.data.copy_(torch.from_numpy(parts.weights[name]))
+    merged = model.merge_and_unload()
     merged.eval()
     return merged, tokenizer
 
 
-def export_run(run_dir: Path, out: Path, int8: bool = False, opset: int = 17) -> list[Path]:
+def export_run(run_dir: Path, out: Path, int8: bool = False, adapter: Path | None = None, opset: int = 17) -> list[Path]:
     """Write the merged model as ONNX (and an int8 copy) with its tokenizer and task; returns the model files."""
-    model, tokenizer = merged_model(run_dir)
+    model, tokenizer = merged_model(run_dir, adapter)
     _, task = run_task(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     sample = tokenizer(["an example to trace the graph"], return_tensors="pt")
@@ -73,11 +95,26 @@ def export_run(run_dir: Path, out: Path, int8: bool = False, opset: int = 17) ->
     (out / TASK_FILE).write_text(json.dumps(asdict(task), indent=2))
     files = [out / MODEL_FILE]
     if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(out / MODEL_FILE, out / INT8_FILE, weight_type=QuantType.QInt8)
-        files.append(out / INT8_FILE)
+        files.append(quantize_int8(out / MODEL_FILE, out / INT8_FILE))
     return files
+
+
+def quantize_int8(source: Path, target: Path) -> Path:
+    """An int8 copy of an exported graph: block-quantized linear weights, int8 compute (see the module docstring)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=INT8_BLOCK, is_symmetric=True, accuracy_level=4, bits=8)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=quantizer.model.model.ByteSize() >= ONE_FILE_LIMIT)
+    return target
+
+
+def export_task(out: Path) -> TaskSpec:
+    """The task an export was written with."""
+    task = json.loads((out / TASK_FILE).read_text())
+    return TaskSpec(**{**task, "labels": tuple(task["labels"])})
 
 
 class OnnxCausalLM:

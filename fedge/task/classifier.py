@@ -1,8 +1,11 @@
 """Classification with a causal LM: score each label after the task's prompt.
 
-The logits come from the final hidden state at the prompt's last token, multiplied by the (frozen) output
-embeddings of the label words only, so the 49k-row vocabulary projection is never computed. Only the adapted top
-of the network runs per step; the frozen bottom's output comes from a ``PrefixCache`` (``fedge.task.prefix``).
+Labels of one token each (label words) are scored by their logit at the prompt's last token: the final hidden state
+times the (frozen) output embeddings of the label tokens only, so the vocabulary projection is never computed.
+Labels of several tokens are scored by their full log-likelihood: each example becomes one sequence per label
+(prompt, then the label's tokens), and a label's score is the sum of its tokens' log-probabilities. Either way the
+loss is the cross-entropy over the labels' scores. Only the adapted top of the network runs per step; the frozen
+bottom's output comes from a ``PrefixCache`` (``fedge.task.prefix``).
 """
 
 from __future__ import annotations
@@ -14,17 +17,38 @@ import torch.nn.functional as F
 
 from fedge.lora import build_lora_model
 from fedge.task.data import Example
+from fedge.task.next_token import IGNORE, target_losses
 from fedge.task.prefix import EncodedRows, FrozenPrefix, PrefixCache
 from fedge.wire import LoraSpec, TaskSpec
 
 
+def label_tokens(tokenizer, labels: tuple[str, ...]) -> list[list[int]]:
+    """Each label's tokens as it follows the prompt (after a space); labels must tokenize differently."""
+    tokens = [tokenizer.encode(" " + label, add_special_tokens=False) for label in labels]
+    seen: dict[tuple[int, ...], str] = {}
+    for label, ids in zip(labels, tokens):
+        if not ids or tuple(ids) in seen:
+            raise ValueError(f"labels {seen.get(tuple(ids), '')!r} and {label!r} give the same tokens")
+        seen[tuple(ids)] = label
+    return tokens
+
+
+def single_token(tokens: list[list[int]]) -> bool:
+    return all(len(ids) == 1 for ids in tokens)
+
+
+def scoring_cost(tokenizer, labels: tuple[str, ...]) -> tuple[int, float]:
+    """What scoring ``labels`` costs per example: (sequences, label tokens per sequence); (1, 0) for label words."""
+    tokens = label_tokens(tokenizer, labels)
+    return (1, 0.0) if single_token(tokens) else (len(tokens), sum(map(len, tokens)) / len(tokens))
+
+
 def label_token_ids(tokenizer, labels: tuple[str, ...]) -> list[int]:
-    """The token each label starts with (after a space), one per label; labels must start with distinct tokens."""
-    ids = [tokenizer.encode(" " + label, add_special_tokens=False)[0] for label in labels]
-    if len(set(ids)) != len(ids):
-        clashes = sorted({labels[i] for i, token in enumerate(ids) if ids.count(token) > 1})
-        raise ValueError(f"labels {clashes} start with the same token; name the classes so each starts differently")
-    return ids
+    """The one token of each label (label words)."""
+    tokens = label_tokens(tokenizer, labels)
+    if not single_token(tokens):
+        raise ValueError(f"labels {[label for label, ids in zip(labels, tokens) if len(ids) > 1]} take several tokens; they are scored by likelihood")
+    return [ids[0] for ids in tokens]
 
 
 @dataclass
@@ -35,22 +59,61 @@ class EncodedExamples(EncodedRows):
         return EncodedExamples(self.input_ids.to(device), self.lengths.to(device), self.labels.to(device))
 
 
+@dataclass
+class EncodedChoices(EncodedRows):
+    """Examples as one sequence per label (prompt, then the label's tokens): row ``r`` is sequences r·C … r·C+C−1."""
+
+    targets: torch.Tensor  # (n·C, t): the label token each position predicts next, IGNORE elsewhere
+    labels: torch.Tensor  # (n,) class indices
+    choices: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def sequences(self, rows: torch.Tensor | list[int]) -> list[int]:
+        return [int(row) * self.choices + choice for row in rows for choice in range(self.choices)]
+
+    def to(self, device: str | torch.device) -> EncodedChoices:
+        return EncodedChoices(self.input_ids.to(device), self.lengths.to(device), self.targets.to(device), self.labels.to(device), self.choices)
+
+
 def encode(tokenizer, examples: list[Example], task: TaskSpec) -> EncodedExamples:
     """The examples in the task's prompt, cut to its token budget: the text is shortened, never the prompt after it."""
+    input_ids, lengths = pad_rows(_prompts(tokenizer, examples, task, 0), tokenizer)
+    return EncodedExamples(input_ids, lengths, torch.tensor([example.label for example in examples]))
+
+
+def encode_choices(tokenizer, examples: list[Example], task: TaskSpec) -> EncodedChoices:
+    """Each example once per label, the prompt cut so that the longest label still fits the token budget."""
+    tokens = label_tokens(tokenizer, task.labels)
+    rows, targets = [], []
+    for prompt in _prompts(tokenizer, examples, task, max(len(ids) for ids in tokens)):
+        for ids in tokens:
+            rows.append(prompt + ids)
+            targets.append([IGNORE] * (len(prompt) - 1) + ids + [IGNORE])
+    input_ids, lengths = pad_rows(rows, tokenizer)
+    target_ids = torch.full_like(input_ids, IGNORE)
+    for index, row in enumerate(targets):
+        target_ids[index, : len(row)] = torch.tensor(row)
+    return EncodedChoices(input_ids, lengths, target_ids, torch.tensor([example.label for example in examples]), len(tokens))
+
+
+def _prompts(tokenizer, examples: list[Example], task: TaskSpec, reserve: int) -> list[list[int]]:
+    """Each example's prompt tokens within ``task.max_tokens - reserve``: the text is cut, never the prompt."""
     head, tail = task.prompt.split("{text}", 1)
     head_ids = tokenizer.encode(head, add_special_tokens=False) if head else []
     tail_ids = tokenizer.encode(tail, add_special_tokens=False) if tail else []
-    room = task.max_tokens - len(head_ids) - len(tail_ids)
+    budget = task.max_tokens - reserve
+    room = budget - len(head_ids) - len(tail_ids)
     if room < 1:
-        raise ValueError(f"the prompt takes {len(head_ids) + len(tail_ids)} tokens; task.max_tokens {task.max_tokens} leaves no room for the text")
+        raise ValueError(f"the prompt takes {len(head_ids) + len(tail_ids)} tokens{f' and the longest label {reserve}' if reserve else ''}; task.max_tokens {task.max_tokens} leaves no room for the text")
     rows = []
     for example in examples:
         row = tokenizer.encode(task.prompt.format(text=example.text), add_special_tokens=False)
-        if len(row) > task.max_tokens:
+        if len(row) > budget:
             row = head_ids + tokenizer.encode(example.text, add_special_tokens=False)[:room] + tail_ids
         rows.append(row)
-    input_ids, lengths = pad_rows(rows, tokenizer)
-    return EncodedExamples(input_ids, lengths, torch.tensor([example.label for example in examples]))
+    return rows
 
 
 def pad_rows(rows: list[list[int]], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +132,7 @@ class Classifier:
         self.runner = runner
         self.model = runner.model
         self.label_ids = torch.tensor(label_ids, device=runner.decoder.output.weight.device)
+        self.num_labels = len(label_ids)
         self.tokenizer, self.spec = tokenizer, spec
 
     def encode(self, examples: list[Example]) -> EncodedExamples:
@@ -100,11 +164,41 @@ class Classifier:
             predictions.append(logits.argmax(-1).cpu())
         self.model.train(was_training)
         predicted, truth = torch.cat(predictions), labels.cpu()
-        return Evaluation(accuracy=(predicted == truth).float().mean().item(), loss=total_loss / len(cache), per_class_f1=per_class_f1(predicted, truth, len(self.label_ids)))
+        return Evaluation(accuracy=(predicted == truth).float().mean().item(), loss=total_loss / len(cache), per_class_f1=per_class_f1(predicted, truth, self.num_labels))
+
+
+class LikelihoodClassifier(Classifier):
+    """Scores each label by the summed log-probability of its tokens after the prompt (labels of several tokens)."""
+
+    def __init__(self, runner: FrozenPrefix, tokenizer, spec: TaskSpec):
+        self.runner = runner
+        self.model = runner.model
+        self.num_labels = len(spec.labels)
+        self.tokenizer, self.spec = tokenizer, spec
+
+    def encode(self, examples: list[Example]) -> EncodedChoices:
+        return encode_choices(self.tokenizer, examples, self.spec)
+
+    def logits(self, cache: PrefixCache, rows: torch.Tensor) -> torch.Tensor:
+        """(len(rows), num_labels) label log-likelihoods."""
+        hidden = self.runner.top(cache.batch(rows))
+        return choice_scores(hidden, cache.data.targets[cache.data.sequences(rows), : hidden.shape[1]], self.runner.decoder.output, len(rows))
+
+
+def choice_scores(hidden: torch.Tensor, targets: torch.Tensor, output: torch.nn.Module, rows: int) -> torch.Tensor:
+    """(rows, choices) sums of the target tokens' log-probabilities of each sequence (``rows`` × choices of them)."""
+    targets = targets.to(hidden.device)
+    log_probs = -target_losses(hidden, targets, output)
+    owner = torch.arange(len(targets), device=hidden.device).unsqueeze(1).expand_as(targets)[targets != IGNORE]
+    return torch.zeros(len(targets), device=hidden.device, dtype=log_probs.dtype).index_add(0, owner, log_probs).view(rows, -1)
 
 
 def classifier_for(runner: FrozenPrefix, tokenizer, spec: TaskSpec) -> Classifier:
-    return Classifier(runner, label_token_ids(tokenizer, spec.labels), tokenizer, spec)
+    """The fast classifier for label words, the likelihood classifier where a label takes several tokens."""
+    tokens = label_tokens(tokenizer, spec.labels)
+    if single_token(tokens):
+        return Classifier(runner, [ids[0] for ids in tokens], tokenizer, spec)
+    return LikelihoodClassifier(runner, tokenizer, spec)
 
 
 def lora_classifier(model, tokenizer, spec: LoraSpec, labels: tuple[str, ...], seed: int, gradient_checkpointing: bool = False) -> Classifier:

@@ -14,17 +14,14 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from fedge.task.classifier import Evaluation, pad_rows
 from fedge.task.data import Dialogue
 from fedge.task.instruct import score
+from fedge.task.next_token import IGNORE, target_losses
 from fedge.task.prefix import EncodedRows, FrozenPrefix, PrefixCache
 from fedge.wire import TaskSpec
-from profiles.memory import LOSS_CHUNK_TOKENS  # answer positions whose vocabulary logits exist at once
 
-IGNORE = -100
 PLAIN_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}"
     "{% if message['role'] == 'assistant' and eos_token %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
@@ -114,18 +111,7 @@ class InstructionTuner:
     def token_losses(self, cache: PrefixCache, rows: torch.Tensor) -> torch.Tensor:
         """The cross-entropy of every answer token of ``rows``, one value per token."""
         hidden = self.runner.top(cache.batch(rows))
-        targets = cache.data.targets[rows, : hidden.shape[1]].to(hidden.device)
-        keep = targets != IGNORE
-        hidden, targets = hidden[keep], targets[keep]
-        output = self.runner.decoder.output
-        parts = []
-        for begin in range(0, len(targets), LOSS_CHUNK_TOKENS):
-            chunk = slice(begin, begin + LOSS_CHUNK_TOKENS)
-            if torch.is_grad_enabled():
-                parts.append(checkpoint(_chunk_losses, hidden[chunk], targets[chunk], output.weight, output.bias, use_reentrant=False))
-            else:
-                parts.append(_chunk_losses(hidden[chunk], targets[chunk], output.weight, output.bias))
-        return torch.cat(parts)
+        return target_losses(hidden, cache.data.targets[rows, : hidden.shape[1]], self.runner.decoder.output)
 
     def loss(self, cache: PrefixCache, rows: torch.Tensor) -> torch.Tensor:
         return self.token_losses(cache, rows).mean()
@@ -164,13 +150,6 @@ class InstructionTuner:
             out = base.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=self.spec.max_new_tokens, do_sample=False, pad_token_id=pad)
             answers += [self.tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out.cpu()]
         return answers
-
-
-def _chunk_losses(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    logits = hidden @ weight.T.to(hidden.dtype)
-    if bias is not None:
-        logits = logits + bias.to(logits.dtype)
-    return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
 def tuner_for(runner: FrozenPrefix, tokenizer, spec: TaskSpec) -> InstructionTuner:

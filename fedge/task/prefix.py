@@ -6,8 +6,10 @@ output for an example never changes until a frozen weight does. ``FrozenPrefix``
 time a row is needed (or ahead of need, ``fill``), so a training step runs only the adapted top. This is exact, not an
 approximation, and it is what makes a 30-layer model trainable on two CPU cores in minutes.
 
-Rows are right-padded token ids; a row's states are kept at its own length, and a batch is padded with zeros to its
-longest row. Causal attention never lets a real token see a later (padding) position, so padding never changes them.
+A row (what a sampler deals: an example) is one or more sequences of right-padded token ids (classify with
+multi-token labels gives an example one sequence per label). A sequence's states are kept at its own length, and a
+batch is padded with zeros to its longest sequence. Causal attention never lets a real token see a later (padding)
+position, so padding never changes them.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ from fedge.decoder import decoder_parts
 class EncodedRows:
     """Token ids of a dataset, right-padded, with each row's real length; tasks subclass it to add their targets."""
 
-    input_ids: torch.Tensor  # (n, t)
-    lengths: torch.Tensor  # (n,)
+    input_ids: torch.Tensor  # (sequences, t)
+    lengths: torch.Tensor  # (sequences,)
 
     def __len__(self) -> int:
+        """Rows (examples)."""
         return len(self.lengths)
+
+    def sequences(self, rows: torch.Tensor | list[int]) -> list[int]:
+        """The sequences (rows of ``input_ids``) that make up ``rows``, in order: one per row here."""
+        return [int(row) for row in rows]
 
 
 class FrozenPrefix:
@@ -57,8 +64,8 @@ class FrozenPrefix:
 
 
 class PrefixCache:
-    """The frozen bottom's output for the rows of one dataset, computed when first asked for and kept while the
-    cache holds less than ``max_bytes`` (None: no bound); rows beyond the bound are recomputed each time."""
+    """The frozen bottom's output for the sequences of one dataset's rows, computed when first asked for and kept
+    while the cache holds less than ``max_bytes`` (None: no bound); sequences beyond the bound are recomputed each time."""
 
     def __init__(self, runner: FrozenPrefix, data: EncodedRows, max_bytes: int | None = None, chunk_rows: int = 32):
         self.runner = runner
@@ -67,38 +74,39 @@ class PrefixCache:
         self.chunk_rows = chunk_rows
         self._states: dict[int, torch.Tensor] = {}
         self.bytes = 0
-        self.computed_rows = 0  # rows run through the bottom so far, recomputations included
+        self.computed_rows = 0  # sequences run through the bottom so far, recomputations included
 
     def __len__(self) -> int:
         return len(self.data)
 
     def missing(self, rows: torch.Tensor | list[int]) -> list[int]:
-        """The distinct rows among ``rows`` that are not cached, in first-seen order."""
-        return [row for row in dict.fromkeys(int(r) for r in rows) if row not in self._states]
+        """The distinct rows among ``rows`` with a sequence not cached, in first-seen order."""
+        return [row for row in dict.fromkeys(int(r) for r in rows) if any(s not in self._states for s in self.data.sequences([row]))]
 
     def fill(self, rows: torch.Tensor | list[int]) -> dict[int, torch.Tensor]:
-        """Compute the rows not cached yet (in chunks of similar length) and keep those the bound allows; returns the
-        states computed, kept or not."""
-        missing = sorted(self.missing(rows), key=lambda row: int(self.data.lengths[row]))
+        """Compute the rows' sequences not cached yet (in chunks of similar length) and keep those the bound allows;
+        returns the states computed, kept or not, by sequence."""
+        wanted = dict.fromkeys(self.data.sequences(rows))
+        missing = sorted((s for s in wanted if s not in self._states), key=lambda sequence: int(self.data.lengths[sequence]))
         computed = {}
         for begin in range(0, len(missing), self.chunk_rows):
             chunk = missing[begin : begin + self.chunk_rows]
             width = int(self.data.lengths[chunk].max())
             states = self.runner.bottom(self.data.input_ids[chunk, :width])
             self.computed_rows += len(chunk)
-            for position, row in enumerate(chunk):
-                state = states[position, : int(self.data.lengths[row])].clone()
-                computed[row] = state
+            for position, sequence in enumerate(chunk):
+                state = states[position, : int(self.data.lengths[sequence])].clone()
+                computed[sequence] = state
                 size = state.numel() * state.element_size()
                 if self.max_bytes is None or self.bytes + size <= self.max_bytes:
-                    self._states[row] = state
+                    self._states[sequence] = state
                     self.bytes += size
         return computed
 
     def batch(self, rows: torch.Tensor) -> torch.Tensor:
-        """(len(rows), longest row, hidden) states entering the adapted layers, zero past each row's length."""
+        """(sequences of rows, longest, hidden) states entering the adapted layers, zero past each sequence's length."""
         fresh = self.fill(rows)
-        states = [self._states.get(int(row), fresh.get(int(row))) for row in rows]
+        states = [self._states.get(sequence, fresh.get(sequence)) for sequence in self.data.sequences(rows)]
         out = states[0].new_zeros((len(states), max(len(state) for state in states), states[0].shape[-1]))
         for position, state in enumerate(states):
             out[position, : len(state)] = state
@@ -116,4 +124,5 @@ class PrefixCache:
 
     @property
     def cached_rows(self) -> int:
+        """Sequences held."""
         return len(self._states)
