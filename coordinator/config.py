@@ -94,7 +94,7 @@ class CoordinatorConfig:
         if "target_modules" in values:
             values["target_modules"] = tuple(values["target_modules"])
         if "task" in values:
-            values["task"], task_errors = _task(values["task"])
+            values["task"], task_errors = parse_task(values["task"])
             errors += task_errors
         planner = values.get("planner") or {}
         errors += [f"planner.{key}: set it at the top level" for key in _RUN_LEVEL if key in planner]
@@ -120,7 +120,7 @@ class CoordinatorConfig:
         return cls.from_dict(raw)
 
 
-def _task(raw) -> tuple[TaskSpec, list[str]]:
+def parse_task(raw) -> tuple[TaskSpec, list[str]]:
     """The ``task:`` mapping as a ``TaskSpec`` and its problems. Unset keys of ``classify`` come from the WordNet
     default; ``instruct`` defaults to a 256-token budget and token F1 on 32 held-out answers of up to 48 tokens."""
     if not isinstance(raw, dict):

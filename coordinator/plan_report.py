@@ -32,13 +32,13 @@ def plan_table(plan: dict) -> Table:
     """The plan (as ``plan_to_dict`` writes it) as one row per device."""
     options = plan["options"]
     table = Table(title=f"Plan for {plan['model']}: {options['strategy']}, seq {options['seq_len']}, margin {options['safety_margin']:.0%}, straggler bound {options['straggler_bound']}× (median round {plan['median_round_seconds']:.1f} s)")
-    for column in ("device", "bits", "ranks (top first)", "depth", "batch", "steps", "memory predicted / available", "step", "round (first)", "bytes up / down per round"):
+    for column in ("device", "bits", "ranks (top first)", "depth", "batch", "steps", "memory predicted / available", "step", "round", "prepare", "bytes up / down per round"):
         table.add_column(column, justify="left" if column in ("device", "ranks (top first)") else "right")
     for device in plan["devices"]:
         label = device["device_id"] if device["device_id"] == device["profile_name"] else f"{device['device_id']} ({device['profile_name']})"
         label += " †" if device.get("simulated") else ""
         if not device["feasible"]:
-            table.add_row(label, "—", f"[red]refused: {device['reason']}[/]", "", "", "", f"— / {_size(device['available_bytes'])}", "", "", "")
+            table.add_row(label, "—", f"[red]refused: {device['reason']}[/]", "", "", "", f"— / {_size(device['available_bytes'])}", "", "", "", "")
             continue
         table.add_row(
             label,
@@ -49,7 +49,8 @@ def plan_table(plan: dict) -> Table:
             str(device["local_steps"]),
             f"{_size(device['memory']['total'])} / {_size(device['available_bytes'])}" + (" ckpt" if device["gradient_checkpointing"] else ""),
             f"{device['step_seconds']:.3f} s" + ("" if device["calibrated"] else " *"),
-            f"{device['round_seconds']:.1f} s ({device['round_seconds'] + device['setup_seconds']:.1f} s)",
+            f"{device['round_seconds']:.1f} s",
+            f"{device['setup_seconds']:.1f} s",
             f"{_size(device['bytes_up'])} / {_size(device['bytes_down'])}",
         )
     notes = []

@@ -124,7 +124,7 @@ class DevicePlan:
     budget_bytes: int = 0
     available_bytes: int = 0
     step_seconds: float = 0.0
-    setup_seconds: float = 0.0  # the first round's extra: caching the frozen prefix of the rows it trains on
+    setup_seconds: float = 0.0  # preparing for the first round: the backbone's download and the prefix of the rows it trains on
     round_seconds: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
@@ -256,7 +256,8 @@ class _Device:
             budget_bytes=self.budget,
             available_bytes=self.available,
             step_seconds=step,
-            setup_seconds=predict_prefix_seconds(self.shape, setup, min(setup.examples, local_steps * setup.batch_size), device_gflops(profile, setup.quantization), self.calibration),
+            setup_seconds=predict_prefix_seconds(self.shape, setup, min(setup.examples, local_steps * setup.batch_size), device_gflops(profile, setup.quantization), self.calibration)
+            + transfer_seconds(0, int(base_weight_bytes(self.shape, setup.quantization)), profile),
             round_seconds=local_steps * step + transfer_seconds(up, down, profile),
             bytes_up=up,
             bytes_down=down,

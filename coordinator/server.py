@@ -88,6 +88,8 @@ class Coordinator:
         self._specs: dict[str, LoraSpec] = {}  # the adapter each agent was told to train this round
         self._evaluated: set[tuple[int, str]] = set()  # (round, agent) of evaluations agents reported
         self._received: dict[str, AdapterUpdate] = {}  # updates of the open exchanges
+        self._preparing: set[str] = set()  # agents preparing for the first round that have not said ready
+        self._prepare_s: float | None = None  # how long that took, recorded with the first round
         self._contributed: dict[str, AdapterUpdate] = {}  # every agent's latest accepted update this round
         self._bytes_up: dict[str, int] = {}
         self._bytes_down: dict[str, int] = {}
@@ -123,6 +125,7 @@ class Coordinator:
         self._plan()
         if len(self.registry.planned()) < config.min_clients:
             raise RuntimeError(f"only {len(self.registry.planned())} agents can train this model; the run needs {config.min_clients} (see {self.run_dir.path}/plan.json)")
+        self._prepare_agents(start_round)
         try:
             for round_number in range(start_round, config.rounds + 1):
                 arrays = self._run_round(round_number, arrays)
@@ -199,6 +202,25 @@ class Coordinator:
         url = f"{self.config.backbone_url.rstrip('/')}/{package.digest}/" if self.config.backbone_url else None
         return BackboneSpec(self.config.backbone, package.digest, quantization, package.manifest.total_bytes, url)
 
+    def _prepare_agents(self, round_number: int) -> None:
+        """Before the first round: send each planned agent its assignment alone and wait, up to the round deadline,
+        until every one has fetched and loaded its backbone and cached the rows the round trains on (heartbeat
+        ``ready``) or refused. The round's clock starts after, so its wall time is training, as in later rounds."""
+        started = time.time()
+        deadline = started + self.config.round_deadline_s
+        self._preparing = set()
+        for record in self.registry.planned():
+            try:
+                self.transport.publish(topics.downlink(record.agent_id), self._assignment(record, self._wire_round(round_number, 1), deadline, prepare_only=True))
+                self._preparing.add(record.agent_id)
+            except TransportError as error:
+                log.warning("could not reach %s to prepare it (%s)", record.agent_id, error)
+        while {a for a in self._preparing if self._still_expected(a)} and time.time() < deadline:
+            self._handle(self.transport.receive(timeout_s=min(1.0, max(deadline - time.time(), 0.01))))
+        self._prepare_s = round(time.time() - started, 2)
+        log.info("agents prepared for round %d in %.1f s%s", round_number, self._prepare_s, f"; not ready: {', '.join(sorted(self._preparing))}" if self._preparing else "")
+        self._preparing = set()
+
     def _run_round(self, round_number: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One global round: every group runs its τ_g exchanges (one group of everyone, τ = 1, without HierFedLoRA
         groups), then the group states are combined."""
@@ -235,7 +257,9 @@ class Coordinator:
             "capacity": self._predicted_vs_measured(),
             **({"groups": [{"index": g.index, "members": [r.agent_id for r in g.members], "frequency": g.frequency, "exchanges": g.exchange} for g in groups]} if len(groups) > 1 else {}),
             "wall_s": round(time.time() - started, 2),
+            **({"prepare_s": self._prepare_s} if self._prepare_s is not None else {}),
         })
+        self._prepare_s = None
         self.run_dir.save_global(round_number, arrays)  # the commit point of the round
         return arrays
 
@@ -364,7 +388,13 @@ class Coordinator:
         self._assigned[record.agent_id] = plan
         self._specs[record.agent_id] = spec
         self._expectations[record.agent_id] = Expectation(self.config.run_id, round_number, deadline, self.strategy.upload_shapes(arrays, spec), spec.scaling)
-        assignment = Assignment(
+        state = self._state_for(record, arrays, round_number, final=False)
+        downlink = topics.downlink(record.agent_id)
+        return self.transport.publish(downlink, self._assignment(record, round_number, deadline)) + self.transport.publish(downlink, state)
+
+    def _assignment(self, record: AgentRecord, round_number: int, deadline: float, prepare_only: bool = False) -> Assignment:
+        plan, spec = record.plan, self._lora_spec(record)
+        return Assignment(
             run_id=self.config.run_id,
             round=round_number,
             agent_id=record.agent_id,
@@ -383,10 +413,8 @@ class Coordinator:
             strategy=self.strategy.name,
             run_seed=self.config.seed,
             prefix_cache_bytes=plan.memory.cached_prefix,
+            prepare_only=prepare_only,
         )
-        state = self._state_for(record, arrays, round_number, final=False)
-        downlink = topics.downlink(record.agent_id)
-        return self.transport.publish(downlink, assignment) + self.transport.publish(downlink, state)
 
     def _state_for(self, record: AgentRecord, arrays: dict[str, np.ndarray], round_number: int, final: bool) -> GlobalState:
         """What the strategy gives this device: its own layers, ranks and scaling, and base changes it lacks."""
@@ -449,8 +477,11 @@ class Coordinator:
             if self.registry.get(agent_id) is None:  # e.g. this coordinator restarted with --resume
                 return self._reject(agent_id, "unknown_agent", "not registered with this coordinator; send hello")
             self.registry.seen(agent_id)
+            if message.state == "ready":
+                self._preparing.discard(agent_id)
         elif isinstance(message, Reject):
             log.warning("%s refused its work: %s (%s)", agent_id, message.reason, message.detail)
+            self._preparing.discard(agent_id)
             if self._expected_round(agent_id) == message.round:
                 self._rejected[agent_id] = f"refused by agent: {message.reason} ({message.detail[:200]})"
         else:

@@ -124,6 +124,8 @@ class EdgeAgent:
     def _dispatch(self, message) -> None:
         if isinstance(message, Assignment):
             self._assignment = message
+            if message.prepare_only:
+                self._get_ready(message)
         elif isinstance(message, GlobalState):
             self._on_global(message)
         elif isinstance(message, Reject) and message.reason == "unknown_agent":
@@ -187,6 +189,26 @@ class EdgeAgent:
         self._send_update(assignment, session, result)
         upcoming = torch.cat(session.sampler.upcoming(assignment.local_steps, assignment.batch_size))
         session.ahead = session.cache.missing(upcoming)  # cached between messages while the coordinator aggregates
+
+    def _get_ready(self, assignment: Assignment) -> None:
+        """Before the round's state arrives: fetch and load the backbone and cache the frozen prefix of the rows the
+        round will train on, then tell the coordinator (heartbeat ``ready``), or refuse the round with the reason."""
+        shortfall = self._memory_shortfall(assignment)
+        if shortfall:
+            log.error("%s: refusing round %d: %s", self.agent_id, assignment.round, shortfall)
+            self._send(Reject(self.agent_id, "insufficient_memory", shortfall, assignment.round, assignment.message_id))
+            return
+        try:
+            session = self._prepare(assignment)
+        except (ValueError, RuntimeError, OSError, StrategyError) as error:
+            log.error("%s: cannot take round %d: %s", self.agent_id, assignment.round, error)
+            self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], assignment.round, assignment.message_id))
+            return
+        started = time.perf_counter()
+        rows = torch.cat(session.sampler.upcoming(assignment.local_steps, assignment.batch_size))
+        cached = len(session.cache.fill(rows))
+        log.info("%s: ready for round %d (%d prefix rows cached in %.1f s)", self.agent_id, assignment.round, cached, time.perf_counter() - started)
+        self._send(Heartbeat(self.agent_id, "ready", time.time()))
 
     def _memory_shortfall(self, assignment: Assignment) -> str | None:
         """Why the planned peak cannot fit in the memory free now, or None when it fits."""

@@ -10,7 +10,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_every_example_is_covered_here():
-    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["coordinator.yaml", "fleet.yaml", "trial.yaml"]
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["coordinator.yaml", "fleet.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial.yaml"]
 
 
 def test_coordinator_example_is_a_valid_config():
@@ -35,6 +35,19 @@ def test_trial_example_loads():
 
     trial = TrialConfig.from_yaml(EXAMPLES / "trial.yaml")
     assert len(trial.strategies) >= 2
+
+
+def test_task_trial_examples_load_with_their_data(tmp_path):
+    from fedge.trial.config import TrialConfig
+    from fedge.trial.data import prepare_data
+    from fedge.trial.runner import agent_ids
+
+    fortunes = TrialConfig.from_yaml(EXAMPLES / "trial-fortunes.yaml")
+    split = prepare_data(fortunes.data, fortunes.task_spec, agent_ids(fortunes), 0, tmp_path / "fortunes")
+    assert fortunes.task_spec.kind == "classify" and fortunes.centralised and len(split["labels"]) == 9 and split["test_examples"] == 9 * 25
+    chatterbot = TrialConfig.from_yaml(EXAMPLES / "trial-chatterbot.yaml")
+    split = prepare_data(chatterbot.data, chatterbot.task_spec, agent_ids(chatterbot), 0, tmp_path / "chatterbot")
+    assert chatterbot.metric == "token_f1" and len(split["agents"]) == 4 and all(split["agents"].values())  # every device holds some topics
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.iterdir()), ids=lambda p: p.name)

@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from coordinator.planner import FleetMember, Pin, PlannerOptions, plan_fleet, quantization_choices, rank_profile, usable_memory_bytes
 from profiles import catalogue_names, load_catalogue_profile
+from profiles.memory import base_weight_bytes
 from profiles.model_shape import load_model_shape
+from profiles.timing import transfer_seconds
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-0.5b", "llama-3.2-1b", "llama-2-7b")
 
@@ -143,12 +145,14 @@ def test_a_cpu_whose_memory_needs_it_gets_a_4_bit_base_costed_with_the_bitsandby
     assert pi.memory.overhead == load_calibration("cpu").overhead_bytes + load_calibration("cpu").bitsandbytes_overhead_bytes > 0
 
 
-def test_the_first_round_costs_caching_the_rows_it_trains_on_and_the_cache_is_bounded():
+def test_preparing_for_the_first_round_costs_the_download_and_caching_the_rows_it_trains_on_and_the_cache_is_bounded():
     shape = load_model_shape("smollm2-135m-instruct")
     options = PlannerOptions(max_depth=4, local_steps=10, batch_size=16)
     small, large = (plan_fleet(_fleet("cpu-16gb", examples=n), shape, options).feasible()[0] for n in (400, 40_000))
-    # the first round caches the rows it trains on (10 steps × 16), whatever the dataset's size
-    assert small.setup_seconds == pytest.approx(large.setup_seconds) and small.setup_seconds > 0
+    # preparing caches the rows the first round trains on (10 steps × 16), whatever the dataset's size
+    assert small.setup_seconds == pytest.approx(large.setup_seconds)
+    download = transfer_seconds(0, base_weight_bytes(shape, small.quantization), load_catalogue_profile("cpu-16gb"))
+    assert small.setup_seconds > download > 0
     assert small.memory.cached_prefix == 400 * 48 * shape.hidden_size * 4
     bounded = plan_fleet(_fleet("cpu-16gb", examples=40_000), shape, replace(options, prefix_cache_mib=64)).feasible()[0]
     assert bounded.memory.cached_prefix <= 64 * 2**20

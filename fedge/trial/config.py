@@ -5,22 +5,26 @@
     fleet: [laptop-rtx3060-6gb, jetson-orin-nano-8gb, cpu-16gb, cpu-8gb]   # catalogue devices, one agent each
     seeds: [0]
     rounds: 5
-    data: {train_per_label: 60, test_per_label: 25, alpha: 0.5, min_examples: 16}
+    data: {source: wordnet, train_per_label: 60, test_per_label: 25, alpha: 0.5, min_examples: 16}
+    task: {kind: classify, ...}   # as in the coordinator config; default: the data source's own task
     planner: {max_depth: 4, ranks: [4, 8, 16]}
     same_rank: 8          # the one rank given to strategies that cannot mix ranks (FedIT)
-    target_accuracy: 0.7
+    target_accuracy: 0.7  # in the task's headline metric (accuracy, token F1 or exact match)
     device_eval: auto     # devices report their own accuracy: auto = only where there is no global model (CE-LoRA)
+    centralised: true     # also train on the pooled shards, the reference the federated curves are drawn against
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from coordinator.config import ConfigError
+from coordinator.config import ConfigError, parse_task
 from fedge.strategies import STRATEGIES, StrategyError, make_strategy
+from fedge.trial.data import KINDS, TrialData, default_task
+from fedge.wire import TaskSpec
 from profiles import load_catalogue_profile
 from quantization.backbone import DEFAULT_BACKBONE
 
@@ -49,15 +53,22 @@ class TrialConfig:
     local_steps: int = 8
     batch_size: int = 16
     learning_rate: float = 2e-3
-    train_per_label: int = 60
-    test_per_label: int = 25
-    alpha: float = 0.5
-    min_examples: int = 16
+    data: TrialData = TrialData()
+    task: TaskSpec | None = None  # None: the data source's own task
     planner: dict = field(default_factory=dict)
     same_rank: int = 8
     target_accuracy: float = 0.7
     round_deadline_s: float = 900.0
     device_eval: str = "auto"  # devices evaluate their own model: auto (only without a global model), all, none
+    centralised: bool = False  # also train one adapter on the pooled shards (``fedge.trial.centralised``)
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        return self.task or default_task(self.data.source)
+
+    @property
+    def metric(self) -> str:
+        return self.task_spec.metric or "accuracy"
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrialConfig:
@@ -70,7 +81,19 @@ class TrialConfig:
     def from_dict(cls, raw: dict) -> TrialConfig:
         raw = dict(raw)
         errors = []
-        data = raw.pop("data", {}) or {}
+        data_keys = {f.name for f in fields(TrialData)}
+        data_raw = raw.pop("data", {}) or {}
+        errors += [f"data.{key}: unknown key" for key in sorted(set(data_raw) - data_keys)]
+        data = TrialData(**{key: value for key, value in data_raw.items() if key in data_keys})
+        errors += data.problems()
+        task = None
+        if "task" in raw:
+            task, task_errors = parse_task(raw.pop("task"))
+            errors += task_errors
+            if data.source in KINDS and task.kind != KINDS[data.source]:
+                errors.append(f"task.kind: the {data.source} data is for the {KINDS[data.source]} task kind")
+        elif data.source == "files":
+            errors.append("task: required with data.source: files (kind, and labels and prompt for classify)")
         strategies = []
         for entry in raw.pop("strategies", None) or []:
             run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {})
@@ -93,11 +116,9 @@ class TrialConfig:
             errors.append("fleet: at least two catalogue devices")
         known = set(cls.__dataclass_fields__) - {"strategies", "fleet"}
         errors += [f"{key}: unknown key" for key in sorted(set(raw) - known)]
-        errors += [f"data.{key}: unknown key" for key in sorted(set(data) - {"train_per_label", "test_per_label", "alpha", "min_examples"})]
         if errors:
             raise ConfigError("invalid trial config:\n  " + "\n  ".join(errors))
-        values = {key: value for key, value in raw.items() if key in known}
-        values.update({key: value for key, value in data.items()})
+        values = {key: value for key, value in raw.items() if key in known - {"data", "task"}}
         if "seeds" in values:
             values["seeds"] = tuple(values["seeds"])
-        return cls(strategies=tuple(strategies), fleet=fleet, **values)
+        return cls(strategies=tuple(strategies), fleet=fleet, data=data, task=task, **values)

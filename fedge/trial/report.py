@@ -1,8 +1,10 @@
 """A trial's report: one table row per strategy (mean over seeds) and two plots, from the runs' own records.
 
-Accuracy is measured two ways, both on the same held-out set: the coordinator's global model (where the strategy
-has one) and the mean over devices of the model each device holds after the round (personalised strategies such as
-CE-LoRA have only this). "Primary" is the global figure where it exists, else the devices' mean.
+The score is the task's headline metric (classify: accuracy; instruct: token F1 or exact match), measured two ways
+on the same held-out set: the coordinator's global model (where the strategy has one) and the mean over devices of
+the model each device holds after the round (personalised strategies such as CE-LoRA have only this). "Primary" is
+the global figure where it exists, else the devices' mean. Round 0 is the pretrained model; the centralised
+reference (one adapter on the pooled shards) is drawn dashed where the trial ran it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class RunResult:
     strategy: str
     seed: int
     server_accuracy: list[float]  # index = round, 0 = before fine-tuning
+    server_loss: list[float]
     device_accuracy: list[float]  # index = round; NaN where no device reported
     bytes_up: list[int]  # per round, all clients
     bytes_down: list[int]
@@ -57,7 +60,7 @@ def load_run(strategy: str, seed: int, run_dir: Path) -> RunResult:
     later = rounds[1:]
     return RunResult(
         strategy, seed,
-        [r["accuracy"] for r in rounds], device,
+        [r["accuracy"] for r in rounds], [r["loss"] for r in rounds], device,
         [sum(r.get("bytes_up", {}).values()) for r in later], [sum(r.get("bytes_down", {}).values()) for r in later],
         max(len(r.get("participants", [])) for r in rounds) or 1,
         sum(r.get("server_aggregate_s", 0.0) for r in later),
@@ -87,7 +90,9 @@ def summarise(results: list[RunResult], target: float) -> list[dict]:
         rows.append({
             "strategy": strategy,
             "seeds": len(runs),
+            "pretrained": _mean([r.server_accuracy[0] for r in runs]),
             "final_global": _mean([r.server_accuracy[-1] for r in runs]),
+            "final_loss": _mean([r.server_loss[-1] for r in runs]),
             "best_global": _mean([max(r.server_accuracy[1:], default=math.nan) for r in runs]),
             "final_devices": _mean([r.device_accuracy[-1] for r in runs]),
             "best_devices": _mean([max((a for a in r.device_accuracy[1:] if not math.isnan(a)), default=math.nan) for r in runs]),
@@ -101,7 +106,13 @@ def summarise(results: list[RunResult], target: float) -> list[dict]:
     return rows
 
 
-def plot(results: list[RunResult], out_dir: Path) -> tuple[Path, Path]:
+def centralised_curve(centralised: dict[int, list[dict]], key: str = "accuracy") -> list[float]:
+    """The centralised reference per round, mean over seeds (empty when the trial did not run it)."""
+    runs = list(centralised.values())
+    return [_mean([run[i][key] for run in runs]) for i in range(len(runs[0]))] if runs else []
+
+
+def plot(results: list[RunResult], central: list[float], metric: str, out_dir: Path) -> tuple[Path, Path]:
     strategies = list(dict.fromkeys(r.strategy for r in results))
     per_round, per_bytes = out_dir / "accuracy.png", out_dir / "accuracy_vs_bytes.png"
     figure, axis = plt.subplots(figsize=(7, 4.5))
@@ -109,7 +120,9 @@ def plot(results: list[RunResult], out_dir: Path) -> tuple[Path, Path]:
         runs = [r for r in results if r.strategy == strategy]
         curve = [_mean([r.primary[i] for r in runs]) for i in range(len(runs[0].primary))]
         axis.plot(range(len(curve)), curve, marker="o", label=strategy)
-    axis.set(xlabel="round", ylabel="held-out accuracy", title="Accuracy per round (global model; devices' mean for CE-LoRA)")
+    if central:
+        axis.plot(range(len(central)), central, linestyle="--", color="black", label="centralised (pooled data)")
+    axis.set(xlabel="round (0: pretrained)", ylabel=f"held-out {metric}", title=f"{metric} per round (global model; devices' mean for CE-LoRA)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -124,7 +137,7 @@ def plot(results: list[RunResult], out_dir: Path) -> tuple[Path, Path]:
             sent.append(sent[-1] + (up + down) / 1e6)
         curve = [_mean([r.primary[i] for r in runs]) for i in range(len(sent))]
         axis.plot(sent[1:], curve[1:], marker="o", label=strategy)
-    axis.set(xscale="log", xlabel="MB sent, up + down, all devices (cumulative)", ylabel="held-out accuracy", title="Accuracy against bytes sent")
+    axis.set(xscale="log", xlabel="MB sent, up + down, all devices (cumulative)", ylabel=f"held-out {metric}", title=f"{metric} against bytes sent")
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -133,39 +146,52 @@ def plot(results: list[RunResult], out_dir: Path) -> tuple[Path, Path]:
     return per_round, per_bytes
 
 
-def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], out_dir: Path, wall_s: float) -> Report:
+def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], centralised: dict[int, list[dict]], out_dir: Path, wall_s: float) -> Report:
     failed = [run for run in runs if run["exit"] != 0]
     results = [load_run(run["strategy"], run["seed"], Path(run["run_dir"])) for run in runs if run["exit"] == 0]
     rows = summarise(results, trial.target_accuracy)
-    images = plot(results, out_dir) if results else ()
-    table = Table(title=f"Trial {trial.name}: {len(trial.fleet)} devices, α={trial.alpha}, seeds {list(trial.seeds)}, {trial.rounds} rounds × {trial.local_steps} steps")
-    headers = ["strategy", "final acc", "best acc", "final acc (devices)", f"rounds to {trial.target_accuracy}", "KB up /client/round", "KB down /client/round", "server s", "wall s"]
+    central = centralised_curve(centralised)
+    metric = trial.metric
+    images = plot(results, central, metric, out_dir) if results else ()
+    table = Table(title=f"Trial {trial.name}: {len(trial.fleet)} devices, {trial.data.source} data, seeds {list(trial.seeds)}, {trial.rounds} rounds × {trial.local_steps} steps")
+    headers = ["strategy", f"pretrained {metric}", f"final {metric}", f"best {metric}", "final loss", f"final {metric} (devices)", f"rounds to {trial.target_accuracy}", "KB up /client/round", "KB down /client/round", "server s", "wall s"]
     for header in headers:
         table.add_column(header, justify="left" if header == "strategy" else "right")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [row["strategy"], _fmt(row["final_global"]), _fmt(row["best_global"]), _fmt(row["final_devices"]),
+        cells = [row["strategy"], _fmt(row["pretrained"]), _fmt(row["final_global"]), _fmt(row["best_global"]), _fmt(row["final_loss"]), _fmt(row["final_devices"]),
                  "not reached" if row["rounds_to_target"] is None else f"{row['rounds_to_target']:.1f}",
                  f"{row['up_per_client_round'] / 1e3:.1f}", f"{row['down_per_client_round'] / 1e3:.1f}", f"{row['server_s']:.2f}", f"{row['wall_s']:.0f}"]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
+    if central:
+        reached = rounds_to(central, trial.target_accuracy)
+        cells = ["centralised (pooled data)", _fmt(central[0]), _fmt(central[-1]), _fmt(max(central[1:], default=math.nan)), _fmt(centralised_curve(centralised, "loss")[-1]), "—",
+                 "not reached" if reached is None else str(reached), "—", "—", "—", "—"]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
     one_rank = sorted({run.name for run in trial.strategies if not STRATEGIES[run.name].mixed_ranks})
+    task = trial.task_spec
     text = [f"# Field trial: {trial.name}", "",
-            f"Backbone {trial.backbone}; fleet {', '.join(trial.fleet)}; Dirichlet α={trial.alpha}; seeds {list(trial.seeds)}; "
+            f"Backbone {trial.backbone}; task {task.kind} ({metric}); data {trial.data.source}; fleet {', '.join(trial.fleet)}; seeds {list(trial.seeds)}; "
             f"{trial.rounds} rounds of {trial.local_steps} local steps (batch {trial.batch_size}, lr {trial.learning_rate}); planner {trial.planner}. "
             f"Wall time {wall_s:.0f} s.", "", *lines, "",
-            "Accuracy: the coordinator's global model on the held-out set (final/best); \"devices\": the mean over devices of the model each holds after the round (the only figure for CE-LoRA, which has no global model). "
-            "Bytes are whole encoded messages (fp16 tensors + header) per device per round." + (f" {', '.join(one_rank)} cannot mix ranks: every device trained rank {trial.same_rank} on the layers the planner gave it." if one_rank else ""), ""]
+            f"Scores: the coordinator's global model on the held-out set (pretrained = round 0, final, best) and its loss per scored token; \"devices\": the mean over devices of the model each holds after the round (the only figure for CE-LoRA, which has no global model). "
+            "Bytes are whole encoded messages (fp16 tensors + header) per device per round." + (f" {', '.join(one_rank)} cannot mix ranks: every device trained rank {trial.same_rank} on the layers the planner gave it." if one_rank else "")
+            + (f" Centralised: one adapter on the pooled shards, {trial.local_steps * len(trial.fleet)} steps per round (as many examples as the fleet's round)." if central else ""), ""]
     if rows:
-        text += ["## Plans (first seed)", "", "Devices are catalogue entries simulated on this host: the planner used each real device's memory limit, speed and links; the bases it chose, the wall times and the accuracies are this host's CPU runs.", "", *[f"- {row['strategy']}: " + ", ".join(f"{device} {plan}" for device, plan in sorted(row["ranks"].items())) for row in rows], ""]
+        text += ["## Plans (first seed)", "", "Devices are catalogue entries simulated on this host: the planner used each real device's memory limit, speed and links; the bases it chose, the wall times and the scores are this host's CPU runs.", "", *[f"- {row['strategy']}: " + ", ".join(f"{device} {plan}" for device, plan in sorted(row["ranks"].items())) for row in rows], ""]
     text += ["## Data", ""]
     for seed, split in splits.items():
-        text += [f"Seed {seed}, α={split['alpha']}, {split['test_examples']} held-out examples; label histograms ({', '.join(split['labels'])}):", ""]
-        text += [f"- {agent}: {histogram}" for agent, histogram in split["histograms"].items()] + [""]
+        if "labels" in split:
+            text += [f"Seed {seed}, {split['source']}, Dirichlet α={split['alpha']}, {split['test_examples']} held-out examples; label histograms ({', '.join(split['labels'])}):", ""]
+        else:
+            text += [f"Seed {seed}, {split['source']}, {split['test_examples']} held-out conversations; each device's share:", ""]
+        text += [f"- {agent}: {share}" for agent, share in split["agents"].items()] + [""]
     if failed:
         text += ["## Failed runs", "", *[f"- {run['strategy']} seed {run['seed']}: exit {run['exit']} (logs in {run['run_dir']}/logs)" for run in failed], ""]
-    text += [f"![accuracy per round]({images[0].name})", "", f"![accuracy against bytes]({images[1].name})", ""] if images else []
+    text += [f"![{metric} per round]({images[0].name})", "", f"![{metric} against bytes]({images[1].name})", ""] if images else []
     path = out_dir / "report.md"
     path.write_text("\n".join(text))
-    (out_dir / "report.json").write_text(json.dumps({"rows": rows, "runs": runs, "splits": splits, "wall_s": wall_s}, indent=2, default=str))
+    (out_dir / "report.json").write_text(json.dumps({"rows": rows, "centralised": centralised, "runs": runs, "splits": splits, "wall_s": wall_s}, indent=2, default=str))
     return Report(path, table)

@@ -1,5 +1,6 @@
-"""Runs a field trial: every listed strategy on the same simulated fleet, the same Dirichlet split and the same
-seeds, each over its own embedded broker with the coordinator and one process per agent (one thread each)."""
+"""Runs a field trial: every listed strategy on the same simulated fleet, the same data split and the same seeds,
+each over its own embedded broker with the coordinator and one process per agent (one thread each), and optionally
+the centralised reference on the pooled shards."""
 
 from __future__ import annotations
 
@@ -16,30 +17,17 @@ from fedge.broker import EmbeddedBroker
 from fedge.processes import spawn, stop
 from fedge.progress import long_step
 from fedge.strategies import STRATEGIES
-from fedge.task.data import write_jsonl
-from fedge.task.split import dirichlet_split, label_histogram
-from fedge.task.wordnet import LABELS, load_splits
 from fedge.trial.config import StrategyRun, TrialConfig
+from fedge.trial.data import prepare_data
 from fedge.trial.report import write_report
+from coordinator.planner import PlannerOptions
 from quantization.backbone import locate_backbone
+
+CENTRAL_DEPTH, CENTRAL_RANK = 4, 16  # the centralised adapter where the trial's planner sets no max_depth or ranks
 
 
 def agent_ids(trial: TrialConfig) -> list[str]:
     return [f"agent-{index}-{device}" for index, device in enumerate(trial.fleet)]
-
-
-def prepare_data(trial: TrialConfig, seed: int, directory: Path) -> dict:
-    """Write the seed's shards and test set; returns the split description (α, seed, per-client histograms)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    train, test = load_splits(trial.train_per_label, trial.test_per_label, seed)
-    shards = dirichlet_split(train, len(trial.fleet), trial.alpha, seed, trial.min_examples)
-    for agent_id, shard in zip(agent_ids(trial), shards):
-        write_jsonl(directory / f"{agent_id}.jsonl", shard)
-    write_jsonl(directory / "test.jsonl", test)
-    split = {"alpha": trial.alpha, "seed": seed, "labels": list(LABELS), "test_examples": len(test),
-             "histograms": {agent_id: label_histogram(shard, len(LABELS)) for agent_id, shard in zip(agent_ids(trial), shards)}}
-    (directory / "split.json").write_text(json.dumps(split, indent=2))
-    return split
 
 
 def coordinator_config(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_dir: Path, broker_url: str) -> dict:
@@ -48,7 +36,7 @@ def coordinator_config(trial: TrialConfig, run: StrategyRun, seed: int, data: Pa
         planner.update(ranks=[trial.same_rank], rank_profile="uniform")
     return {
         "run_id": f"{trial.name}-{run.name}-{seed}", "run_dir": str(run_dir), "broker": broker_url, "backbone": trial.backbone,
-        "eval_data": str(data / "test.jsonl"), "rounds": trial.rounds, "min_clients": len(trial.fleet), "expected_clients": len(trial.fleet),
+        "eval_data": str(data / "test.jsonl"), "task": {**asdict(trial.task_spec), "labels": list(trial.task_spec.labels)}, "rounds": trial.rounds, "min_clients": len(trial.fleet), "expected_clients": len(trial.fleet),
         "local_steps": trial.local_steps, "batch_size": trial.batch_size, "learning_rate": trial.learning_rate, "seed": seed,
         "strategy": run.name, "strategy_options": run.options, "planner": planner,
         "round_deadline_s": trial.round_deadline_s, "final_eval_wait_s": 120 if devices_evaluate(trial, run) else 0,
@@ -67,23 +55,45 @@ def run_trial(trial: TrialConfig, out_dir: Path, console: Console) -> Path:
     (out_dir / "trial.json").write_text(json.dumps(asdict(trial), indent=2, default=list))
     with long_step(console, f"locating the backbone {trial.backbone}"):
         locate_backbone(trial.backbone)
-    splits = {}
-    runs = []
-    total = len(trial.seeds) * len(trial.strategies) * trial.rounds
+    splits, runs, centralised = {}, [], {}
+    total = len(trial.seeds) * (len(trial.strategies) + trial.centralised) * trial.rounds
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(), console=console)
     with progress:
         task = progress.add_task("trial", total=total)
         for seed in trial.seeds:
             data = out_dir / f"seed_{seed}" / "data"
-            splits[seed] = prepare_data(trial, seed, data)
+            splits[seed] = prepare_data(trial.data, trial.task_spec, agent_ids(trial), seed, data)
+            if trial.centralised:
+                centralised[seed] = _centralised(trial, seed, data, progress, task)
             for run in trial.strategies:
                 run_dir = out_dir / f"seed_{seed}" / run.label.replace(" ", "_").replace("=", "-")
                 status = _run_one(trial, run, seed, data, run_dir, progress, task)
                 runs.append({"strategy": run.label, "name": run.name, "seed": seed, "run_dir": str(run_dir), "exit": status})
-    report = write_report(trial, runs, splits, out_dir, time.time() - started)
+    report = write_report(trial, runs, splits, centralised, out_dir, time.time() - started)
     console.print(report.table)
     console.print(f"report: [bold]{report.path}[/] (plots beside it); trial wall time {time.time() - started:.0f} s")
     return report.path
+
+
+def _centralised(trial: TrialConfig, seed: int, data: Path, progress: Progress, task) -> list[dict]:
+    """The centralised reference for one seed, written beside the seed's runs (``centralised.json``)."""
+    from fedge.trial.centralised import centralised_scores
+
+    done_before = progress.tasks[task].completed
+    started = time.time()
+
+    def on_round(round_number: int, score: float, loss: float) -> None:
+        progress.console.print(f"seed {seed} centralised: round {round_number} {trial.metric} {score:.3f}, loss {loss:.3f}, {time.time() - started:.0f} s")
+        progress.update(task, completed=done_before + round_number, description=f"seed {seed} centralised ({time.time() - started:.0f} s)")
+
+    planner = trial.planner
+    records = centralised_scores(
+        trial.backbone, trial.task_spec, data / "train_pooled.jsonl", data / "test.jsonl", trial.rounds, trial.local_steps * len(trial.fleet),
+        trial.batch_size, trial.learning_rate, planner.get("max_depth") or CENTRAL_DEPTH, max(planner.get("ranks") or [CENTRAL_RANK]),
+        planner.get("scaling", PlannerOptions.scaling), seed, on_round,
+    )
+    (data.parent / "centralised.json").write_text(json.dumps(records, indent=2))
+    return records
 
 
 def _run_one(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_dir: Path, progress: Progress, task) -> int:
@@ -106,7 +116,7 @@ def _run_one(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_di
             for line in lines[seen:]:
                 record = json.loads(line)
                 if record["round"]:
-                    progress.console.print(f"seed {seed} {run.label}: round {record['round']} server accuracy {record['accuracy']:.3f}, {record['wall_s']:.0f} s")
+                    progress.console.print(f"seed {seed} {run.label}: round {record['round']} server {trial.metric} {record['accuracy']:.3f}, loss {record['loss']:.3f}, {record['wall_s']:.0f} s")
                     progress.update(task, completed=done_before + record["round"])
             seen = len(lines)
             progress.update(task, description=f"seed {seed} {run.label} ({time.time() - started:.0f} s)")

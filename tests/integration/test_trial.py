@@ -21,7 +21,7 @@ def test_a_trial_compares_strategies_on_one_split_and_writes_its_report(tiny_bac
         "name": "tiny", "backbone": str(tiny_backbone), "strategies": ["hetlora", "ce-lora"],
         "fleet": ["cpu-16gb", "cpu-8gb"], "rounds": 2, "local_steps": 2, "batch_size": 4,
         "data": {"train_per_label": 6, "test_per_label": 2, "alpha": 1.0, "min_examples": 8},
-        "planner": {"max_depth": 2, "ranks": [2, 4]}, "target_accuracy": 0.99,
+        "planner": {"max_depth": 2, "ranks": [2, 4]}, "target_accuracy": 0.99, "centralised": True,
     }
     (tmp_path / "trial.yaml").write_text(yaml.safe_dump(trial))
     out = tmp_path / "out"
@@ -36,13 +36,15 @@ def test_a_trial_compares_strategies_on_one_split_and_writes_its_report(tiny_bac
     assert core_updates and all(set(load_file(path)) and all(key.endswith(C_SUFFIX) for key in load_file(path)) for path in core_updates)  # r×r cores only
     assert rows["hetlora"]["final_global"] == rows["hetlora"]["final_global"]  # a number: hetlora has a global model
     assert rows["ce-lora"]["final_devices"] >= 0 and rows["hetlora"]["rounds_to_target"] is None
-    assert sum(map(sum, report["splits"]["0"]["histograms"].values())) == 8 * 6  # one split, every training example once
+    assert sum(map(sum, report["splits"]["0"]["agents"].values())) == 8 * 6  # one split, every training example once
+    central = report["centralised"]["0"]
+    assert [record["round"] for record in central] == [0, 1, 2] and central[0]["accuracy"] == rows["hetlora"]["pretrained"]  # both start from the pretrained model
     seeds_dir = out / "seed_0"
     for run in ("hetlora", "ce-lora"):
         config = yaml.safe_load((seeds_dir / run / "coordinator.yaml").read_text())
         assert config["eval_data"] == str(seeds_dir / "data" / "test.jsonl") and config["seed"] == 0
     markdown = (out / "report.md").read_text()
-    assert "| hetlora |" in markdown and "agent-0-cpu-16gb" in markdown
+    assert "| hetlora |" in markdown and "agent-0-cpu-16gb" in markdown and "| centralised (pooled data) |" in markdown
     assert (out / "accuracy.png").stat().st_size > 5000 and (out / "accuracy_vs_bytes.png").stat().st_size > 5000
 
 
@@ -51,3 +53,37 @@ def test_trial_config_errors_are_collected():
         TrialConfig.from_dict({"strategies": ["fedprox", {"name": "lora-fair", "options": {"solver": "x"}}], "fleet": ["cpu-8gb"], "colour": 1, "device_eval": "some"})
     text = str(error.value)
     assert "fedprox" in text and "solver" in text and "at least two" in text and "colour: unknown key" in text and "device_eval" in text
+
+
+def test_an_instruct_trial_on_the_operators_own_files(tiny_backbone, tmp_path):
+    from fedge.task.data import Dialogue, write_dialogues
+
+    words = "food animal plant time body place person substance".split()
+    dialogues = [Dialogue((("user", f"{a} {b}"), ("assistant", f"{b} {a}")), 0) for a in words for b in words]
+    write_dialogues(tmp_path / "train.jsonl", dialogues[:48])
+    write_dialogues(tmp_path / "test.jsonl", dialogues[48:])
+    trial = {
+        "name": "own", "backbone": str(tiny_backbone), "strategies": ["hetlora"], "fleet": ["cpu-16gb", "cpu-8gb"], "rounds": 1, "local_steps": 2, "batch_size": 4,
+        "data": {"source": "files", "train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl")},
+        "task": {"kind": "instruct", "max_tokens": 16, "eval_samples": 4, "max_new_tokens": 4, "metric": "exact_match"},
+        "planner": {"max_depth": 2, "ranks": [2]}, "target_accuracy": 0.5,
+    }
+    (tmp_path / "trial.yaml").write_text(yaml.safe_dump(trial))
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "fedge.cli", "trial", str(tmp_path / "trial.yaml"), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["splits"]["0"]["agents"] == {"agent-0-cpu-16gb": 24, "agent-1-cpu-8gb": 24} and report["splits"]["0"]["test_examples"] == 16
+    assert "pretrained exact_match" in (out / "report.md").read_text() and report["rows"][0]["final_loss"] > 0
+    config = yaml.safe_load((out / "seed_0" / "hetlora" / "coordinator.yaml").read_text())
+    assert config["task"]["kind"] == "instruct" and config["task"]["metric"] == "exact_match"
+
+
+def test_a_trial_names_its_task_and_data_consistently():
+    with pytest.raises(ConfigError) as error:
+        TrialConfig.from_dict({"strategies": ["hetlora"], "fleet": ["cpu-8gb", "cpu-16gb"], "data": {"source": "chatterbot", "train_per_labels": 3}, "task": {"kind": "classify"}})
+    assert "data.train_per_labels: unknown key" in str(error.value) and "chatterbot data is for the instruct task kind" in str(error.value)
+    with pytest.raises(ConfigError, match="task: required with data.source: files"):
+        TrialConfig.from_dict({"strategies": ["hetlora"], "fleet": ["cpu-8gb", "cpu-16gb"], "data": {"source": "files", "train": "a", "test": "b"}})
+    fortunes = TrialConfig.from_dict({"strategies": ["hetlora"], "fleet": ["cpu-8gb", "cpu-16gb"], "data": {"source": "fortunes"}})
+    assert fortunes.task_spec.labels[0] == "art" and fortunes.metric == "accuracy"
