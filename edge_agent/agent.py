@@ -157,13 +157,10 @@ class EdgeAgent:
         if assignment is None or assignment.round != state.round:
             log.warning("%s: global state for round %d without its assignment; skipped", self.agent_id, state.round)
             return
-        shortfall = self._memory_shortfall(assignment)
-        if shortfall:
-            log.error("%s: refusing round %d: %s", self.agent_id, state.round, shortfall)
-            self._send(Reject(self.agent_id, "insufficient_memory", shortfall, state.round, assignment.message_id))
+        session = self._session_for(assignment)
+        if session is None:
             return
         try:
-            session = self._prepare(assignment)
             if session.recipe.reinit_each_round:
                 restart_lora(session.model, assignment.seed)
             self._apply(session, state.tensors)
@@ -193,22 +190,29 @@ class EdgeAgent:
     def _get_ready(self, assignment: Assignment) -> None:
         """Before the round's state arrives: fetch and load the backbone and cache the frozen prefix of the rows the
         round will train on, then tell the coordinator (heartbeat ``ready``), or refuse the round with the reason."""
-        shortfall = self._memory_shortfall(assignment)
-        if shortfall:
-            log.error("%s: refusing round %d: %s", self.agent_id, assignment.round, shortfall)
-            self._send(Reject(self.agent_id, "insufficient_memory", shortfall, assignment.round, assignment.message_id))
-            return
-        try:
-            session = self._prepare(assignment)
-        except (ValueError, RuntimeError, OSError, StrategyError) as error:
-            log.error("%s: cannot take round %d: %s", self.agent_id, assignment.round, error)
-            self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], assignment.round, assignment.message_id))
+        session = self._session_for(assignment)
+        if session is None:
             return
         started = time.perf_counter()
         rows = torch.cat(session.sampler.upcoming(assignment.local_steps, assignment.batch_size))
         cached = len(session.cache.fill(rows))
         log.info("%s: ready for round %d (%d prefix rows cached in %.1f s)", self.agent_id, assignment.round, cached, time.perf_counter() - started)
         self._send(Heartbeat(self.agent_id, "ready", time.time()))
+
+    def _session_for(self, assignment: Assignment) -> _Session | None:
+        """The session an assignment trains in (built when it differs from the current one), or None after refusing
+        the round with the reason: too little free memory, or a backbone, task or data it cannot use."""
+        shortfall = self._memory_shortfall(assignment)
+        if shortfall:
+            log.error("%s: refusing round %d: %s", self.agent_id, assignment.round, shortfall)
+            self._send(Reject(self.agent_id, "insufficient_memory", shortfall, assignment.round, assignment.message_id))
+            return None
+        try:
+            return self._prepare(assignment)
+        except (ValueError, RuntimeError, OSError, StrategyError) as error:
+            log.error("%s: cannot take round %d: %s", self.agent_id, assignment.round, error)
+            self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], assignment.round, assignment.message_id))
+            return None
 
     def _memory_shortfall(self, assignment: Assignment) -> str | None:
         """Why the planned peak cannot fit in the memory free now, or None when it fits."""

@@ -103,3 +103,23 @@ def test_the_global_model_includes_frozen_weight_changes_from_the_last_global_st
     np.testing.assert_allclose(after - weight, left @ right, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="outside a device's adapter"):
         merged_model(run, adapter=run / "adapter")
+
+
+def test_the_readme_deployment_commands_run_as_written(tmp_path, tiny_backbone, monkeypatch, capsys):
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("### Deploying the result with onnxruntime", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [re.sub(r"\s+#.*$", "", line).strip() for line in block.splitlines() if line.startswith("fedge ")]
+    assert [command.split()[1] for command in commands] == ["export", "evaluate", "evaluate"]
+    run = _run_dir(tmp_path / "runs" / "demo", tiny_backbone)
+    run.rename(tmp_path / "runs" / "demo" / "coordinator")
+    write_jsonl(tmp_path / "runs/demo/data/test.jsonl", [Example("food animal plant time", label) for label in range(len(LABELS))], LABELS)
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        capsys.readouterr()
+        assert main(shlex.split(command)[1:]) == 0, command
+        assert ("model.int8.onnx" if command.split()[1] == "export" else "accuracy") in capsys.readouterr().out
+    assert (tmp_path / "runs/demo/onnx/model.int8.onnx").exists()
