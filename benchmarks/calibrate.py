@@ -19,7 +19,7 @@ import numpy as np
 from measure_training import ALL, QV, THREADS, describe, measure, start, top_setup
 
 from profiles.calibration import Calibration, calibration_file, fit_memory, fit_time
-from profiles.memory import predict_memory
+from profiles.memory import ACTIVATION_BYTES, predict_memory, wide_lora_activation_elements
 from profiles.model_shape import load_model_shape
 from profiles.probe import matmul_gflops
 from profiles.timing import step_flops
@@ -35,6 +35,8 @@ CALIBRATION_SET = [
     top_setup("bf16", 8, 20, QV, 4, 32, examples=16),
     top_setup("fp32", 16, 12, QV, 16, 64, checkpointing=True),
     top_setup("fp32", 8, 20, ALL, 8, 48, checkpointing=True),
+    top_setup("fp32", 16, 4, ALL, 16, 256, examples=32),
+    top_setup("fp32", 8, 6, ALL, 16, 128, examples=64),
 ]
 BITSANDBYTES_SET = [
     top_setup("nf4", 16, 6, QV, 16, 48, examples=64),
@@ -57,9 +59,10 @@ def main() -> None:
         console.print(f"  {describe(setup):45s} peak {result['peak_bytes'] / 2**20:7.0f} MiB, {result['step_seconds']:6.2f} s/step ({time.perf_counter() - started:.0f} s)")
         (results if setup in plain_set else bitsandbytes_results).append(result)
     raw = [predict_memory(shape, setup, Calibration.uncalibrated()) for setup in plain_set]
-    overhead, factor, checkpoint_factor = fit_memory(
+    overhead, factor, wide_factor, checkpoint_factor = fit_memory(
         np.array([part.total - part.activations for part in raw]),
         np.array([part.activations for part in raw]),
+        np.array([wide_lora_activation_elements(shape, setup) * ACTIVATION_BYTES[setup.quantization] for setup in plain_set]),
         np.array([setup.gradient_checkpointing for setup in plain_set]),
         np.array([result["peak_bytes"] for result in results]),
     )
@@ -70,14 +73,17 @@ def main() -> None:
         np.array([setup.depth for setup in timed]),
         np.array([result["step_seconds"] for result in results + bitsandbytes_results]),
     )
-    plain_model = Calibration(backend, True, overhead, factor, checkpoint_factor, efficiencies, per_layer)
+    plain_model = Calibration(backend, True, overhead, factor, checkpoint_factor, efficiencies, per_layer, wide_lora_factor=wide_factor)
     excess = [r["peak_bytes"] - predict_memory(shape, setup, plain_model).total for setup, r in zip(bitsandbytes_set, bitsandbytes_results)]
     bitsandbytes_overhead = int(np.mean(excess))
     note = f"Fitted by benchmarks/calibrate.py on {platform.machine()} {platform.processor() or ''}, {THREADS} threads, {time.strftime('%Y-%m-%d')}; efficiencies are shares of the probed matmul rate."
     samples = tuple({"setup": describe(setup), **result, "gflops": gflops} for setup, result in zip(plain_set, results))
     bitsandbytes_samples = tuple({"setup": describe(setup), **result, "gflops": gflops} for setup, result in zip(bitsandbytes_set, bitsandbytes_results))
-    calibration = Calibration(backend, True, overhead, factor, checkpoint_factor, efficiencies, per_layer, note, samples, bitsandbytes_overhead, bitsandbytes_samples)
-    summary = f"overhead {overhead / 2**20:.0f} MiB (+{bitsandbytes_overhead / 2**20:.0f} MiB on a 4/8-bit base), activation factor {factor:.2f} ({checkpoint_factor:.2f} checkpointed), efficiencies {efficiencies}, {per_layer * 1e3:.1f} ms per layer-step"
+    calibration = Calibration(
+        backend, True, overhead, factor, checkpoint_factor, efficiencies, per_layer, note=note, samples=samples,
+        bitsandbytes_overhead_bytes=bitsandbytes_overhead, bitsandbytes_samples=bitsandbytes_samples, wide_lora_factor=wide_factor,
+    )
+    summary = f"overhead {overhead / 2**20:.0f} MiB (+{bitsandbytes_overhead / 2**20:.0f} MiB on a 4/8-bit base), activation factor {factor:.2f} ({wide_factor:.2f} for LoRA beyond the attention inputs, {checkpoint_factor:.2f} checkpointed), efficiencies {efficiencies}, {per_layer * 1e3:.1f} ms per layer-step"
     if quick:
         console.print(f"{summary} (quick mode: {calibration_file(backend)} left unchanged)")
         return

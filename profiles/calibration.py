@@ -31,6 +31,7 @@ class Calibration:
     bitsandbytes_overhead_bytes: int = 0  # what a 4/8-bit base adds besides its weights (kernels, dequantisation buffers)
     bitsandbytes_samples: tuple[dict, ...] = field(default=(), repr=False)
     samples: tuple[dict, ...] = field(default=(), repr=False)
+    wide_lora_factor: float | None = None  # LoRA on the attention output and MLP (profiles.memory); None: activation_factor
 
     @classmethod
     def uncalibrated(cls, quantizations=("fp32",)) -> Calibration:
@@ -39,6 +40,10 @@ class Calibration:
 
     def activation_factor_for(self, gradient_checkpointing: bool) -> float:
         return self.checkpoint_factor if gradient_checkpointing else self.activation_factor
+
+    @property
+    def wide_lora_factor_or_default(self) -> float:
+        return self.activation_factor if self.wide_lora_factor is None else self.wide_lora_factor
 
     def efficiency(self, quantization: str) -> float:
         if quantization in self.efficiencies:
@@ -52,6 +57,7 @@ class Calibration:
             "overhead_bytes": self.overhead_bytes,
             "activation_factor": self.activation_factor,
             "checkpoint_factor": self.checkpoint_factor,
+            "wide_lora_factor": self.wide_lora_factor,
             "efficiencies": self.efficiencies,
             "per_layer_seconds": self.per_layer_seconds,
             "note": self.note,
@@ -75,13 +81,15 @@ def load_calibration(backend: str) -> Calibration:
     return Calibration(**raw)
 
 
-def fit_memory(fixed_bytes: np.ndarray, activation_bytes: np.ndarray, checkpointed: np.ndarray, measured_bytes: np.ndarray) -> tuple[int, float, float]:
-    """Least squares for ``measured = fixed + overhead + factor * activations``, with one factor for plain and one
-    for checkpointed samples: returns (overhead, factor, checkpoint factor)."""
-    activations = activation_bytes.astype(float)
-    design = np.stack([np.ones_like(activations), np.where(checkpointed, 0.0, activations), np.where(checkpointed, activations, 0.0)], axis=1)
-    (overhead, factor, checkpoint_factor), *_ = np.linalg.lstsq(design, measured_bytes.astype(float) - fixed_bytes, rcond=None)
-    return int(overhead), float(factor), float(checkpoint_factor)
+def fit_memory(fixed_bytes: np.ndarray, activation_bytes: np.ndarray, wide_bytes: np.ndarray, checkpointed: np.ndarray, measured_bytes: np.ndarray) -> tuple[int, float, float, float]:
+    """Least squares for ``measured = fixed + overhead + factor · (activations − wide) + wide factor · wide`` on plain
+    samples and ``… + checkpoint factor · activations`` on checkpointed ones, where ``wide`` is the counted part of
+    LoRA beyond the attention inputs: returns (overhead, factor, wide factor, checkpoint factor)."""
+    activations, wide = activation_bytes.astype(float), wide_bytes.astype(float)
+    plain = ~np.asarray(checkpointed, dtype=bool)
+    design = np.stack([np.ones_like(activations), np.where(plain, activations - wide, 0.0), np.where(plain, wide, 0.0), np.where(plain, 0.0, activations)], axis=1)
+    (overhead, factor, wide_factor, checkpoint_factor), *_ = np.linalg.lstsq(design, measured_bytes.astype(float) - fixed_bytes, rcond=None)
+    return int(overhead), float(factor), float(wide_factor), float(checkpoint_factor)
 
 
 def fit_time(ideal_seconds: np.ndarray, quantizations: list[str], depths: np.ndarray, measured_seconds: np.ndarray) -> tuple[dict[str, float], float]:

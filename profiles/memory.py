@@ -10,7 +10,9 @@
   fp32 gradient + optimizer state (AdamW: two fp32 moments; SGD: none). peft keeps adapters in fp32 on every base.
 * **Activations**: what autograd keeps per token of each trained layer (counted below), times a factor calibrated
   per backend for what the count misses (allocator slack, backward temporaries), fitted separately for
-  checkpointed training, whose recomputation allocates in a different pattern. fedge runs attention through
+  checkpointed training, whose recomputation allocates in a different pattern, and separately for the part LoRA on
+  the attention output and MLP projections adds (measured at 2.9× its saved tensors where the rest costs 2×:
+  backward temporaries of the MLP's width and the heap holes they leave). fedge runs attention through
   PyTorch's sdpa kernels, which never store the s×s score matrix, so there is no quadratic term. With gradient
   checkpointing only each trained layer's input is kept, plus one layer's activations while it is recomputed.
 * **Cached prefix**: the trainer runs the frozen layers below the adapter once per example, the first time a round
@@ -129,6 +131,18 @@ def saved_elements_per_token(shape: ModelShape, rank: int, target_modules: tuple
     return 2 * h + 2 * q_dim + 2 * kv_dim + mlp + lora_inputs + rank * len(target_modules)
 
 
+def wide_lora_elements_per_token(shape: ModelShape, rank: int, target_modules: tuple[str, ...]) -> int:
+    """The part of ``saved_elements_per_token`` that LoRA on the attention output and the MLP projections adds (their
+    inputs and rank-r intermediates). Training those costs more than these tensors — their backward passes allocate
+    temporaries of the MLP's width, and on CPU the heap keeps the holes they leave — so calibration gives the part
+    its own factor."""
+    h, i = shape.hidden_size, shape.intermediate_size
+    q_dim = shape.num_heads * shape.head_dim
+    roles = [shape.architecture.modules[module] for module in target_modules if module in shape.architecture.modules]
+    wide = [role for role in roles if role not in ATTENTION_INPUT_ROLES]
+    return h * bool(set(wide) & MLP_INPUT_ROLES) + q_dim * ("o" in wide) + i * ("down" in wide) + rank * len(wide)
+
+
 def activation_elements(shape: ModelShape, setup: TrainingSetup) -> int:
     """Counted activation values: every trained layer's saved tensors, or with checkpointing each layer's input
     plus one layer's saved tensors while it is recomputed."""
@@ -137,6 +151,22 @@ def activation_elements(shape: ModelShape, setup: TrainingSetup) -> int:
     if setup.gradient_checkpointing:
         return tokens * (setup.depth * shape.hidden_size + max(per_layer))
     return tokens * sum(per_layer)
+
+
+def wide_lora_activation_elements(shape: ModelShape, setup: TrainingSetup) -> int:
+    """The part of ``activation_elements`` from LoRA beyond the attention inputs (none with checkpointing, whose
+    single recomputed layer is covered by its own factor)."""
+    if setup.gradient_checkpointing:
+        return 0
+    return setup.sequences * setup.seq_len * sum(wide_lora_elements_per_token(shape, rank, setup.target_modules) for rank in setup.ranks)
+
+
+def activation_bytes(shape: ModelShape, setup: TrainingSetup, calibration: Calibration) -> int:
+    """The calibrated activation memory (the output layer's apart)."""
+    element = ACTIVATION_BYTES[setup.quantization]
+    wide = wide_lora_activation_elements(shape, setup)
+    rest = activation_elements(shape, setup) - wide
+    return int((calibration.activation_factor_for(setup.gradient_checkpointing) * rest + calibration.wide_lora_factor_or_default * wide) * element)
 
 
 def output_layer_bytes(shape: ModelShape, setup: TrainingSetup) -> int:
@@ -159,7 +189,7 @@ def predict_memory(shape: ModelShape, setup: TrainingSetup, calibration: Calibra
     return MemoryBreakdown(
         base_weights=base_weight_bytes(shape, setup.quantization),
         adapter_state=lora_params(shape, setup) * (ADAPTER_BYTES + OPTIMIZER_STATE_BYTES[setup.optimizer]),
-        activations=int(calibration.activation_factor_for(setup.gradient_checkpointing) * activation_elements(shape, setup) * element) + output_layer_bytes(shape, setup),
+        activations=activation_bytes(shape, setup, calibration) + output_layer_bytes(shape, setup),
         cached_prefix=setup.cached_examples * setup.seq_len * shape.hidden_size * element,
         overhead=int(overhead),
     )

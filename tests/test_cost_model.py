@@ -6,7 +6,7 @@ import pytest
 from fedge.lora import build_lora_model
 from fedge.wire import AdapterUpdate, LoraSpec, encode_message
 from profiles.calibration import Calibration, fit_memory, fit_time, load_calibration
-from profiles.memory import TrainingSetup, activation_elements, base_weight_bytes, lora_params, predict_memory
+from profiles.memory import TrainingSetup, activation_elements, base_weight_bytes, lora_params, predict_memory, wide_lora_activation_elements
 from profiles.model_shape import UnsupportedModel, bundled_models, load_model_shape
 from profiles.timing import predict_round_bytes, predict_step_seconds, step_flops
 from quantization.backbone import load_backbone, locate_backbone
@@ -128,9 +128,10 @@ def test_least_squares_fits_recover_known_constants():
     rng = np.random.default_rng(0)
     fixed, activations = rng.uniform(5e8, 6e8, 8), rng.uniform(1e7, 4e8, 8)
     checkpointed = np.array([False, True] * 4)
-    measured = fixed + 4.5e8 + np.where(checkpointed, 2.5, 2.0) * activations
-    overhead, factor, checkpoint_factor = fit_memory(fixed, activations, checkpointed, measured)
-    assert overhead == pytest.approx(4.5e8, rel=1e-6) and factor == pytest.approx(2.0) and checkpoint_factor == pytest.approx(2.5)
+    wide = np.where(checkpointed, 0.0, activations * rng.uniform(0, 0.4, 8))
+    measured = fixed + 4.5e8 + np.where(checkpointed, 2.5 * activations, 2.0 * (activations - wide) + 3.0 * wide)
+    overhead, factor, wide_factor, checkpoint_factor = fit_memory(fixed, activations, wide, checkpointed, measured)
+    assert overhead == pytest.approx(4.5e8, rel=1e-6) and factor == pytest.approx(2.0) and wide_factor == pytest.approx(3.0) and checkpoint_factor == pytest.approx(2.5)
     ideal, depths = rng.uniform(0.1, 2.0, 8), rng.integers(1, 30, 8)
     kinds = ["fp32"] * 6 + ["bf16"] * 2
     seconds = np.where(np.array(kinds) == "fp32", ideal / 0.7, ideal / 0.05) + 0.01 * depths
@@ -142,6 +143,19 @@ def test_calibration_files_are_in_the_repo_and_say_whether_they_were_measured():
     cpu, cuda = load_calibration("cpu"), load_calibration("cuda")
     assert cpu.measured and len(cpu.samples) >= 8 and 0 < cpu.overhead_bytes < 2**31
     assert not cuda.measured and "Not measured" in cuda.note
+
+
+def test_lora_beyond_the_attention_inputs_has_its_own_calibrated_factor():
+    from dataclasses import replace
+
+    shape = load_model_shape("smollm2-135m-instruct")
+    attention, wide = _setup(), _setup(targets=("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    assert wide_lora_activation_elements(shape, attention) == 0 < wide_lora_activation_elements(shape, wide) < activation_elements(shape, wide)
+    assert wide_lora_activation_elements(shape, replace(wide, gradient_checkpointing=True)) == 0
+    heavier = replace(CAL, wide_lora_factor=4.0)
+    assert predict_memory(shape, attention, heavier).activations == predict_memory(shape, attention, CAL).activations
+    extra = predict_memory(shape, wide, heavier).activations - predict_memory(shape, wide, CAL).activations
+    assert extra == (4.0 - 2.0) * wide_lora_activation_elements(shape, wide) * 4
 
 
 def test_labels_of_several_tokens_cost_one_sequence_per_label_and_their_output_layer():

@@ -17,7 +17,7 @@ TENSORS = {"layers.3.q_proj.lora_A.weight": np.arange(12, dtype=np.float32).resh
 
 MESSAGES = [
     Hello("a1", PROFILE, 120, {"animal": 3, "7": 5}),
-    Assignment("run", 2, "a1", BackboneSpec("smollm2", "ab" * 32, "nf4", 168_000_000, "https://models.lan/pkg/"), LoraSpec(("q_proj", "v_proj"), (26, 27, 28, 29), (4, 4, 8, 8), 2.0), TaskSpec("classify", ("positive", "negative"), "Review: {text}\nSentiment:", 64), 10, 16, 2e-3, 1.7e9, 7),
+    Assignment("run", 2, "a1", BackboneSpec("smollm2", "ab" * 32, "nf4", 168_000_000, "https://models.lan/pkg/"), LoraSpec(("q_proj", "v_proj"), (26, 27, 28, 29), (4, 4, 8, 8), 2.0), TaskSpec("classify", ("positive", "negative"), "Review: {text}\nSentiment:", 64), 10, 16, 2e-3, 1.7e9, 7, prepare_only=True),
     AdapterUpdate("run", 2, "a1", 120, {"loss": 0.5}, TENSORS),
     GlobalState("run", 2, "a1", False, {"accuracy": 0.8}, TENSORS),
     Reject("a1", "wrong_round", "late", 2, "abc"),
@@ -85,6 +85,7 @@ def test_public_api_is_pinned():
         (_encode_raw({"type": "assignment", "fields": {**to_json(MESSAGES[1]), "task": {"kind": "instruct", "eval_samples": 1e9}}}), SchemaError, "task.eval_samples: expected an integer"),
         (_encode_raw({"type": "assignment", "fields": {**to_json(MESSAGES[1]), "task": {"kind": "instruct", "metric": ["bleu"]}}}), SchemaError, "task.metric: expected a string"),
         (_encode_raw({"type": "assignment", "fields": {**to_json(MESSAGES[1]), "prefix_cache_bytes": "all"}}), SchemaError, "prefix_cache_bytes: expected an integer"),
+        (_encode_raw({"type": "assignment", "fields": {**to_json(MESSAGES[1]), "prepare_only": 1}}), SchemaError, "prepare_only: expected a boolean"),
     ],
 )
 def test_malformed_messages_are_refused_with_a_reason(payload, error, text):
