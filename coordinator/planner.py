@@ -29,7 +29,7 @@ import statistics
 from dataclasses import dataclass, field, replace
 
 from coordinator.grouping import GroupPlan, plan_groups
-from fedge.wire import DeviceProfile
+from fedge.wire import PREPARED_ROUNDS, DeviceProfile
 from profiles.calibration import Calibration, load_calibration
 from profiles.memory import ACTIVATION_BYTES, MemoryBreakdown, TrainingSetup, base_weight_bytes, predict_memory
 from profiles.model_shape import ModelShape
@@ -124,7 +124,7 @@ class DevicePlan:
     budget_bytes: int = 0
     available_bytes: int = 0
     step_seconds: float = 0.0
-    setup_seconds: float = 0.0  # preparing for the first round: the backbone's download and the prefix of the rows it trains on
+    setup_seconds: float = 0.0  # preparing for the first round: the backbone's download and the prefix of the rows of the first two rounds
     round_seconds: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
@@ -256,7 +256,7 @@ class _Device:
             budget_bytes=self.budget,
             available_bytes=self.available,
             step_seconds=step,
-            setup_seconds=predict_prefix_seconds(self.shape, setup, min(setup.examples, local_steps * setup.batch_size), device_gflops(profile, setup.quantization), self.calibration)
+            setup_seconds=predict_prefix_seconds(self.shape, setup, min(setup.examples, PREPARED_ROUNDS * local_steps * setup.batch_size), device_gflops(profile, setup.quantization), self.calibration)
             + transfer_seconds(0, int(base_weight_bytes(self.shape, setup.quantization)), profile),
             round_seconds=local_steps * step + transfer_seconds(up, down, profile),
             bytes_up=up,

@@ -28,7 +28,7 @@ from fedge.task.kinds import kind_of, task_problems
 from fedge.task.data import Record, label_counts
 from fedge.task.prefix import FrozenPrefix, PrefixCache
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
-from fedge.wire import AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Reject
+from fedge.wire import PREPARED_ROUNDS, AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Reject
 from fedge.wire import topics
 from edge_agent.fetch import BackboneFetcher, package_cache
 from quantization.backbone import BackboneSource, load_backbone, needs_loss_scaling, quantization_problem
@@ -188,13 +188,14 @@ class EdgeAgent:
         session.ahead = session.cache.missing(upcoming)  # cached between messages while the coordinator aggregates
 
     def _get_ready(self, assignment: Assignment) -> None:
-        """Before the round's state arrives: fetch and load the backbone and cache the frozen prefix of the rows the
-        round will train on, then tell the coordinator (heartbeat ``ready``), or refuse the round with the reason."""
+        """Before the round's state arrives: fetch and load the backbone and cache the frozen prefix of the rows this
+        round and the next will train on (the next round's would otherwise be cached while the coordinator
+        aggregates this one), then tell the coordinator (heartbeat ``ready``), or refuse the round with the reason."""
         session = self._session_for(assignment)
         if session is None:
             return
         started = time.perf_counter()
-        rows = torch.cat(session.sampler.upcoming(assignment.local_steps, assignment.batch_size))
+        rows = torch.cat(session.sampler.upcoming(PREPARED_ROUNDS * assignment.local_steps, assignment.batch_size))
         cached = len(session.cache.fill(rows))
         log.info("%s: ready for round %d (%d prefix rows cached in %.1f s)", self.agent_id, assignment.round, cached, time.perf_counter() - started)
         self._send(Heartbeat(self.agent_id, "ready", time.time()))

@@ -149,7 +149,7 @@ def test_preparing_for_the_first_round_costs_the_download_and_caching_the_rows_i
     shape = load_model_shape("smollm2-135m-instruct")
     options = PlannerOptions(max_depth=4, local_steps=10, batch_size=16)
     small, large = (plan_fleet(_fleet("cpu-16gb", examples=n), shape, options).feasible()[0] for n in (400, 40_000))
-    # preparing caches the rows the first round trains on (10 steps × 16), whatever the dataset's size
+    # preparing caches the rows the first two rounds train on (2 × 10 steps × 16), whatever the dataset's size
     assert small.setup_seconds == pytest.approx(large.setup_seconds)
     download = transfer_seconds(0, base_weight_bytes(shape, small.quantization), load_catalogue_profile("cpu-16gb"))
     assert small.setup_seconds > download > 0

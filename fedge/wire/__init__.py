@@ -7,6 +7,7 @@ from fedge.wire.chunks import Reassembler, split_frames
 from fedge.wire.codec import Limits, decode_message, encode_message
 from fedge.wire.errors import ChunkError, DecodeError, ProtocolError, SchemaError, TooLargeError
 from fedge.wire.messages import (
+    PREPARED_ROUNDS,
     PROTOCOL_VERSION,
     AdapterUpdate,
     Assignment,
@@ -25,6 +26,7 @@ from fedge.wire.messages import (
 )
 
 __all__ = [
+    "PREPARED_ROUNDS",
     "PROTOCOL_VERSION",
     "AdapterUpdate",
     "Assignment",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 PROTOCOL_VERSION = 3  # 2: assignments carry the task, hellos count labels as written; 3: prepare-only assignments
+PREPARED_ROUNDS = 2  # a prepare-only assignment asks the agent to cache the rows of this many rounds
 
 
 def new_message_id() -> str:
@@ -135,7 +136,7 @@ class Assignment:
     strategy: str = "hetlora"  # what to train and send: fedge.strategies.recipe_for(strategy)
     run_seed: int = 0  # shared by every device of the run (e.g. FFA-LoRA's frozen A)
     prefix_cache_bytes: int = 0  # the most the frozen-prefix cache may hold (0: no bound); rows beyond it are recomputed
-    prepare_only: bool = False  # the state follows later: fetch and load the backbone, cache the round's rows, say "ready"
+    prepare_only: bool = False  # the state follows later: fetch and load the backbone, cache PREPARED_ROUNDS rounds' rows, say "ready"
     message_id: str = field(default_factory=new_message_id)
 
 

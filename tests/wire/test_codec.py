@@ -55,7 +55,7 @@ def test_tensors_travel_as_fp16_by_default_and_fp32_on_request():
 
 def test_public_api_is_pinned():
     assert set(wire.__all__) == {
-        "PROTOCOL_VERSION", "AdapterUpdate", "Assignment", "BackbonePart", "BackboneRequest", "BackboneSpec", "ChunkError", "DecodeError", "DeviceProfile", "Evaluation",
+        "PREPARED_ROUNDS", "PROTOCOL_VERSION", "AdapterUpdate", "Assignment", "BackbonePart", "BackboneRequest", "BackboneSpec", "ChunkError", "DecodeError", "DeviceProfile", "Evaluation",
         "GlobalState", "Heartbeat", "Hello", "Limits", "LoraSpec", "Message", "ProtocolError", "Reassembler", "Reject",
         "SchemaError", "TaskSpec", "TooLargeError", "decode_message", "encode_message", "split_frames",
     }
