@@ -363,8 +363,12 @@ class Coordinator:
         return expectation.round if expectation is not None else None
 
     def _still_expected(self, agent_id: str) -> bool:
+        """Whether a round still waits for this agent: registered, not refused, and online or dropped off less than
+        ``rejoin_grace_s`` ago (a broker restart drops everyone for a moment; their updates follow the reconnect)."""
         record = self.registry.get(agent_id)
-        return record is not None and record.online and agent_id not in self._rejected
+        if record is None or agent_id in self._rejected:
+            return False
+        return record.online or time.time() - record.last_seen < self.config.rejoin_grace_s
 
     def _predicted_vs_measured(self) -> dict[str, dict[str, float]]:
         """Per contributing device: the planner's memory and step-time predictions next to what the agent measured."""
