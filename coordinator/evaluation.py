@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedge.adapters import apply_view, lora_layers
+from fedge.adapters import apply_frozen_changes, lora_layers
 from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays, uniform_spec
 from fedge.strategies import GlobalParts
 from fedge.task.classifier import Evaluation
@@ -51,10 +51,7 @@ class GlobalModel:
         else:
             for _, layer in lora_layers(self.model):
                 torch.nn.init.zeros_(layer.lora_B["default"].weight)
-        self.test.weights_changed(apply_view(self.model, parts.base_changes, self._applied_rounds))
-        for name, layer in lora_layers(self.model):
-            if name in parts.weights:  # full-weight averaging holds every adapted module's weight
-                layer.get_base_layer().weight.data.copy_(torch.from_numpy(parts.weights[name]))
+        self.test.weights_changed(apply_frozen_changes(self.model, parts, self._applied_rounds))
 
     def evaluate(self, parts: GlobalParts) -> Evaluation:
         self.load(parts)

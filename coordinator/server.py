@@ -216,7 +216,7 @@ class Coordinator:
             except TransportError as error:
                 log.warning("could not reach %s to prepare it (%s)", record.agent_id, error)
         while {a for a in self._preparing if self._still_expected(a)} and time.time() < deadline:
-            self._handle(self.transport.receive(timeout_s=min(1.0, max(deadline - time.time(), 0.01))))
+            self._handle_next(deadline)
         self._prepare_s = round(time.time() - started, 2)
         log.info("agents prepared for round %d in %.1f s%s", round_number, self._prepare_s, f"; not ready: {', '.join(sorted(self._preparing))}" if self._preparing else "")
         self._preparing = set()
@@ -235,7 +235,7 @@ class Coordinator:
         for group in groups:
             self._open_exchange(group, round_number, deadline)
         while not all(group.done for group in groups) and time.time() < deadline:
-            self._handle(self.transport.receive(timeout_s=min(1.0, max(deadline - time.time(), 0.01))))
+            self._handle_next(deadline)
             for group in groups:
                 if not group.done and not {a for a in group.waiting if self._still_expected(a)} - set(self._received):
                     self._close_exchange(group, round_number, deadline)
@@ -454,6 +454,10 @@ class Coordinator:
         self._on_round(record)
 
     # --- incoming messages ---
+    def _handle_next(self, deadline: float) -> None:
+        """Handle the next message, waiting at most a second and never past ``deadline``."""
+        self._handle(self.transport.receive(timeout_s=min(1.0, max(deadline - time.time(), 0.01))))
+
     def _handle(self, received: Received | None) -> None:
         self._ask_unannounced()
         if received is None:

@@ -22,7 +22,7 @@ from peft.tuners.lora import LoraLayer
 from transformers.pytorch_utils import Conv1D
 
 from fedge.lora import build_lora_model, parse_adapter_key
-from fedge.strategies import ClientRecipe
+from fedge.strategies import ClientRecipe, GlobalParts
 from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, FULL_SUFFIX, base_deltas, layer_index, layer_of, shared_lora_a
 from fedge.wire import LoraSpec
 
@@ -127,6 +127,17 @@ def apply_view(model, view: dict[str, np.ndarray], applied_rounds: set[int]) -> 
             raise ValueError(f"{key}: received shape {tuple(value.shape)}, this adapter has {tuple(target.shape)}")
         with torch.no_grad():
             target.copy_(torch.from_numpy(np.asarray(value, dtype=np.float32)).to(target.dtype))
+    return lowest
+
+
+def apply_frozen_changes(model, parts: GlobalParts, applied_rounds: set[int]) -> int | None:
+    """Put the frozen-weight side of a strategy's global parts into a peft model: base changes of rounds not in
+    ``applied_rounds`` (which it extends) and replaced weights. Returns the lowest layer whose frozen weights changed
+    through a base change, or None."""
+    lowest = apply_view(model, parts.base_changes, applied_rounds)
+    for name, layer in lora_layers(model):
+        if name in parts.weights:  # full-weight averaging holds every adapted module's weight
+            layer.get_base_layer().weight.data.copy_(torch.from_numpy(parts.weights[name]))
     return lowest
 
 

@@ -24,13 +24,11 @@ from coordinator.plan_report import plan_table
 from coordinator.planner import Pin, PlannerOptions
 from coordinator.reports import RunDirectory
 from fedge.broker import EmbeddedBroker
-from fedge.lora import uniform_spec
 from fedge.processes import spawn, stop
 from fedge.progress import long_step
 from fedge.task.data import write_jsonl
 from fedge.task.split import dirichlet_split, label_histogram
 from fedge.task.wordnet import LABELS, WORDNET_TASK, load_splits
-from profiles.model_shape import load_model_shape
 from quantization.backbone import DEFAULT_BACKBONE, locate_backbone
 
 log = logging.getLogger(__name__)
@@ -99,23 +97,17 @@ def prepare(settings: DemoSettings, broker_url: str) -> tuple[Path, list[tuple[s
 
 def centralised_baseline(settings: DemoSettings, pooled: Path, test: Path, plan: Pin, scaling: float, console: Console) -> list[float]:
     """LoRA on the pooled data with the same number of steps as the federation; accuracy after each 'round'."""
-    from edge_agent.trainer import BatchSampler, train_local
-    from fedge.task.classifier import encode, lora_classifier
-    from fedge.task.classify import examples_of
-    from fedge.task.data import read_rows
-    from quantization.backbone import load_backbone
+    from fedge.trial.centralised import centralised_scores
 
-    model, tokenizer = load_backbone(locate_backbone(DEFAULT_BACKBONE))
-    layers = list(range(model.config.num_hidden_layers - plan.depth, model.config.num_hidden_layers))
-    classifier = lora_classifier(model, tokenizer, uniform_spec(plan.rank, scaling, load_model_shape(DEFAULT_BACKBONE).default_targets, layers), WORDNET_TASK.labels, settings.seed)
-    train, held_out = (classifier.runner.cache(encode(tokenizer, examples_of(read_rows(path), WORDNET_TASK, str(path)), WORDNET_TASK)) for path in (pooled, test))
-    sampler = BatchSampler(len(train), settings.seed)
-    accuracies = []
-    for round_number in range(1, settings.rounds + 1):
-        train_local(classifier, train, sampler, settings.local_steps, settings.batch_size, settings.learning_rate)
-        accuracies.append(classifier.evaluate(held_out).accuracy)
-        console.print(f"centralised round {round_number}: accuracy {accuracies[-1]:.3f}")
-    return accuracies
+    def on_round(round_number: int, accuracy: float, loss: float) -> None:
+        if round_number:
+            console.print(f"centralised round {round_number}: accuracy {accuracy:.3f}")
+
+    records = centralised_scores(
+        DEFAULT_BACKBONE, WORDNET_TASK, pooled, test, settings.rounds, settings.local_steps, settings.batch_size,
+        settings.learning_rate, plan.depth, plan.rank, scaling, settings.seed, on_round,
+    )
+    return [record["accuracy"] for record in records[1:]]
 
 
 def run_demo(settings: DemoSettings, console: Console) -> int:

@@ -42,15 +42,19 @@ class _Logits(torch.nn.Module):
 def run_task(run_dir: Path) -> tuple[dict, TaskSpec]:
     """A run directory's saved config and its task."""
     config = json.loads((run_dir / "config.json").read_text())
-    task = config["task"]
-    return config, TaskSpec(**{**task, "labels": tuple(task.get("labels", ()))})
+    return config, _task_spec(config["task"])
+
+
+def _task_spec(task: dict) -> TaskSpec:
+    """A task as ``asdict`` wrote it to JSON (labels as a list)."""
+    return TaskSpec(**{**task, "labels": tuple(task.get("labels", ()))})
 
 
 def merged_model(run_dir: Path, adapter: Path | None = None):
     """The run's final global model, or the backbone with one device's ``adapter`` directory, merged; and the tokenizer."""
     from peft import PeftModel
 
-    from fedge.adapters import apply_view, lora_layers
+    from fedge.adapters import apply_frozen_changes
     from fedge.strategies import make_strategy
     from quantization.backbone import load_backbone, locate_backbone
     from safetensors.numpy import load_file
@@ -70,10 +74,7 @@ def merged_model(run_dir: Path, adapter: Path | None = None):
         rounds = sorted((run_dir / "globals").glob("round_*.safetensors"))
         parts = make_strategy(strategy, seed=config.get("seed", 0), **config.get("strategy_options", {})).global_parts(load_file(rounds[-1])) if rounds else None
         if parts is not None:
-            apply_view(model, parts.base_changes, set())
-            for name, layer in lora_layers(model):
-                if name in parts.weights:
-                    layer.get_base_layer().weight.data.copy_(torch.from_numpy(parts.weights[name]))
+            apply_frozen_changes(model, parts, set())
     merged = model.merge_and_unload()
     merged.eval()
     return merged, tokenizer
@@ -113,8 +114,7 @@ def quantize_int8(source: Path, target: Path) -> Path:
 
 def export_task(out: Path) -> TaskSpec:
     """The task an export was written with."""
-    task = json.loads((out / TASK_FILE).read_text())
-    return TaskSpec(**{**task, "labels": tuple(task["labels"])})
+    return _task_spec(json.loads((out / TASK_FILE).read_text()))
 
 
 class OnnxCausalLM:

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fedge.lora import build_lora_model
 from fedge.task.data import Example
 from fedge.task.next_token import IGNORE, target_losses
 from fedge.task.prefix import EncodedRows, FrozenPrefix, PrefixCache
-from fedge.wire import LoraSpec, TaskSpec
+from fedge.wire import TaskSpec
 
 
 def label_tokens(tokenizer, labels: tuple[str, ...]) -> list[list[int]]:
@@ -199,12 +198,6 @@ def classifier_for(runner: FrozenPrefix, tokenizer, spec: TaskSpec) -> Classifie
     if single_token(tokens):
         return Classifier(runner, [ids[0] for ids in tokens], tokenizer, spec)
     return LikelihoodClassifier(runner, tokenizer, spec)
-
-
-def lora_classifier(model, tokenizer, spec: LoraSpec, labels: tuple[str, ...], seed: int, gradient_checkpointing: bool = False) -> Classifier:
-    """Wrap ``model`` with LoRA per ``spec``, split it at the lowest adapted layer and score ``labels``."""
-    peft_model = build_lora_model(model, spec, seed=seed)
-    return Classifier(FrozenPrefix(peft_model, min(spec.layers), gradient_checkpointing), label_token_ids(tokenizer, labels))
 
 
 @dataclass(frozen=True)
