@@ -200,7 +200,7 @@ def test_labels_of_several_tokens_are_scored_by_their_full_log_likelihood(tiny):
     assert cache.missing([4, 1, 0]) == [0] and cache.cached_rows == 8  # a row is cached when all its sequences are
 
 
-def test_a_likelihood_classifier_learns_and_deploys_with_the_same_scores(tiny):
+def test_a_likelihood_classifier_trains_and_deploys_with_the_same_scores(tiny):  # plumbing: random weights, training loss only
     model, tokenizer = tiny
     peft_model = build_lora_model(model, uniform_spec(4, 2.0, ["q_proj", "v_proj"], [2, 3]), seed=0)
     classifier = classifier_for(FrozenPrefix(peft_model, 2), tokenizer, MULTI_TOKEN_TASK)
