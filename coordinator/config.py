@@ -13,6 +13,7 @@ from fedge.strategies import Strategy, StrategyError, make_strategy
 from fedge.task import instruct
 from fedge.task.kinds import task_problems
 from fedge.task.wordnet import WORDNET_TASK
+from fedge.transport import redact_url
 from fedge.wire import TaskSpec
 from quantization.backbone import DEFAULT_BACKBONE, QUANTIZATIONS
 
@@ -30,6 +31,8 @@ class ConfigError(ValueError):
 class CoordinatorConfig:
     eval_data: str
     broker: str = "mqtt://127.0.0.1:1883"
+    enrolment: str | None = None  # the fleet directory of `fedge enroll`: only its devices take part, every message signed
+    insecure: bool = False  # run without enrolment: any client on the broker may join and forge (trusted networks only)
     run_id: str = "run"
     run_dir: str = "runs/run"
     backbone: str = DEFAULT_BACKBONE
@@ -51,6 +54,8 @@ class CoordinatorConfig:
     max_message_mb: float = 64.0
     max_frame_kb: int = 512
     threads: int = 0  # torch threads for evaluation; 0 = torch's default
+    max_weight_share: float = 0.5  # the largest share of an aggregate's weight one device's examples may carry
+    max_update_norm: float = 1e4  # updates whose tensors' L2 norm exceeds this are refused (see update_norms per round)
     task: TaskSpec = WORDNET_TASK  # what the run fine-tunes for; sent to agents in every assignment
     planner: dict = field(default_factory=dict)  # PlannerOptions besides the run-level keys above
     devices: dict[str, Pin] = field(default_factory=dict)  # optional pins by catalogue name, then device class
@@ -70,6 +75,10 @@ class CoordinatorConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_record(self) -> dict:
+        """The config as a run directory keeps it: without secrets (a password in the broker URL)."""
+        return {**self.to_dict(), "broker": redact_url(self.broker)}
 
     @classmethod
     def from_dict(cls, raw: dict) -> CoordinatorConfig:
@@ -102,6 +111,14 @@ class CoordinatorConfig:
             errors.append("planner.seq_len: the token budget is the task's; set task.max_tokens")
         errors += planner_options({key: value for key, value in planner.items() if key not in _RUN_LEVEL})[1]
         values["planner"] = {key: tuple(value) if isinstance(value, list) else value for key, value in planner.items()}
+        if not values.get("enrolment") and not values.get("insecure"):
+            errors.append("enrolment: required: the fleet directory made by `fedge enroll` (or insecure: true, on a network you trust)")
+        if values.get("enrolment") and values.get("insecure"):
+            errors.append("insecure: cannot be set with enrolment")
+        if not 0 < values.get("max_weight_share", 1.0) <= 1.0:
+            errors.append("max_weight_share: a fraction in (0, 1]")
+        if not values.get("max_update_norm", 1.0) > 0:
+            errors.append("max_update_norm: must be positive")
         for key in ("rounds", "min_clients", "expected_clients", "local_steps", "batch_size"):
             if key in values and (not isinstance(values[key], int) or values[key] < 1):
                 errors.append(f"{key}: must be a positive integer")

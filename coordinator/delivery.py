@@ -3,7 +3,9 @@
 It runs on its own MQTT connection and thread, so transfers never wait behind the round loop and the round loop
 never waits behind them. Requests are served in arrival order, at most ``max_window`` chunks each, so agents
 fetching at once share the link; chunks are published without waiting for each acknowledgement in turn (at most
-``max_in_flight`` unacknowledged). Only agents the coordinator has assigned a package may fetch it.
+``max_in_flight`` unacknowledged). Only agents the coordinator has assigned a package may fetch it, and with a signed
+codec only their signed requests are read; parts are sealed on their own counter stream (``backbone``), so they may
+interleave with the round loop's messages on a downlink.
 """
 
 from __future__ import annotations
@@ -11,18 +13,21 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 
+from coordinator.boundary import RefusalLog
 from fedge.delivery import read_chunk
 from fedge.transport import BrokerConfig, MqttTransport, TransportError
 from fedge.wire import BackbonePart, BackboneRequest, Limits, topics
+from fedge.wire.sealing import Codec
 from quantization.package import BackbonePackage
 
 log = logging.getLogger(__name__)
 
 
 class BackboneServer:
-    def __init__(self, broker: BrokerConfig, client_id: str, max_window: int = 64, max_in_flight: int = 32):
-        self.transport = MqttTransport(broker, client_id=client_id, limits=Limits(max_message_bytes=64 * 1024))
+    def __init__(self, broker: BrokerConfig, client_id: str, codec: Codec | None = None, accept: Callable[[str], bool] | None = None, max_window: int = 64, max_in_flight: int = 32):
+        self.transport = MqttTransport(broker, client_id=client_id, limits=Limits(max_message_bytes=64 * 1024), codec=codec, accept=accept)
         self.max_window = max_window
         self.max_in_flight = max_in_flight
         self._packages: dict[str, BackbonePackage] = {}
@@ -32,6 +37,7 @@ class BackboneServer:
         self._thread = threading.Thread(target=self._serve, name="backbone-server", daemon=True)
         self._in_flight: deque = deque()
         self.bytes_sent = 0
+        self.refusals = RefusalLog()
 
     def offer(self, package: BackbonePackage) -> None:
         with self._lock:
@@ -59,8 +65,11 @@ class BackboneServer:
                 continue
             agent_id = topics.agent_of(received.topic)
             request = received.message
+            if received.error is not None:
+                self.refusals.refuse(received.error.reason, str(received.error), received.topic)
+                continue
             if agent_id is None or not isinstance(request, BackboneRequest):
-                log.warning("backbone server: ignored %s on %s", received.error or type(request).__name__, received.topic)
+                self.refusals.refuse("unexpected_type", f"{type(request).__name__} is not a backbone request", received.topic)
                 continue
             try:
                 self._answer(agent_id, request)
@@ -93,5 +102,5 @@ class BackboneServer:
                     oldest.wait_for_publish(timeout=30)
                 except (RuntimeError, ValueError):
                     pass  # dropped with the connection: the agent asks again for what it misses
-        self._in_flight.extend(self.transport.enqueue(topic, part))
+        self._in_flight.extend(self.transport.enqueue(topic, part, stream="backbone"))
         self.bytes_sent += len(part.data)

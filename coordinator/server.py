@@ -1,7 +1,9 @@
 """The coordinator's round loop: register, assign, collect until the deadline, aggregate, evaluate, record.
 
-Everything runs on one thread that reads whole messages from the transport's queue; a bad, late or duplicate
-message is logged, answered with a Reject, and the round goes on with the valid updates.
+Everything runs on one thread that reads whole messages from the transport's queue. Only enrolled devices' signed
+messages reach the handlers (``coordinator.boundary``); anything else is counted and logged, never answered. An
+authenticated but bad, late or duplicate message is answered with a Reject (queued, never waited on) and the round
+goes on with the valid updates; a device silent for the grace period stops holding up a round.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from coordinator.aggregation_guard import all_finite, capped_weights, update_norm
+from coordinator.boundary import FleetKeys, RefusalLog, coordinator_codec
 from coordinator.config import CoordinatorConfig
 from coordinator.delivery import BackboneServer
 from coordinator.evaluation import GlobalModel
@@ -22,14 +26,15 @@ from coordinator.grouping import GroupPlan
 from coordinator.planner import DevicePlan, FleetMember, PlannerOptions, plan_fleet
 from coordinator.registry import AgentRecord, Registry
 from coordinator.reports import RunDirectory
-from coordinator.validation import Expectation, UpdateRejected, validate_update
+from coordinator.validation import Expectation, UpdateRejected, profile_problems, validate_update
 from fedge.strategies import ClientInfo, ClientUpdate
 from fedge.task.classifier import scoring_cost
 from fedge.task.classify import histogram
 from fedge.task.kinds import kind_of
 from fedge.task.data import read_rows
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
-from fedge.wire import AdapterUpdate, Assignment, BackbonePart, BackboneSpec, Evaluation, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
+from fedge.trust.enrolment import coordinator_credentials
+from fedge.wire import AdapterUpdate, Assignment, BackboneSpec, Evaluation, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
 from fedge.wire import topics
 from profiles.model_shape import load_model_shape
 from quantization.backbone import locate_backbone
@@ -37,8 +42,7 @@ from quantization.package import BackbonePackage, chunk_bytes_for, package_backb
 
 log = logging.getLogger(__name__)
 
-HELLO_GRACE_S = 2.0  # how long an online agent's hello may trail its retained status
-MAX_UNANNOUNCED = 10_000
+UNKNOWN_REPLY_S = 5.0  # at most one "send hello" reply per unregistered device in this long
 
 
 @dataclass
@@ -65,11 +69,18 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig, resume: bool = False, on_round=None):
         self.config = config
         self.run_dir = RunDirectory(config.run_dir)
-        self.registry = Registry()
+        self.registry = Registry(liveness_s=config.rejoin_grace_s)
         self.limits = Limits(max_message_bytes=int(config.max_message_mb * 1024 * 1024))
+        self.fleet = FleetKeys(config.enrolment) if config.enrolment else None
         broker = BrokerConfig.from_url(config.broker, max_frame_bytes=config.max_frame_kb * 1024)
-        self.transport = MqttTransport(broker, client_id=f"fedge-coordinator-{config.run_id}", limits=self.limits)
-        self.backbone_server = BackboneServer(broker, client_id=f"fedge-backbone-{config.run_id}")
+        if self.fleet is not None and broker.username is None:  # log in to the broker as the enrolment's coordinator
+            credentials = coordinator_credentials(config.enrolment)
+            broker = replace(broker, username=credentials.broker_username, password=credentials.broker_password)
+        self.codec = coordinator_codec(self.fleet, config.enrolment, config.run_id, self.limits)
+        accept = self.fleet.accepts_topic if self.fleet is not None else None
+        self.transport = MqttTransport(broker, client_id=f"fedge-coordinator-{config.run_id}", limits=self.limits, codec=self.codec, accept=accept)
+        self.backbone_server = BackboneServer(broker, client_id=f"fedge-backbone-{config.run_id}", codec=coordinator_codec(self.fleet, config.enrolment, config.run_id, Limits(max_message_bytes=64 * 1024)), accept=accept)
+        self.refusals = RefusalLog()
         self._packages: dict[str, BackbonePackage] = {}  # the backbone as each assigned quantization ships
         self.backbone = locate_backbone(config.backbone)
         self.strategy = config.make_strategy()
@@ -96,7 +107,10 @@ class Coordinator:
         self._rejected: dict[str, str] = {}
         self._aggregate_s = 0.0
         self._group_plans: list[GroupPlan] = []  # HierFedLoRA groups from the planner
-        self._unannounced: dict[str, float] = {}  # online agents not yet registered -> when their status arrived
+        self._told_unknown: dict[str, float] = {}  # unregistered devices -> when they were last asked for a hello
+        self._outbox: dict[str, tuple[Assignment, GlobalState | None, float]] = {}  # each agent's current work, and when it was sent
+        self._norms: dict[str, float] = {}  # L2 norm of each accepted update this round
+        self._poisoned: list[str] = []  # aggregates refused this round (not finite)
 
     def _top_layers(self, depth: int) -> tuple[int, ...]:
         return tuple(range(self.num_layers - depth, self.num_layers))
@@ -110,11 +124,10 @@ class Coordinator:
         if start_round > config.rounds:
             log.info("the run in %s already completed its %d rounds; nothing to resume", self.run_dir.path, config.rounds)
             return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
-        self.transport.connect()
         self.transport.subscribe(topics.all_uplinks())
-        self.transport.subscribe(topics.all_statuses(), raw=True)
+        self.transport.connect()
         self.backbone_server.start()
-        self.run_dir.write_config(config.to_dict())
+        self.run_dir.write_config(config.to_record())
         test = kind_of(config.task.kind).items(read_rows(config.eval_data), config.task, config.eval_data)
         self.model = GlobalModel(self.backbone, self.rank, list(self._top_layers(self.depth)), list(self.options.target_modules), config.task, test, config.seed)
         self.options = self._task_costs(self.options)
@@ -154,18 +167,6 @@ class Coordinator:
         if count < self.config.min_clients:
             raise RuntimeError(f"only {count} agents online; the run needs {self.config.min_clients} (resume it with --resume)")
         log.info("%d agents online", count)
-
-    def _await_rejoin(self) -> None:
-        """Give planned agents that went offline within the last ``rejoin_grace_s`` until then to come back (a broker
-        restart drops everyone for a moment); an agent gone for longer does not hold up the round."""
-        grace = self.config.rejoin_grace_s
-
-        def dropped_recently() -> bool:
-            now = time.time()
-            return any(not r.online and now - r.last_seen < grace for r in self.registry.all() if r.plan is not None)
-
-        while dropped_recently():
-            self._handle(self.transport.receive(timeout_s=0.5))
 
     def _plan(self) -> None:
         """Run the capacity planner over the registered fleet; agents that already hold a plan keep it."""
@@ -211,7 +212,9 @@ class Coordinator:
         self._preparing = set()
         for record in self.registry.planned():
             try:
-                self.transport.publish(topics.downlink(record.agent_id), self._assignment(record, self._wire_round(round_number, 1), deadline, prepare_only=True))
+                assignment = self._assignment(record, self._wire_round(round_number, 1), deadline, prepare_only=True)
+                self.transport.publish(topics.downlink(record.agent_id), assignment)
+                self._outbox[record.agent_id] = (assignment, None, time.time())
                 self._preparing.add(record.agent_id)
             except TransportError as error:
                 log.warning("could not reach %s to prepare it (%s)", record.agent_id, error)
@@ -224,13 +227,14 @@ class Coordinator:
     def _run_round(self, round_number: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One global round: every group runs its τ_g exchanges (one group of everyone, τ = 1, without HierFedLoRA
         groups), then the group states are combined."""
-        self._await_rejoin()
+        self._drop_revoked()
         self._await_agents(self.config.min_clients)  # e.g. agents still reconnecting after a broker outage
         started = time.time()
         deadline = started + self.config.round_deadline_s
         participants = self.registry.planned()
         self._expectations, self._assigned, self._specs, self._received, self._rejected = {}, {}, {}, {}, {}
         self._contributed, self._bytes_up, self._bytes_down, self._aggregate_s = {}, {}, {}, 0.0
+        self._norms, self._poisoned = {}, []
         groups = self._groups_for(participants, arrays)
         for group in groups:
             self._open_exchange(group, round_number, deadline)
@@ -251,6 +255,9 @@ class Coordinator:
             "participants": sorted(r.agent_id for r in participants),
             "contributors": sorted(self._contributed),
             "rejected": dict(self._rejected),
+            "update_norms": {agent: round(norm, 4) for agent, norm in sorted(self._norms.items())},
+            **({"aggregate_refused": list(self._poisoned)} if self._poisoned else {}),
+            "refused_messages": self.refusals.take(),
             "bytes_up": dict(self._bytes_up),
             "bytes_down": dict(self._bytes_down),
             "client_metrics": {agent: update.metrics for agent, update in self._contributed.items()},
@@ -299,10 +306,16 @@ class Coordinator:
         updates = [self._client_update(self._received.pop(a)) for a in sorted(group.waiting) if a in self._received]
         needed = min(self.config.min_clients, len(group.members))
         if len(updates) >= needed:
+            weights = capped_weights([update.num_examples for update in updates], self.config.max_weight_share)
+            updates = [replace(update, num_examples=weight) for update, weight in zip(updates, weights)]
             aggregating = time.perf_counter()
-            group.state = self.strategy.aggregate(group.state, updates, self._wire_round(round_number, group.exchange))
+            state = self.strategy.aggregate(group.state, updates, self._wire_round(round_number, group.exchange))
             self._aggregate_s += time.perf_counter() - aggregating
-            group.examples.update({update.agent_id: update.num_examples for update in updates})
+            if all_finite(state):
+                group.state = state
+                group.examples.update({update.agent_id: update.num_examples for update in updates})
+            else:
+                self._refuse_aggregate(f"group {group.index}, exchange {group.exchange}")
         else:
             log.warning("round %d: group %d got %d valid updates, fewer than %d; its state is unchanged", round_number, group.index, len(updates), needed)
         group.waiting = set()
@@ -329,7 +342,15 @@ class Coordinator:
         aggregating = time.perf_counter()
         combined = self.strategy.aggregate(arrays, updates, round_number)
         self._aggregate_s += time.perf_counter() - aggregating
+        if not all_finite(combined):
+            self._refuse_aggregate("the groups' combination")
+            return arrays
         return combined
+
+    def _refuse_aggregate(self, what: str) -> None:
+        """A poisoned aggregate is never committed: the state it would replace stays."""
+        log.error("round aggregate of %s is not finite; refused, the previous state stays", what)
+        self._poisoned.append(what)
 
     def _client_update(self, update: AdapterUpdate) -> ClientUpdate:
         record = self.registry.get(update.agent_id)
@@ -363,12 +384,19 @@ class Coordinator:
         return expectation.round if expectation is not None else None
 
     def _still_expected(self, agent_id: str) -> bool:
-        """Whether a round still waits for this agent: registered, not refused, and online or dropped off less than
-        ``rejoin_grace_s`` ago (a broker restart drops everyone for a moment; their updates follow the reconnect)."""
+        """Whether a round still waits for this agent: registered, not refused, and heard from (its heartbeats
+        come every few seconds, training or not) within ``rejoin_grace_s``: a broker restart silences everyone for a
+        moment, a device that died or never trains drops out of the waiting set after the grace period."""
         record = self.registry.get(agent_id)
-        if record is None or agent_id in self._rejected:
-            return False
-        return record.online or time.time() - record.last_seen < self.config.rejoin_grace_s
+        return record is not None and agent_id not in self._rejected and self.registry.is_online(record)
+
+    def _drop_revoked(self) -> None:
+        """Devices revoked since the last round (``fedge enroll --revoke``) take no further part."""
+        if self.fleet is None:
+            return
+        for agent_id in self.fleet.refresh():
+            self.registry.remove(agent_id)
+            self._outbox.pop(agent_id, None)
 
     def _predicted_vs_measured(self) -> dict[str, dict[str, float]]:
         """Per contributing device: the planner's memory and step-time predictions next to what the agent measured."""
@@ -393,8 +421,10 @@ class Coordinator:
         self._specs[record.agent_id] = spec
         self._expectations[record.agent_id] = Expectation(self.config.run_id, round_number, deadline, self.strategy.upload_shapes(arrays, spec), spec.scaling)
         state = self._state_for(record, arrays, round_number, final=False)
+        assignment = self._assignment(record, round_number, deadline)
+        self._outbox[record.agent_id] = (assignment, state, time.time())
         downlink = topics.downlink(record.agent_id)
-        return self.transport.publish(downlink, self._assignment(record, round_number, deadline)) + self.transport.publish(downlink, state)
+        return self.transport.publish(downlink, assignment) + self.transport.publish(downlink, state)
 
     def _assignment(self, record: AgentRecord, round_number: int, deadline: float, prepare_only: bool = False) -> Assignment:
         plan, spec = record.plan, self._lora_spec(record)
@@ -459,22 +489,15 @@ class Coordinator:
         self._handle(self.transport.receive(timeout_s=min(1.0, max(deadline - time.time(), 0.01))))
 
     def _handle(self, received: Received | None) -> None:
-        self._ask_unannounced()
         if received is None:
             return
+        if received.error is not None:  # unreadable, unauthenticated or replayed: counted and logged, never answered
+            return self.refusals.refuse(received.error.reason, str(received.error), received.topic)
         agent_id = topics.agent_of(received.topic)
-        if agent_id is None:
-            log.warning("message on unexpected topic %s ignored", received.topic)
-            return
-        if received.topic == topics.status(agent_id):
-            return self._on_status(agent_id, received)
-        if received.error is not None:
-            return self._reject(agent_id, received.error.reason, str(received.error))
         message = received.message
-        if isinstance(message, BackbonePart):
-            return self._reject(agent_id, "unexpected_type", "agents do not send backbone parts")
-        if getattr(message, "agent_id", None) != agent_id:
-            return self._reject(agent_id, "agent_mismatch", f"message names {getattr(message, 'agent_id', None)!r} on {agent_id!r}'s topic")
+        if agent_id is None or getattr(message, "agent_id", None) != agent_id:  # the signed codec checks this too
+            return self.refusals.refuse("agent_mismatch", f"{type(message).__name__} naming {getattr(message, 'agent_id', None)!r}", received.topic)
+        self.registry.seen(agent_id)
         if isinstance(message, Hello):
             self._on_hello(message)
         elif isinstance(message, AdapterUpdate):
@@ -482,43 +505,49 @@ class Coordinator:
         elif isinstance(message, Evaluation):
             self._on_evaluation(message)
         elif isinstance(message, Heartbeat):
-            if self.registry.get(agent_id) is None:  # e.g. this coordinator restarted with --resume
-                return self._reject(agent_id, "unknown_agent", "not registered with this coordinator; send hello")
-            self.registry.seen(agent_id)
-            if message.state == "ready":
-                self._preparing.discard(agent_id)
+            self._on_heartbeat(message)
         elif isinstance(message, Reject):
             log.warning("%s refused its work: %s (%s)", agent_id, message.reason, message.detail)
             self._preparing.discard(agent_id)
             if self._expected_round(agent_id) == message.round:
                 self._rejected[agent_id] = f"refused by agent: {message.reason} ({message.detail[:200]})"
         else:
-            self._reject(agent_id, "unexpected_type", f"agents do not send {type(message).__name__}")
+            self.refusals.refuse("unexpected_type", f"devices do not send {type(message).__name__}", received.topic)
 
-    def _on_status(self, agent_id: str, received: Received) -> None:
-        online = received.raw == b"online"
-        if self.registry.get(agent_id) is None:
-            if online and len(self._unannounced) < MAX_UNANNOUNCED:
-                self._unannounced.setdefault(agent_id, time.monotonic())
-            return
-        self.registry.seen(agent_id, online=online)
-        if not online:
-            log.warning("%s went offline", agent_id)
-
-    def _ask_unannounced(self) -> None:
-        """An agent online for ``HELLO_GRACE_S`` without a hello sent it before we subscribed (or before this
-        coordinator restarted): ask it to register again."""
-        now = time.monotonic()
-        for agent_id, since in list(self._unannounced.items()):
-            if now - since < HELLO_GRACE_S:
-                break  # entries are in arrival order: the rest are younger still
-            del self._unannounced[agent_id]
-            if self.registry.get(agent_id) is None:
-                log.info("%s is online but not registered; asking it for a hello", agent_id)
+    def _on_heartbeat(self, heartbeat: Heartbeat) -> None:
+        agent_id = heartbeat.agent_id
+        if self.registry.get(agent_id) is None:  # e.g. this coordinator restarted with --resume
+            now = time.monotonic()
+            if now - self._told_unknown.get(agent_id, -UNKNOWN_REPLY_S) >= UNKNOWN_REPLY_S:
+                self._told_unknown[agent_id] = now  # one entry per enrolled device at most
                 self._send_reject(agent_id, "unknown_agent", "not registered with this coordinator; send hello")
+            return
+        if heartbeat.state == "ready":
+            self._preparing.discard(agent_id)
+        outbox = self._outbox.get(agent_id)
+        if heartbeat.state == "idle" and outbox is not None and heartbeat.round < outbox[0].round:
+            self._resend(agent_id, f"it holds round {heartbeat.round}")
+
+    def _resend(self, agent_id: str, why: str, at_once: bool = False) -> None:
+        """Send an agent its current assignment and state again (it reconnected after the broker lost them, or it
+        restarted); unless ``at_once``, at most once per ``rejoin_grace_s / 3``, so heartbeats already in flight do
+        not multiply the traffic."""
+        if agent_id in self._received or agent_id in self._rejected or agent_id not in self._outbox:
+            return
+        assignment, state, sent = self._outbox[agent_id]
+        if (not at_once and time.time() - sent < self.config.rejoin_grace_s / 3) or time.time() > assignment.deadline_unix:
+            return
+        log.info("%s missed its round-%d work (%s); sending it again", agent_id, assignment.round, why)
+        self._outbox[agent_id] = (assignment, state, time.time())
+        downlink = topics.downlink(agent_id)
+        for message in (assignment, state):
+            if message is not None:
+                self.transport.enqueue(downlink, message)
 
     def _on_hello(self, hello: Hello) -> None:
-        self._unannounced.pop(hello.agent_id, None)
+        problems = profile_problems(hello, len(self.config.task.labels))
+        if problems:
+            return self._reject(hello.agent_id, "bad_profile", "; ".join(problems))
         known = self.registry.get(hello.agent_id)
         keep = known.plan if known is not None and known.profile == hello.profile and known.num_examples == hello.num_examples else None
         pin = self.config.pin_for(hello.profile.name, hello.profile.device_class)
@@ -526,21 +555,39 @@ class Coordinator:
         is_new = self.registry.register(record)
         log.info("%s %s: %s, %d examples", "registered" if is_new else "re-registered", hello.agent_id, hello.profile.name, hello.num_examples)
         if self._planned and record.plan is None:  # joined (or changed) after the fleet was planned
-            self._plan()
+            try:
+                self._plan()
+            except (ValueError, ArithmeticError) as error:
+                self.registry.remove(hello.agent_id)
+                return self._reject(hello.agent_id, "infeasible", f"cannot plan this device: {error}")
+        if keep is not None:  # a known device said hello again: it restarted and lost its work
+            self._resend(hello.agent_id, "it restarted", at_once=True)
 
     def _on_update(self, update: AdapterUpdate, size: int) -> None:
         try:
             validate_update(update, self._expectations.get(update.agent_id), update.agent_id in self._received, time.time())
+            self._check_update_limits(update)
         except UpdateRejected as error:
             if update.round == self._expected_round(update.agent_id) and error.reason != "duplicate":
                 self._rejected[update.agent_id] = error.reason  # it will not send another; stop waiting for it
             return self._reject(update.agent_id, error.reason, error.detail, update.round, update.message_id)
         self.run_dir.save_update(update.round, update.agent_id, update.tensors)
+        self._norms[update.agent_id] = update_norm(update.tensors)
         self._received[update.agent_id] = update
         self._contributed[update.agent_id] = update
         self._bytes_up[update.agent_id] = self._bytes_up.get(update.agent_id, 0) + size
         self.registry.get(update.agent_id).base_version = int(update.metrics.get("base_version", 0))
         log.info("round %d: update from %s (%d examples, loss %.3f)", update.round, update.agent_id, update.num_examples, update.metrics.get("loss", float("nan")))
+
+    def _check_update_limits(self, update: AdapterUpdate) -> None:
+        """Policy beyond the round's expectation: no more examples than the device registered with, and an L2
+        norm within ``max_update_norm``."""
+        registered = self.registry.get(update.agent_id).num_examples
+        if update.num_examples > registered:
+            raise UpdateRejected("bad_count", f"{update.num_examples} examples claimed; the device registered {registered}")
+        norm = update_norm(update.tensors)
+        if norm > self.config.max_update_norm:
+            raise UpdateRejected("norm_too_large", f"L2 norm {norm:.4g} exceeds max_update_norm {self.config.max_update_norm:g}")
 
     def _on_evaluation(self, evaluation: Evaluation) -> None:
         if evaluation.run_id != self.config.run_id or self.registry.get(evaluation.agent_id) is None:
@@ -555,7 +602,5 @@ class Coordinator:
         self._send_reject(agent_id, reason, detail, round_number, ref)
 
     def _send_reject(self, agent_id: str, reason: str, detail: str, round_number: int | None = None, ref: str | None = None) -> None:
-        try:
-            self.transport.publish(topics.downlink(agent_id), Reject(agent_id, reason, detail[:500], round_number, ref), timeout_s=10)
-        except Exception as error:  # the reject is a courtesy; failing to send it must not stop the round
-            log.warning("could not send reject to %s: %s", agent_id, error)
+        """Queued without waiting for the broker: a reject never holds up the round loop."""
+        self.transport.enqueue(topics.downlink(agent_id), Reject(agent_id, reason, detail[:500], round_number, ref))

@@ -1,12 +1,13 @@
-"""Checks an adapter update must pass before it may touch the global model."""
+"""Checks a hello must pass before its device is planned, and an adapter update before it may touch the global model."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedge.wire import AdapterUpdate
+from fedge.wire import AdapterUpdate, Hello
 
 
 class UpdateRejected(Exception):
@@ -53,3 +54,50 @@ def validate_update(update: AdapterUpdate, expectation: Expectation | None, alre
             raise UpdateRejected("bad_shape", f"{key}: {tuple(value.shape)} instead of {shape}")
         if not np.isfinite(value).all():
             raise UpdateRejected("not_finite", f"{key} holds NaN or Inf")
+
+
+_BYTES_MAX = 2**50  # 1 PiB: more memory than any device
+_RATE_MAX = 1e7  # GFLOP/s, GB/s and Mbit/s: a bound no edge device reaches
+MAX_NAME = 128
+MAX_NOTE = 2048
+MAX_LABEL_ENTRIES = 4096
+
+
+def profile_problems(hello: Hello, num_labels: int) -> list[str]:
+    """Why a hello's profile cannot be planned: every number finite, positive and in range, before the planner
+    sees it. Empty when it can."""
+    profile = hello.profile
+    problems = []
+
+    def within(name: str, value: float | int | None, low: float, high: float, required: bool = False) -> None:
+        if value is None:
+            if required:
+                problems.append(f"{name}: missing")
+        elif not (math.isfinite(value) and low <= value <= high):
+            problems.append(f"{name}: {value!r} is not in [{low:g}, {high:g}]")
+
+    within("ram_total_bytes", profile.ram_total_bytes, 1, _BYTES_MAX, required=True)
+    within("ram_available_bytes", profile.ram_available_bytes, 0, profile.ram_total_bytes if profile.ram_total_bytes > 0 else _BYTES_MAX, required=True)
+    within("cpu_cores", profile.cpu_cores, 1, 4096, required=True)
+    within("gflops", profile.gflops, 1e-3, _RATE_MAX, required=True)
+    within("fp16_gflops", profile.fp16_gflops, 1e-3, _RATE_MAX)
+    within("memory_bandwidth_gbs", profile.memory_bandwidth_gbs, 1e-3, _RATE_MAX)
+    within("uplink_mbps", profile.uplink_mbps, 1e-3, _RATE_MAX)
+    within("downlink_mbps", profile.downlink_mbps, 1e-3, _RATE_MAX)
+    within("usable_memory_fraction", profile.usable_memory_fraction, 0.01, 1.0)
+    within("cuda_total_bytes", profile.cuda_total_bytes, 1, _BYTES_MAX)
+    if profile.cuda_free_bytes is not None:
+        within("cuda_free_bytes", profile.cuda_free_bytes, 0, profile.cuda_total_bytes or 0, required=True)
+    if profile.cuda_total_bytes is None and (profile.cuda_device_name or profile.cuda_free_bytes is not None):
+        problems.append("cuda_total_bytes: missing for a CUDA device")
+    for name in ("name", "source", "device_class", "cuda_device_name", "cuda_capability", "jetson_model", "source_note"):
+        value, longest = getattr(profile, name), MAX_NOTE if name == "source_note" else MAX_NAME
+        if value is not None and len(value) > longest:
+            problems.append(f"{name}: longer than {longest} characters")
+    within("num_examples", hello.num_examples, 1, 1e9)
+    within("base_version", hello.base_version, 0, 1e6)
+    if len(hello.label_counts) > max(num_labels, 1) * 2 + MAX_LABEL_ENTRIES:
+        problems.append(f"label_counts: {len(hello.label_counts)} entries")
+    if any(count < 0 for count in hello.label_counts.values()):
+        problems.append("label_counts: negative counts")
+    return problems

@@ -1,20 +1,24 @@
 """The agent's lifecycle: announce, take an assignment, train on each global state, send the update, repeat.
 
     connect (Last Will: status "offline") -> status "online" -> Hello(profile, data size, label histogram)
+    every heartbeat_s, from its own thread: Heartbeat(state, round) -- the coordinator's only sign of life
     Assignment(round r)  -> remember it
     GlobalState(round r) -> verify + load the backbone once, apply the state, [Evaluation(r-1)], train, send AdapterUpdate(r)
                             then, while waiting, cache the frozen-prefix states of the rows round r+1 will train on
     GlobalState(final)   -> apply it, [Evaluation(final round)], save the adapter if asked, stop
 
 An agent given evaluation data reports the held-out accuracy of the model it holds after each state it takes.
+With credentials (``fedge enroll``) it signs everything it sends and acts only on what the coordinator signed for it
+(``edge_agent.boundary``); anything else is logged and dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +32,10 @@ from fedge.task.kinds import kind_of, task_problems
 from fedge.task.data import Record, label_counts
 from fedge.task.prefix import FrozenPrefix, PrefixCache
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
+from fedge.trust.enrolment import Credentials
 from fedge.wire import PREPARED_ROUNDS, AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Reject
 from fedge.wire import topics
+from edge_agent.boundary import DownlinkCodec
 from edge_agent.fetch import BackboneFetcher, package_cache
 from quantization.backbone import BackboneSource, load_backbone, needs_loss_scaling, quantization_problem
 
@@ -58,8 +64,11 @@ class EdgeAgent:
         self, agent_id: str, broker: BrokerConfig, data: list[Record], profile: DeviceProfile, device: str = "cpu",
         heartbeat_s: float = 10.0, save_dir: Path | None = None, eval_data: list[Record] | None = None,
         cache_dir: Path | None = None, data_source: str = "training data", eval_source: str = "evaluation data",
+        credentials: Credentials | None = None,
     ):
-        """``data`` and ``eval_data`` are rows as their files hold them; ``*_source`` names those files in errors."""
+        """``data`` and ``eval_data`` are rows as their files hold them; ``*_source`` names those files in errors.
+        ``credentials``: this device's identity from ``fedge enroll`` (its id must be ``agent_id``); they also log in
+        to the broker unless ``broker`` names a user. Without them the agent runs unsigned (an insecure run)."""
         self.agent_id = topics.check_agent_id(agent_id)
         self.data = data
         self.eval_data = eval_data or None
@@ -69,7 +78,17 @@ class EdgeAgent:
         self.heartbeat_s = heartbeat_s
         self.save_dir = save_dir
         status = topics.status(agent_id)
-        self.transport = MqttTransport(broker, client_id=f"fedge-agent-{agent_id}", will=(status, b"offline"), birth=(status, b"online"))
+        self.codec = None
+        if credentials is not None:
+            if credentials.identity != agent_id:
+                raise ValueError(f"the credentials are {credentials.identity!r}'s, not {agent_id!r}'s")
+            self.codec = DownlinkCodec(credentials)
+            if broker.username is None:
+                broker = replace(broker, username=credentials.broker_username, password=credentials.broker_password)
+        self.transport = MqttTransport(broker, client_id=f"fedge-agent-{agent_id}", will=(status, b"offline"), birth=(status, b"online"), codec=self.codec)
+        self._state = "idle"  # what the heartbeat thread reports: idle, preparing, ready or training
+        self._stopped = threading.Event()
+        self._unreadable = 0
         self._assignment: Assignment | None = None
         self._session: _Session | None = None
         self._done = False
@@ -82,26 +101,49 @@ class EdgeAgent:
     def run(self) -> None:
         self.transport.subscribe(topics.downlink(self.agent_id))
         self.transport.connect()
+        beating = threading.Thread(target=self._beat, name=f"heartbeat-{self.agent_id}", daemon=True)
+        beating.start()
         self._hello()
         try:
             while not self._done:
                 received = self._next_message()
                 try:
                     if received is None:
-                        self._send(Heartbeat(self.agent_id, "idle", time.time()))
-                    elif received.error is not None:
-                        log.warning("%s: unreadable message: %s", self.agent_id, received.error)
+                        continue
+                    if received.error is not None:
+                        self._note_unreadable(received)
+                    elif getattr(received.message, "agent_id", self.agent_id) != self.agent_id:
+                        log.warning("%s: ignored a %s for %r", self.agent_id, type(received.message).__name__, received.message.agent_id)
                     else:
                         self._dispatch(received.message)
                 except TransportError as error:
                     # paho keeps the unacknowledged message queued and sends it once the broker is back
                     log.warning("%s: broker unavailable (%s); carrying on", self.agent_id, error)
         finally:
+            self._stopped.set()
             try:
                 self.transport.publish_raw(topics.status(self.agent_id), b"offline", retain=True, timeout_s=5)
             except TransportError:
                 pass  # the Last Will says it for us
             self.transport.close()
+
+    def _beat(self) -> None:
+        """Every ``heartbeat_s``, whatever the main thread is doing (downloading, loading, training): say what this
+        device is doing and which round it holds. Queued on its own signing stream, never waited on."""
+        while not self._stopped.wait(self.heartbeat_s):
+            if not self.transport.connected:
+                continue
+            round_number = self._assignment.round if self._assignment is not None else 0
+            try:
+                self.transport.enqueue(topics.uplink(self.agent_id), Heartbeat(self.agent_id, self._state, time.time(), round_number), stream="beat")
+            except Exception as error:  # never let the heartbeat thread die
+                log.debug("%s: heartbeat not sent: %s", self.agent_id, error)
+
+    def _note_unreadable(self, received: Received) -> None:
+        """Forged, replayed or malformed downlinks: the first few are logged, then every hundredth."""
+        self._unreadable += 1
+        if self._unreadable <= 5 or self._unreadable % 100 == 0:
+            log.warning("%s: dropped a message on %s (%d so far): %s", self.agent_id, received.topic, self._unreadable, received.error)
 
     def _next_message(self) -> Received | None:
         """The next message; while rows for the next round wait to be cached, cache a chunk between polls. None
@@ -124,14 +166,17 @@ class EdgeAgent:
     def _dispatch(self, message) -> None:
         if isinstance(message, Assignment):
             self._assignment = message
+            if self.codec is not None:
+                self.codec.run = message.run_id  # what this device signs from now on belongs to this run
             if message.prepare_only:
+                self._state = "preparing"
                 self._get_ready(message)
         elif isinstance(message, GlobalState):
             self._on_global(message)
         elif isinstance(message, Reject) and message.reason == "unknown_agent":
             self._hello()  # the coordinator lost us (restarted): register again
-        elif isinstance(message, Reject) and message.reason == "infeasible":
-            log.error("%s: the coordinator's planner refused this device: %s", self.agent_id, message.detail)
+        elif isinstance(message, Reject) and message.reason in ("infeasible", "bad_profile"):
+            log.error("%s: the coordinator refused this device (%s): %s", self.agent_id, message.reason, message.detail)
             self.refused = message.detail
             self._done = True
         elif isinstance(message, Reject):
@@ -157,6 +202,13 @@ class EdgeAgent:
         if assignment is None or assignment.round != state.round:
             log.warning("%s: global state for round %d without its assignment; skipped", self.agent_id, state.round)
             return
+        self._state = "training"
+        try:
+            self._train_round(state, assignment)
+        finally:
+            self._state = "idle"
+
+    def _train_round(self, state: GlobalState, assignment: Assignment) -> None:
         session = self._session_for(assignment)
         if session is None:
             return
@@ -193,12 +245,14 @@ class EdgeAgent:
         aggregates this one), then tell the coordinator (heartbeat ``ready``), or refuse the round with the reason."""
         session = self._session_for(assignment)
         if session is None:
+            self._state = "idle"
             return
         started = time.perf_counter()
         rows = torch.cat(session.sampler.upcoming(PREPARED_ROUNDS * assignment.local_steps, assignment.batch_size))
         cached = len(session.cache.fill(rows))
         log.info("%s: ready for round %d (%d prefix rows cached in %.1f s)", self.agent_id, assignment.round, cached, time.perf_counter() - started)
-        self._send(Heartbeat(self.agent_id, "ready", time.time()))
+        self._state = "ready"
+        self._send(Heartbeat(self.agent_id, "ready", time.time(), assignment.round))
 
     def _session_for(self, assignment: Assignment) -> _Session | None:
         """The session an assignment trains in (built when it differs from the current one), or None after refusing

@@ -1,4 +1,4 @@
-"""``fedge`` command line: profile, broker, agent, coordinator, plan, trial, backbone, export, evaluate, demo."""
+"""``fedge`` command line: profile, broker, enroll, agent, coordinator, plan, trial, backbone, export, evaluate, demo."""
 
 from __future__ import annotations
 
@@ -64,9 +64,12 @@ def cmd_profile(args) -> int:
 
 def cmd_broker(args) -> int:
     from fedge.broker import EmbeddedBroker
+    from fedge.trust.enrolment import Enrolment
 
-    with EmbeddedBroker(args.host, args.port) as broker:
-        console.print(f"embedded MQTT broker on [bold]{broker.url}[/] — Ctrl-C to stop")
+    enrolment = Enrolment.load(args.fleet) if args.fleet else None
+    with EmbeddedBroker(args.host, args.port, enrolment) as broker:
+        access = f"{len(enrolment.active())} enrolled devices and the coordinator log in, each held to its topics" if enrolment else "[yellow]open to anonymous clients[/] (pass --fleet DIR to admit only an enrolled fleet)"
+        console.print(f"embedded MQTT broker on [bold]{broker.url}[/]: {access} — Ctrl-C to stop")
         try:
             while True:
                 time.sleep(3600)
@@ -81,6 +84,7 @@ def cmd_agent(args) -> int:
     data = read_rows(args.data)  # checked before the heavy imports: a bad file fails in well under a second
     eval_data = read_rows(args.eval_data) if args.eval_data else None
     broker = _broker_config(args)
+    credentials = _agent_credentials(args)
 
     import torch
 
@@ -91,11 +95,46 @@ def cmd_agent(args) -> int:
     _set_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     profile = simulated_profile(args.device_profile, device.startswith("cuda"), bitsandbytes_usable()) if args.device_profile else probe(args.id)
-    agent = EdgeAgent(args.id, broker, data, profile, data_source=args.data, eval_source=args.eval_data, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None)
+    agent = EdgeAgent(credentials.identity if credentials else args.id, broker, data, profile, data_source=args.data, eval_source=args.eval_data, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None, credentials=credentials)
     agent.run()
     if agent.refused:
         console.print(f"[red]this device cannot take part: {agent.refused}[/]")
         return 2
+    return 0
+
+
+def _agent_credentials(args):
+    """The device's credentials (``--credentials``), or None for an explicitly ``--insecure`` agent."""
+    from fedge.trust.enrolment import Credentials
+
+    if args.credentials:
+        credentials = Credentials.load(args.credentials)
+        if args.id and args.id != credentials.identity:
+            raise ValueError(f"--id {args.id} does not match the credentials of {credentials.identity}")
+        return credentials
+    if not args.insecure:
+        raise ValueError("give this device's --credentials (from `fedge enroll`), or --insecure to run unsigned on a network you trust")
+    if not args.id:
+        raise ValueError("--id is required without --credentials")
+    return None
+
+
+def cmd_enroll(args) -> int:
+    from fedge.trust.broker_files import write_mosquitto_files
+    from fedge.trust.enrolment import Enrolment, enroll, revoke
+
+    fleet = Path(args.fleet)
+    for identity in args.revoke or ():
+        revoke(fleet, identity)
+        console.print(f"revoked {identity}: the coordinator refuses it from its next round; rewrite the broker files (--mosquitto) and reload the broker")
+    if args.devices:
+        for path in enroll(fleet, args.devices):
+            console.print(f"enrolled {path.name.split('.')[0]}: credentials in {path} (copy to the device, then delete here)")
+    enrolment = Enrolment.load(fleet)
+    if args.mosquitto:
+        for path in write_mosquitto_files(enrolment, Path(args.mosquitto), port=args.port, tls_host=args.tls_host):
+            console.print(f"wrote {path}")
+    console.print(f"{len(enrolment.active())} devices enrolled in {fleet} ({len(enrolment.devices) - len(enrolment.active())} revoked)")
     return 0
 
 
@@ -234,12 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     broker = sub.add_parser("broker", help="run the embedded MQTT broker")
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     broker.add_argument("--port", type=int, default=1883, help="port to listen on (default 1883)")
+    broker.add_argument("--fleet", help="the enrolment directory: only its devices and coordinator may log in, each to its own topics")
     broker.set_defaults(func=cmd_broker)
 
     agent = sub.add_parser("agent", help="run an edge agent")
     agent.add_argument("--broker", required=True, help="mqtt://[user@]host:port or mqtts://…; password from FEDGE_MQTT_PASSWORD")
     agent.add_argument("--data", required=True, help="JSON lines in the task's format: {text, label}, {instruction, input?, response} or {messages}")
-    agent.add_argument("--id", required=True, help="this device's id: 1-64 letters, digits, '.', '_' or '-'")
+    agent.add_argument("--credentials", help="this device's credentials file from `fedge enroll` (its id, signing key and broker login)")
+    agent.add_argument("--id", help="this device's id: 1-64 letters, digits, '.', '_' or '-' (default: the credentials' id)")
+    agent.add_argument("--insecure", action="store_true", help="run without credentials: unsigned, for a coordinator with insecure: true")
     agent.add_argument("--device-profile", help="simulate this catalogue device (its memory limit, speed and links) on this machine's backend")
     agent.add_argument("--device", help="torch device (default: cuda if available)")
     agent.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -247,11 +289,20 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--eval-data", help="held-out JSON lines in the same format: report the task's score after every round")
     agent.add_argument("--heartbeat", type=float, default=10.0, help="seconds of silence before a heartbeat")
     agent.add_argument("--cache", help="where backbone packages are kept, by digest (default $FEDGE_CACHE/received)")
-    agent.add_argument("--username", help="broker user name (password from FEDGE_MQTT_PASSWORD)")
+    agent.add_argument("--username", help="broker user name (password from FEDGE_MQTT_PASSWORD) instead of the credentials' login")
     agent.add_argument("--ca-certs", help="CA bundle that signed the broker's certificate (mqtts://)")
     agent.add_argument("--certfile", help="client certificate for mutual TLS")
     agent.add_argument("--keyfile", help="private key of the client certificate")
     agent.set_defaults(func=cmd_agent)
+
+    enroll = sub.add_parser("enroll", help="give devices identities and credentials, revoke them, write broker password and ACL files")
+    enroll.add_argument("devices", nargs="*", help="device ids to enrol (each gets FLEET/devices/ID.credentials.json)")
+    enroll.add_argument("--fleet", required=True, help="the fleet's enrolment directory (created on first use; keep it off run directories)")
+    enroll.add_argument("--revoke", action="append", metavar="ID", help="revoke a device (repeatable)")
+    enroll.add_argument("--mosquitto", metavar="DIR", help="write Mosquitto's passwords, acl and mosquitto.conf for the enrolled devices here")
+    enroll.add_argument("--port", type=int, default=8883, help="the listener port in the written mosquitto.conf")
+    enroll.add_argument("--tls-host", help="with --mosquitto: a TLS listener for this host name or address (CA and server certificate generated)")
+    enroll.set_defaults(func=cmd_enroll)
 
     coordinator = sub.add_parser("coordinator", help="run the coordinator")
     coordinator.add_argument("--config", required=True, help="coordinator YAML (see examples/coordinator.yaml)")

@@ -24,6 +24,7 @@ from coordinator.plan_report import plan_table
 from coordinator.planner import Pin, PlannerOptions
 from coordinator.reports import RunDirectory
 from fedge.broker import EmbeddedBroker
+from fedge.trust.enrolment import Enrolment, device_credentials_path, temporary_fleet
 from fedge.processes import spawn, stop
 from fedge.progress import long_step
 from fedge.task.data import write_jsonl
@@ -58,8 +59,9 @@ def _fleet(count: int) -> list[tuple[str, str]]:
     return [(f"agent-{i}-{FLEET[i % len(FLEET)]}", FLEET[i % len(FLEET)]) for i in range(count)]
 
 
-def prepare(settings: DemoSettings, broker_url: str) -> tuple[Path, list[tuple[str, str, Path]]]:
-    """Write the data shards and the coordinator config; returns the config path and (agent, device, shard)."""
+def prepare(settings: DemoSettings, broker_url: str, fleet_dir: Path) -> tuple[Path, list[tuple[str, str, Path]]]:
+    """Write the data shards and the coordinator config (for the fleet enrolled in ``fleet_dir``); returns the
+    config path and (agent, device, shard)."""
     data_dir = settings.run_dir / "data"
     train, test = load_splits(settings.train_per_label, settings.test_per_label, settings.seed)
     fleet = _fleet(settings.agents)
@@ -79,6 +81,7 @@ def prepare(settings: DemoSettings, broker_url: str) -> tuple[Path, list[tuple[s
         "run_id": f"demo-{int(time.time())}",
         "run_dir": str(settings.run_dir / "coordinator"),
         "broker": broker_url,
+        "enrolment": str(fleet_dir),
         "backbone": DEFAULT_BACKBONE,
         "eval_data": str(data_dir / "test.jsonl"),
         "rounds": settings.rounds,
@@ -117,11 +120,11 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
     logs.mkdir(exist_ok=True)
     with long_step(console, "locating the SmolLM2-135M-Instruct backbone (first run converts the GGUF, ~40 s)"):
         locate_backbone(DEFAULT_BACKBONE)
-    with EmbeddedBroker() as broker:
-        config_path, agents = prepare(settings, broker.url)
-        console.print(f"embedded broker on [bold]{broker.url}[/]; {len(agents)} agents; run directory [bold]{settings.run_dir}[/]")
+    with temporary_fleet(agent_id for agent_id, _ in _fleet(settings.agents)) as fleet, EmbeddedBroker(enrolment=Enrolment.load(fleet)) as broker:
+        config_path, agents = prepare(settings, broker.url, fleet)
+        console.print(f"embedded broker on [bold]{broker.url}[/] (password logins and topic ACLs); {len(agents)} enrolled agents signing every message; run directory [bold]{settings.run_dir}[/]")
         coordinator = spawn(["coordinator", "--config", str(config_path)], logs / "coordinator.log")
-        workers = [spawn(["agent", "--broker", broker.url, "--data", str(shard), "--id", agent_id, "--device-profile", device, "--threads", "1"], logs / f"{agent_id}.log") for agent_id, device, shard in agents]
+        workers = [spawn(["agent", "--broker", broker.url, "--data", str(shard), "--credentials", str(device_credentials_path(fleet, agent_id)), "--device-profile", device, "--threads", "1"], logs / f"{agent_id}.log") for agent_id, device, shard in agents]
         metrics_file = settings.run_dir / "coordinator" / "metrics.jsonl"
         status = _follow(coordinator, workers, metrics_file, settings.rounds, console)
     if status != 0:

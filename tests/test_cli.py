@@ -84,7 +84,7 @@ def test_version_and_help_on_every_option(capsys):
 def test_bad_files_are_reported_before_the_heavy_imports(tmp_path):
     """A wrong config or data file fails before peft/transformers load (seconds, not the 5+ s those take)."""
     (tmp_path / "bad.jsonl").write_text('{"text": "no label"}\n')
-    (tmp_path / "c.yaml").write_text(f"eval_data: {tmp_path / 'bad.jsonl'}\n")
+    (tmp_path / "c.yaml").write_text(f"eval_data: {tmp_path / 'bad.jsonl'}\ninsecure: true\n")
     probe = (
         "import sys\nfrom fedge.cli import main\n"
         f"codes = [main(['agent', '--broker', 'mqtt://127.0.0.1:1', '--id', 'a', '--data', {str(tmp_path / 'bad.jsonl')!r}]),\n"

@@ -4,14 +4,14 @@ from coordinator.config import ConfigError, CoordinatorConfig
 
 
 def test_pins_resolve_by_device_name_then_class():
-    config = CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "devices": {"cpu": {"rank": 4, "depth": 2}, "jetson-orin-nano-8gb": {"rank": 8, "depth": 4, "quantization": "nf4"}}})
+    config = CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "insecure": True, "devices": {"cpu": {"rank": 4, "depth": 2}, "jetson-orin-nano-8gb": {"rank": 8, "depth": 4, "quantization": "nf4"}}})
     assert config.pin_for("jetson-orin-nano-8gb", "jetson").rank == 8
     assert config.pin_for("cpu-8gb", "cpu").depth == 2
     assert config.pin_for("laptop", "cuda") is None
 
 
 def test_planner_options_combine_the_run_level_keys_and_the_planner_section():
-    config = CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "batch_size": 8, "local_steps": 3, "planner": {"max_depth": 6, "ranks": [4, 8]}})
+    config = CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "insecure": True, "batch_size": 8, "local_steps": 3, "planner": {"max_depth": 6, "ranks": [4, 8]}})
     options = config.planner_options()
     assert (options.batch_size, options.local_steps, options.max_depth, options.ranks) == (8, 3, 6, (4, 8))
 
@@ -26,15 +26,15 @@ def test_every_error_is_reported_at_once_with_its_key():
 
 
 def test_the_task_comes_from_the_config_and_sets_the_token_budget():
-    config = CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "task": {"labels": ["love", "work", "science"], "prompt": "Fortune: {text}\nTopic:", "max_tokens": 96}})
+    config = CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "insecure": True, "task": {"labels": ["love", "work", "science"], "prompt": "Fortune: {text}\nTopic:", "max_tokens": 96}})
     assert config.task.kind == "classify" and config.task.labels == ("love", "work", "science")
     assert config.planner_options().seq_len == 96
-    assert CoordinatorConfig.from_dict({"eval_data": "t.jsonl"}).task.labels[0] == "animal"  # the WordNet default
+    assert CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "insecure": True}).task.labels[0] == "animal"  # the WordNet default
 
 
 def test_task_errors_name_their_keys():
     with pytest.raises(ConfigError) as caught:
-        CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "task": {"labels": ["x"], "prompt": "no slot", "colour": 1}, "planner": {"seq_len": 64}})
+        CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "insecure": True, "task": {"labels": ["x"], "prompt": "no slot", "colour": 1}, "planner": {"seq_len": 64}})
     text = str(caught.value)
     for key in ("task.colour: unknown key", "task.labels: between 2", "task.prompt: must contain {text}", "planner.seq_len: the token budget is the task's"):
         assert key in text

@@ -47,7 +47,7 @@ def test_a_custom_kind_is_found_by_name_and_cannot_replace_a_built_in(installed_
     assert task_problems(TaskSpec("shout", ("a", "b"), "SAY {text}")) == []
     assert task_problems(TaskSpec("shout", ("a", "b"), "say {text}")) == ["task.prompt: must start with SAY"]
     assert kind_of("classify") is kinds.BUILT_IN["classify"]
-    config = CoordinatorConfig.from_dict({"eval_data": "x.jsonl", "task": {"kind": "shout", "labels": ["a", "b"], "prompt": "SAY {text}"}})
+    config = CoordinatorConfig.from_dict({"eval_data": "x.jsonl", "insecure": True, "task": {"kind": "shout", "labels": ["a", "b"], "prompt": "SAY {text}"}})
     assert config.task.kind == "shout"
 
 
@@ -56,15 +56,15 @@ def test_an_unknown_kind_names_what_is_installed():
     (problem,) = task_problems(TaskSpec("regress"))
     assert problem.startswith("task.kind: 'regress' is not a task kind here; choose one of classify, instruct")
     with pytest.raises(ConfigError, match="task.kind: 'regress' is not a task kind"):
-        CoordinatorConfig.from_dict({"eval_data": "x.jsonl", "task": {"kind": "regress"}})
+        CoordinatorConfig.from_dict({"eval_data": "x.jsonl", "insecure": True, "task": {"kind": "regress"}})
 
 
 def test_instruct_config_takes_its_defaults_and_checks_its_keys():
-    config = CoordinatorConfig.from_dict({"eval_data": "x.jsonl", "task": {"kind": "instruct", "max_tokens": 128}})
+    config = CoordinatorConfig.from_dict({"eval_data": "x.jsonl", "insecure": True, "task": {"kind": "instruct", "max_tokens": 128}})
     assert config.task == TaskSpec("instruct", (), "", 128, "token_f1", 32, 48)
     assert config.planner_options().answer_share == 0.5 and config.planner_options().seq_len == 128
     with pytest.raises(ConfigError) as error:
-        CoordinatorConfig.from_dict({"eval_data": "x.jsonl", "task": {"kind": "instruct", "metric": "bleu", "eval_samples": "all"}})
+        CoordinatorConfig.from_dict({"eval_data": "x.jsonl", "insecure": True, "task": {"kind": "instruct", "metric": "bleu", "eval_samples": "all"}})
     assert "task.eval_samples: expected an integer" in str(error.value)
     with pytest.raises(ConfigError, match="task.metric: one of token_f1, exact_match"):
-        CoordinatorConfig.from_dict({"eval_data": "x.jsonl", "task": {"kind": "instruct", "metric": "bleu"}})
+        CoordinatorConfig.from_dict({"eval_data": "x.jsonl", "insecure": True, "task": {"kind": "instruct", "metric": "bleu"}})

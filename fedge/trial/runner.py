@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from fedge.broker import EmbeddedBroker
+from fedge.trust.enrolment import Enrolment, device_credentials_path, temporary_fleet
 from fedge.processes import spawn, stop
 from fedge.progress import long_step
 from fedge.strategies import STRATEGIES
@@ -30,12 +31,12 @@ def agent_ids(trial: TrialConfig) -> list[str]:
     return [f"agent-{index}-{device}" for index, device in enumerate(trial.fleet)]
 
 
-def coordinator_config(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_dir: Path, broker_url: str) -> dict:
+def coordinator_config(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_dir: Path, broker_url: str, fleet_dir: Path) -> dict:
     planner = dict(trial.planner)
     if not STRATEGIES[run.name].mixed_ranks:  # e.g. FedIT: one rank for everyone, said in the report
         planner.update(ranks=[trial.same_rank], rank_profile="uniform")
     return {
-        "run_id": f"{trial.name}-{run.name}-{seed}", "run_dir": str(run_dir), "broker": broker_url, "backbone": trial.backbone,
+        "run_id": f"{trial.name}-{run.name}-{seed}", "run_dir": str(run_dir), "broker": broker_url, "enrolment": str(fleet_dir), "backbone": trial.backbone,
         "eval_data": str(data / "test.jsonl"), "task": {**asdict(trial.task_spec), "labels": list(trial.task_spec.labels)}, "rounds": trial.rounds, "min_clients": len(trial.fleet), "expected_clients": len(trial.fleet),
         "local_steps": trial.local_steps, "batch_size": trial.batch_size, "learning_rate": trial.learning_rate, "seed": seed,
         "strategy": run.name, "strategy_options": run.options, "planner": planner,
@@ -100,12 +101,12 @@ def _run_one(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_di
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with EmbeddedBroker() as broker:
+    with temporary_fleet(agent_ids(trial)) as fleet, EmbeddedBroker(enrolment=Enrolment.load(fleet)) as broker:
         config_path = run_dir / "coordinator.yaml"
-        config_path.write_text(yaml.safe_dump(coordinator_config(trial, run, seed, data, run_dir / "coordinator", broker.url), sort_keys=False))
+        config_path.write_text(yaml.safe_dump(coordinator_config(trial, run, seed, data, run_dir / "coordinator", broker.url, fleet), sort_keys=False))
         coordinator = spawn(["coordinator", "--config", str(config_path)], logs / "coordinator.log")
         evaluation = ["--eval-data", str(data / "test.jsonl")] if devices_evaluate(trial, run) else []
-        agents = [spawn(["agent", "--broker", broker.url, "--data", str(data / f"{agent_id}.jsonl"), *evaluation, "--id", agent_id, "--device-profile", device, "--threads", "1"], logs / f"{agent_id}.log")
+        agents = [spawn(["agent", "--broker", broker.url, "--data", str(data / f"{agent_id}.jsonl"), *evaluation, "--credentials", str(device_credentials_path(fleet, agent_id)), "--device-profile", device, "--threads", "1"], logs / f"{agent_id}.log")
                   for agent_id, device in zip(agent_ids(trial), trial.fleet)]
         metrics = run_dir / "coordinator" / "metrics.jsonl"
         done_before = progress.tasks[task].completed

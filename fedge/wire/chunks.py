@@ -6,22 +6,27 @@ the sha256 of the whole message, checked once it is reassembled (MQTT over TCP d
 all, so one hash of the whole catches a mixed-up or forged chunk). Carrying the digest last lets both ends hash while
 the frames travel: the sender publishes each frame as soon as it is cut, the receiver hashes frames as they arrive
 in order. Brokers drop messages silently when their queues overflow, so a message still incomplete after
-``timeout_s`` is dropped with an error rather than waited on for ever.
+``timeout_s`` is dropped with an error rather than waited on for ever. A message is never more than a frame's worth
+of state until its frames arrive, and the state of all partial messages together is bounded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import struct
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from fedge.wire.errors import ChunkError, DecodeError, TooLargeError
 
 CHUNK_MAGIC = b"FEDC"
+log = logging.getLogger(__name__)
+
 _CHUNK_PREFIX = struct.Struct(">4sH")
 DEFAULT_MAX_FRAME_BYTES = 512 * 1024  # well under the 1 MB limit some brokers (EMQX) default to
 _HEADER_ROOM = 512
@@ -67,19 +72,36 @@ class _Partial:
 
 
 class Reassembler:
-    """Feeds frames in, hands whole messages out; one per sender topic is enough (ids keep messages apart)."""
+    """Feeds frames in, hands whole messages out: one store for every sender topic, bounded in total.
 
-    def __init__(self, max_message_bytes: int = 256 * 1024 * 1024, timeout_s: float = 60.0, max_pending: int = 64):
+    Partial messages are keyed by (topic, id), so one sender cannot complete another's; at most
+    ``max_pending_per_topic`` may be in flight per topic (a new one evicts that topic's oldest) and
+    ``max_pending`` and ``max_pending_bytes`` in all (a new one is refused). Expiry pops the oldest first, so
+    handling a frame costs O(1) however many senders there are.
+    """
+
+    def __init__(
+        self, max_message_bytes: int = 256 * 1024 * 1024, timeout_s: float = 60.0, max_pending: int = 256,
+        max_pending_per_topic: int = 4, max_pending_bytes: int | None = None,
+    ):
         self.max_message_bytes = max_message_bytes
         self.timeout_s = timeout_s
         self.max_pending = max_pending
-        self._pending: dict[str, _Partial] = {}
+        self.max_pending_per_topic = max_pending_per_topic
+        self.max_pending_bytes = max_pending_bytes if max_pending_bytes is not None else 2 * max_message_bytes
+        self._pending: OrderedDict[tuple[str, str], _Partial] = OrderedDict()  # oldest first
+        self._per_topic: dict[str, int] = {}
+        self._bytes = 0
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
-    def feed(self, frame: bytes, now: float | None = None) -> bytes | None:
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def feed(self, frame: bytes, topic: str = "", now: float | None = None) -> bytes | None:
         """The completed message if ``frame`` finished one, else ``None``; raises on a bad frame."""
         if not frame.startswith(CHUNK_MAGIC):
             if len(frame) > self.max_message_bytes:
@@ -87,41 +109,68 @@ class Reassembler:
             return frame
         now = time.monotonic() if now is None else now
         header, data = self._parse(frame)
-        partial = self._pending.get(header["id"])
+        key = (topic, header["id"])
+        partial = self._pending.get(key)
         if partial is None:
-            if header["size"] > self.max_message_bytes:
-                raise TooLargeError(f"chunked message of {header['size']} bytes exceeds the {self.max_message_bytes}-byte limit")
-            if len(self._pending) >= self.max_pending:
-                raise TooLargeError(f"more than {self.max_pending} chunked messages in flight")
-            partial = _Partial(count=header["count"], size=header["size"], started=now)
-            self._pending[header["id"]] = partial
+            partial = self._start(key, header, now)
         if (header["count"], header["size"]) != (partial.count, partial.size):
             raise ChunkError(f"chunk {header['index']} of {header['id']} disagrees with its siblings")
         if "digest" in header:
             partial.digest = header["digest"]
         if header["index"] not in partial.parts:
+            if self._bytes + len(data) > self.max_pending_bytes:
+                self._drop(key)
+                raise TooLargeError(f"partial messages would hold more than {self.max_pending_bytes} bytes")
             partial.parts[header["index"]] = data
             partial.received_bytes += len(data)
+            self._bytes += len(data)
             partial.hash_arrived()
         if partial.received_bytes > partial.size:
-            del self._pending[header["id"]]
+            self._drop(key)
             raise ChunkError(f"chunks of {header['id']} exceed the declared size")
         if len(partial.parts) < partial.count:
             return None
-        del self._pending[header["id"]]
+        self._drop(key)
         if partial.received_bytes != partial.size or partial.hasher.hexdigest() != partial.digest:
             raise ChunkError(f"reassembled {header['id']} fails its digest")
         return b"".join(partial.parts[index] for index in range(partial.count))
+
+    def _start(self, key: tuple[str, str], header: dict, now: float) -> _Partial:
+        topic = key[0]
+        if header["size"] > self.max_message_bytes:
+            raise TooLargeError(f"chunked message of {header['size']} bytes exceeds the {self.max_message_bytes}-byte limit")
+        if self._per_topic.get(topic, 0) >= self.max_pending_per_topic:
+            oldest = next(k for k in self._pending if k[0] == topic)  # rare: only a topic at its cap is scanned
+            self._drop(oldest)
+            log.warning("dropped incomplete message %s on %s: a newer one replaced it", oldest[1], topic)
+        if len(self._pending) >= self.max_pending:
+            raise TooLargeError(f"more than {self.max_pending} chunked messages in flight")
+        partial = _Partial(count=header["count"], size=header["size"], started=now)
+        self._pending[key] = partial
+        self._per_topic[topic] = self._per_topic.get(topic, 0) + 1
+        return partial
+
+    def _drop(self, key: tuple[str, str]) -> _Partial:
+        partial = self._pending.pop(key)
+        self._bytes -= partial.received_bytes
+        left = self._per_topic[key[0]] - 1
+        if left:
+            self._per_topic[key[0]] = left
+        else:
+            del self._per_topic[key[0]]
+        return partial
 
     def expire(self, now: float | None = None) -> list[str]:
         """Drop messages still incomplete after the timeout; returns a description of each."""
         now = time.monotonic() if now is None else now
         dropped = []
-        for message_id, partial in list(self._pending.items()):
-            if now - partial.started > self.timeout_s:
-                del self._pending[message_id]
-                missing = partial.count - len(partial.parts)
-                dropped.append(f"{message_id}: {missing} of {partial.count} chunks missing after {self.timeout_s:.0f} s")
+        while self._pending:
+            key, partial = next(iter(self._pending.items()))
+            if now - partial.started <= self.timeout_s:
+                break
+            self._drop(key)
+            missing = partial.count - len(partial.parts)
+            dropped.append(f"{key[1]} on {key[0] or 'its topic'}: {missing} of {partial.count} chunks missing after {self.timeout_s:.0f} s")
         return dropped
 
     @staticmethod
@@ -132,7 +181,7 @@ class Reassembler:
         end = _CHUNK_PREFIX.size + header_length
         try:
             header = json.loads(frame[_CHUNK_PREFIX.size : end])
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise DecodeError("chunk header is not JSON") from None
         if not isinstance(header, dict):
             raise DecodeError("chunk header is not an object")

@@ -7,6 +7,7 @@ safetensors body (fp16 by default), a ``data`` field as the raw body. No pickle 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ class Limits:
     max_header_bytes: int = 64 * 1024
     max_message_bytes: int = 256 * 1024 * 1024
     max_tensors: int = 4096
+    max_depth: int = 16  # JSON nesting of a header (real messages reach 4)
 
 
 def encode_message(message: Message, tensor_dtype: str = "float16") -> bytes:
@@ -62,9 +64,13 @@ def decode_message(data: bytes, limits: Limits = Limits()) -> Message:
     header_end = _PREFIX.size + header_length
     if header_end > len(data):
         raise DecodeError("header runs past the end of the message")
+    raw_header = bytes(data[_PREFIX.size : header_end])
+    depth = json_depth(raw_header)
+    if depth > limits.max_depth:
+        raise TooLargeError(f"header nests {depth} deep (limit {limits.max_depth})")
     try:
-        header = json.loads(data[_PREFIX.size : header_end])
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        header = json.loads(raw_header)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise DecodeError(f"header is not JSON: {error}") from None
     if not isinstance(header, dict) or set(header) != {"type", "fields"}:
         raise SchemaError("header must be an object with exactly 'type' and 'fields'")
@@ -79,6 +85,22 @@ def decode_message(data: bytes, limits: Limits = Limits()) -> Message:
     if body:
         raise SchemaError(f"a {header['type']} message carries no body")
     return from_json(cls, header["fields"])
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in JSON text, counted without parsing it (so a hostile header
+    cannot exhaust the parser's recursion); brackets inside strings do not count."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, delete=_NOT_BRACKETS)
+    if not brackets:
+        return 0
+    steps = np.frombuffer(brackets, dtype=np.uint8)
+    return int(np.cumsum(np.where((steps == ord("[")) | (steps == ord("{")), 1, -1)).max())
+
+
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
 
 
 def _decode_tensors(body: bytes, limits: Limits) -> dict[str, np.ndarray]:

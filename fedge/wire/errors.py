@@ -4,7 +4,9 @@
     ├── DecodeError          bytes that are not a fedge message (bad magic, JSON, safetensors body)
     │   └── SchemaError      a well-formed message whose type, version or fields are wrong
     ├── TooLargeError        a header, message or chunk set over its configured limit
-    └── ChunkError           a chunk that fails its hash, or a chunked message that timed out incomplete
+    ├── ChunkError           a chunk that fails its hash, or a chunked message that timed out incomplete
+    ├── ForgedError          no envelope, a sender that is not enrolled, or a signature that does not verify
+    └── ReplayError          a genuine envelope seen before, or sealed too far from the receiver's clock
 """
 
 
@@ -28,3 +30,15 @@ class TooLargeError(ProtocolError):
 
 class ChunkError(ProtocolError):
     reason = "chunk"
+
+
+class ForgedError(ProtocolError):
+    """Not sealed by an enrolled sender: no envelope, an unknown key, or a signature that does not verify."""
+
+    reason = "unauthenticated"
+
+
+class ReplayError(ProtocolError):
+    """Sealed by an enrolled sender, but not newer than what was accepted from it, or far from the receiver's clock."""
+
+    reason = "replay"

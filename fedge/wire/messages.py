@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PROTOCOL_VERSION = 3  # 2: assignments carry the task, hellos count labels as written; 3: prepare-only assignments
+PROTOCOL_VERSION = 4  # 2: assignments carry the task, hellos count labels as written; 3: prepare-only assignments; 4: signed envelopes, heartbeats name a round
 PREPARED_ROUNDS = 2  # a prepare-only assignment asks the agent to cache the rows of this many rounds
 
 
@@ -176,11 +176,19 @@ class Reject:
     message_id: str = field(default_factory=new_message_id)
 
 
+HEARTBEAT_STATES = ("idle", "preparing", "ready", "training")
+
+
 @dataclass(frozen=True)
 class Heartbeat:
+    """The agent is alive (sent every few seconds from its own thread, whatever it is doing): ``state`` is one of
+    ``HEARTBEAT_STATES``, ``round`` the wire round of the latest assignment it holds (0: none), so a coordinator
+    can resend what a device missed."""
+
     agent_id: str
     state: str
     sent_unix: float
+    round: int = 0
     message_id: str = field(default_factory=new_message_id)
 
 

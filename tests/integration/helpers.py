@@ -1,5 +1,5 @@
-"""Shared pieces of the broker integration tests: a small labelled shard, a fedge command as a child process, and a
-small run of a coordinator with agents on one machine."""
+"""Shared pieces of the broker integration tests: a small labelled shard, a fedge command as a child process, an
+enrolled fleet, and a small run of a coordinator with agents on one machine (signed end to end, as in production)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from pathlib import Path
 import yaml
 
 from fedge.task.data import Example, Row
+from fedge.trust.enrolment import Credentials, device_credentials_path, enroll
+
+FLEET_SIZE = 8  # devices a0 .. a7 are enrolled in every test fleet
 
 
 def shard(seed: int, size: int = 24) -> list[Example]:
@@ -40,10 +43,30 @@ def rows(examples: list[Example]) -> list[Row]:
     return [Row(example.text, example.label, line) for line, example in enumerate(examples, 1)]
 
 
+def enrolled_fleet(tmp_path: Path, extra: tuple[str, ...] = ()) -> Path:
+    """The enrolment directory under ``tmp_path`` of devices ``a0`` .. ``a7`` and ``extra`` (enrolled on first use)."""
+    fleet = tmp_path / "fleet"
+    wanted = [f"a{index}" for index in range(FLEET_SIZE)] + list(extra)
+    missing = [identity for identity in wanted if not device_credentials_path(fleet, identity).exists()]
+    if missing:
+        enroll(fleet, missing)
+    return fleet
+
+
+def credentials_args(tmp_path: Path, agent_id: str) -> list[str]:
+    """``fedge agent`` arguments that make ``agent_id`` take part with its enrolled credentials."""
+    return ["--credentials", str(device_credentials_path(enrolled_fleet(tmp_path, (agent_id,)), agent_id))]
+
+
+def credentials(tmp_path: Path, agent_id: str) -> Credentials:
+    return Credentials.load(device_credentials_path(enrolled_fleet(tmp_path, (agent_id,)), agent_id))
+
+
 def fleet_config(tmp_path: Path, broker_url: str, backbone: Path, **overrides) -> dict:
-    """A short run's coordinator config (run directory and held-out data ``test.jsonl`` under ``tmp_path``)."""
+    """A short run's coordinator config for the enrolled fleet (run directory and held-out data ``test.jsonl``
+    under ``tmp_path``)."""
     return {
-        "run_id": "it", "run_dir": str(tmp_path / "run"), "broker": broker_url, "backbone": str(backbone),
+        "run_id": "it", "run_dir": str(tmp_path / "run"), "broker": broker_url, "backbone": str(backbone), "enrolment": str(enrolled_fleet(tmp_path)),
         "eval_data": str(tmp_path / "test.jsonl"), "rounds": 1, "min_clients": 2, "expected_clients": 2,
         "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60, **overrides,
     }
@@ -55,7 +78,7 @@ def run_fleet(tmp_path: Path, config: dict, agents: int, profile: str = "cpu-8gb
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     coordinator = cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "coordinator.log")
     processes = [
-        cli("agent", "--broker", config["broker"], "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", profile, "--cache", str(tmp_path / "cache"), log=tmp_path / f"a{index}.log")
+        cli("agent", "--broker", config["broker"], "--data", str(tmp_path / f"a{index}.jsonl"), *credentials_args(tmp_path, f"a{index}"), "--device-profile", profile, "--cache", str(tmp_path / "cache"), log=tmp_path / f"a{index}.log")
         for index in range(agents)
     ]
     finish(coordinator, processes)

@@ -10,7 +10,7 @@ import yaml
 
 from fedge.task.data import write_jsonl
 from tests.conftest import MOSQUITTO, Mosquitto
-from tests.integration.helpers import shard
+from tests.integration.helpers import credentials_args, enrolled_fleet, shard
 
 pytestmark = pytest.mark.broker
 
@@ -22,7 +22,7 @@ def test_run_survives_a_broker_restart(tiny_backbone, tmp_path):
     run = tmp_path / "run"
     config = {
         "run_id": "outage", "run_dir": str(run), "broker": broker.url, "backbone": str(tiny_backbone), "eval_data": str(tmp_path / "test.jsonl"),
-        "rounds": 4, "min_clients": 1, "expected_clients": 2, "local_steps": 2, "batch_size": 4,
+        "enrolment": str(enrolled_fleet(tmp_path)), "rounds": 4, "min_clients": 1, "expected_clients": 2, "local_steps": 2, "batch_size": 4,
         "registration_timeout_s": 60, "round_deadline_s": 15, "planner": {"max_depth": 2, "ranks": [2]}, "devices": {"cpu": {"rank": 2, "depth": 2}},
     }
     processes = []
@@ -32,7 +32,7 @@ def test_run_survives_a_broker_restart(tiny_backbone, tmp_path):
         processes.append(subprocess.Popen([*cli, str(tmp_path / "c.log"), "coordinator", "--config", str(tmp_path / "c.yaml")], stderr=subprocess.DEVNULL))
         for index in range(2):
             write_jsonl(tmp_path / f"a{index}.jsonl", shard(index))
-            processes.append(subprocess.Popen([*cli, str(tmp_path / f"a{index}.log"), "agent", "--broker", broker.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", "cpu-8gb", "--heartbeat", "1"], stderr=subprocess.DEVNULL))
+            processes.append(subprocess.Popen([*cli, str(tmp_path / f"a{index}.log"), "agent", "--broker", broker.url, "--data", str(tmp_path / f"a{index}.jsonl"), *credentials_args(tmp_path, f"a{index}"), "--device-profile", "cpu-8gb", "--heartbeat", "1"], stderr=subprocess.DEVNULL))
         deadline = time.time() + 120
         while not (run / "globals" / "round_001.safetensors").exists() and time.time() < deadline:
             time.sleep(0.1)

@@ -10,25 +10,26 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
+from coordinator.boundary import FleetKeys, coordinator_codec
 from fedge.task.data import write_jsonl
 from fedge.task.wordnet import WORDNET_TASK
 from fedge.transport import BrokerConfig, MqttTransport
-from fedge.wire import Assignment, BackboneSpec, GlobalState, Hello, LoraSpec, Reject, TaskSpec, topics
+from fedge.wire import Assignment, BackboneSpec, GlobalState, Hello, Limits, LoraSpec, Reject, TaskSpec, topics
 from fedge.lora import parse_adapter_key
-from tests.integration.helpers import cli, finish, shard
+from tests.integration.helpers import cli, credentials_args, enrolled_fleet, finish, shard
 
 pytestmark = pytest.mark.broker
 
 
 def _agent(url: str, agent_id: str, device: str, tmp_path: Path) -> subprocess.Popen:
     write_jsonl(tmp_path / f"{agent_id}.jsonl", shard(len(agent_id)))
-    return cli("agent", "--broker", url, "--data", str(tmp_path / f"{agent_id}.jsonl"), "--id", agent_id, "--device-profile", device, "--heartbeat", "2", log=tmp_path / f"{agent_id}.log")
+    return cli("agent", "--broker", url, "--data", str(tmp_path / f"{agent_id}.jsonl"), *credentials_args(tmp_path, agent_id), "--device-profile", device, "--heartbeat", "2", log=tmp_path / f"{agent_id}.log")
 
 
 def _config(url: str, backbone: Path, tmp_path: Path, **overrides) -> Path:
     write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
     config = {
-        "run_id": "plan", "run_dir": str(tmp_path / "run"), "broker": url, "backbone": str(backbone),
+        "run_id": "plan", "run_dir": str(tmp_path / "run"), "broker": url, "backbone": str(backbone), "enrolment": str(enrolled_fleet(tmp_path, ("gpu", "cpu", "small"))),
         "eval_data": str(tmp_path / "test.jsonl"), "rounds": 1, "min_clients": 2, "expected_clients": 2,
         "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
         "planner": {"max_depth": 3, "ranks": [2, 4]}, "task": {"max_tokens": 24}, **overrides,
@@ -63,7 +64,7 @@ def test_a_device_the_planner_cannot_fit_is_refused_and_its_agent_says_why(mosqu
     agent = _agent(mosquitto.url, "small", "cpu-8gb", tmp_path)
     try:
         assert agent.wait(timeout=120) == 2
-        assert "planner refused this device: out of memory" in (tmp_path / "small.log").read_text()
+        assert "refused this device (infeasible): out of memory" in (tmp_path / "small.log").read_text()
         assert coordinator.wait(timeout=60) == 1
     finally:
         for process in (coordinator, agent):
@@ -74,7 +75,9 @@ def test_a_device_the_planner_cannot_fit_is_refused_and_its_agent_says_why(mosqu
 
 
 def test_an_agent_refuses_a_plan_bigger_than_its_free_memory_or_an_invalid_task(mosquitto, tiny_backbone, tmp_path):
-    coordinator = MqttTransport(BrokerConfig.from_url(mosquitto.url), "fake-coordinator")
+    fleet = enrolled_fleet(tmp_path, ("tight",))  # a hand-driven coordinator signing with the fleet's coordinator key
+    codec = coordinator_codec(FleetKeys(fleet), str(fleet), "run", Limits())
+    coordinator = MqttTransport(BrokerConfig.from_url(mosquitto.url), "fake-coordinator", codec=codec)
     coordinator.subscribe(topics.uplink("tight"))
     coordinator.connect()
     agent = _agent(mosquitto.url, "tight", "cpu-8gb", tmp_path)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from fedge.task.data import write_jsonl
-from tests.integration.helpers import cli, finish, shard
+from tests.integration.helpers import cli, credentials_args, enrolled_fleet, finish, shard
 
 pytestmark = pytest.mark.broker
 
@@ -15,7 +15,7 @@ def test_heterogeneous_agents_complete_rounds_and_leave_a_loadable_adapter(any_b
     write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
     config = {
         "run_id": "it", "run_dir": str(tmp_path / "run"), "broker": any_broker.url, "backbone": str(tiny_backbone),
-        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 2, "expected_clients": 2,
+        "enrolment": str(enrolled_fleet(tmp_path)), "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 2, "expected_clients": 2,
         "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
         "planner": {"max_depth": 3}, "devices": {"cpu-8gb": {"rank": 2, "depth": 1}, "jetson": {"rank": 4, "depth": 3, "quantization": "nf4"}},
     }
@@ -24,7 +24,7 @@ def test_heterogeneous_agents_complete_rounds_and_leave_a_loadable_adapter(any_b
     agents = []
     for index, device in enumerate(["cpu-8gb", "jetson-orin-nano-8gb"]):
         write_jsonl(tmp_path / f"a{index}.jsonl", shard(index))
-        agents.append(cli("agent", "--broker", any_broker.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", device, "--cache", str(tmp_path / f"cache{index}"), log=tmp_path / f"a{index}.log"))
+        agents.append(cli("agent", "--broker", any_broker.url, "--data", str(tmp_path / f"a{index}.jsonl"), *credentials_args(tmp_path, f"a{index}"), "--device-profile", device, "--cache", str(tmp_path / f"cache{index}"), log=tmp_path / f"a{index}.log"))
     finish(coordinator, agents)
 
     run = tmp_path / "run"

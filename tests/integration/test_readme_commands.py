@@ -33,7 +33,7 @@ def _run(command: str, cwd: Path, log: Path) -> subprocess.Popen:
 
 def test_readme_commands_run_as_written(tmp_path):
     commands = readme_commands()
-    assert [c.split()[1] for c in commands] == ["profile", "profile", "broker", "coordinator", "agent"]
+    assert [c.split()[1] for c in commands] == ["profile", "profile", "enroll", "broker", "coordinator", "agent"]
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     write_jsonl(tmp_path / "runs/demo/data/test.jsonl", shard(3, 16))
     write_jsonl(tmp_path / "shard.jsonl", shard(0))
@@ -41,10 +41,12 @@ def test_readme_commands_run_as_written(tmp_path):
         process = _run(command, tmp_path, tmp_path / "profile.log")
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0 and b"ram" in out, err.decode()[-2000:]
-    broker = _run(commands[2], tmp_path, tmp_path / "broker.log")
+    enroll = _run(commands[2], tmp_path, tmp_path / "enroll.log")
+    assert enroll.wait(timeout=60) == 0, enroll.stderr.read().decode()[-2000:]
+    broker = _run(commands[3], tmp_path, tmp_path / "broker.log")
     time.sleep(2)
-    coordinator = _run(commands[3], tmp_path, tmp_path / "coordinator.log")
-    agent = _run(commands[4], tmp_path, tmp_path / "agent.log")
+    coordinator = _run(commands[4], tmp_path, tmp_path / "coordinator.log")
+    agent = _run(commands[5], tmp_path, tmp_path / "agent.log")
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and "registered jetson-01" not in _text(tmp_path / "coordinator.log"):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from fedge.task.data import write_jsonl
-from tests.integration.helpers import shard
+from tests.integration.helpers import credentials_args, enrolled_fleet, shard
 
 pytestmark = pytest.mark.broker
 
@@ -24,7 +24,7 @@ def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone
     run = tmp_path / "run"
     config = {
         "run_id": "resume", "run_dir": str(run), "broker": mosquitto.url, "backbone": str(tiny_backbone),
-        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 6, "min_clients": 2, "expected_clients": 2,
+        "enrolment": str(enrolled_fleet(tmp_path)), "eval_data": str(tmp_path / "test.jsonl"), "rounds": 6, "min_clients": 2, "expected_clients": 2,
         "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
         "planner": {"max_depth": 2, "ranks": [2]}, "devices": {"cpu": {"rank": 2, "depth": 2}},
     }
@@ -33,7 +33,7 @@ def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone
     agents = []
     for index in range(2):
         write_jsonl(tmp_path / f"a{index}.jsonl", shard(index))
-        agents.append(_cli("agent", "--broker", mosquitto.url, "--data", str(tmp_path / f"a{index}.jsonl"), "--id", f"a{index}", "--device-profile", "cpu-8gb", "--heartbeat", "1", log=tmp_path / f"a{index}.log"))
+        agents.append(_cli("agent", "--broker", mosquitto.url, "--data", str(tmp_path / f"a{index}.jsonl"), *credentials_args(tmp_path, f"a{index}"), "--device-profile", "cpu-8gb", "--heartbeat", "1", log=tmp_path / f"a{index}.log"))
     try:
         deadline = time.time() + 120
         while not (run / "globals" / "round_001.safetensors").exists() and time.time() < deadline:

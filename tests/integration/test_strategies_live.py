@@ -20,7 +20,7 @@ from fedge.strategies.base import base_deltas
 from fedge.task.data import write_jsonl
 from fedge.transport import BrokerConfig
 from profiles import load_catalogue_profile
-from tests.integration.helpers import rows, shard
+from tests.integration.helpers import credentials, enrolled_fleet, rows, shard
 
 pytestmark = pytest.mark.broker
 
@@ -30,7 +30,7 @@ def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path, evaluat
     same_rank = not STRATEGIES[strategy].mixed_ranks
     config = CoordinatorConfig.from_dict({
         "run_id": strategy, "run_dir": str(tmp_path / "run"), "broker": broker_url, "backbone": str(backbone),
-        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 2, "expected_clients": 2,
+        "enrolment": str(enrolled_fleet(tmp_path)), "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 2, "expected_clients": 2,
         "local_steps": 3, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60, "strategy": strategy,
         "final_eval_wait_s": 30 if evaluate_on_agents else 0,
         "planner": {"max_depth": 3, "ranks": [4] if same_rank else [2, 4], "rank_profile": "uniform" if same_rank else "legend"},
@@ -38,7 +38,7 @@ def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path, evaluat
     })
     coordinator = Coordinator(config)
     held_out = rows(shard(5, 16)) if evaluate_on_agents else None
-    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(broker_url), rows(shard(i)), load_catalogue_profile(device), heartbeat_s=2, eval_data=held_out) for i, device in enumerate(["cpu-8gb", "cpu-16gb"])]
+    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(broker_url), rows(shard(i)), load_catalogue_profile(device), heartbeat_s=2, eval_data=held_out, credentials=credentials(tmp_path, f"a{i}")) for i, device in enumerate(["cpu-8gb", "cpu-16gb"])]
     _federate(coordinator, agents)
     return coordinator, agents
 
@@ -103,7 +103,7 @@ def test_hierfedlora_groups_exchange_at_their_own_frequency_and_combine(mosquitt
     write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
     config = CoordinatorConfig.from_dict({
         "run_id": "groups", "run_dir": str(tmp_path / "run"), "broker": mosquitto.url, "backbone": str(tiny_backbone),
-        "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 1, "expected_clients": 4,
+        "enrolment": str(enrolled_fleet(tmp_path)), "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 1, "expected_clients": 4,
         "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 120, "strategy": "flexlora",
         "planner": {"max_depth": 3, "ranks": [2, 4], "groups": 2, "max_group_frequency": 3},
     })
@@ -111,7 +111,7 @@ def test_hierfedlora_groups_exchange_at_their_own_frequency_and_combine(mosquitt
     coordinator = Coordinator(config)
     # a0, a2 hold labels 0-3 and a1, a3 labels 4-7: label balancing pairs the two GPUs and the two CPUs
     halves = [[example for example in shard(0, 48) if (example.label < 4) == (i % 2 == 0)] for i in range(4)]
-    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(mosquitto.url), rows(halves[i]), load_catalogue_profile(device), heartbeat_s=2) for i, device in enumerate(devices)]
+    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(mosquitto.url), rows(halves[i]), load_catalogue_profile(device), heartbeat_s=2, credentials=credentials(tmp_path, f"a{i}")) for i, device in enumerate(devices)]
     rounds = _federate(coordinator, agents)
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert len(plan["groups"]) == 2

@@ -1,0 +1,61 @@
+"""A hand-driven enrolled agent that can send anything, good or bad, signed with its own key."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from edge_agent.boundary import DownlinkCodec
+from fedge.transport import BrokerConfig, MqttTransport
+from fedge.trust.enrolment import Credentials
+from fedge.wire import AdapterUpdate, Assignment, GlobalState, Hello, Reject, topics
+from profiles import load_catalogue_profile
+
+
+class ScriptedAgent:
+    def __init__(self, url: str, credentials: Credentials, examples: int = 20):
+        self.agent_id = credentials.identity
+        self.examples = examples
+        self.codec = DownlinkCodec(credentials)
+        self.transport = MqttTransport(BrokerConfig.from_url(url), f"scripted-{self.agent_id}", codec=self.codec)
+        self.transport.subscribe(topics.downlink(self.agent_id))
+        self.transport.connect()
+        self.states: dict[int, GlobalState] = {}
+
+    def hello(self) -> None:
+        self.send(Hello(self.agent_id, load_catalogue_profile("cpu-8gb"), self.examples))
+
+    def send(self, message) -> None:
+        self.transport.publish(topics.uplink(self.agent_id), message, tensor_dtype="float32")
+
+    def _next(self, want, timeout_s: float = 30.0):
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            received = self.transport.receive(timeout_s=0.5)
+            if received is None or received.message is None:
+                continue
+            if isinstance(received.message, Assignment):
+                self.codec.run = received.message.run_id
+            if isinstance(received.message, GlobalState):
+                self.states[received.message.round] = received.message
+            if want(received.message):
+                return received.message
+        raise AssertionError(f"{self.agent_id}: nothing matching arrived in {timeout_s} s")
+
+    def state_for(self, round_number: int) -> GlobalState:
+        return self.states.get(round_number) or self._next(lambda m: isinstance(m, GlobalState) and m.round == round_number)
+
+    def expect_reject(self, reason: str) -> Reject:
+        reject = self._next(lambda m: isinstance(m, Reject))
+        assert reject.reason == reason, reject
+        return reject
+
+    def update(self, round_number: int, **changes) -> AdapterUpdate:
+        state = self.state_for(round_number)
+        tensors = {key: value.astype(np.float32) + 0.01 for key, value in state.tensors.items()}
+        fields = {"run_id": state.run_id, "round": state.round, "agent_id": self.agent_id, "num_examples": self.examples, "metrics": {"loss": 1.0}, "tensors": tensors}
+        return AdapterUpdate(**{**fields, **changes})
+
+    def close(self) -> None:
+        self.transport.close()
