@@ -33,6 +33,7 @@ class CoordinatorConfig:
     broker: str = "mqtt://127.0.0.1:1883"
     enrolment: str | None = None  # the fleet directory of `fedge enroll`: only its devices take part, every message signed
     insecure: bool = False  # run without enrolment: any client on the broker may join and forge (trusted networks only)
+    ca_certs: str | None = None  # mqtts:// with a private CA (e.g. the ca.crt of `fedge enroll --tls-host`)
     run_id: str = "run"
     run_dir: str = "runs/run"
     backbone: str = DEFAULT_BACKBONE

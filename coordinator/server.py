@@ -72,7 +72,7 @@ class Coordinator:
         self.registry = Registry(liveness_s=config.rejoin_grace_s)
         self.limits = Limits(max_message_bytes=int(config.max_message_mb * 1024 * 1024))
         self.fleet = FleetKeys(config.enrolment) if config.enrolment else None
-        broker = BrokerConfig.from_url(config.broker, max_frame_bytes=config.max_frame_kb * 1024)
+        broker = BrokerConfig.from_url(config.broker, max_frame_bytes=config.max_frame_kb * 1024, ca_certs=config.ca_certs)
         if self.fleet is not None and broker.username is None:  # log in to the broker as the enrolment's coordinator
             credentials = coordinator_credentials(config.enrolment)
             broker = replace(broker, username=credentials.broker_username, password=credentials.broker_password)

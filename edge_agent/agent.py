@@ -101,9 +101,8 @@ class EdgeAgent:
     def run(self) -> None:
         self.transport.subscribe(topics.downlink(self.agent_id))
         self.transport.connect()
-        beating = threading.Thread(target=self._beat, name=f"heartbeat-{self.agent_id}", daemon=True)
-        beating.start()
         self._hello()
+        threading.Thread(target=self._beat, name=f"heartbeat-{self.agent_id}", daemon=True).start()
         try:
             while not self._done:
                 received = self._next_message()

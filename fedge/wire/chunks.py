@@ -142,7 +142,7 @@ class Reassembler:
         if self._per_topic.get(topic, 0) >= self.max_pending_per_topic:
             oldest = next(k for k in self._pending if k[0] == topic)  # rare: only a topic at its cap is scanned
             self._drop(oldest)
-            log.warning("dropped incomplete message %s on %s: a newer one replaced it", oldest[1], topic)
+            log.debug("dropped incomplete message %s on %s: a newer one replaced it", oldest[1], topic)
         if len(self._pending) >= self.max_pending:
             raise TooLargeError(f"more than {self.max_pending} chunked messages in flight")
         partial = _Partial(count=header["count"], size=header["size"], started=now)

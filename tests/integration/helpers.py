@@ -72,13 +72,13 @@ def fleet_config(tmp_path: Path, broker_url: str, backbone: Path, **overrides) -
     }
 
 
-def run_fleet(tmp_path: Path, config: dict, agents: int, profile: str = "cpu-8gb") -> list[dict]:
+def run_fleet(tmp_path: Path, config: dict, agents: int, profile: str = "cpu-8gb", extra_agent_args: list[str] = ()) -> list[dict]:
     """Run the coordinator and agents ``a0..`` (data ``a<i>.jsonl`` under ``tmp_path``, one shared backbone cache)
     to the end; returns the run's metrics records."""
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     coordinator = cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "coordinator.log")
     processes = [
-        cli("agent", "--broker", config["broker"], "--data", str(tmp_path / f"a{index}.jsonl"), *credentials_args(tmp_path, f"a{index}"), "--device-profile", profile, "--cache", str(tmp_path / "cache"), log=tmp_path / f"a{index}.log")
+        cli("agent", "--broker", config["broker"], "--data", str(tmp_path / f"a{index}.jsonl"), *credentials_args(tmp_path, f"a{index}"), "--device-profile", profile, "--cache", str(tmp_path / "cache"), *extra_agent_args, log=tmp_path / f"a{index}.log")
         for index in range(agents)
     ]
     finish(coordinator, processes)

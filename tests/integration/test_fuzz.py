@@ -1,0 +1,187 @@
+"""Thousands of malformed, forged, replayed and oversized messages of every kind, at a live coordinator and its
+agents over Mosquitto, while a real run proceeds: nothing crashes, no state grows without bound, and the run ends
+with exactly the global model the same seeded run reaches unattacked."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from coordinator.config import CoordinatorConfig
+from coordinator.reports import RunDirectory
+from coordinator.server import Coordinator
+from edge_agent.agent import EdgeAgent
+from fedge.task.data import write_jsonl
+from fedge.task.wordnet import WORDNET_TASK
+from fedge.transport import BrokerConfig
+from fedge.trust.keys import new_private_key
+from fedge.wire import (
+    AdapterUpdate, Assignment, BackbonePart, BackboneRequest, BackboneSpec, Evaluation, GlobalState, Heartbeat, Hello,
+    LoraSpec, Reject, encode_message, topics,
+)
+from fedge.wire.chunks import CHUNK_MAGIC
+from fedge.wire.codec import MAGIC
+from fedge.wire.envelope import Signer
+from profiles import load_catalogue_profile
+from tests.integration.helpers import credentials, enrolled_fleet, rows, shard
+
+pytestmark = pytest.mark.broker
+
+AGENTS = ("a0", "a1")
+
+
+def _config(tmp_path: Path, broker_url: str, backbone: Path, run: str) -> CoordinatorConfig:
+    return CoordinatorConfig.from_dict({
+        "run_id": "fuzz", "run_dir": str(tmp_path / run), "broker": broker_url, "backbone": str(backbone),
+        "enrolment": str(enrolled_fleet(tmp_path)), "eval_data": str(tmp_path / "test.jsonl"), "rounds": 3,
+        "min_clients": 2, "expected_clients": 2, "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60,
+        "round_deadline_s": 120, "max_message_mb": 1.0, "planner": {"max_depth": 2, "ranks": [2]},
+        "devices": {"cpu": {"rank": 2, "depth": 2}},
+    })
+
+
+def _run(tmp_path: Path, broker_url: str, backbone: Path, run: str, attack=None):
+    """One seeded run in this process (coordinator here, agents in threads); ``attack(stop)`` runs alongside."""
+    coordinator = Coordinator(_config(tmp_path, broker_url, backbone, run))
+    agents = [EdgeAgent(agent_id, BrokerConfig.from_url(broker_url), rows(shard(index)), load_catalogue_profile("cpu-8gb"), heartbeat_s=1, credentials=credentials(tmp_path, agent_id), cache_dir=tmp_path / f"cache-{agent_id}") for index, agent_id in enumerate(AGENTS)]
+    threads = [threading.Thread(target=agent.run, daemon=True) for agent in agents]
+    stop = threading.Event()
+    attacker = threading.Thread(target=attack, args=(stop,), daemon=True) if attack else None
+    for thread in threads + ([attacker] if attacker else []):
+        thread.start()
+    try:
+        summary = coordinator.run()
+    finally:
+        stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "every agent ends cleanly on the final state"
+    if attacker:
+        attacker.join(timeout=30)
+    return coordinator, agents, summary.rounds
+
+
+class Attacker:
+    """An anonymous client on the same broker that sees and sends what the default broker lets anyone do."""
+
+    def __init__(self, broker_url: str, seed: int = 7):
+        self.random = random.Random(seed)
+        config = BrokerConfig.from_url(broker_url)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="attacker")
+        self.client.max_queued_messages_set(0)
+        self.captured: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.client.on_message = self._capture
+        self.client.connect(config.host, config.port)
+        self.client.subscribe("fedge/v1/agents/+/up", qos=0)
+        self.client.subscribe("fedge/v1/agents/+/down", qos=0)
+        self.client.loop_start()
+        self.sent: dict[str, int] = {}
+        self.wrong_key = new_private_key()
+
+    def _capture(self, client, userdata, message) -> None:
+        if len(message.payload) < 200_000:
+            with self.lock:
+                self.captured.append((message.topic, bytes(message.payload)))
+                del self.captured[:-200]
+
+    def send(self, kind: str, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=0)
+        self.sent[kind] = self.sent.get(kind, 0) + 1
+
+    def forged(self, topic: str, message, sender: str, run: str = "fuzz") -> bytes:
+        """Signed, but with a key that is not the sender's."""
+        return Signer(sender, self.wrong_key).seal(topic, run, encode_message(message))
+
+    def round_of_attacks(self) -> None:
+        profile = load_catalogue_profile("cpu-8gb")
+        tensors = {"base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight": np.full((2, 64), 3e38, np.float32)}
+        for agent_id in AGENTS + ("a5", "intruder"):
+            up, down = topics.uplink(agent_id), topics.downlink(agent_id)
+            hostile = {
+                "junk": self.random.randbytes(self.random.randint(0, 3000)),
+                "deep_json": MAGIC + bytes([4]) + struct.pack(">I", 60_000) + b"[" * 30_000 + b"]" * 30_000,
+                "header_overrun": MAGIC + bytes([4]) + struct.pack(">I", 2**31) + b"{}",
+                "unsigned_hello": encode_message(Hello(agent_id, replace(profile, gflops=None), 10_000)),
+                "unsigned_update": encode_message(AdapterUpdate("fuzz", 1, agent_id, 10_000, {}, tensors)),
+                "forged_update": self.forged(up, AdapterUpdate("fuzz", 1, agent_id, 10_000, {"loss": 0.0}, tensors), agent_id),
+                "forged_hello": self.forged(up, Hello(agent_id, replace(profile, gflops=-1.0), 5), agent_id, ""),
+                "forged_heartbeat": self.forged(up, Heartbeat(agent_id, "idle", time.time(), 0), agent_id, ""),
+                "forged_reject": self.forged(up, Reject(agent_id, "cannot_train", "x", 1), agent_id),
+                "forged_evaluation": self.forged(up, Evaluation("fuzz", 1, agent_id, 1.0, 0.0, 5), agent_id),
+                "forged_backbone_request": self.forged(topics.fetch(agent_id), BackboneRequest(agent_id, "ab" * 32, 0, 64), agent_id),
+                "oversized": b"\0" * 1_200_000,
+                "bad_envelope": b"FEDS" + struct.pack(">H", 40) + b"[" * 40 + b"\0" * 64 + b"x",
+            }
+            for kind, payload in hostile.items():
+                self.send(kind, topics.fetch(agent_id) if kind == "forged_backbone_request" else up, payload)
+            # forged downlinks: a final state, an infeasible verdict, an assignment, a global state to train on
+            for kind, message in {
+                "forged_final": GlobalState("fuzz", 1, agent_id, True, {}, {}),
+                "forged_infeasible": Reject(agent_id, "infeasible", "stop"),
+                "forged_assignment": Assignment("fuzz", 9, agent_id, BackboneSpec("x", "0" * 64, "fp32"), LoraSpec(("q_proj",), (1,), (2,), 1.0), WORDNET_TASK, 1, 1, 1e-3, time.time() + 60, 0),
+                "forged_state": GlobalState("fuzz", 2, agent_id, False, {}, tensors),
+                "forged_part": BackbonePart("ab" * 32, 0, b"x" * 100),
+            }.items():
+                self.send(kind + "_unsigned", down, encode_message(message))
+                self.send(kind, down, self.forged(down, message, "coordinator"))
+            # chunk frames that never finish, on the agent's topic and on fresh topics
+            for index in range(5):
+                header = json.dumps({"id": f"{self.random.random()}", "index": 0, "count": 1000, "size": 10**6}).encode()
+                self.send("chunk_flood", up, CHUNK_MAGIC + struct.pack(">H", len(header)) + header + b"x" * 900)
+            self.send("new_topic", topics.uplink(f"ghost-{self.random.randrange(10**9)}"), b"x" * 100)
+        with self.lock:
+            captured = list(self.captured)
+        for topic, payload in captured[-20:]:  # replays of genuine traffic, as is and copied onto another device's topic
+            self.send("replay", topic, payload)
+            other = topic.replace("/a0/", "/a1/") if "/a0/" in topic else topic.replace("/a1/", "/a0/")
+            self.send("copy_to_other_topic", other, payload)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.round_of_attacks()
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_a_run_under_attack_ends_with_the_unattacked_model(mosquitto, tiny_backbone, tmp_path):
+    write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
+    _, _, clean_rounds = _run(tmp_path, mosquitto.url, tiny_backbone, "clean")
+    attacker = Attacker(mosquitto.url)
+    coordinator, agents, rounds = _run(tmp_path, mosquitto.url, tiny_backbone, "attacked", attack=attacker.run)
+    attacker.close()
+
+    sent = sum(attacker.sent.values())
+    assert sent >= 2000, attacker.sent
+    assert {"replay", "copy_to_other_topic", "forged_final", "forged_update", "deep_json", "oversized"} <= set(attacker.sent)
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    for record in rounds[1:]:
+        assert record["contributors"] == list(AGENTS) and record["rejected"] == {}, record
+        assert not record.get("aggregate_refused")
+    refused = sum(sum(record.get("refused_messages", {}).values()) for record in rounds)
+    assert refused > 100, "the coordinator saw and refused the attack"
+    attacked_state = coordinator.run_dir.latest_global()[1]
+    clean_state = RunDirectory(tmp_path / "clean").latest_global()[1]
+    assert attacked_state.keys() == clean_state.keys()
+    assert all(np.array_equal(attacked_state[key], clean_state[key]) for key in clean_state), "the attack changed the model"
+    assert [r["accuracy"] for r in rounds] == [r["accuracy"] for r in clean_rounds]
+    # nothing grew without bound: two registered devices, replay state per enrolled sender, partial messages capped
+    assert sorted(record.agent_id for record in coordinator.registry.all()) == list(AGENTS)
+    assert coordinator.transport._reassembler.pending_bytes <= coordinator.transport._reassembler.max_pending_bytes
+    assert coordinator.transport._reassembler.pending <= coordinator.transport._reassembler.max_pending
+    assert len(coordinator.codec.verifier._last) <= 2 * len(AGENTS) + 2
+    assert set(coordinator._told_unknown) <= set(AGENTS)  # a genuine device may be asked for its hello; a forger never
+    assert all(agent.refused is None for agent in agents)
