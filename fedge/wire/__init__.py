@@ -1,11 +1,12 @@
-"""The wire protocol shared by agents and the coordinator: messages, codec, chunking, topics, errors.
+"""The wire protocol shared by agents and the coordinator: messages, codec, signed envelopes, chunking, topics, errors.
 
 Nothing here imports torch or paho, so the format can be tested and fuzzed quickly.
 """
 
 from fedge.wire.chunks import Reassembler, split_frames
 from fedge.wire.codec import Limits, decode_message, encode_message
-from fedge.wire.errors import ChunkError, DecodeError, ProtocolError, SchemaError, TooLargeError
+from fedge.wire.envelope import Signer, Verifier
+from fedge.wire.errors import ChunkError, DecodeError, ForgedError, ProtocolError, ReplayError, SchemaError, TooLargeError
 from fedge.wire.messages import (
     PREPARED_ROUNDS,
     PROTOCOL_VERSION,
@@ -37,6 +38,7 @@ __all__ = [
     "DecodeError",
     "DeviceProfile",
     "Evaluation",
+    "ForgedError",
     "GlobalState",
     "Heartbeat",
     "Hello",
@@ -46,9 +48,12 @@ __all__ = [
     "ProtocolError",
     "Reassembler",
     "Reject",
+    "ReplayError",
     "TaskSpec",
     "SchemaError",
+    "Signer",
     "TooLargeError",
+    "Verifier",
     "decode_message",
     "encode_message",
     "split_frames",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -9,12 +10,14 @@ import numpy as np
 from edge_agent.boundary import DownlinkCodec
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.trust.enrolment import Credentials
-from fedge.wire import AdapterUpdate, Assignment, GlobalState, Hello, Reject, topics
+from fedge.wire import AdapterUpdate, Assignment, GlobalState, Heartbeat, Hello, Reject, topics
 from profiles import load_catalogue_profile
 
 
 class ScriptedAgent:
-    def __init__(self, url: str, credentials: Credentials, examples: int = 20):
+    def __init__(self, url: str, credentials: Credentials, examples: int = 20, heartbeat_s: float | None = None):
+        """With ``heartbeat_s`` it sends heartbeats ("idle", its latest round) like a real agent; without, it is
+        silent between the messages it is told to send."""
         self.agent_id = credentials.identity
         self.examples = examples
         self.codec = DownlinkCodec(credentials)
@@ -22,6 +25,14 @@ class ScriptedAgent:
         self.transport.subscribe(topics.downlink(self.agent_id))
         self.transport.connect()
         self.states: dict[int, GlobalState] = {}
+        self.round = 0
+        self._stopped = threading.Event()
+        if heartbeat_s:
+            threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True).start()
+
+    def _beat(self, every_s: float) -> None:
+        while not self._stopped.wait(every_s):
+            self.transport.enqueue(topics.uplink(self.agent_id), Heartbeat(self.agent_id, "idle", time.time(), self.round), stream="beat")
 
     def hello(self) -> None:
         self.send(Hello(self.agent_id, load_catalogue_profile("cpu-8gb"), self.examples))
@@ -37,6 +48,9 @@ class ScriptedAgent:
                 continue
             if isinstance(received.message, Assignment):
                 self.codec.run = received.message.run_id
+                self.round = received.message.round
+                if received.message.prepare_only:  # nothing to load: ready at once
+                    self.send(Heartbeat(self.agent_id, "ready", time.time(), self.round))
             if isinstance(received.message, GlobalState):
                 self.states[received.message.round] = received.message
             if want(received.message):
@@ -58,4 +72,5 @@ class ScriptedAgent:
         return AdapterUpdate(**{**fields, **changes})
 
     def close(self) -> None:
+        self._stopped.set()
         self.transport.close()

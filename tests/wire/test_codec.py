@@ -21,7 +21,7 @@ MESSAGES = [
     AdapterUpdate("run", 2, "a1", 120, {"loss": 0.5}, TENSORS),
     GlobalState("run", 2, "a1", False, {"accuracy": 0.8}, TENSORS),
     Reject("a1", "wrong_round", "late", 2, "abc"),
-    Heartbeat("a1", "idle", 1.7e9),
+    Heartbeat("a1", "training", 1.7e9, 4),
     BackboneRequest("a1", "ab" * 32, 40, 16),
     BackbonePart("ab" * 32, 41, bytes(range(256)) * 3),
 ]
@@ -56,8 +56,8 @@ def test_tensors_travel_as_fp16_by_default_and_fp32_on_request():
 def test_public_api_is_pinned():
     assert set(wire.__all__) == {
         "PREPARED_ROUNDS", "PROTOCOL_VERSION", "AdapterUpdate", "Assignment", "BackbonePart", "BackboneRequest", "BackboneSpec", "ChunkError", "DecodeError", "DeviceProfile", "Evaluation",
-        "GlobalState", "Heartbeat", "Hello", "Limits", "LoraSpec", "Message", "ProtocolError", "Reassembler", "Reject",
-        "SchemaError", "TaskSpec", "TooLargeError", "decode_message", "encode_message", "split_frames",
+        "ForgedError", "GlobalState", "Heartbeat", "Hello", "Limits", "LoraSpec", "Message", "ProtocolError", "Reassembler", "Reject",
+        "ReplayError", "SchemaError", "Signer", "TaskSpec", "TooLargeError", "Verifier", "decode_message", "encode_message", "split_frames",
     }
 
 
