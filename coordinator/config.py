@@ -57,6 +57,7 @@ class CoordinatorConfig:
     threads: int = 0  # torch threads for evaluation; 0 = torch's default
     max_weight_share: float = 0.5  # the largest share of an aggregate's weight one device's examples may carry
     max_update_norm: float = 1e4  # updates whose tensors' L2 norm exceeds this are refused (see update_norms per round)
+    privacy: dict = field(default_factory=dict)  # {clip_norm, noise_multiplier, delta}: DP on the devices (fedge.privacy)
     task: TaskSpec = WORDNET_TASK  # what the run fine-tunes for; sent to agents in every assignment
     planner: dict = field(default_factory=dict)  # PlannerOptions besides the run-level keys above
     devices: dict[str, Pin] = field(default_factory=dict)  # optional pins by catalogue name, then device class
@@ -120,6 +121,7 @@ class CoordinatorConfig:
             errors.append("max_weight_share: a fraction in (0, 1]")
         if not values.get("max_update_norm", 1.0) > 0:
             errors.append("max_update_norm: must be positive")
+        errors += _privacy_problems(values.get("privacy") or {})
         for key in ("rounds", "min_clients", "expected_clients", "local_steps", "batch_size"):
             if key in values and (not isinstance(values[key], int) or values[key] < 1):
                 errors.append(f"{key}: must be a positive integer")
@@ -158,6 +160,28 @@ def parse_task(raw) -> tuple[TaskSpec, list[str]]:
         return WORDNET_TASK, errors + [f"task.{key}: expected {'an integer' if key in _TASK_INTEGERS else 'a string'}" for key in wrong]
     spec = TaskSpec(labels=tuple(labels), **values)
     return spec, errors + task_problems(spec)
+
+
+_PRIVACY_KEYS = {"clip_norm", "noise_multiplier", "delta"}
+
+
+def _privacy_problems(privacy: dict) -> list[str]:
+    if not isinstance(privacy, dict):
+        return ["privacy: a mapping of clip_norm, noise_multiplier and delta"]
+    errors = [f"privacy.{key}: unknown key" for key in sorted(set(privacy) - _PRIVACY_KEYS)]
+    if not privacy:
+        return errors
+
+    def number(key: str) -> bool:
+        return isinstance(privacy.get(key), (int, float)) and not isinstance(privacy.get(key), bool)
+
+    if not number("clip_norm") or privacy["clip_norm"] <= 0:
+        errors.append("privacy.clip_norm: a positive L2 norm (required when privacy is set)")
+    if not number("noise_multiplier") or privacy["noise_multiplier"] < 0:
+        errors.append("privacy.noise_multiplier: zero or more (noise std = noise_multiplier x clip_norm)")
+    if "delta" in privacy and (not number("delta") or not 0 < privacy["delta"] < 1):
+        errors.append("privacy.delta: a probability in (0, 1), e.g. 1e-5")
+    return errors
 
 
 def _strategy_problems(values: dict, devices: dict[str, Pin]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -27,6 +28,7 @@ from coordinator.planner import DevicePlan, FleetMember, PlannerOptions, plan_fl
 from coordinator.registry import AgentRecord, Registry
 from coordinator.reports import RunDirectory
 from coordinator.validation import Expectation, UpdateRejected, profile_problems, validate_update
+from fedge.privacy import DEFAULT_DELTA, epsilon
 from fedge.strategies import ClientInfo, ClientUpdate
 from fedge.task.classifier import scoring_cost
 from fedge.task.classify import histogram
@@ -108,6 +110,7 @@ class Coordinator:
         self._aggregate_s = 0.0
         self._group_plans: list[GroupPlan] = []  # HierFedLoRA groups from the planner
         self._told_unknown: dict[str, float] = {}  # unregistered devices -> when they were last asked for a hello
+        self._asked_for_labels: set[str] = set()  # devices asked for their label counts (enrolled ones only)
         self._outbox: dict[str, tuple[Assignment, GlobalState | None, float]] = {}  # each agent's current work, and when it was sent
         self._norms: dict[str, float] = {}  # L2 norm of each accepted update this round
         self._poisoned: list[str] = []  # aggregates refused this round (not finite)
@@ -258,6 +261,7 @@ class Coordinator:
             "update_norms": {agent: round(norm, 4) for agent, norm in sorted(self._norms.items())},
             **({"aggregate_refused": list(self._poisoned)} if self._poisoned else {}),
             "refused_messages": self.refusals.take(),
+            **self._privacy_spent(),
             "bytes_up": dict(self._bytes_up),
             "bytes_down": dict(self._bytes_down),
             "client_metrics": {agent: update.metrics for agent, update in self._contributed.items()},
@@ -346,6 +350,18 @@ class Coordinator:
             self._refuse_aggregate("the groups' combination")
             return arrays
         return combined
+
+    def _privacy_spent(self) -> dict:
+        """With privacy on: each contributor's (ε, δ) budget after this round, counting every round it sent an
+        update in (read back from the run directory, so a resumed run keeps counting)."""
+        privacy = self.config.privacy
+        if not privacy:
+            return {}
+        taken = Counter(agent for record in self.run_dir.rounds() for agent in record.get("contributors", ()))
+        taken.update(list(self._contributed))
+        delta = float(privacy.get("delta", DEFAULT_DELTA))
+        spent = {agent: round(epsilon(taken[agent], float(privacy["noise_multiplier"]), delta), 4) for agent in sorted(self._contributed)}
+        return {"privacy": {"clip_norm": privacy["clip_norm"], "noise_multiplier": privacy["noise_multiplier"], "delta": delta, "epsilon": spent}}
 
     def _refuse_aggregate(self, what: str) -> None:
         """A poisoned aggregate is never committed: the state it would replace stays."""
@@ -448,6 +464,8 @@ class Coordinator:
             run_seed=self.config.seed,
             prefix_cache_bytes=plan.memory.cached_prefix,
             prepare_only=prepare_only,
+            clip_norm=float(self.config.privacy.get("clip_norm", 0.0)),
+            noise_multiplier=float(self.config.privacy.get("noise_multiplier", 0.0)),
         )
 
     def _state_for(self, record: AgentRecord, arrays: dict[str, np.ndarray], round_number: int, final: bool) -> GlobalState:
@@ -548,10 +566,14 @@ class Coordinator:
         problems = profile_problems(hello, len(self.config.task.labels))
         if problems:
             return self._reject(hello.agent_id, "bad_profile", "; ".join(problems))
+        if not hello.label_counts and self._needs_label_counts() and hello.agent_id not in self._asked_for_labels:
+            self._asked_for_labels.add(hello.agent_id)  # its next hello registers it, with its counts or without
+            return self._send_reject(hello.agent_id, "label_counts_wanted", f"{self.strategy.name}{' with groups' if self.options.groups else ''} uses devices' label counts; say hello with them, or without to decline")
         known = self.registry.get(hello.agent_id)
         keep = known.plan if known is not None and known.profile == hello.profile and known.num_examples == hello.num_examples else None
         pin = self.config.pin_for(hello.profile.name, hello.profile.device_class)
-        record = AgentRecord(hello.agent_id, hello.profile, hello.num_examples, histogram(hello.label_counts, self.config.task), pin, keep, base_version=hello.base_version)
+        counts = histogram(hello.label_counts, self.config.task) if hello.label_counts else (known.label_histogram if keep else ())
+        record = AgentRecord(hello.agent_id, hello.profile, hello.num_examples, counts, pin, keep, base_version=hello.base_version)
         is_new = self.registry.register(record)
         log.info("%s %s: %s, %d examples", "registered" if is_new else "re-registered", hello.agent_id, hello.profile.name, hello.num_examples)
         if self._planned and record.plan is None:  # joined (or changed) after the fleet was planned
@@ -578,6 +600,9 @@ class Coordinator:
         self._bytes_up[update.agent_id] = self._bytes_up.get(update.agent_id, 0) + size
         self.registry.get(update.agent_id).base_version = int(update.metrics.get("base_version", 0))
         log.info("round %d: update from %s (%d examples, loss %.3f)", update.round, update.agent_id, update.num_examples, update.metrics.get("loss", float("nan")))
+
+    def _needs_label_counts(self) -> bool:
+        return self.strategy.needs_label_histograms or bool(self.options.groups)
 
     def _check_update_limits(self, update: AdapterUpdate) -> None:
         """Policy beyond the round's expectation: no more examples than the device registered with, and an L2

@@ -27,6 +27,7 @@ import torch
 from edge_agent.memory import available_bytes
 from edge_agent.trainer import BatchSampler, StepProgress, TaskModel, TrainResult, train_local
 from fedge.adapters import apply_view, attach, galore_groups, restart_lora, save_adapter, upload
+from fedge.privacy import privatise
 from fedge.strategies import ClientRecipe, StrategyError, recipe_for
 from fedge.task.kinds import kind_of, task_problems
 from fedge.task.data import Record, label_counts
@@ -64,11 +65,13 @@ class EdgeAgent:
         self, agent_id: str, broker: BrokerConfig, data: list[Record], profile: DeviceProfile, device: str = "cpu",
         heartbeat_s: float = 10.0, save_dir: Path | None = None, eval_data: list[Record] | None = None,
         cache_dir: Path | None = None, data_source: str = "training data", eval_source: str = "evaluation data",
-        credentials: Credentials | None = None,
+        credentials: Credentials | None = None, share_label_counts: bool = True,
     ):
         """``data`` and ``eval_data`` are rows as their files hold them; ``*_source`` names those files in errors.
         ``credentials``: this device's identity from ``fedge enroll`` (its id must be ``agent_id``); they also log in
-        to the broker unless ``broker`` names a user. Without them the agent runs unsigned (an insecure run)."""
+        to the broker unless ``broker`` names a user. Without them the agent runs unsigned (an insecure run).
+        ``share_label_counts``: whether to tell a coordinator that asks how many examples of each label this device
+        holds (CE-LoRA and HierFedLoRA grouping use them)."""
         self.agent_id = topics.check_agent_id(agent_id)
         self.data = data
         self.eval_data = eval_data or None
@@ -86,6 +89,8 @@ class EdgeAgent:
             if broker.username is None:
                 broker = replace(broker, username=credentials.broker_username, password=credentials.broker_password)
         self.transport = MqttTransport(broker, client_id=f"fedge-agent-{agent_id}", will=(status, b"offline"), birth=(status, b"online"), codec=self.codec)
+        self.share_label_counts = share_label_counts
+        self._labels_asked = False
         self._state = "idle"  # what the heartbeat thread reports: idle, preparing, ready or training
         self._stopped = threading.Event()
         self._unreadable = 0
@@ -102,7 +107,8 @@ class EdgeAgent:
         self.transport.subscribe(topics.downlink(self.agent_id))
         self.transport.connect()
         self._hello()
-        threading.Thread(target=self._beat, name=f"heartbeat-{self.agent_id}", daemon=True).start()
+        beating = threading.Thread(target=self._beat, name=f"heartbeat-{self.agent_id}", daemon=True)
+        beating.start()
         try:
             while not self._done:
                 received = self._next_message()
@@ -120,6 +126,7 @@ class EdgeAgent:
                     log.warning("%s: broker unavailable (%s); carrying on", self.agent_id, error)
         finally:
             self._stopped.set()
+            beating.join(timeout=5)
             try:
                 self.transport.publish_raw(topics.status(self.agent_id), b"offline", retain=True, timeout_s=5)
             except TransportError:
@@ -159,8 +166,10 @@ class EdgeAgent:
         return self.transport.receive(timeout_s=self.heartbeat_s)
 
     def _hello(self) -> None:
-        self._send(Hello(self.agent_id, self.profile, len(self.data), label_counts(self.data), self._base_version()))
-        log.info("%s: announced as %s with %d examples", self.agent_id, self.profile.name, len(self.data))
+        """Register; the data's label counts go only to a coordinator that asked for them, and only if allowed."""
+        counts = label_counts(self.data) if self._labels_asked and self.share_label_counts else {}
+        self._send(Hello(self.agent_id, self.profile, len(self.data), counts, self._base_version()))
+        log.info("%s: announced as %s with %d examples%s", self.agent_id, self.profile.name, len(self.data), " and their label counts" if counts else "")
 
     def _dispatch(self, message) -> None:
         if isinstance(message, Assignment):
@@ -174,6 +183,11 @@ class EdgeAgent:
             self._on_global(message)
         elif isinstance(message, Reject) and message.reason == "unknown_agent":
             self._hello()  # the coordinator lost us (restarted): register again
+        elif isinstance(message, Reject) and message.reason == "label_counts_wanted":
+            self._labels_asked = True
+            if not self.share_label_counts:
+                log.warning("%s: the coordinator asked for this device's label counts; declining (%s)", self.agent_id, message.detail)
+            self._hello()  # with the counts, or without them to decline
         elif isinstance(message, Reject) and message.reason in ("infeasible", "bad_profile"):
             log.error("%s: the coordinator refused this device (%s): %s", self.agent_id, message.reason, message.detail)
             self.refused = message.detail
@@ -215,10 +229,13 @@ class EdgeAgent:
             if session.recipe.reinit_each_round:
                 restart_lora(session.model, assignment.seed)
             self._apply(session, state.tensors)
+            if assignment.clip_norm < 0 or assignment.noise_multiplier < 0:
+                raise ValueError("the assignment's clip_norm and noise_multiplier must not be negative")
         except (ValueError, RuntimeError, OSError, StrategyError) as error:
             log.error("%s: cannot take round %d: %s", self.agent_id, state.round, error)
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
             return
+        received = upload(session.model, session.lora, session.recipe) if assignment.clip_norm > 0 else None
         if state.round > 1:
             self._report_accuracy(session, state.run_id, state.round - 1)  # the model round r-1 left this device
         log.info("%s: round %d, training %d steps (ranks %s on the top %d layers)", self.agent_id, state.round, assignment.local_steps, "/".join(map(str, assignment.lora.ranks)), len(assignment.lora.layers))
@@ -234,7 +251,7 @@ class EdgeAgent:
             log.error("%s: training round %d failed: %s", self.agent_id, state.round, error)
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
             return
-        self._send_update(assignment, session, result)
+        self._send_update(assignment, session, result, received)
         upcoming = torch.cat(session.sampler.upcoming(assignment.local_steps, assignment.batch_size))
         session.ahead = session.cache.missing(upcoming)  # cached between messages while the coordinator aggregates
 
@@ -330,7 +347,9 @@ class EdgeAgent:
         self._session = _Session(key, assignment.lora, recipe, trainable, task_model, cache, sampler, applied, loss_scaling, held_out)
         return self._session
 
-    def _send_update(self, assignment: Assignment, session: _Session, result: TrainResult) -> None:
+    def _send_update(self, assignment: Assignment, session: _Session, result: TrainResult, received: dict[str, np.ndarray] | None) -> None:
+        """Send what the strategy asks for; with privacy on (``received``: the tensors before training), the round's
+        change clipped and noised on this device first."""
         metrics = {
             "loss": result.loss,
             "steps": float(result.steps),
@@ -342,6 +361,8 @@ class EdgeAgent:
             "prefix_rows": float(result.prefix_rows),
         }
         tensors = upload(session.model, session.lora, session.recipe)
+        if received is not None:
+            tensors, metrics["update_norm"] = privatise(tensors, received, assignment.clip_norm, assignment.noise_multiplier)
         update = AdapterUpdate(assignment.run_id, assignment.round, self.agent_id, len(self.data), metrics, tensors)
         sent = self._send(update)
         log.info("%s: round %d sent (%d bytes, loss %.3f)", self.agent_id, assignment.round, sent, result.loss)

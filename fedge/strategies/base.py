@@ -176,6 +176,7 @@ class Strategy(ABC):
     mixed_ranks: ClassVar[bool] = True  # False: every client must train a layer at the same rank
     has_global_model: ClassVar[bool] = True  # False: personalised, only the devices' own models can be evaluated
     supports_groups: ClassVar[bool] = True  # HierFedLoRA: group states can be combined like clients of the global rank
+    needs_label_histograms: ClassVar[bool] = False  # True: devices are asked for their label counts (privacy: only then)
 
     def __init__(self, seed: int = 0):
         self.seed = seed

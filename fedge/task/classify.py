@@ -50,7 +50,7 @@ def histogram(counts: dict[str, int], spec: TaskSpec) -> tuple[int, ...]:
     index = {label: position for position, label in enumerate(spec.labels)}
     for key, count in counts.items():
         position = index.get(key)
-        if position is None and key.isdecimal():
+        if position is None and key.isdecimal() and len(key) <= 9:
             position = int(key)
         if position is not None and 0 <= position < len(out):
             out[position] += count

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PROTOCOL_VERSION = 4  # 2: assignments carry the task, hellos count labels as written; 3: prepare-only assignments; 4: signed envelopes, heartbeats name a round
+PROTOCOL_VERSION = 4  # 2: assignments carry the task, hellos count labels as written; 3: prepare-only assignments; 4: signed envelopes, heartbeats name a round, privacy in assignments, label counts only on request
 PREPARED_ROUNDS = 2  # a prepare-only assignment asks the agent to cache the rows of this many rounds
 
 
@@ -103,8 +103,9 @@ class TaskSpec:
 @dataclass(frozen=True)
 class Hello:
     """Agent registration: who it is, what it can do, how much data it holds. ``label_counts`` counts the labels
-    as its data writes them (label strings, or indices as decimal strings): the agent learns the task's label
-    order only from its assignment."""
+    as its data writes them (label strings, or indices as decimal strings; the agent learns the task's label
+    order only from its assignment); it is sent only when the coordinator asks (a Reject ``label_counts_wanted``:
+    the strategy or grouping needs it), and a device may decline."""
 
     agent_id: str
     profile: DeviceProfile
@@ -137,6 +138,8 @@ class Assignment:
     run_seed: int = 0  # shared by every device of the run (e.g. FFA-LoRA's frozen A)
     prefix_cache_bytes: int = 0  # the most the frozen-prefix cache may hold (0: no bound); rows beyond it are recomputed
     prepare_only: bool = False  # the state follows later: fetch and load the backbone, cache PREPARED_ROUNDS rounds' rows, say "ready"
+    clip_norm: float = 0.0  # differential privacy (fedge.privacy): clip the round's change to this L2 norm (0: off)
+    noise_multiplier: float = 0.0  # ... and add N(0, (noise_multiplier * clip_norm)^2) to every value sent
     message_id: str = field(default_factory=new_message_id)
 
 

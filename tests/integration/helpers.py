@@ -32,7 +32,8 @@ def finish(coordinator: subprocess.Popen, agents: list[subprocess.Popen], timeou
     try:
         assert coordinator.wait(timeout=timeout_s) == 0, coordinator.stderr.read().decode()[-2000:]
         for agent in agents:
-            assert agent.wait(timeout=60) == 0  # the final global state ends each agent cleanly
+            code = agent.wait(timeout=60)
+            assert code == 0, f"agent exit {code}: " + agent.stderr.read().decode()[-2000:]  # the final state ends each agent cleanly
     finally:
         for process in [coordinator, *agents]:
             process.kill()
