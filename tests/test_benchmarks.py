@@ -39,3 +39,9 @@ def test_aggregation_benchmark_quick_mode_times_every_strategy():
 def test_model_benchmarks_quick_mode_runs_on_the_real_model(script):
     out = _quick(script, timeout=1200)
     assert ("ms/example" if script == "export.py" else "MiB") in out
+
+
+@pytest.mark.broker
+def test_hostile_benchmark_quick_mode_prints_flood_rate_signing_overhead_and_rss():
+    out = _quick("hostile.py")
+    assert "signing and checking overhead" in out and "handled/s against" in out and "RSS before the flood" in out
