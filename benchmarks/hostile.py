@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import struct
 import subprocess
@@ -30,7 +31,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import psutil
+from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.table import Table
 
@@ -87,13 +90,13 @@ class _SignedPair:
         return decode_message(self.verifier.open(topic, data).payload, self.limits)
 
 
-def round_times(broker_url: str, backbone: str, fleet: Path, work: Path, rounds: int, signed: bool) -> list[float]:
+def round_times(broker_url: str, backbone: str, fleet: Path, work: Path, rounds: int, steps: int, batch: int, signed: bool) -> list[float]:
     """Round wall times of one seeded run of two agents (in threads) and the coordinator (here)."""
     run_dir = work / ("signed" if signed else "unsigned")
     config = CoordinatorConfig.from_dict({
         "run_id": run_dir.name, "run_dir": str(run_dir), "broker": broker_url, "backbone": backbone,
         **({"enrolment": str(fleet)} if signed else {"insecure": True}), "eval_data": str(work / "test.jsonl"),
-        "rounds": rounds, "min_clients": 2, "expected_clients": 2, "local_steps": 3, "batch_size": 4,
+        "rounds": rounds, "min_clients": 2, "expected_clients": 2, "local_steps": steps, "batch_size": batch,
         "planner": {"max_depth": 2, "ranks": [4]}, "devices": {"cpu": {"rank": 4, "depth": 2}},
     })
     agents = [
@@ -114,81 +117,103 @@ def _rows(seed: int):
     from fedge.task.data import Row
 
     words = ["animal", "food", "plant", "time", "place", "body", "person", "substance"]
-    return [Row(f"{words[(i + seed) % 8]} of {words[(i * 3) % 8]}", (i + seed) % 8, i + 1) for i in range(32)]
+    return [Row(f"{words[(i + seed) % 8]} of {words[(i * 3) % 8]}", (i + seed) % 8, i + 1) for i in range(64)]
 
 
-def flood(broker_url: str, fleet: Path, count: int) -> dict:
-    """Flood the coordinator's receiving side; returns its figures."""
-    fleet_keys = FleetKeys(fleet)
-    codec = coordinator_codec(fleet_keys, str(fleet), "run", Limits(max_message_bytes=1024 * 1024))
-    receiver = MqttTransport(BrokerConfig.from_url(broker_url), "flood-coordinator", codec=codec, accept=fleet_keys.accepts_topic, max_inbox_frames=count + 10)
-    receiver.subscribe(topics.all_uplinks())
-    receiver.connect()
+def send_genuine(broker_url: str, fleet: str, count: int) -> None:
+    """(In its own process.) ``count`` signed heartbeats from a0, as fast as it can publish them."""
     genuine = MqttTransport(BrokerConfig.from_url(broker_url), "genuine-a0", codec=DownlinkCodec(Credentials.load(device_credentials_path(fleet, "a0"))))
     genuine.connect()
-    process = psutil.Process()
-    rss_before = process.memory_info().rss
+    infos = [genuine.enqueue(topics.uplink("a0"), Heartbeat("a0", "idle", time.time(), index), stream="beat") for index in range(count)]
+    for info in infos[-1]:
+        info.wait_for_publish(60)
+    genuine.close()
 
-    def handle(expected: int) -> tuple[float, list[float]]:
-        """Receive until ``expected`` whole (or refused) messages came out; the time and each tenth's rate."""
-        handled, marks, started = 0, [], time.perf_counter()
-        while handled < expected:
-            if receiver.receive(timeout_s=5.0) is None:
-                break
-            handled += 1
-            if handled % max(expected // 10, 1) == 0:
-                marks.append(time.perf_counter())
-        elapsed = time.perf_counter() - started
-        tenths = [max(expected // 10, 1) / (b - a) for a, b in zip([started] + marks, marks)]
-        return elapsed, tenths
 
-    # the baseline: genuine signed heartbeats, as fast as the client can publish them
-    for index in range(count):
-        genuine.enqueue(topics.uplink("a0"), Heartbeat("a0", "idle", time.time(), index), stream="beat")
-    baseline_s, _ = handle(count)
-
-    attacker = MqttTransport(BrokerConfig.from_url(broker_url), "attacker", codec=PlainCodec())
-    attacker.connect()
+def send_flood(broker_url: str, count: int, seed: int) -> None:
+    """(In its own process.) Forged updates, junk, a replayed heartbeat, never-finished chunked messages and frames
+    on a fresh topic each, in turn; QoS 0, as fast as the client can write them."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"attacker-{seed}")
+    config = BrokerConfig.from_url(broker_url)
+    client.max_queued_messages_set(0)
+    client.connect(config.host, config.port)
+    client.loop_start()
     wrong = Signer("a0", new_private_key())
     forged_update = wrong.seal(topics.uplink("a0"), "run", encode_message(AdapterUpdate("run", 1, "a0", 10**4, {}, {"m.lora_A.weight": np.full((8, 576), 1000.0, np.float32)})))
-    replay = genuine.codec.seal(topics.uplink("a0"), Heartbeat("a0", "idle", time.time()))
-    receiver.receive(timeout_s=0.1)
-    client = attacker._client
-    fresh_topics = chunk_frames = 0
-    started_publish = time.perf_counter()
+    stale = wrong.seal(topics.uplink("a0"), "run", encode_message(Heartbeat("a0", "idle", time.time())))
+    rng = np.random.default_rng(seed)
+    last = None
     for index in range(count):
         kind = index % 5
         if kind == 0:
-            client.publish(topics.uplink(f"a{index % 2}"), forged_update, qos=0)
+            last = client.publish(topics.uplink(f"a{index % 2}"), forged_update, qos=0)
         elif kind == 1:
-            client.publish(topics.uplink("a1"), bytes(np.random.default_rng(index).integers(0, 256, 300, dtype=np.uint8)), qos=0)
+            last = client.publish(topics.uplink("a1"), rng.integers(0, 256, 300, dtype=np.uint8).tobytes(), qos=0)
         elif kind == 2:
-            client.publish(topics.uplink("a0"), replay, qos=0)
+            last = client.publish(topics.uplink("a0"), stale, qos=0)
         elif kind == 3:  # a chunked message that never finishes, on an enrolled topic
-            header = json.dumps({"id": f"flood-{index}", "index": 0, "count": 100, "size": 100_000}).encode()
-            client.publish(topics.uplink("a1"), CHUNK_MAGIC + struct.pack(">H", len(header)) + header + b"x" * 1000, qos=0)
-            chunk_frames += 1
+            header = json.dumps({"id": f"flood-{seed}-{index}", "index": 0, "count": 100, "size": 100_000}).encode()
+            last = client.publish(topics.uplink("a1"), CHUNK_MAGIC + struct.pack(">H", len(header)) + header + b"x" * 1000, qos=0)
         else:  # a frame on a topic never seen before: dropped on the network thread
-            client.publish(topics.uplink(f"ghost-{index}"), b"x" * 200, qos=0)
-            fresh_topics += 1
-    publish_s = time.perf_counter() - started_publish
-    # chunk frames that never finish come out of receive() as nothing: wait for the messages that do
-    flood_s, tenths = handle(count - fresh_topics - chunk_frames)
-    dropped_on_network_thread = receiver.dropped_frames
-    rss_after = process.memory_info().rss
+            last = client.publish(topics.uplink(f"ghost-{seed}-{index}"), b"x" * 200, qos=0)
+    last.wait_for_publish(60)
+    client.loop_stop()
+    client.disconnect()
+
+
+def flood(broker_url: str, fleet: Path, count: int) -> dict:
+    """Flood the coordinator's receiving side (the senders run in their own processes, so this process's RSS is
+    the receiver's); returns its figures."""
+    fleet_keys = FleetKeys(fleet)
+    codec = coordinator_codec(fleet_keys, str(fleet), "run", Limits(max_message_bytes=1024 * 1024))
+    # an inbox deep enough for a whole flood: the senders finish first, then the owner thread's handling is timed
+    receiver = MqttTransport(BrokerConfig.from_url(broker_url), "flood-coordinator", codec=codec, accept=fleet_keys.accepts_topic, max_inbox_frames=count + 10)
+    receiver.subscribe(topics.all_uplinks())
+    receiver.connect()
+    process = psutil.Process()
+    spawn = multiprocessing.get_context("spawn")
+
+    def handle(expected: int) -> tuple[float, list[float]]:
+        """Receive until ``expected`` whole (or refused) messages came out; the time and the rate in each tenth."""
+        handled, marks, started = 0, [], time.perf_counter()
+        while handled < expected and receiver.receive(timeout_s=1.0) is not None:
+            handled += 1
+            if handled % max(expected // 10, 1) == 0:
+                marks.append(time.perf_counter())
+        tenths = [max(expected // 10, 1) / (b - a) for a, b in zip([started] + marks, marks)]
+        return time.perf_counter() - started, tenths
+
+    def sent(target, *args) -> None:
+        sender = spawn.Process(target=target, args=args)
+        sender.start()
+        sender.join()
+        while True:  # until the broker has delivered everything
+            queued = receiver._inbox.qsize()
+            time.sleep(0.5)
+            if receiver._inbox.qsize() == queued:
+                return
+
+    sent(send_genuine, broker_url, str(fleet), count)
+    baseline_s, _ = handle(count)
+    rss = [process.memory_info().rss]
+    rates, scaling = [], []
+    expected = count - 2 * (count // 5)  # chunk frames that never finish and fresh-topic frames come out as nothing
+    for seed in (1, 2):  # a second flood shows whether anything kept growing
+        sent(send_flood, broker_url, count, seed)
+        elapsed, tenths = handle(expected)
+        rates.append((count - count // 5) / elapsed)  # every frame the owner thread read, partial ones included
+        scaling.append(tenths[-1] / tenths[0] if len(tenths) > 1 else float("nan"))
+        rss.append(process.memory_info().rss)
     figures = {
         "baseline_per_s": count / baseline_s,
-        "flood_per_s": (count - fresh_topics) / flood_s,  # every frame the owner thread read, partial ones included
-        "publish_per_s": count / publish_s,
-        "distinct_topics_dropped": dropped_on_network_thread,
-        "last_vs_first_tenth": tenths[-1] / tenths[0] if len(tenths) > 1 else float("nan"),
-        "rss_before_mib": rss_before / 2**20,
-        "rss_after_mib": rss_after / 2**20,
+        "flood_per_s": statistics.mean(rates),
+        "distinct_topics_dropped": receiver.dropped_frames,
+        "last_vs_first_tenth": statistics.mean(scaling),
+        "rss_mib": [value / 2**20 for value in rss],
         "pending_messages": receiver._reassembler.pending,
         "pending_mib": receiver._reassembler.pending_bytes / 2**20,
     }
-    for transport in (receiver, genuine, attacker):
-        transport.close()
+    receiver.close()
     return figures
 
 
@@ -224,18 +249,20 @@ def main() -> None:
 
                 backbone = str(build_tiny_backbone(work / "tiny"))
             write_jsonl(work / "test.jsonl", [Example("food of time", i % 8) for i in range(16)])
-            unsigned = round_times(url, backbone, fleet, work, rounds, signed=False)
-            signed = round_times(url, backbone, fleet, work, rounds, signed=True)
+            steps, batch = (3, 4) if args.quick else (10, 16)  # full mode: the demo's round of 10 steps of 16
+            unsigned = round_times(url, backbone, fleet, work, rounds, steps, batch, signed=False)
+            signed = round_times(url, backbone, fleet, work, rounds, steps, batch, signed=True)
             console.print(f"round wall time, median of {rounds}: unsigned {statistics.median(unsigned):.2f} s, signed {statistics.median(signed):.2f} s: "
                           f"signing and checking overhead {statistics.median(signed) / statistics.median(unsigned):.2f}× ({backbone})")
 
             figures = flood(url, fleet, flood_count)
-            console.print(f"flood of {flood_count:,} hostile messages: {figures['flood_per_s']:,.0f} handled/s against {figures['baseline_per_s']:,.0f}/s for genuine signed heartbeats "
-                          f"({figures['flood_per_s'] / figures['baseline_per_s']:.2f}×); the attacker published {figures['publish_per_s']:,.0f}/s")
+            console.print(f"two floods of {flood_count:,} hostile messages: {figures['flood_per_s']:,.0f} handled/s against {figures['baseline_per_s']:,.0f}/s for genuine signed heartbeats "
+                          f"({figures['flood_per_s'] / figures['baseline_per_s']:.2f}×)")
             console.print(f"{figures['distinct_topics_dropped']:,} frames on distinct unenrolled topics dropped on the network thread; handling rate in the last tenth "
                           f"against the first: {figures['last_vs_first_tenth']:.2f}×")
-            console.print(f"RSS before the flood {figures['rss_before_mib']:.0f} MiB, after {figures['rss_after_mib']:.0f} MiB; partial messages held after: "
-                          f"{figures['pending_messages']} ({figures['pending_mib']:.1f} MiB, bounded by the reassembler's limits)")
+            before, first, second = figures["rss_mib"]
+            console.print(f"receiver RSS before the floods {before:.0f} MiB, after the first {first:.0f} MiB, after the second {second:.0f} MiB; partial messages held "
+                          f"{figures['pending_messages']} ({figures['pending_mib']:.1f} MiB, bounded)")
         finally:
             broker.terminate()
             broker.wait(timeout=10)
