@@ -1,8 +1,17 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from coordinator.validation import Expectation, UpdateRejected, validate_update
-from fedge.wire import AdapterUpdate
+from coordinator.planner import FleetMember, PlannerOptions, plan_fleet
+from coordinator.validation import Expectation, UpdateRejected, profile_problems, validate_update
+from fedge.wire import AdapterUpdate, Hello
+from profiles import load_catalogue_profile
+from profiles.model_shape import load_model_shape
+
+SHAPE = load_model_shape("smollm2-135m-instruct")
 
 KEY = "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight"
 EXPECT = Expectation("run", 2, deadline_unix=1000.0, shapes={KEY: (4, 8)}, scaling=2.0)
@@ -37,3 +46,29 @@ def test_bad_updates_are_refused_with_their_reason(update, expectation, duplicat
     with pytest.raises(UpdateRejected) as caught:
         validate_update(update, expectation, duplicate, now)
     assert caught.value.reason == reason
+
+
+_numbers = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**62), 2**62))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    gflops=_numbers, ram=st.integers(-(2**62), 2**62), available=st.integers(-(2**62), 2**62), cores=st.integers(-5, 10_000),
+    fraction=st.floats(allow_nan=True, allow_infinity=True), uplink=_numbers, cuda_total=st.one_of(st.none(), st.integers(-5, 2**52)), examples=st.integers(-5, 2**40),
+)
+def test_any_hello_is_either_refused_with_reasons_or_planned_without_error(gflops, ram, available, cores, fraction, uplink, cuda_total, examples):
+    """The planner never sees a profile it cannot cost: validation refuses it first (``gflops: null`` once ended a run)."""
+    profile = replace(
+        load_catalogue_profile("cpu-8gb"), gflops=gflops, ram_total_bytes=ram, ram_available_bytes=available, cpu_cores=cores,
+        usable_memory_fraction=fraction, uplink_mbps=uplink, cuda_total_bytes=cuda_total, cuda_free_bytes=cuda_total,
+    )
+    hello = Hello("d", profile, examples)
+    if profile_problems(hello, 8):
+        return
+    plan = plan_fleet([FleetMember("d", profile, examples)], SHAPE, PlannerOptions(max_depth=2))
+    assert plan.devices[0].feasible or plan.devices[0].reason
+
+
+def test_a_hello_without_a_throughput_figure_is_refused_by_name():
+    hello = Hello("d", replace(load_catalogue_profile("cpu-8gb"), gflops=None), 10, {"9" * 5000: 1})
+    assert "gflops: missing" in profile_problems(hello, 8)

@@ -27,7 +27,7 @@ from fedge.transport import BrokerConfig
 from fedge.trust.keys import new_private_key
 from fedge.wire import (
     AdapterUpdate, Assignment, BackbonePart, BackboneRequest, BackboneSpec, Evaluation, GlobalState, Heartbeat, Hello,
-    LoraSpec, Reject, encode_message, topics,
+    LoraSpec, Reject, TaskSpec, encode_message, topics,
 )
 from fedge.wire.chunks import CHUNK_MAGIC
 from fedge.wire.codec import MAGIC
@@ -117,6 +117,8 @@ class Attacker:
                 "forged_update": self.forged(up, AdapterUpdate("fuzz", 1, agent_id, 10_000, {"loss": 0.0}, tensors), agent_id),
                 "forged_hello": self.forged(up, Hello(agent_id, replace(profile, gflops=-1.0), 5), agent_id, ""),
                 "forged_heartbeat": self.forged(up, Heartbeat(agent_id, "idle", time.time(), 0), agent_id, ""),
+                "forged_ready": self.forged(up, Heartbeat(agent_id, "ready", time.time(), 1), agent_id),
+                "unsigned_ready": encode_message(Heartbeat(agent_id, "ready", time.time(), 1)),
                 "forged_reject": self.forged(up, Reject(agent_id, "cannot_train", "x", 1), agent_id),
                 "forged_evaluation": self.forged(up, Evaluation("fuzz", 1, agent_id, 1.0, 0.0, 5), agent_id),
                 "forged_backbone_request": self.forged(topics.fetch(agent_id), BackboneRequest(agent_id, "ab" * 32, 0, 64), agent_id),
@@ -130,6 +132,7 @@ class Attacker:
                 "forged_final": GlobalState("fuzz", 1, agent_id, True, {}, {}),
                 "forged_infeasible": Reject(agent_id, "infeasible", "stop"),
                 "forged_assignment": Assignment("fuzz", 9, agent_id, BackboneSpec("x", "0" * 64, "fp32"), LoraSpec(("q_proj",), (1,), (2,), 1.0), WORDNET_TASK, 1, 1, 1e-3, time.time() + 60, 0),
+                "forged_prepare": Assignment("fuzz", 1, agent_id, BackboneSpec("x", "0" * 64, "nf4", 10**12, "http://evil.example/"), LoraSpec(("q_proj",), (1,), (64,), 1.0), TaskSpec("instruct", (), "sys", 10**6, "token_f1", 10**6, 10**6), 10**6, 10**4, 1e3, time.time() + 60, 0, prefix_cache_bytes=-1, prepare_only=True, clip_norm=-1.0, noise_multiplier=1e9),
                 "forged_state": GlobalState("fuzz", 2, agent_id, False, {}, tensors),
                 "forged_part": BackbonePart("ab" * 32, 0, b"x" * 100),
             }.items():
