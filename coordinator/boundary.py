@@ -15,6 +15,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from fedge.trust.enrolment import COORDINATOR_ID, ENROLMENT_FILE, Enrolment, coordinator_credentials
 from fedge.wire import Assignment, BackbonePart, GlobalState, Heartbeat, Hello, Limits, Message, topics
 from fedge.wire.envelope import Sealed, Signer, Verifier
@@ -33,10 +35,9 @@ class FleetKeys:
     def __init__(self, fleet_dir: str | Path):
         self.path = Path(fleet_dir) / ENROLMENT_FILE
         self._lock = threading.Lock()
-        self._mtime = 0.0
         self._enrolment = Enrolment.load(fleet_dir)
         self._mtime = self.path.stat().st_mtime
-        self._keys = {}
+        self._keys: dict[str, Ed25519PublicKey | None] = {}  # looked up once per sender
 
     def refresh(self) -> list[str]:
         """Reload after a change; returns the devices revoked since the last load."""
@@ -52,7 +53,7 @@ class FleetKeys:
             log.warning("revoked during the run: %s", ", ".join(revoked))
         return revoked
 
-    def key_of(self, identity: str):
+    def key_of(self, identity: str) -> Ed25519PublicKey | None:
         with self._lock:
             if identity not in self._keys:
                 self._keys[identity] = self._enrolment.public_key(identity)

@@ -619,11 +619,16 @@ class Coordinator:
             return self._reject(evaluation.agent_id, "unknown_agent", "evaluation for another run or from an unregistered agent")
         if not (0.0 <= evaluation.accuracy <= 1.0 and np.isfinite(evaluation.loss)):
             return self._reject(evaluation.agent_id, "bad_evaluation", f"accuracy {evaluation.accuracy}, loss {evaluation.loss}")
+        last_wire_round = self._wire_round(self.config.rounds, self.options.max_group_frequency if self.options.groups else 1)
+        if not 0 <= evaluation.round <= last_wire_round or (evaluation.round, evaluation.agent_id) in self._evaluated:
+            return self._reject(evaluation.agent_id, "bad_evaluation", f"round {evaluation.round}: not a round of this run, or reported already")
         self.run_dir.append_client_eval({"round": evaluation.round, "agent": evaluation.agent_id, "accuracy": evaluation.accuracy, "loss": evaluation.loss, "examples": evaluation.num_examples})
         self._evaluated.add((evaluation.round, evaluation.agent_id))
 
     def _reject(self, agent_id: str, reason: str, detail: str, round_number: int | None = None, ref: str | None = None) -> None:
-        log.warning("rejected message from %s: %s (%s)", agent_id, reason, detail)
+        """Answer an enrolled device's bad message; logged like every refusal (rate-limited: even an enrolled
+        device that floods cannot fill the log)."""
+        self.refusals.refuse(reason, f"{agent_id}: {detail}", topics.uplink(agent_id))
         self._send_reject(agent_id, reason, detail, round_number, ref)
 
     def _send_reject(self, agent_id: str, reason: str, detail: str, round_number: int | None = None, ref: str | None = None) -> None:

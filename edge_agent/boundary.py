@@ -21,7 +21,7 @@ class DownlinkCodec(SignedCodec):
         self.agent_id = credentials.identity
 
     def check(self, topic: str, sealed: Sealed, message: Message) -> None:
-        if sealed.sender != COORDINATOR_ID or topic not in (topics.downlink(self.agent_id),):
+        if sealed.sender != COORDINATOR_ID or topic != topics.downlink(self.agent_id):
             raise ForgedError(f"{sealed.sender!r} is not the coordinator, or {topic} is not this device's downlink")
         if getattr(message, "agent_id", self.agent_id) != self.agent_id:
             raise ForgedError(f"a message for {getattr(message, 'agent_id', None)!r} on {self.agent_id!r}'s downlink")

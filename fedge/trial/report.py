@@ -176,7 +176,7 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
             f"Backbone {trial.backbone}; task {task.kind} ({metric}); data {trial.data.source}; fleet {', '.join(trial.fleet)}; seeds {list(trial.seeds)}; "
             f"{trial.rounds} rounds of {trial.local_steps} local steps (batch {trial.batch_size}, lr {trial.learning_rate}); planner {trial.planner}. "
             f"Wall time {wall_s:.0f} s.", "", *lines, "",
-            f"Scores: the coordinator's global model on the held-out set (pretrained = round 0, final, best) and its loss per scored token; \"devices\": the mean over devices of the model each holds after the round (the only figure for CE-LoRA, which has no global model). "
+            "Scores: the coordinator's global model on the held-out set (pretrained = round 0, final, best) and its loss per scored token; \"devices\": the mean over devices of the model each holds after the round (the only figure for CE-LoRA, which has no global model). "
             "Bytes are whole encoded messages (fp16 tensors + header) per device per round." + (f" {', '.join(one_rank)} cannot mix ranks: every device trained rank {trial.same_rank} on the layers the planner gave it." if one_rank else "")
             + (f" Centralised: one adapter on the pooled shards, {trial.local_steps * len(trial.fleet)} steps per round (as many examples as the fleet's round)." if central else ""), ""]
     if rows:

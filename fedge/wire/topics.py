@@ -45,10 +45,6 @@ def all_uplinks(root: str = DEFAULT_ROOT) -> str:
     return f"{root}/agents/+/up"
 
 
-def all_statuses(root: str = DEFAULT_ROOT) -> str:
-    return f"{root}/agents/+/status"
-
-
 def agent_of(topic: str, root: str = DEFAULT_ROOT) -> str | None:
     """The agent id in an agent topic, or None if the topic is not one."""
     prefix = f"{root}/agents/"
