@@ -121,7 +121,7 @@ class CoordinatorConfig:
             errors.append("max_weight_share: a fraction in (0, 1]")
         if not values.get("max_update_norm", 1.0) > 0:
             errors.append("max_update_norm: must be positive")
-        errors += _privacy_problems(values.get("privacy") or {})
+        errors += privacy_problems(values.get("privacy") or {})
         for key in ("rounds", "min_clients", "expected_clients", "local_steps", "batch_size"):
             if key in values and (not isinstance(values[key], int) or values[key] < 1):
                 errors.append(f"{key}: must be a positive integer")
@@ -165,7 +165,7 @@ def parse_task(raw) -> tuple[TaskSpec, list[str]]:
 _PRIVACY_KEYS = {"clip_norm", "noise_multiplier", "delta"}
 
 
-def _privacy_problems(privacy: dict) -> list[str]:
+def privacy_problems(privacy: dict) -> list[str]:
     if not isinstance(privacy, dict):
         return ["privacy: a mapping of clip_norm, noise_multiplier and delta"]
     errors = [f"privacy.{key}: unknown key" for key in sorted(set(privacy) - _PRIVACY_KEYS)]

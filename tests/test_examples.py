@@ -10,7 +10,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_every_example_is_covered_here():
-    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["coordinator.yaml", "fleet.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial.yaml"]
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["coordinator.yaml", "fleet.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial-private.yaml", "trial.yaml"]
 
 
 def test_coordinator_example_is_a_valid_config():
@@ -35,6 +35,8 @@ def test_trial_example_loads():
 
     trial = TrialConfig.from_yaml(EXAMPLES / "trial.yaml")
     assert len(trial.strategies) >= 2
+    private = TrialConfig.from_yaml(EXAMPLES / "trial-private.yaml")
+    assert private.privacy["noise_multiplier"] > 0 and private.fleet == trial.fleet and private.data == trial.data
 
 
 def test_task_trial_examples_load_with_their_data(tmp_path):

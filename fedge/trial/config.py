@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from coordinator.config import ConfigError, parse_task
+from coordinator.config import ConfigError, parse_task, privacy_problems
 from fedge.strategies import STRATEGIES, StrategyError, make_strategy
 from fedge.trial.data import KINDS, TrialData, default_task
 from fedge.wire import TaskSpec
@@ -61,6 +61,7 @@ class TrialConfig:
     round_deadline_s: float = 900.0
     device_eval: str = "auto"  # devices evaluate their own model: auto (only without a global model), all, none
     centralised: bool = False  # also train one adapter on the pooled shards (``fedge.trial.centralised``)
+    privacy: dict = field(default_factory=dict)  # the coordinator's privacy settings for every run (clip_norm, noise_multiplier, delta)
 
     @property
     def task_spec(self) -> TaskSpec:
@@ -114,6 +115,7 @@ class TrialConfig:
             errors.append(f"device_eval: one of {', '.join(DEVICE_EVAL)}")
         if len(fleet) < 2:
             errors.append("fleet: at least two catalogue devices")
+        errors += privacy_problems(raw.get("privacy") or {})
         known = set(cls.__dataclass_fields__) - {"strategies", "fleet"}
         errors += [f"{key}: unknown key" for key in sorted(set(raw) - known)]
         if errors:

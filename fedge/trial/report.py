@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from fedge.privacy import DEFAULT_DELTA, epsilon  # noqa: E402
 from fedge.strategies import STRATEGIES  # noqa: E402
 from fedge.trial.config import TrialConfig  # noqa: E402
 
@@ -146,6 +147,14 @@ def plot(results: list[RunResult], central: list[float], metric: str, out_dir: P
     return per_round, per_bytes
 
 
+def _privacy_sentence(trial: TrialConfig) -> str:
+    privacy = trial.privacy
+    delta = privacy.get("delta", DEFAULT_DELTA)
+    spent = epsilon(trial.rounds, privacy["noise_multiplier"], delta)
+    return (f" Differential privacy on the devices: each clipped its round's change to L2 norm {privacy['clip_norm']} and added Gaussian noise of std "
+            f"{privacy['noise_multiplier']} × that; a device in all {trial.rounds} rounds spent ε = {spent:.2f} at δ = {delta:g} (fedge.privacy).")
+
+
 def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], centralised: dict[int, list[dict]], out_dir: Path, wall_s: float) -> Report:
     failed = [run for run in runs if run["exit"] != 0]
     results = [load_run(run["strategy"], run["seed"], Path(run["run_dir"])) for run in runs if run["exit"] == 0]
@@ -178,7 +187,8 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
             f"Wall time {wall_s:.0f} s.", "", *lines, "",
             "Scores: the coordinator's global model on the held-out set (pretrained = round 0, final, best) and its loss per scored token; \"devices\": the mean over devices of the model each holds after the round (the only figure for CE-LoRA, which has no global model). "
             "Bytes are whole encoded messages (fp16 tensors + header) per device per round." + (f" {', '.join(one_rank)} cannot mix ranks: every device trained rank {trial.same_rank} on the layers the planner gave it." if one_rank else "")
-            + (f" Centralised: one adapter on the pooled shards, {trial.local_steps * len(trial.fleet)} steps per round (as many examples as the fleet's round)." if central else ""), ""]
+            + (f" Centralised: one adapter on the pooled shards, {trial.local_steps * len(trial.fleet)} steps per round (as many examples as the fleet's round)." if central else "")
+            + (_privacy_sentence(trial) if trial.privacy else ""), ""]
     if rows:
         text += ["## Plans (first seed)", "", "Devices are catalogue entries simulated on this host: the planner used each real device's memory limit, speed and links; the bases it chose, the wall times and the scores are this host's CPU runs.", "", *[f"- {row['strategy']}: " + ", ".join(f"{device} {plan}" for device, plan in sorted(row["ranks"].items())) for row in rows], ""]
     text += ["## Data", ""]

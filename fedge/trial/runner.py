@@ -41,6 +41,7 @@ def coordinator_config(trial: TrialConfig, run: StrategyRun, seed: int, data: Pa
         "local_steps": trial.local_steps, "batch_size": trial.batch_size, "learning_rate": trial.learning_rate, "seed": seed,
         "strategy": run.name, "strategy_options": run.options, "planner": planner,
         "round_deadline_s": trial.round_deadline_s, "final_eval_wait_s": 120 if devices_evaluate(trial, run) else 0,
+        **({"privacy": trial.privacy} if trial.privacy else {}),
     }
 
 

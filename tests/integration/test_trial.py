@@ -50,9 +50,10 @@ def test_a_trial_compares_strategies_on_one_split_and_writes_its_report(tiny_bac
 
 def test_trial_config_errors_are_collected():
     with pytest.raises(ConfigError) as error:
-        TrialConfig.from_dict({"strategies": ["fedprox", {"name": "lora-fair", "options": {"solver": "x"}}], "fleet": ["cpu-8gb"], "colour": 1, "device_eval": "some"})
+        TrialConfig.from_dict({"strategies": ["fedprox", {"name": "lora-fair", "options": {"solver": "x"}}], "fleet": ["cpu-8gb"], "colour": 1, "device_eval": "some", "privacy": {"clip_norm": -1}})
     text = str(error.value)
     assert "fedprox" in text and "solver" in text and "at least two" in text and "colour: unknown key" in text and "device_eval" in text
+    assert "privacy.clip_norm" in text and "privacy.noise_multiplier" in text
 
 
 def test_an_instruct_trial_on_the_operators_own_files(tiny_backbone, tmp_path):
