@@ -56,7 +56,8 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        """Where clients connect; it names MQTT 3.1.1, the only version amqtt speaks, so nobody tries 5 first."""
+        return f"mqtt://{self.host}:{self.port}?protocol=3.1.1"
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         self._thread = threading.Thread(target=self._serve, name="amqtt-broker", daemon=True)

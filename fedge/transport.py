@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -32,6 +32,7 @@ from fedge.wire.sealing import Codec, PlainCodec
 log = logging.getLogger(__name__)
 
 
+PROTOCOLS = ("auto", "5", "3.1.1")
 AUTO_PROBE_S = 3.0  # protocol "auto": how long an MQTT 5 CONNECT may go unanswered before trying 3.1.1
 
 
@@ -56,16 +57,15 @@ class BrokerConfig:
     protocol: str = "auto"  # "5", "3.1.1", or "auto": MQTT 5 unless the broker refuses it
     session_expiry_s: int = 3600  # MQTT 5: how long the broker keeps a session (and its queued messages) after a drop
 
-    def redacted_url(self) -> str:
-        """The broker as a URL without secrets, for logs and run directories."""
-        user = f"{self.username}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
-
     @classmethod
     def from_url(cls, url: str, **overrides) -> BrokerConfig:
+        """``mqtt[s]://[user[:password]@]host[:port][?protocol=5|3.1.1|auto]``."""
         parsed = urlparse(url if "://" in url else f"mqtt://{url}")
         if parsed.scheme not in ("mqtt", "mqtts"):
             raise ValueError(f"broker URL {url!r}: scheme must be mqtt or mqtts")
+        query = parse_qs(parsed.query)
+        if set(query) - {"protocol"} or query.get("protocol", ["auto"])[0] not in PROTOCOLS:
+            raise ValueError(f"broker URL {url!r}: the only option is protocol, one of {', '.join(PROTOCOLS)}")
         tls = parsed.scheme == "mqtts"
         fields = {
             "host": parsed.hostname or "127.0.0.1",
@@ -73,6 +73,7 @@ class BrokerConfig:
             "username": unquote(parsed.username) if parsed.username else None,
             "password": unquote(parsed.password) if parsed.password else None,
             "tls": tls,
+            "protocol": query.get("protocol", ["auto"])[0],
         }
         return cls(**{**fields, **overrides})
 
