@@ -117,6 +117,10 @@ class CoordinatorConfig:
             errors.append("enrolment: required: the fleet directory made by `fedge enroll` (or insecure: true, on a network you trust)")
         if values.get("enrolment") and values.get("insecure"):
             errors.append("insecure: cannot be set with enrolment")
+        if not isinstance(values.get("max_frame_kb", 512), int) or values.get("max_frame_kb", 512) < 4:
+            errors.append("max_frame_kb: an integer of at least 4 (a backbone chunk is a frame less 1 KiB of header)")
+        if not values.get("max_message_mb", 1.0) > 0:
+            errors.append("max_message_mb: must be positive")
         if not 0 < values.get("max_weight_share", 1.0) <= 1.0:
             errors.append("max_weight_share: a fraction in (0, 1]")
         if not values.get("max_update_norm", 1.0) > 0:

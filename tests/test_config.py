@@ -18,9 +18,10 @@ def test_planner_options_combine_the_run_level_keys_and_the_planner_section():
 
 def test_every_error_is_reported_at_once_with_its_key():
     with pytest.raises(ConfigError) as caught:
-        CoordinatorConfig.from_dict({"rounds": 0, "colour": "red", "devices": {"cpu": {"rank": 0, "depth": 2, "quantization": "int3"}}, "planner": {"batch_size": 4, "safety_margin": 2, "strategy": "magic", "speed": 1}})
+        CoordinatorConfig.from_dict({"rounds": 0, "colour": "red", "devices": {"cpu": {"rank": 0, "depth": 2, "quantization": "int3"}}, "planner": {"batch_size": 4, "safety_margin": 2, "strategy": "magic", "speed": 1},
+                                     "max_frame_kb": 1, "max_message_mb": 0, "max_weight_share": 1.5, "max_update_norm": -1})
     text = str(caught.value)
-    for key in ("eval_data: required", "colour: unknown key", "rounds: must be a positive integer", "devices.cpu: rank and depth", "devices.cpu.quantization",
+    for key in ("eval_data: required", "colour: unknown key", "enrolment: required", "max_frame_kb", "max_message_mb", "max_weight_share", "max_update_norm", "rounds: must be a positive integer", "devices.cpu: rank and depth", "devices.cpu.quantization",
                 "planner.batch_size: set it at the top level", "planner.safety_margin", "planner.strategy", "planner.speed: unknown option"):
         assert key in text
 

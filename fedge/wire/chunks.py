@@ -75,14 +75,16 @@ class Reassembler:
     """Feeds frames in, hands whole messages out: one store for every sender topic, bounded in total.
 
     Partial messages are keyed by (topic, id), so one sender cannot complete another's; at most
-    ``max_pending_per_topic`` may be in flight per topic (a new one evicts that topic's oldest) and
-    ``max_pending`` and ``max_pending_bytes`` in all (a new one is refused). Expiry pops the oldest first, so
-    handling a frame costs O(1) however many senders there are.
+    ``max_pending_per_topic`` may be in flight per topic (a new one evicts that topic's least advanced, oldest first:
+    a message that has received more frames than a flood's one-frame fragments outlasts them; only its first frame
+    is exposed, until ``max_pending_per_topic`` fresh ids arrive between its first two frames) and ``max_pending`` and
+    ``max_pending_bytes`` in all (a new one is refused). Expiry pops the oldest first, so handling a frame costs O(1)
+    however many senders there are.
     """
 
     def __init__(
         self, max_message_bytes: int = 256 * 1024 * 1024, timeout_s: float = 60.0, max_pending: int = 256,
-        max_pending_per_topic: int = 4, max_pending_bytes: int | None = None,
+        max_pending_per_topic: int = 8, max_pending_bytes: int | None = None,
     ):
         self.max_message_bytes = max_message_bytes
         self.timeout_s = timeout_s
@@ -90,7 +92,7 @@ class Reassembler:
         self.max_pending_per_topic = max_pending_per_topic
         self.max_pending_bytes = max_pending_bytes if max_pending_bytes is not None else 2 * max_message_bytes
         self._pending: OrderedDict[tuple[str, str], _Partial] = OrderedDict()  # oldest first
-        self._per_topic: dict[str, int] = {}
+        self._per_topic: dict[str, set[tuple[str, str]]] = {}  # each topic's partial messages
         self._bytes = 0
 
     @property
@@ -139,24 +141,24 @@ class Reassembler:
         topic = key[0]
         if header["size"] > self.max_message_bytes:
             raise TooLargeError(f"chunked message of {header['size']} bytes exceeds the {self.max_message_bytes}-byte limit")
-        if self._per_topic.get(topic, 0) >= self.max_pending_per_topic:
-            oldest = next(k for k in self._pending if k[0] == topic)  # rare: only a topic at its cap is scanned
-            self._drop(oldest)
-            log.debug("dropped incomplete message %s on %s: a newer one replaced it", oldest[1], topic)
+        siblings = self._per_topic.get(topic, ())
+        if len(siblings) >= self.max_pending_per_topic:
+            least = min(siblings, key=lambda k: (len(self._pending[k].parts), self._pending[k].started))
+            self._drop(least)
+            log.debug("dropped incomplete message %s on %s: a newer one replaced it", least[1], topic)
         if len(self._pending) >= self.max_pending:
             raise TooLargeError(f"more than {self.max_pending} chunked messages in flight")
         partial = _Partial(count=header["count"], size=header["size"], started=now)
         self._pending[key] = partial
-        self._per_topic[topic] = self._per_topic.get(topic, 0) + 1
+        self._per_topic.setdefault(topic, set()).add(key)
         return partial
 
     def _drop(self, key: tuple[str, str]) -> _Partial:
         partial = self._pending.pop(key)
         self._bytes -= partial.received_bytes
-        left = self._per_topic[key[0]] - 1
-        if left:
-            self._per_topic[key[0]] = left
-        else:
+        siblings = self._per_topic[key[0]]
+        siblings.discard(key)
+        if not siblings:
             del self._per_topic[key[0]]
         return partial
 

@@ -77,3 +77,17 @@ def test_only_the_last_frame_carries_the_digest():
     first_with_digest = b"FEDC" + struct.pack(">H", len(encoded)) + encoded + frames[0][header_end:]
     with pytest.raises(DecodeError, match="wrong fields"):
         Reassembler().feed(first_with_digest)
+
+
+def test_a_flood_of_fresh_ids_on_a_topic_cannot_push_out_a_message_that_is_arriving():
+    message = bytes(range(256)) * 40
+    frames = list(split_frames(message, max_frame_bytes=1024))
+    reassembler = Reassembler(max_pending_per_topic=8)
+    flood = [next(split_frames(bytes([index]) * 5000, max_frame_bytes=1024)) for index in range(100)]  # first frames only
+    whole = None
+    for index, frame in enumerate(frames):
+        for junk in flood[index * 5 : index * 5 + 5]:
+            assert reassembler.feed(junk, "t/a0/up") is None
+        whole = reassembler.feed(frame, "t/a0/up")
+    assert whole == message
+    assert reassembler.pending <= 8 and reassembler.pending_bytes < 9 * 1024
