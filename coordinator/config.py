@@ -46,7 +46,7 @@ class CoordinatorConfig:
     registration_timeout_s: float = 300.0
     round_deadline_s: float = 600.0
     final_eval_wait_s: float = 0.0  # after the last round, wait this long for agents' own evaluations (0: don't)
-    rejoin_grace_s: float = 30.0  # a round waits this long for agents that dropped off recently to reconnect
+    rejoin_grace_s: float = 30.0  # a device silent this long (no signed message, heartbeats included) stops holding up a round
     local_steps: int = 10
     batch_size: int = 16
     learning_rate: float = 2e-3

@@ -1,6 +1,6 @@
 """The agent's lifecycle: announce, take an assignment, train on each global state, send the update, repeat.
 
-    connect (Last Will: status "offline") -> status "online" -> Hello(profile, data size, label histogram)
+    connect (Last Will: status "offline") -> status "online" -> Hello(profile, data size; label counts only if asked)
     every heartbeat_s, from its own thread: Heartbeat(state, round) -- the coordinator's only sign of life
     Assignment(round r)  -> remember it
     GlobalState(round r) -> verify + load the backbone once, apply the state, [Evaluation(r-1)], train, send AdapterUpdate(r)
