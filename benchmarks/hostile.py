@@ -165,7 +165,7 @@ def flood(broker_url: str, fleet: Path, count: int) -> dict:
     """Flood the coordinator's receiving side (the senders run in their own processes, so this process's RSS is
     the receiver's); returns its figures."""
     fleet_keys = FleetKeys(fleet)
-    codec = coordinator_codec(fleet_keys, str(fleet), "run", Limits(max_message_bytes=1024 * 1024))
+    codec = coordinator_codec(fleet_keys, "run", Limits(max_message_bytes=1024 * 1024))
     # an inbox deep enough for a whole flood: the senders finish first, then the owner thread's handling is timed
     receiver = MqttTransport(BrokerConfig.from_url(broker_url), "flood-coordinator", codec=codec, accept=fleet_keys.accepts_topic, max_inbox_frames=count + 10)
     receiver.subscribe(topics.all_uplinks())

@@ -81,11 +81,12 @@ class UplinkCodec(SignedCodec):
             raise ForgedError(f"sealed for run {sealed.run!r}, not {self.run!r}")
 
 
-def coordinator_codec(fleet: FleetKeys | None, fleet_dir: str | None, run_id: str, limits: Limits) -> Codec:
-    """Signed envelopes with the fleet's keys, or plain messages for an insecure run (``fleet`` None)."""
+def coordinator_codec(fleet: FleetKeys | None, run_id: str, limits: Limits) -> Codec:
+    """Signed envelopes with the fleet's keys and the coordinator's own, or plain messages for an insecure run
+    (``fleet`` None)."""
     if fleet is None:
         return PlainCodec(limits)
-    key = coordinator_credentials(fleet_dir).signing_key()
+    key = coordinator_credentials(fleet.path.parent).signing_key()
     return UplinkCodec(Signer(COORDINATOR_ID, key), Verifier(fleet.key_of), limits, run_id)
 
 

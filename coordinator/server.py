@@ -78,10 +78,10 @@ class Coordinator:
         if self.fleet is not None and broker.username is None:  # log in to the broker as the enrolment's coordinator
             credentials = coordinator_credentials(config.enrolment)
             broker = replace(broker, username=credentials.broker_username, password=credentials.broker_password)
-        self.codec = coordinator_codec(self.fleet, config.enrolment, config.run_id, self.limits)
+        self.codec = coordinator_codec(self.fleet, config.run_id, self.limits)
         accept = self.fleet.accepts_topic if self.fleet is not None else None
         self.transport = MqttTransport(broker, client_id=f"fedge-coordinator-{config.run_id}", limits=self.limits, codec=self.codec, accept=accept)
-        self.backbone_server = BackboneServer(broker, client_id=f"fedge-backbone-{config.run_id}", codec=coordinator_codec(self.fleet, config.enrolment, config.run_id, Limits(max_message_bytes=64 * 1024)), accept=accept)
+        self.backbone_server = BackboneServer(broker, client_id=f"fedge-backbone-{config.run_id}", codec=coordinator_codec(self.fleet, config.run_id, Limits(max_message_bytes=64 * 1024)), accept=accept)
         self.refusals = RefusalLog()
         self._packages: dict[str, BackbonePackage] = {}  # the backbone as each assigned quantization ships
         self.backbone = locate_backbone(config.backbone)
