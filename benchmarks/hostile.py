@@ -45,7 +45,7 @@ from edge_agent.boundary import DownlinkCodec
 from fedge.broker import free_port
 from fedge.task.data import Example, write_jsonl
 from fedge.transport import BrokerConfig, MqttTransport
-from fedge.trust.enrolment import Credentials, device_credentials_path, enroll
+from fedge.trust.enrolment import Credentials, coordinator_credentials, device_credentials_path, enroll
 from fedge.trust.keys import new_private_key
 from fedge.wire import AdapterUpdate, Heartbeat, Limits, Signer, Verifier, decode_message, encode_message, topics
 from fedge.wire.chunks import CHUNK_MAGIC
@@ -165,7 +165,7 @@ def flood(broker_url: str, fleet: Path, count: int) -> dict:
     """Flood the coordinator's receiving side (the senders run in their own processes, so this process's RSS is
     the receiver's); returns its figures."""
     fleet_keys = FleetKeys(fleet)
-    codec = coordinator_codec(fleet_keys, "run", Limits(max_message_bytes=1024 * 1024))
+    codec = coordinator_codec(fleet_keys, coordinator_credentials(fleet), "run", Limits(max_message_bytes=1024 * 1024))
     # an inbox deep enough for a whole flood: the senders finish first, then the owner thread's handling is timed
     receiver = MqttTransport(BrokerConfig.from_url(broker_url), "flood-coordinator", codec=codec, accept=fleet_keys.accepts_topic, max_inbox_frames=count + 10)
     receiver.subscribe(topics.all_uplinks())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fedge.trust.enrolment import COORDINATOR_ID, ENROLMENT_FILE, Enrolment, coordinator_credentials
+from fedge.trust.enrolment import COORDINATOR_ID, ENROLMENT_FILE, Credentials, Enrolment
 from fedge.wire import Assignment, BackbonePart, GlobalState, Heartbeat, Hello, Limits, Message, topics
 from fedge.wire.envelope import Sealed, Signer, Verifier
 from fedge.wire.errors import ForgedError
@@ -30,7 +30,7 @@ _AGENT_KINDS_ONLY = (Assignment, GlobalState, BackbonePart)  # what only the coo
 
 class FleetKeys:
     """The enrolled devices' public keys, reloaded when ``enrolment.json`` changes (so a revocation takes effect
-    during a run); ``is_enrolled`` is safe to call from the network thread."""
+    during a run); ``accepts_topic`` is safe to call from the network thread."""
 
     def __init__(self, fleet_dir: str | Path):
         self.path = Path(fleet_dir) / ENROLMENT_FILE
@@ -59,13 +59,10 @@ class FleetKeys:
                 self._keys[identity] = self._enrolment.public_key(identity)
             return self._keys[identity]
 
-    def is_enrolled(self, identity: str) -> bool:
-        entry = self._enrolment.devices.get(identity)
-        return entry is not None and not entry.revoked
-
     def accepts_topic(self, topic: str) -> bool:
+        """Whether a topic belongs to an enrolled device (asked on the network thread)."""
         agent_id = topics.agent_of(topic)
-        return agent_id is not None and self.is_enrolled(agent_id)
+        return agent_id is not None and self._enrolment.is_active(agent_id)
 
 
 class UplinkCodec(SignedCodec):
@@ -81,13 +78,12 @@ class UplinkCodec(SignedCodec):
             raise ForgedError(f"sealed for run {sealed.run!r}, not {self.run!r}")
 
 
-def coordinator_codec(fleet: FleetKeys | None, run_id: str, limits: Limits) -> Codec:
-    """Signed envelopes with the fleet's keys and the coordinator's own, or plain messages for an insecure run
-    (``fleet`` None)."""
-    if fleet is None:
+def coordinator_codec(fleet: FleetKeys | None, credentials: Credentials | None, run_id: str, limits: Limits) -> Codec:
+    """Signed envelopes with the fleet's keys and the coordinator's own (its ``credentials``), or plain messages for
+    an insecure run (``fleet`` None)."""
+    if fleet is None or credentials is None:
         return PlainCodec(limits)
-    key = coordinator_credentials(fleet.path.parent).signing_key()
-    return UplinkCodec(Signer(COORDINATOR_ID, key), Verifier(fleet.key_of), limits, run_id)
+    return UplinkCodec(Signer(COORDINATOR_ID, credentials.signing_key()), Verifier(fleet.key_of), limits, run_id)
 
 
 class RefusalLog:

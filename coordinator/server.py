@@ -74,14 +74,14 @@ class Coordinator:
         self.registry = Registry(liveness_s=config.rejoin_grace_s)
         self.limits = Limits(max_message_bytes=int(config.max_message_mb * 1024 * 1024))
         self.fleet = FleetKeys(config.enrolment) if config.enrolment else None
+        credentials = coordinator_credentials(config.enrolment) if config.enrolment else None
         broker = BrokerConfig.from_url(config.broker, max_frame_bytes=config.max_frame_kb * 1024, ca_certs=config.ca_certs)
-        if self.fleet is not None and broker.username is None:  # log in to the broker as the enrolment's coordinator
-            credentials = coordinator_credentials(config.enrolment)
+        if credentials is not None and broker.username is None:  # log in to the broker as the enrolment's coordinator
             broker = replace(broker, username=credentials.broker_username, password=credentials.broker_password)
-        self.codec = coordinator_codec(self.fleet, config.run_id, self.limits)
+        self.codec = coordinator_codec(self.fleet, credentials, config.run_id, self.limits)
         accept = self.fleet.accepts_topic if self.fleet is not None else None
         self.transport = MqttTransport(broker, client_id=f"fedge-coordinator-{config.run_id}", limits=self.limits, codec=self.codec, accept=accept)
-        self.backbone_server = BackboneServer(broker, client_id=f"fedge-backbone-{config.run_id}", codec=coordinator_codec(self.fleet, config.run_id, Limits(max_message_bytes=64 * 1024)), accept=accept)
+        self.backbone_server = BackboneServer(broker, client_id=f"fedge-backbone-{config.run_id}", codec=coordinator_codec(self.fleet, credentials, config.run_id, Limits(max_message_bytes=64 * 1024)), accept=accept)
         self.refusals = RefusalLog()
         self._packages: dict[str, BackbonePackage] = {}  # the backbone as each assigned quantization ships
         self.backbone = locate_backbone(config.backbone)
@@ -588,13 +588,13 @@ class Coordinator:
     def _on_update(self, update: AdapterUpdate, size: int) -> None:
         try:
             validate_update(update, self._expectations.get(update.agent_id), update.agent_id in self._received, time.time())
-            self._check_update_limits(update)
+            norm = self._check_update_limits(update)
         except UpdateRejected as error:
             if update.round == self._expected_round(update.agent_id) and error.reason != "duplicate":
                 self._rejected[update.agent_id] = error.reason  # it will not send another; stop waiting for it
             return self._reject(update.agent_id, error.reason, error.detail, update.round, update.message_id)
         self.run_dir.save_update(update.round, update.agent_id, update.tensors)
-        self._norms[update.agent_id] = update_norm(update.tensors)
+        self._norms[update.agent_id] = norm
         self._received[update.agent_id] = update
         self._contributed[update.agent_id] = update
         self._bytes_up[update.agent_id] = self._bytes_up.get(update.agent_id, 0) + size
@@ -604,15 +604,16 @@ class Coordinator:
     def _needs_label_counts(self) -> bool:
         return self.strategy.needs_label_histograms or bool(self.options.groups)
 
-    def _check_update_limits(self, update: AdapterUpdate) -> None:
+    def _check_update_limits(self, update: AdapterUpdate) -> float:
         """Policy beyond the round's expectation: no more examples than the device registered with, and an L2
-        norm within ``max_update_norm``."""
+        norm within ``max_update_norm``; returns the norm."""
         registered = self.registry.get(update.agent_id).num_examples
         if update.num_examples > registered:
             raise UpdateRejected("bad_count", f"{update.num_examples} examples claimed; the device registered {registered}")
         norm = update_norm(update.tensors)
         if norm > self.config.max_update_norm:
             raise UpdateRejected("norm_too_large", f"L2 norm {norm:.4g} exceeds max_update_norm {self.config.max_update_norm:g}")
+        return norm
 
     def _on_evaluation(self, evaluation: Evaluation) -> None:
         if evaluation.run_id != self.config.run_id or self.registry.get(evaluation.agent_id) is None:

@@ -94,8 +94,9 @@ def cmd_agent(args) -> int:
 
     _set_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    profile = simulated_profile(args.device_profile, device.startswith("cuda"), bitsandbytes_usable()) if args.device_profile else probe(args.id)
-    agent = EdgeAgent(credentials.identity if credentials else args.id, broker, data, profile, data_source=args.data, eval_source=args.eval_data, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None, credentials=credentials, share_label_counts=not args.no_label_counts)
+    agent_id = credentials.identity if credentials else args.id
+    profile = simulated_profile(args.device_profile, device.startswith("cuda"), bitsandbytes_usable()) if args.device_profile else probe(agent_id)
+    agent = EdgeAgent(agent_id, broker, data, profile, data_source=args.data, eval_source=args.eval_data, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None, credentials=credentials, share_label_counts=not args.no_label_counts)
     agent.run()
     if agent.refused:
         console.print(f"[red]this device cannot take part: {agent.refused}[/]")
@@ -128,8 +129,8 @@ def cmd_enroll(args) -> int:
         revoke(fleet, identity)
         console.print(f"revoked {identity}: the coordinator refuses it from its next round; rewrite the broker files (--mosquitto) and reload the broker")
     if args.devices:
-        for path in enroll(fleet, args.devices):
-            console.print(f"enrolled {path.name.split('.')[0]}: credentials in {path} (copy to the device, then delete here)")
+        for identity, path in zip(args.devices, enroll(fleet, args.devices)):
+            console.print(f"enrolled {identity}: credentials in {path} (copy to the device, then delete here)")
     enrolment = Enrolment.load(fleet)
     if args.mosquitto:
         for path in write_mosquitto_files(enrolment, Path(args.mosquitto), port=args.port, tls_host=args.tls_host):
@@ -287,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     agent.add_argument("--save", help="save the final adapter here")
     agent.add_argument("--eval-data", help="held-out JSON lines in the same format: report the task's score after every round")
-    agent.add_argument("--heartbeat", type=float, default=10.0, help="seconds of silence before a heartbeat")
+    agent.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats (sent from their own thread, whatever the agent is doing)")
     agent.add_argument("--cache", help="where backbone packages are kept, by digest (default $FEDGE_CACHE/received)")
     agent.add_argument("--no-label-counts", action="store_true", help="never tell the coordinator how many examples of each label this device holds, even when its strategy asks")
     agent.add_argument("--username", help="broker user name (password from FEDGE_MQTT_PASSWORD) instead of the credentials' login")

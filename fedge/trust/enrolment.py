@@ -89,10 +89,14 @@ class Enrolment:
     coordinator_password_hash: str
     devices: dict[str, DeviceEntry]
 
+    def is_active(self, identity: str) -> bool:
+        """Enrolled and not revoked."""
+        entry = self.devices.get(identity)
+        return entry is not None and not entry.revoked
+
     def public_key(self, identity: str) -> Ed25519PublicKey | None:
         """The key of an enrolled, unrevoked device; None for anyone else."""
-        entry = self.devices.get(identity)
-        return None if entry is None or entry.revoked else load_public_key(entry.public_key)
+        return load_public_key(self.devices[identity].public_key) if self.is_active(identity) else None
 
     def active(self) -> list[str]:
         return sorted(identity for identity, entry in self.devices.items() if not entry.revoked)

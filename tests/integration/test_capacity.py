@@ -11,6 +11,7 @@ import yaml
 from safetensors.numpy import load_file
 
 from coordinator.boundary import FleetKeys, coordinator_codec
+from fedge.trust.enrolment import coordinator_credentials
 from fedge.task.data import write_jsonl
 from fedge.task.wordnet import WORDNET_TASK
 from fedge.transport import BrokerConfig, MqttTransport
@@ -76,7 +77,7 @@ def test_a_device_the_planner_cannot_fit_is_refused_and_its_agent_says_why(mosqu
 
 def test_an_agent_refuses_a_plan_bigger_than_its_free_memory_or_an_invalid_task(mosquitto, tiny_backbone, tmp_path):
     fleet = enrolled_fleet(tmp_path, ("tight",))  # a hand-driven coordinator signing with the fleet's coordinator key
-    codec = coordinator_codec(FleetKeys(fleet), "run", Limits())
+    codec = coordinator_codec(FleetKeys(fleet), coordinator_credentials(fleet), "run", Limits())
     coordinator = MqttTransport(BrokerConfig.from_url(mosquitto.url), "fake-coordinator", codec=codec)
     coordinator.subscribe(topics.uplink("tight"))
     coordinator.connect()
