@@ -132,6 +132,9 @@ class Attacker:
             for kind, message in {
                 "forged_final": GlobalState("fuzz", 1, agent_id, True, {}, {}),
                 "forged_infeasible": Reject(agent_id, "infeasible", "stop"),
+                "forged_bad_profile": Reject(agent_id, "bad_profile", "stop"),
+                "forged_label_request": Reject(agent_id, "label_counts_wanted", "tell me"),
+                "forged_unknown": Reject(agent_id, "unknown_agent", "say hello again"),
                 "forged_assignment": Assignment("fuzz", 9, agent_id, BackboneSpec("x", "0" * 64, "fp32"), LoraSpec(("q_proj",), (1,), (2,), 1.0), WORDNET_TASK, 1, 1, 1e-3, time.time() + 60, 0),
                 "forged_prepare": Assignment("fuzz", 1, agent_id, BackboneSpec("x", "0" * 64, "nf4", 10**12, "http://evil.example/"), LoraSpec(("q_proj",), (1,), (64,), 1.0), TaskSpec("instruct", (), "sys", 10**6, "token_f1", 10**6, 10**6), 10**6, 10**4, 1e3, time.time() + 60, 0, prefix_cache_bytes=-1, prepare_only=True, clip_norm=-1.0, noise_multiplier=1e9),
                 "forged_state": GlobalState("fuzz", 2, agent_id, False, {}, tensors),
