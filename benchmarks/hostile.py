@@ -124,9 +124,8 @@ def send_genuine(broker_url: str, fleet: str, count: int) -> None:
     """(In its own process.) ``count`` signed heartbeats from a0, as fast as it can publish them."""
     genuine = MqttTransport(BrokerConfig.from_url(broker_url), "genuine-a0", codec=DownlinkCodec(Credentials.load(device_credentials_path(fleet, "a0"))))
     genuine.connect()
-    infos = [genuine.enqueue(topics.uplink("a0"), Heartbeat("a0", "idle", time.time(), index), stream="beat") for index in range(count)]
-    for info in infos[-1]:
-        info.wait_for_publish(60)
+    queued = [genuine.enqueue(topics.uplink("a0"), Heartbeat("a0", "idle", time.time(), index), stream="beat") for index in range(count)]
+    genuine.wait_sent(queued[-1:], 60)
     genuine.close()
 
 
@@ -188,9 +187,9 @@ def flood(broker_url: str, fleet: Path, count: int) -> dict:
         sender.start()
         sender.join()
         while True:  # until the broker has delivered everything
-            queued = receiver._inbox.qsize()
+            queued = receiver.waiting_frames
             time.sleep(0.5)
-            if receiver._inbox.qsize() == queued:
+            if receiver.waiting_frames == queued:
                 return
 
     sent(send_genuine, broker_url, str(fleet), count)

@@ -102,5 +102,5 @@ class BackboneServer:
                     oldest.wait_for_publish(timeout=30)
                 except (RuntimeError, ValueError):
                     pass  # dropped with the connection: the agent asks again for what it misses
-        self._in_flight.extend(self.transport.enqueue(topic, part, stream="backbone"))
+        self._in_flight.extend(self.transport.enqueue(topic, part, stream="backbone").handles)
         self.bytes_sent += len(part.data)

@@ -25,7 +25,11 @@ it counts in the median.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import statistics
+from collections import Counter
+from functools import lru_cache
 from dataclasses import dataclass, field, replace
 
 from coordinator.grouping import GroupPlan, plan_groups
@@ -33,7 +37,7 @@ from fedge.wire import PREPARED_ROUNDS, DeviceProfile
 from profiles.calibration import Calibration, load_calibration
 from profiles.memory import ACTIVATION_BYTES, MemoryBreakdown, TrainingSetup, base_weight_bytes, predict_memory
 from profiles.model_shape import ModelShape
-from profiles.timing import WIRE_STRATEGIES, device_gflops, predict_prefix_seconds, predict_round_bytes, predict_step_seconds, transfer_seconds
+from profiles.timing import FLEET_RANK_SUM_STRATEGIES, WIRE_STRATEGIES, device_gflops, predict_prefix_seconds, predict_round_bytes, predict_step_seconds, transfer_seconds
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,7 @@ class FleetPlan:
         return statistics.median(times) if times else 0.0
 
 
+@lru_cache(maxsize=4096)
 def rank_profile(depth: int, top_rank: int, floor: int) -> tuple[int, ...]:
     """Per-layer ranks from the lowest adapted layer up: thirds at r/4, r/2, r nearest the output."""
     from_top = [max(floor, top_rank >> (3 * distance // depth)) for distance in range(depth)]
@@ -207,43 +212,66 @@ def usable_memory_bytes(profile: DeviceProfile) -> int:
 
 
 class _Device:
-    """One member's cost model: predictions for any candidate setup on its backend."""
+    """The cost model of one kind of device: a profile with a dataset size and a pin. Fleet members that share all
+    three share one, so each distinct setup is costed once however many devices run it."""
 
-    def __init__(self, member: FleetMember, shape: ModelShape, options: PlannerOptions, calibrations: dict[str, Calibration]):
-        self.member = member
+    def __init__(self, profile: DeviceProfile, num_examples: int, pin: Pin | None, shape: ModelShape, options: PlannerOptions, calibrations: dict[str, Calibration]):
+        self.profile = profile
+        self.num_examples = num_examples
+        self.pin = pin
         self.shape = shape
         self.options = options
-        profile = member.profile
         self.backend = "cuda" if profile.cuda_device_name else "cpu"
         self.calibration = calibrations[self.backend]
         self.host = calibrations["cpu"] if self.backend == "cuda" and profile.unified_memory else None
         self.available = usable_memory_bytes(profile)
         self.budget = int(self.available * options.safety_margin)
+        self._memory: dict[TrainingSetup, MemoryBreakdown] = {}
+        self._step: dict[TrainingSetup, float] = {}
+        self._plans: dict[tuple[TrainingSetup, int, int], DevicePlan] = {}
+        self._largest: dict[int, TrainingSetup | str] = {}
 
     def setup(self, quantization: str, depth: int, top_rank: int, batch: int, checkpointing: bool, uniform: bool = False) -> TrainingSetup:
         layers = tuple(range(self.shape.num_layers - depth, self.shape.num_layers))
         uniform = uniform or self.options.rank_profile == "uniform"
         ranks = (top_rank,) * depth if uniform else rank_profile(depth, top_rank, min(self.options.ranks))
-        examples = self.member.num_examples
+        cached = self.cached_rows(quantization, batch)
+        return TrainingSetup(quantization, layers, ranks, self.options.target_modules, batch, self.options.seq_len, self.options.optimizer, checkpointing, cached, self.num_examples, self.options.answer_share, self.options.sequences_per_example)
+
+    def cached_rows(self, quantization: str, batch: int) -> int:
+        """The examples whose frozen-prefix states fit the cache's bound (at least a batch)."""
         row_bytes = self.options.sequences_per_example * self.options.seq_len * self.shape.hidden_size * ACTIVATION_BYTES[quantization]
-        cached = min(examples, max(batch, self.options.prefix_cache_mib * 2**20 // row_bytes))
-        return TrainingSetup(quantization, layers, ranks, self.options.target_modules, batch, self.options.seq_len, self.options.optimizer, checkpointing, cached, examples, self.options.answer_share, self.options.sequences_per_example)
+        return min(self.num_examples, max(batch, self.options.prefix_cache_mib * 2**20 // row_bytes))
 
     def memory(self, setup: TrainingSetup) -> MemoryBreakdown:
-        return predict_memory(self.shape, setup, self.calibration, self.host)
+        found = self._memory.get(setup)
+        if found is None:
+            found = self._memory[setup] = predict_memory(self.shape, setup, self.calibration, self.host)
+        return found
 
     def fits(self, setup: TrainingSetup) -> bool:
         return self.memory(setup).total <= self.budget
 
     def step_seconds(self, setup: TrainingSetup) -> float:
-        return predict_step_seconds(self.shape, setup, device_gflops(self.member.profile, setup.quantization), self.calibration)
+        found = self._step.get(setup)
+        if found is None:
+            found = self._step[setup] = predict_step_seconds(self.shape, setup, device_gflops(self.profile, setup.quantization), self.calibration)
+        return found
 
     def plan(self, setup: TrainingSetup, local_steps: int, fleet_rank_sum: int) -> DevicePlan:
-        profile = self.member.profile
+        """This kind's plan for ``setup`` (``device_id`` left empty for the caller to fill in)."""
+        key = (setup, local_steps, fleet_rank_sum)
+        found = self._plans.get(key)
+        if found is None:
+            found = self._plans[key] = self._cost(setup, local_steps, fleet_rank_sum)
+        return found
+
+    def _cost(self, setup: TrainingSetup, local_steps: int, fleet_rank_sum: int) -> DevicePlan:
+        profile = self.profile
         step = self.step_seconds(setup)
         up, down = predict_round_bytes(self.options.strategy, self.shape, setup, fleet_rank_sum)
         return DevicePlan(
-            device_id=self.member.device_id,
+            device_id="",
             profile_name=profile.name,
             feasible=True,
             quantization=setup.quantization,
@@ -265,14 +293,18 @@ class _Device:
             simulated=profile.source == "simulated",
         )
 
-    def refuse(self, reason: str) -> DevicePlan:
-        return DevicePlan(self.member.device_id, self.member.profile.name, False, reason, budget_bytes=self.budget, available_bytes=self.available, calibrated=self.calibration.measured)
+    def refuse(self, reason: str, device_id: str = "") -> DevicePlan:
+        return DevicePlan(device_id, self.profile.name, False, reason, budget_bytes=self.budget, available_bytes=self.available, calibrated=self.calibration.measured)
+
+    def chosen_setup(self, max_depth: int) -> TrainingSetup | str:
+        """The pinned setup if there is a pin, else the largest that fits; or why none does."""
+        return self.pinned_setup(self.pin) if self.pin else self.largest_setup(max_depth)
 
     def pinned_setup(self, pin: Pin) -> TrainingSetup | str:
         """The operator's pin, with gradient checkpointing if that is what makes it fit, or why it cannot fit."""
         if pin.depth > self.shape.num_layers:
             return f"pinned depth {pin.depth} exceeds the model's {self.shape.num_layers} layers"
-        problem = quantization_problem(self.member.profile, pin.quantization, self.options.strategy)
+        problem = quantization_problem(self.profile, pin.quantization, self.options.strategy)
         if problem:
             return f"the pinned base cannot run here: {problem}"
         for checkpointing in (False, True):
@@ -283,18 +315,30 @@ class _Device:
         return f"out of memory: the pinned {pin.quantization} rank {pin.rank} depth {pin.depth} needs {need / 2**30:.2f} GiB; the budget is {self.budget / 2**30:.2f} GiB"
 
     def largest_setup(self, max_depth: int) -> TrainingSetup | str:
-        """The highest-capacity setup that fits the budget, or why none does."""
-        choices = quantization_choices(self.member.profile, self.options.strategy)
+        """The highest-capacity setup that fits the budget, or why none does: the deepest adapter (found by bisection,
+        memory growing with depth), then at that depth the highest rank, without checkpointing if possible."""
+        if max_depth not in self._largest:
+            self._largest[max_depth] = self._search_largest(max_depth)
+        return self._largest[max_depth]
+
+    def _search_largest(self, max_depth: int) -> TrainingSetup | str:
+        choices = quantization_choices(self.profile, self.options.strategy)
         roomy = [q for q in choices if base_weight_bytes(self.shape, q) + self.calibration.overhead_bytes <= self.budget / 2]
+        variants = [(top_rank, checkpointing) for top_rank in sorted(self.options.ranks, reverse=True) for checkpointing in (False, True)]
         for quantization in dict.fromkeys(roomy[:1] + choices[-1:]):  # the most precise roomy base, else the smallest
             batch = self.options.batch_size
             while batch >= 1:
-                for depth in range(max_depth, 0, -1):
-                    for top_rank in sorted(self.options.ranks, reverse=True):
-                        for checkpointing in (False, True):
-                            setup = self.setup(quantization, depth, top_rank, batch, checkpointing)
-                            if self.fits(setup):
-                                return setup
+
+                def first_fit(depth: int) -> TrainingSetup | None:
+                    setups = (self.setup(quantization, depth, top_rank, batch, checkpointing) for top_rank, checkpointing in variants)
+                    return next((setup for setup in setups if self.fits(setup)), None)
+
+                if first_fit(1) is not None:
+                    shallow, deep = 1, max_depth  # first_fit(shallow) holds; find the deepest depth where it does
+                    while shallow < deep:
+                        middle = (shallow + deep + 1) // 2
+                        shallow, deep = (middle, deep) if first_fit(middle) is not None else (shallow, middle - 1)
+                    return first_fit(shallow)
                 batch //= 2
         smallest = self.setup(choices[-1], 1, min(self.options.ranks), 1, True)
         need = self.memory(smallest).total
@@ -311,31 +355,93 @@ def _lighter(device: _Device, plan: DevicePlan) -> tuple[TrainingSetup, int] | N
     return None
 
 
+def default_calibrations() -> dict[str, Calibration]:
+    return {backend: load_calibration(backend) for backend in ("cpu", "cuda")}
+
+
 def plan_fleet(members: list[FleetMember], shape: ModelShape, options: PlannerOptions | None = None, calibrations: dict[str, Calibration] | None = None) -> FleetPlan:
-    """Plan every member; see the module docstring for the rules."""
+    """Plan every member; see the module docstring for the rules.
+
+    Members with the same profile, dataset size and pin are one kind, costed once. Kinds whose chosen workloads
+    take the same time on the same hardware (they differ only in how many rows they cache, all of them) are
+    balanced as one class; each kind's final plan is then costed with its own dataset."""
+    options = _checked(options, shape)
+    calibrations = calibrations or default_calibrations()
+    max_depth = min(options.max_depth or shape.num_layers, shape.num_layers)
+    kind_index: dict[tuple, int] = {}
+    kinds: list[_Device] = []
+    kind_of: list[int] = []
+    for member in members:
+        index = kind_index.setdefault((member.profile, member.num_examples, member.pin), len(kinds))
+        if index == len(kinds):
+            kinds.append(_Device(member.profile, member.num_examples, member.pin, shape, options, calibrations))
+        kind_of.append(index)
+    class_index: dict[tuple, int] = {}
+    class_of: dict[int, int] = {}  # kind -> balancing class
+    setups: dict[int, tuple[TrainingSetup, int]] = {}
+    representatives: list[_Device] = []
+    refused: dict[int, str] = {}  # kind -> why
+    for index, device in enumerate(kinds):
+        chosen = device.chosen_setup(max_depth)
+        if isinstance(chosen, str):
+            refused[index] = chosen
+            continue
+        key = (device.profile, device.pin, replace(chosen, cached_examples=0, examples=0), chosen.uncached_fraction)
+        class_of[index] = class_index.setdefault(key, len(class_index))
+        if class_of[index] == len(representatives):
+            representatives.append(device)
+            setups[class_of[index]] = (chosen, options.local_steps)
+    count = Counter(class_of[index] for index in kind_of if index in class_of)
+    too_slow: dict[int, str] = {}
+    balanced = _balance(representatives, count, setups, too_slow, options)
+    rank_sum = sum(max(plan.ranks) * count[index] for index, plan in balanced.items())
+    plans: dict[int, DevicePlan] = {}
+    for index, device in enumerate(kinds):
+        group = class_of.get(index)
+        if group in too_slow:
+            refused[index] = too_slow[group]
+        elif group is not None:
+            workload = balanced[group]
+            setup = replace(setups[group][0], cached_examples=device.cached_rows(workload.quantization, workload.batch_size), examples=device.num_examples)
+            plans[index] = device.plan(setup, workload.local_steps, rank_sum)
+    ordered = [replace(plans[index], device_id=member.device_id) if index in plans else kinds[index].refuse(refused[index], member.device_id) for member, index in zip(members, kind_of)]
+    fleet = FleetPlan(shape.name, options, ordered)
+    if options.groups:
+        devices = {member.device_id: kinds[index] for member, index in zip(members, kind_of)}
+        groups = plan_groups(fleet, members, devices, options)
+        fleet = replace(fleet, devices=_at_group_depths(fleet, groups, devices, options), groups=groups)
+    return fleet
+
+
+def plan_joiner(member: FleetMember, shape: ModelShape, options: PlannerOptions, median_round_seconds: float, fleet_rank_sum: int, calibrations: dict[str, Calibration] | None = None) -> DevicePlan:
+    """Plan one device joining a planned fleet without touching anyone else's plan: its largest (or pinned) setup,
+    lightened as a straggler would be until its round time is within the straggler bound of the fleet's median
+    ``median_round_seconds`` (0: an empty fleet), or refused. ``fleet_rank_sum`` is Σ top ranks of the others."""
+    options = _checked(options, shape)
+    device = _Device(member.profile, member.num_examples, member.pin, shape, options, calibrations or default_calibrations())
+    chosen = device.chosen_setup(min(options.max_depth or shape.num_layers, shape.num_layers))
+    if isinstance(chosen, str):
+        return device.refuse(chosen, member.device_id)
+    workload = (chosen, options.local_steps)
+    while True:
+        plan = device.plan(*workload, fleet_rank_sum + max(workload[0].ranks))
+        if not median_round_seconds or member.pin is not None or plan.round_seconds <= options.straggler_bound * median_round_seconds:
+            return replace(plan, device_id=member.device_id)
+        workload = _lighter(device, plan)
+        if workload is None:
+            return device.refuse(_too_slow(plan, median_round_seconds, options), member.device_id)
+
+
+def _checked(options: PlannerOptions | None, shape: ModelShape) -> PlannerOptions:
     options = (options or PlannerOptions()).for_model(shape)
     problems = options.problems()
     if problems:
         raise ValueError("invalid planner options: " + "; ".join(problems))
-    calibrations = calibrations or {backend: load_calibration(backend) for backend in ("cpu", "cuda")}
-    max_depth = min(options.max_depth or shape.num_layers, shape.num_layers)
-    devices = {member.device_id: _Device(member, shape, options, calibrations) for member in members}
-    setups: dict[str, tuple[TrainingSetup, int]] = {}
-    refused: dict[str, DevicePlan] = {}
-    for device_id, device in devices.items():
-        pin = device.member.pin
-        chosen = device.pinned_setup(pin) if pin else device.largest_setup(max_depth)
-        if isinstance(chosen, str):
-            refused[device_id] = device.refuse(chosen)
-        else:
-            setups[device_id] = (chosen, options.local_steps)
-    plans = _balance(devices, setups, refused, options)
-    ordered = [plans.get(member.device_id) or refused[member.device_id] for member in members]
-    fleet = FleetPlan(shape.name, options, ordered)
-    if options.groups:
-        groups = plan_groups(fleet, members, devices, options)
-        fleet = replace(fleet, devices=_at_group_depths(fleet, groups, devices, options), groups=groups)
-    return fleet
+    return options
+
+
+def _too_slow(plan: DevicePlan, median: float, options: PlannerOptions) -> str:
+    return f"too slow: {plan.round_seconds:.1f} s per round at depth 1 and 1 local step, more than {options.straggler_bound}× the fleet median {median:.1f} s"
 
 
 def _at_group_depths(fleet: FleetPlan, groups: list[GroupPlan], devices: dict[str, _Device], options: PlannerOptions) -> list[DevicePlan]:
@@ -351,32 +457,58 @@ def _at_group_depths(fleet: FleetPlan, groups: list[GroupPlan], devices: dict[st
         setup = device.setup(plan.quantization, depth_of[plan.device_id], max(plan.ranks), plan.batch_size, False)
         if not device.fits(setup):
             setup = device.setup(plan.quantization, depth_of[plan.device_id], max(plan.ranks), plan.batch_size, True)
-        out.append(device.plan(setup, options.local_steps, rank_sum))
+        out.append(replace(device.plan(setup, options.local_steps, rank_sum), device_id=plan.device_id))
     return out
 
 
-def _rank_sum(setups: dict[str, tuple[TrainingSetup, int]]) -> int:
-    return sum(max(setup.ranks) for setup, _ in setups.values())
+class _Times:
+    """Every feasible device's predicted round time, sorted, for the fleet's median as kinds of devices move."""
+
+    def __init__(self, times: list[float]):
+        self.sorted = sorted(times)
+
+    def move(self, old: float | None, new: float | None, count: int) -> None:
+        if old is not None:
+            at = bisect.bisect_left(self.sorted, old)
+            del self.sorted[at:at + count]
+        if new is not None:
+            at = bisect.bisect_left(self.sorted, new)
+            self.sorted[at:at] = [new] * count
+
+    def median(self) -> float:
+        size = len(self.sorted)
+        middle = size // 2
+        return self.sorted[middle] if size % 2 else (self.sorted[middle - 1] + self.sorted[middle]) / 2
 
 
-def _balance(devices: dict[str, _Device], setups: dict[str, tuple[TrainingSetup, int]], refused: dict[str, DevicePlan], options: PlannerOptions) -> dict[str, DevicePlan]:
-    """Lighten the slowest unpinned device until it is within the straggler bound of the median, refusing hopeless
-    ones."""
+def _balance(kinds: list[_Device], count: Counter[int], setups: dict[int, tuple[TrainingSetup, int]], refused: dict[int, str], options: PlannerOptions) -> dict[int, DevicePlan]:
+    """Lighten the slowest unpinned kind of device until it is within the straggler bound of the median, refusing
+    hopeless ones. The slowest comes off a heap and the median from a sorted list of times, so a step costs one
+    plan of one kind, not a re-plan of the fleet; only refusals under a strategy whose downlink grows with the
+    fleet's rank sum (FLoRA, FedEx-LoRA) re-cost every kind."""
     while True:
-        rank_sum = _rank_sum(setups)
-        plans = {device_id: devices[device_id].plan(setup, steps, rank_sum) for device_id, (setup, steps) in setups.items()}
-        if len(plans) < 2:
-            return plans
-        median = statistics.median(plan.round_seconds for plan in plans.values())
-        adjustable = [plan for plan in plans.values() if devices[plan.device_id].member.pin is None]
-        slowest = max(adjustable, key=lambda plan: plan.round_seconds, default=None)
-        if slowest is None or slowest.round_seconds <= options.straggler_bound * median:
-            return plans
-        lighter = _lighter(devices[slowest.device_id], slowest)
-        if lighter is None:
-            del setups[slowest.device_id]
-            refused[slowest.device_id] = devices[slowest.device_id].refuse(
-                f"too slow: {slowest.round_seconds:.1f} s per round at depth 1 and 1 local step, more than {options.straggler_bound}× the fleet median {median:.1f} s"
-            )
+        rank_sum = sum(max(setup.ranks) * count[index] for index, (setup, _) in setups.items())
+        plans = {index: kinds[index].plan(setup, steps, rank_sum) for index, (setup, steps) in setups.items()}
+        times = _Times([plans[index].round_seconds for index in plans for _ in range(count[index])])
+        heap = [(-plan.round_seconds, index) for index, plan in plans.items() if kinds[index].pin is None]
+        heapq.heapify(heap)
+        while heap and len(times.sorted) >= 2:
+            index = heap[0][1]
+            slowest, median = plans[index], times.median()
+            if slowest.round_seconds <= options.straggler_bound * median:
+                return plans
+            heapq.heappop(heap)
+            lighter = _lighter(kinds[index], slowest)
+            if lighter is not None:
+                setups[index] = lighter
+                plans[index] = kinds[index].plan(*lighter, rank_sum)
+                times.move(slowest.round_seconds, plans[index].round_seconds, count[index])
+                heapq.heappush(heap, (-plans[index].round_seconds, index))
+                continue
+            refused[index] = _too_slow(slowest, median, options)
+            del setups[index], plans[index]
+            times.move(slowest.round_seconds, None, count[index])
+            if options.strategy in FLEET_RANK_SUM_STRATEGIES:
+                break  # everyone's downlink shrank: cost the fleet again at the new rank sum
         else:
-            setups[slowest.device_id] = lighter
+            return plans

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -24,7 +25,7 @@ from coordinator.delivery import BackboneServer
 from coordinator.evaluation import GlobalModel
 from coordinator.plan_report import plan_to_dict
 from coordinator.grouping import GroupPlan
-from coordinator.planner import DevicePlan, FleetMember, PlannerOptions, plan_fleet
+from coordinator.planner import DevicePlan, FleetMember, FleetPlan, PlannerOptions, default_calibrations, plan_fleet, plan_joiner
 from coordinator.registry import AgentRecord, Registry
 from coordinator.reports import RunDirectory
 from coordinator.validation import Expectation, UpdateRejected, profile_problems, validate_update
@@ -34,7 +35,7 @@ from fedge.task.classifier import scoring_cost
 from fedge.task.classify import histogram
 from fedge.task.kinds import kind_of
 from fedge.task.data import read_rows
-from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
+from fedge.transport import BrokerConfig, MqttTransport, Received
 from fedge.trust.enrolment import coordinator_credentials
 from fedge.wire import AdapterUpdate, Assignment, BackboneSpec, Evaluation, GlobalState, Heartbeat, Hello, Limits, LoraSpec, Reject
 from fedge.wire import topics
@@ -56,7 +57,8 @@ class _GroupRun:
     frequency: int  # exchanges per global round (τ_g)
     state: dict[str, np.ndarray]
     exchange: int = 0  # exchanges opened so far
-    waiting: set[str] = field(default_factory=set)  # members expected in the open exchange
+    waiting: set[str] = field(default_factory=set)  # members sent work in the open exchange
+    pending: set[str] = field(default_factory=set)  # of those, the ones still expected (no update, refusal or silence yet)
     examples: dict[str, int] = field(default_factory=dict)  # contributors' dataset sizes, to weigh the group globally
     done: bool = False
 
@@ -80,7 +82,7 @@ class Coordinator:
             broker = replace(broker, username=credentials.broker_username, password=credentials.broker_password)
         self.codec = coordinator_codec(self.fleet, credentials, config.run_id, self.limits)
         accept = self.fleet.accepts_topic if self.fleet is not None else None
-        self.transport = MqttTransport(broker, client_id=f"fedge-coordinator-{config.run_id}", limits=self.limits, codec=self.codec, accept=accept)
+        self.transport = MqttTransport(broker, client_id=f"fedge-coordinator-{config.run_id}", limits=self.limits, codec=self.codec, accept=accept, latest_only=topics.is_heartbeat)
         self.backbone_server = BackboneServer(broker, client_id=f"fedge-backbone-{config.run_id}", codec=coordinator_codec(self.fleet, credentials, config.run_id, Limits(max_message_bytes=64 * 1024)), accept=accept)
         self.refusals = RefusalLog()
         self._packages: dict[str, BackbonePackage] = {}  # the backbone as each assigned quantization ships
@@ -94,6 +96,11 @@ class Coordinator:
         self.depth = min(self.num_layers, max([self.options.max_depth or self.num_layers] + [pin.depth for pin in pins]))
         self.rank = max(list(self.options.ranks) + [pin.rank for pin in pins])
         self._planned = False
+        self._calibrations = default_calibrations()
+        self._fleet: FleetPlan | None = None  # the plan of the fleet as first planned
+        self._fleet_rank_sum = 0  # Σ top ranks of every planned device, joiners included
+        self._device_plans: dict[str, DevicePlan] = {}  # every device's plan or refusal, joiners included
+        self._plan_changed = False  # a joiner was planned since plan.json was written
         self._resume = resume
         self._on_round = on_round or (lambda record: None)
         self._expectations: dict[str, Expectation] = {}
@@ -101,6 +108,7 @@ class Coordinator:
         self._specs: dict[str, LoraSpec] = {}  # the adapter each agent was told to train this round
         self._evaluated: set[tuple[int, str]] = set()  # (round, agent) of evaluations agents reported
         self._received: dict[str, AdapterUpdate] = {}  # updates of the open exchanges
+        self._pending_in: dict[str, set[str]] = {}  # each awaited agent's group's set of agents still expected
         self._preparing: set[str] = set()  # agents preparing for the first round that have not said ready
         self._prepare_s: float | None = None  # how long that took, recorded with the first round
         self._contributed: dict[str, AdapterUpdate] = {}  # every agent's latest accepted update this round
@@ -128,6 +136,7 @@ class Coordinator:
             log.info("the run in %s already completed its %d rounds; nothing to resume", self.run_dir.path, config.rounds)
             return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
         self.transport.subscribe(topics.all_uplinks())
+        self.transport.subscribe(topics.all_heartbeats())
         self.transport.connect()
         self.backbone_server.start()
         self.run_dir.write_config(config.to_record())
@@ -163,38 +172,72 @@ class Coordinator:
 
     def _await_agents(self, wanted: int) -> None:
         """Handle messages until ``wanted`` agents are online (or the registration timeout passes)."""
-        deadline = time.time() + self.config.registration_timeout_s
-        while len(self.registry.online()) < wanted and time.time() < deadline:
-            self._handle(self.transport.receive(timeout_s=0.5))
+        self._handle_until(lambda: len(self.registry.online()) >= wanted, time.time() + self.config.registration_timeout_s)
         count = len(self.registry.online())
         if count < self.config.min_clients:
             raise RuntimeError(f"only {count} agents online; the run needs {self.config.min_clients} (resume it with --resume)")
         log.info("%d agents online", count)
 
+    def _handle_until(self, done: Callable[[], bool], deadline: float, check_every_s: float = 0.5) -> None:
+        """Handle messages until ``done()`` (asked at most every ``check_every_s``, as it may walk the fleet) or the
+        deadline."""
+        next_check = 0.0
+        while time.time() < deadline:
+            if time.monotonic() >= next_check:
+                if done():
+                    return
+                next_check = time.monotonic() + check_every_s
+            self._handle_next(deadline)
+
     def _plan(self) -> None:
-        """Run the capacity planner over the registered fleet; agents that already hold a plan keep it."""
+        """Run the capacity planner over the registered fleet."""
         records = self.registry.all()
         members = [FleetMember(r.agent_id, r.profile, r.num_examples, r.label_histogram, r.pin) for r in records]
-        fleet = plan_fleet(members, self.shape, self.options)
+        started = time.perf_counter()
+        fleet = plan_fleet(members, self.shape, self.options, self._calibrations)
+        log.info("planned %d devices in %.2f s: %d can train (median round %.1f s)", len(members), time.perf_counter() - started, len(fleet.feasible()), fleet.median_round_seconds)
         for record, plan in zip(records, fleet.devices):
-            if record.plan is not None:
-                continue
-            if not plan.feasible:
-                self.registry.remove(record.agent_id)
-                self._reject(record.agent_id, "infeasible", plan.reason)
-                continue
-            record.plan = plan
-            log.info("planned %s (%s): %s, depth %d, ranks %s, batch %d, %d steps; predicted %.0f MiB of %.0f MiB, %.2f s/step", record.agent_id, plan.profile_name, plan.quantization, plan.depth, "/".join(map(str, plan.ranks)), plan.batch_size, plan.local_steps, plan.memory.total / 2**20, plan.available_bytes / 2**20, plan.step_seconds)
-        self.run_dir.write_plan(plan_to_dict(fleet))
-        self._package_planned_backbones()
+            self._device_plans[record.agent_id] = plan
+            self._give_plan(record, plan)
+        self._fleet = fleet
+        self._fleet_rank_sum = sum(max(plan.ranks) for plan in fleet.feasible())
+        self._write_plan()
+        self._package_backbones({plan.quantization for plan in fleet.feasible()})
         self._group_plans = list(fleet.groups)
         self._planned = True
         self.strategy.check_ranks([self._lora_spec(record) for record in self.registry.all() if record.plan is not None])
 
-    def _package_planned_backbones(self) -> None:
-        """Build (or find in the cache) the backbone in every quantization the plan hands out, ready to serve."""
+    def _plan_joiner(self, record: AgentRecord) -> None:
+        """Plan a device that joined (or changed) after the fleet was planned, against the plan's median, without
+        touching anyone else's plan."""
+        member = FleetMember(record.agent_id, record.profile, record.num_examples, record.label_histogram, record.pin)
+        plan = plan_joiner(member, self.shape, self.options, self._fleet.median_round_seconds, self._fleet_rank_sum, self._calibrations)
+        self.strategy.check_ranks([LoraSpec(tuple(self.options.target_modules), plan.layers, plan.ranks, self.options.scaling)] if plan.feasible else [])
+        self._device_plans[record.agent_id] = plan
+        self._plan_changed = True
+        if self._give_plan(record, plan):
+            self._fleet_rank_sum += max(plan.ranks)
+            self._package_backbones({plan.quantization})
+
+    def _give_plan(self, record: AgentRecord, plan: DevicePlan) -> bool:
+        """Hand a device its plan, or refuse it; whether it can take part."""
+        if not plan.feasible:
+            self.registry.remove(record.agent_id)
+            self._reject(record.agent_id, "infeasible", plan.reason)
+            return False
+        record.plan = plan
+        log.debug("planned %s (%s): %s, depth %d, ranks %s, batch %d, %d steps; predicted %.0f MiB of %.0f MiB, %.2f s/step", record.agent_id, plan.profile_name, plan.quantization, plan.depth, "/".join(map(str, plan.ranks)), plan.batch_size, plan.local_steps, plan.memory.total / 2**20, plan.available_bytes / 2**20, plan.step_seconds)
+        return True
+
+    def _write_plan(self) -> None:
+        """plan.json: the fleet's plan with every later joiner's (written once per round at most, not per joiner)."""
+        self.run_dir.write_plan(plan_to_dict(replace(self._fleet, devices=list(self._device_plans.values()))))
+        self._plan_changed = False
+
+    def _package_backbones(self, quantizations: set[str]) -> None:
+        """Build (or find in the cache) the backbone in every quantization a plan hands out, ready to serve."""
         chunk_bytes = chunk_bytes_for(self.config.max_frame_kb)
-        for quantization in sorted({r.plan.quantization for r in self.registry.all() if r.plan is not None} - set(self._packages)):
+        for quantization in sorted(quantizations - set(self._packages)):
             package = package_backbone(self.backbone, quantization, chunk_bytes)
             self._packages[quantization] = package
             self.backbone_server.offer(package)
@@ -214,15 +257,16 @@ class Coordinator:
         deadline = started + self.config.round_deadline_s
         self._preparing = set()
         for record in self.registry.planned():
-            try:
-                assignment = self._assignment(record, self._wire_round(round_number, 1), deadline, prepare_only=True)
-                self.transport.publish(topics.downlink(record.agent_id), assignment)
-                self._outbox[record.agent_id] = (assignment, None, time.time())
-                self._preparing.add(record.agent_id)
-            except TransportError as error:
-                log.warning("could not reach %s to prepare it (%s)", record.agent_id, error)
-        while {a for a in self._preparing if self._still_expected(a)} and time.time() < deadline:
+            assignment = self._assignment(record, self._wire_round(round_number, 1), deadline, prepare_only=True)
+            self.transport.enqueue(topics.downlink(record.agent_id), assignment)
+            self._outbox[record.agent_id] = (assignment, None, time.time())
+            self._preparing.add(record.agent_id)
+        next_sweep = time.monotonic() + 1.0
+        while self._preparing and time.time() < deadline:
             self._handle_next(deadline)
+            if time.monotonic() >= next_sweep:  # devices gone silent stop being waited for
+                self._preparing.difference_update([a for a in self._preparing if not self._still_expected(a)])
+                next_sweep = time.monotonic() + 1.0
         self._prepare_s = round(time.time() - started, 2)
         log.info("agents prepared for round %d in %.1f s%s", round_number, self._prepare_s, f"; not ready: {', '.join(sorted(self._preparing))}" if self._preparing else "")
         self._preparing = set()
@@ -231,20 +275,27 @@ class Coordinator:
         """One global round: every group runs its τ_g exchanges (one group of everyone, τ = 1, without HierFedLoRA
         groups), then the group states are combined."""
         self._drop_revoked()
+        if self._plan_changed:
+            self._write_plan()
         self._await_agents(self.config.min_clients)  # e.g. agents still reconnecting after a broker outage
         started = time.time()
         deadline = started + self.config.round_deadline_s
         participants = self.registry.planned()
-        self._expectations, self._assigned, self._specs, self._received, self._rejected = {}, {}, {}, {}, {}
+        self._expectations, self._assigned, self._specs, self._received, self._rejected, self._pending_in = {}, {}, {}, {}, {}, {}
         self._contributed, self._bytes_up, self._bytes_down, self._aggregate_s = {}, {}, {}, 0.0
         self._norms, self._poisoned = {}, []
         groups = self._groups_for(participants, arrays)
         for group in groups:
             self._open_exchange(group, round_number, deadline)
+        next_sweep = time.monotonic() + 1.0
         while not all(group.done for group in groups) and time.time() < deadline:
             self._handle_next(deadline)
+            if time.monotonic() >= next_sweep:  # devices gone silent stop holding up their group
+                for group in groups:
+                    group.pending.difference_update([a for a in group.pending if not self._still_expected(a)])
+                next_sweep = time.monotonic() + 1.0
             for group in groups:
-                if not group.done and not {a for a in group.waiting if self._still_expected(a)} - set(self._received):
+                if not group.done and not group.pending:
                     self._close_exchange(group, round_number, deadline)
         for group in groups:
             if not group.done:  # the deadline: use what arrived
@@ -292,16 +343,14 @@ class Coordinator:
     def _open_exchange(self, group: _GroupRun, round_number: int, deadline: float) -> None:
         group.exchange += 1
         wire_round = self._wire_round(round_number, group.exchange)
-        group.waiting = set()
+        group.waiting, group.pending = set(), set()
         for record in group.members:
             if not self._still_expected(record.agent_id):
                 continue
-            try:
-                self._bytes_down[record.agent_id] = self._bytes_down.get(record.agent_id, 0) + self._assign(record, wire_round, deadline, group.state)
-                group.waiting.add(record.agent_id)
-            except TransportError as error:
-                log.warning("round %d: could not reach %s (%s); it sits this round out", round_number, record.agent_id, error)
-                self._rejected[record.agent_id] = "unreachable"
+            self._bytes_down[record.agent_id] = self._bytes_down.get(record.agent_id, 0) + self._assign(record, wire_round, deadline, group.state)
+            group.waiting.add(record.agent_id)
+            group.pending.add(record.agent_id)
+            self._pending_in[record.agent_id] = group.pending
         if not group.waiting:
             group.done = True
 
@@ -406,6 +455,11 @@ class Coordinator:
         record = self.registry.get(agent_id)
         return record is not None and agent_id not in self._rejected and self.registry.is_online(record)
 
+    def _stop_waiting(self, agent_id: str, reason: str) -> None:
+        """This round gets nothing from the agent: record why, and its exchange stops waiting for it."""
+        self._rejected[agent_id] = reason
+        self._pending_in.pop(agent_id, set()).discard(agent_id)
+
     def _drop_revoked(self) -> None:
         """Devices revoked since the last round (``fedge enroll --revoke``) take no further part."""
         if self.fleet is None:
@@ -440,7 +494,7 @@ class Coordinator:
         assignment = self._assignment(record, round_number, deadline)
         self._outbox[record.agent_id] = (assignment, state, time.time())
         downlink = topics.downlink(record.agent_id)
-        return self.transport.publish(downlink, assignment) + self.transport.publish(downlink, state)
+        return self.transport.enqueue(downlink, assignment).size + self.transport.enqueue(downlink, state).size
 
     def _assignment(self, record: AgentRecord, round_number: int, deadline: float, prepare_only: bool = False) -> Assignment:
         plan, spec = record.plan, self._lora_spec(record)
@@ -474,14 +528,10 @@ class Coordinator:
         return GlobalState(self.config.run_id, round_number, record.agent_id, final, {}, view)
 
     def _finish(self, arrays: dict[str, np.ndarray]) -> None:
-        for record in self.registry.all():
-            if record.plan is None:
-                continue
-            final = self._state_for(record, arrays, self.config.rounds, final=True)
-            try:
-                self.transport.publish(topics.downlink(record.agent_id), final, timeout_s=30)
-            except Exception as error:  # an agent we cannot reach must not stop the others' shutdown
-                log.warning("could not send the final state to %s: %s", record.agent_id, error)
+        queued = [self.transport.enqueue(topics.downlink(r.agent_id), self._state_for(r, arrays, self.config.rounds, final=True)) for r in self.registry.all() if r.plan is not None]
+        unsent = self.transport.wait_sent(queued, timeout_s=30)
+        if unsent:
+            log.warning("%d frames of the final states were not acknowledged within 30 s", unsent)
         self._await_final_evaluations()
         parts = self.strategy.global_parts(arrays)
         if parts is not None:
@@ -492,9 +542,7 @@ class Coordinator:
 
     def _await_final_evaluations(self) -> None:
         """Up to ``final_eval_wait_s``: handle messages until every online planned agent reported the last round."""
-        deadline = time.time() + self.config.final_eval_wait_s
-        while time.time() < deadline and any((self.config.rounds, r.agent_id) not in self._evaluated for r in self.registry.planned()):
-            self._handle(self.transport.receive(timeout_s=0.5))
+        self._handle_until(lambda: all((self.config.rounds, r.agent_id) in self._evaluated for r in self.registry.planned()), time.time() + self.config.final_eval_wait_s)
 
     def _record(self, record: dict) -> None:
         self.run_dir.append_round(record)
@@ -528,7 +576,7 @@ class Coordinator:
             log.warning("%s refused its work: %s (%s)", agent_id, message.reason, message.detail)
             self._preparing.discard(agent_id)
             if self._expected_round(agent_id) == message.round:
-                self._rejected[agent_id] = f"refused by agent: {message.reason} ({message.detail[:200]})"
+                self._stop_waiting(agent_id, f"refused by agent: {message.reason} ({message.detail[:200]})")
         else:
             self.refusals.refuse("unexpected_type", f"devices do not send {type(message).__name__}", received.topic)
 
@@ -578,7 +626,7 @@ class Coordinator:
         log.info("%s %s: %s, %d examples", "registered" if is_new else "re-registered", hello.agent_id, hello.profile.name, hello.num_examples)
         if self._planned and record.plan is None:  # joined (or changed) after the fleet was planned
             try:
-                self._plan()
+                self._plan_joiner(record)
             except (ValueError, ArithmeticError) as error:
                 self.registry.remove(hello.agent_id)
                 return self._reject(hello.agent_id, "infeasible", f"cannot plan this device: {error}")
@@ -591,11 +639,12 @@ class Coordinator:
             norm = self._check_update_limits(update)
         except UpdateRejected as error:
             if update.round == self._expected_round(update.agent_id) and error.reason != "duplicate":
-                self._rejected[update.agent_id] = error.reason  # it will not send another; stop waiting for it
+                self._stop_waiting(update.agent_id, error.reason)  # it will not send another
             return self._reject(update.agent_id, error.reason, error.detail, update.round, update.message_id)
         self.run_dir.save_update(update.round, update.agent_id, update.tensors)
         self._norms[update.agent_id] = norm
         self._received[update.agent_id] = update
+        self._pending_in.pop(update.agent_id, set()).discard(update.agent_id)
         self._contributed[update.agent_id] = update
         self._bytes_up[update.agent_id] = self._bytes_up.get(update.agent_id, 0) + size
         self.registry.get(update.agent_id).base_version = int(update.metrics.get("base_version", 0))

@@ -141,7 +141,7 @@ class EdgeAgent:
                 continue
             round_number = self._assignment.round if self._assignment is not None else 0
             try:
-                self.transport.enqueue(topics.uplink(self.agent_id), Heartbeat(self.agent_id, self._state, time.time(), round_number), stream="beat")
+                self.transport.enqueue(topics.heartbeat(self.agent_id), Heartbeat(self.agent_id, self._state, time.time(), round_number), stream="beat", qos=0)
             except Exception as error:  # never let the heartbeat thread die
                 log.debug("%s: heartbeat not sent: %s", self.agent_id, error)
 

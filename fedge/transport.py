@@ -11,11 +11,11 @@ Authentication failures are fatal; network failures are retried by paho with bac
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlparse
@@ -87,6 +87,14 @@ def redact_url(url: str) -> str:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """A message handed to paho: one handle per frame, and the bytes it puts on the wire."""
+
+    handles: list[mqtt.MQTTMessageInfo]
+    size: int
+
+
+@dataclass(frozen=True)
 class Received:
     """One whole incoming message (or the protocol error that refused it); ``raw`` for raw subscriptions."""
 
@@ -95,6 +103,53 @@ class Received:
     error: ProtocolError | None = None
     size: int = 0
     raw: bytes | None = None
+
+
+class _Inbox:
+    """Frames waiting for the owner thread. Data frames queue in arrival order. On ``latest_only`` topics
+    (telemetry such as heartbeats) a topic holds only its newest frame, in the place and with the age of the first
+    one waiting; such a frame is served when no data frame waits or, once it has waited ``max_wait_s``, in turn
+    with data frames: telemetry never queues ahead of updates, and never starves under them. Both parts hold at
+    most ``max_frames``; a frame that finds its part full is refused."""
+
+    def __init__(self, max_frames: int, max_wait_s: float = 1.0):
+        self.max_frames = max_frames
+        self.max_wait_s = max_wait_s
+        self._data: deque[tuple[str, bytes]] = deque()
+        self._latest: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._ready = threading.Condition()
+        self._latest_served_last = False
+
+    def __len__(self) -> int:
+        return len(self._data) + len(self._latest)
+
+    def put(self, topic: str, payload: bytes, latest_only: bool) -> bool:
+        with self._ready:
+            if latest_only and topic in self._latest:
+                self._latest[topic] = (self._latest[topic][0], payload)
+            elif latest_only and len(self._latest) < self.max_frames:
+                self._latest[topic] = (time.monotonic(), payload)
+            elif not latest_only and len(self._data) < self.max_frames:
+                self._data.append((topic, payload))
+            else:
+                return False
+            self._ready.notify()
+            return True
+
+    def get(self, timeout_s: float | None) -> tuple[str, bytes] | None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._ready:
+            while not self._data and not self._latest:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._ready.wait(remaining)
+            if self._latest and (not self._data or (not self._latest_served_last and time.monotonic() - next(iter(self._latest.values()))[0] >= self.max_wait_s)):
+                topic, (_, payload) = self._latest.popitem(last=False)
+                self._latest_served_last = True
+                return topic, payload
+            self._latest_served_last = False
+            return self._data.popleft()
 
 
 def _without_nagle(client, userdata, sock) -> None:
@@ -120,9 +175,11 @@ class MqttTransport:
         codec: Codec | None = None,
         accept: Callable[[str], bool] | None = None,
         max_inbox_frames: int = 10_000,
+        latest_only: Callable[[str], bool] | None = None,
     ):
         """``accept``, when given, is asked on the network thread whether a topic's frames are worth queueing
-        (e.g. only enrolled devices' topics); it must be cheap and thread-safe."""
+        (e.g. only enrolled devices' topics); ``latest_only`` whether a topic is telemetry of which only the newest
+        frame matters (see ``_Inbox``). Both must be cheap and thread-safe."""
         self.config = config
         self.limits = limits
         self.codec: Codec = codec or PlainCodec(limits)
@@ -134,7 +191,8 @@ class MqttTransport:
         self._raw_filters: set[str] = set()
         self._lock = threading.Lock()
         self._reassembler = Reassembler(limits.max_message_bytes, chunk_timeout_s)
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=max_inbox_frames)
+        self._latest_only = latest_only
+        self._inbox = _Inbox(max_inbox_frames)
         self.dropped_frames = 0  # frames refused on the network thread: inbox full, or a topic not accepted
         self._connected = threading.Event()
         self._fatal: str | None = None
@@ -192,9 +250,7 @@ class MqttTransport:
         if self._accept is not None and not self._accept(msg.topic):
             self.dropped_frames += 1
             return
-        try:
-            self._inbox.put_nowait((msg.topic, msg.payload))
-        except queue.Full:
+        if not self._inbox.put(msg.topic, msg.payload, self._latest_only is not None and self._latest_only(msg.topic)):
             self.dropped_frames += 1
 
     # --- owner thread ---
@@ -237,6 +293,11 @@ class MqttTransport:
         return False
 
     @property
+    def waiting_frames(self) -> int:
+        """Frames received and not yet read by ``receive``."""
+        return len(self._inbox)
+
+    @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
@@ -255,11 +316,25 @@ class MqttTransport:
         """Send a message (chunked when large), wait for the broker's acks; returns bytes sent."""
         return self.publish_frames(topic, split_frames(self.codec.seal(topic, message, tensor_dtype), self.config.max_frame_bytes), timeout_s)
 
-    def enqueue(self, topic: str, message: Message, tensor_dtype: str = "float16", stream: str = "main") -> list[mqtt.MQTTMessageInfo]:
-        """Queue a message for sending without waiting for acknowledgements; returns one handle per frame.
-        ``stream`` names the sealing counter of the calling thread when it is not the owner's."""
+    def enqueue(self, topic: str, message: Message, tensor_dtype: str = "float16", stream: str = "main", qos: int = 1) -> Queued:
+        """Queue a message for sending without waiting for acknowledgements (paho sends it, and again after a
+        reconnect, as its in-flight window allows). ``stream`` names the sealing counter of the calling thread when
+        it is not the owner's; ``qos`` 0 suits telemetry that is stale once missed (heartbeats)."""
         frames = split_frames(self.codec.seal(topic, message, tensor_dtype, stream), self.config.max_frame_bytes)
-        return [self._client.publish(topic, frame, qos=1) for frame in frames]
+        return Queued([self._client.publish(topic, frame, qos=qos) for frame in frames], sum(map(len, frames)))
+
+    def wait_sent(self, queued: Iterable[Queued], timeout_s: float) -> int:
+        """Wait, ``timeout_s`` at most in all, until the broker acknowledged every queued message; returns how
+        many frames it did not."""
+        deadline = time.monotonic() + timeout_s
+        missing = 0
+        for handle in (handle for item in queued for handle in item.handles):
+            try:
+                handle.wait_for_publish(max(deadline - time.monotonic(), 0.001))
+            except (RuntimeError, ValueError):
+                pass  # dropped with the connection or refused: counted below
+            missing += not handle.is_published()
+        return missing
 
     def publish_raw(self, topic: str, payload: bytes, retain: bool = False, timeout_s: float = 30.0) -> None:
         self.publish_frames(topic, [payload], timeout_s, retain)
@@ -301,10 +376,10 @@ class MqttTransport:
             log.warning("dropped incomplete message %s", dropped)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            try:
-                topic, payload = self._inbox.get(timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0))
-            except queue.Empty:
+            frame = self._inbox.get(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+            if frame is None:
                 return None
+            topic, payload = frame
             if self._raw_filters and any(mqtt.topic_matches_sub(raw, topic) for raw in self._raw_filters):
                 return Received(topic, None, size=len(payload), raw=bytes(payload))
             try:

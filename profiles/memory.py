@@ -32,6 +32,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 from profiles.calibration import Calibration
 from profiles.architecture import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES
@@ -93,6 +94,7 @@ class MemoryBreakdown:
         return asdict(self) | {"total": self.total}
 
 
+@lru_cache(maxsize=256)
 def base_weight_bytes(shape: ModelShape, quantization: str) -> int:
     linear = shape.num_layers * shape.linear_params_per_layer
     if quantization == "nf4":
@@ -108,6 +110,7 @@ def lora_params(shape: ModelShape, setup: TrainingSetup) -> int:
     return sum(setup.ranks) * per_rank
 
 
+@lru_cache(maxsize=4096)
 def saved_elements_per_token(shape: ModelShape, rank: int, target_modules: tuple[str, ...]) -> int:
     """Values autograd keeps per token for one trained decoder layer (LoRA on frozen linears, sdpa attention).
 
@@ -131,6 +134,7 @@ def saved_elements_per_token(shape: ModelShape, rank: int, target_modules: tuple
     return 2 * h + 2 * q_dim + 2 * kv_dim + mlp + lora_inputs + rank * len(target_modules)
 
 
+@lru_cache(maxsize=4096)
 def wide_lora_elements_per_token(shape: ModelShape, rank: int, target_modules: tuple[str, ...]) -> int:
     """The part of ``saved_elements_per_token`` that LoRA on the attention output and the MLP projections adds (their
     inputs and rank-r intermediates). Training those costs more than these tensors — their backward passes allocate
@@ -147,10 +151,17 @@ def activation_elements(shape: ModelShape, setup: TrainingSetup) -> int:
     """Counted activation values: every trained layer's saved tensors, or with checkpointing each layer's input
     plus one layer's saved tensors while it is recomputed."""
     tokens = setup.sequences * setup.seq_len
-    per_layer = [saved_elements_per_token(shape, rank, setup.target_modules) for rank in setup.ranks]
+    total, largest = _saved_per_token(shape, setup.ranks, setup.target_modules)
     if setup.gradient_checkpointing:
-        return tokens * (setup.depth * shape.hidden_size + max(per_layer))
-    return tokens * sum(per_layer)
+        return tokens * (setup.depth * shape.hidden_size + largest)
+    return tokens * total
+
+
+@lru_cache(maxsize=65536)
+def _saved_per_token(shape: ModelShape, ranks: tuple[int, ...], target_modules: tuple[str, ...]) -> tuple[int, int]:
+    """(sum, largest) over the trained layers of the values each keeps per token."""
+    per_layer = [saved_elements_per_token(shape, rank, target_modules) for rank in ranks]
+    return sum(per_layer), max(per_layer)
 
 
 def wide_lora_activation_elements(shape: ModelShape, setup: TrainingSetup) -> int:
@@ -158,7 +169,12 @@ def wide_lora_activation_elements(shape: ModelShape, setup: TrainingSetup) -> in
     single recomputed layer is covered by its own factor)."""
     if setup.gradient_checkpointing:
         return 0
-    return setup.sequences * setup.seq_len * sum(wide_lora_elements_per_token(shape, rank, setup.target_modules) for rank in setup.ranks)
+    return setup.sequences * setup.seq_len * _wide_per_token(shape, setup.ranks, setup.target_modules)
+
+
+@lru_cache(maxsize=65536)
+def _wide_per_token(shape: ModelShape, ranks: tuple[int, ...], target_modules: tuple[str, ...]) -> int:
+    return sum(wide_lora_elements_per_token(shape, rank, target_modules) for rank in ranks)
 
 
 def activation_bytes(shape: ModelShape, setup: TrainingSetup, calibration: Calibration) -> int:

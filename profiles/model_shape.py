@@ -8,7 +8,7 @@ that has never downloaded one).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import yaml
@@ -49,10 +49,14 @@ class ModelShape:
         role = self.architecture.modules.get(module)
         if role is None:
             raise UnsupportedModel(f"{self.family} has no per-layer module {module!r}; expected one of {', '.join(self.linear_modules)}")
-        h, q, kv, i = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.intermediate_size
-        return {"q": (q, h), "kv": (kv, h), "qkv": (q + 2 * kv, h), "o": (h, q), "up": (i, h), "gate_up": (2 * i, h), "down": (h, i)}[role]
+        return self._dims_by_role[role]
 
-    @property
+    @cached_property
+    def _dims_by_role(self) -> dict[str, tuple[int, int]]:
+        h, q, kv, i = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.intermediate_size
+        return {"q": (q, h), "kv": (kv, h), "qkv": (q + 2 * kv, h), "o": (h, q), "up": (i, h), "gate_up": (2 * i, h), "down": (h, i)}
+
+    @cached_property
     def linear_params_per_layer(self) -> int:
         return sum(out * inp for out, inp in map(self.module_dims, self.linear_modules))
 

@@ -16,6 +16,8 @@ safetensors body behind a JSON header (``fedge.wire.codec``).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from profiles.calibration import Calibration
 from profiles.memory import TrainingSetup
 from fedge.wire import DeviceProfile
@@ -26,6 +28,7 @@ TENSOR_HEADER_BYTES = 150  # safetensors entry + JSON header share per tensor (m
 MESSAGE_HEADER_BYTES = 600
 
 
+@lru_cache(maxsize=4096)
 def _layer_flops_per_token(shape: ModelShape, seq_len: int, rank: int, target_modules: tuple[str, ...]) -> tuple[float, float, float]:
     """(frozen linears, causal attention, LoRA) forward FLOPs per token of one decoder layer."""
     attention = 2 * seq_len * shape.num_heads * shape.head_dim  # causal: half of QKᵀ and AV
@@ -35,15 +38,22 @@ def _layer_flops_per_token(shape: ModelShape, seq_len: int, rank: int, target_mo
 
 def step_flops(shape: ModelShape, setup: TrainingSetup) -> float:
     """FLOPs of one optimizer step over the trained layers, plus the prefix of the rows the cache cannot keep."""
-    total = 0.0
-    for rank in setup.ranks:
-        linear, attention, lora = _layer_flops_per_token(shape, setup.seq_len, rank, setup.target_modules)
-        forward = linear + attention + lora
-        backward = linear + 2 * attention + 2 * lora  # input gradients only through the frozen weights
-        total += forward * (2 if setup.gradient_checkpointing else 1) + backward
+    total = _trained_flops_per_token(shape, setup.seq_len, setup.ranks, setup.target_modules, setup.gradient_checkpointing)
     # instruct: the output layer on answer tokens, forward, recomputed in backward, and its input gradient
     output = 6 * shape.vocab_size * shape.hidden_size * setup.answer_share
     return setup.sequences * setup.seq_len * (total + output) + prefix_flops(shape, setup, setup.batch_size * setup.uncached_fraction)
+
+
+@lru_cache(maxsize=65536)
+def _trained_flops_per_token(shape: ModelShape, seq_len: int, ranks: tuple[int, ...], target_modules: tuple[str, ...], checkpointing: bool) -> float:
+    """Forward and backward FLOPs per token of the trained layers."""
+    total = 0.0
+    for rank in ranks:
+        linear, attention, lora = _layer_flops_per_token(shape, seq_len, rank, target_modules)
+        forward = linear + attention + lora
+        backward = linear + 2 * attention + 2 * lora  # input gradients only through the frozen weights
+        total += forward * (2 if checkpointing else 1) + backward
+    return total
 
 
 def prefix_flops(shape: ModelShape, setup: TrainingSetup, rows: float) -> float:
@@ -107,6 +117,7 @@ def wire_tensor_shapes(strategy: str, shape: ModelShape, setup: TrainingSetup, f
     return up, down
 
 
+FLEET_RANK_SUM_STRATEGIES = ("flora", "fedex-lora")  # their downlink grows with the fleet's rank sum
 WIRE_STRATEGIES = ("fedit", "hetlora", "flexlora", "lora-fair", "legend", "hierfedlora", "ffa-lora", "ce-lora", "flora", "fedex-lora", "full")
 
 
@@ -116,6 +127,12 @@ def message_bytes(shapes: list[tuple[int, int]]) -> int:
 
 def predict_round_bytes(strategy: str, shape: ModelShape, setup: TrainingSetup, fleet_rank_sum: int = 0) -> tuple[int, int]:
     """(bytes up, bytes down) one client moves per round."""
+    return _round_bytes(strategy, shape, setup.ranks, setup.target_modules, fleet_rank_sum)
+
+
+@lru_cache(maxsize=65536)
+def _round_bytes(strategy: str, shape: ModelShape, ranks: tuple[int, ...], target_modules: tuple[str, ...], fleet_rank_sum: int) -> tuple[int, int]:
+    setup = TrainingSetup("fp32", tuple(range(len(ranks))), ranks, target_modules, 1, 1)  # the bytes depend on nothing else
     up, down = wire_tensor_shapes(strategy, shape, setup, fleet_rank_sum)
     return message_bytes(up), message_bytes(down)
 

@@ -1,7 +1,7 @@
 """Broker-level least privilege from the enrolment: who may log in, and which topics each user may use.
 
-A device may publish only on its own uplink, status and fetch topics and read only its own downlink; the
-coordinator reads every uplink, status and fetch topic and writes every downlink. The same rules drive the
+A device may publish only on its own uplink, heartbeat, status and fetch topics and read only its own downlink; the
+coordinator reads every uplink, heartbeat, status and fetch topic and writes every downlink. The same rules drive the
 embedded broker and the Mosquitto files written for production.
 """
 
@@ -29,12 +29,12 @@ class TopicRules:
 
 def device_rules(identity: str, root: str = DEFAULT_ROOT) -> TopicRules:
     agent = f"{root}/agents/{identity}"
-    return TopicRules((f"{agent}/up", f"{agent}/status", f"{agent}/fetch"), (f"{agent}/down",))
+    return TopicRules((f"{agent}/up", f"{agent}/beat", f"{agent}/status", f"{agent}/fetch"), (f"{agent}/down",))
 
 
 def coordinator_rules(root: str = DEFAULT_ROOT) -> TopicRules:
     agents = f"{root}/agents/+"
-    return TopicRules((f"{agents}/down",), (f"{agents}/up", f"{agents}/status", f"{agents}/fetch"))
+    return TopicRules((f"{agents}/down",), (f"{agents}/up", f"{agents}/beat", f"{agents}/status", f"{agents}/fetch"))
 
 
 def broker_users(enrolment: Enrolment) -> dict[str, str]:

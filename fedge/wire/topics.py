@@ -1,7 +1,9 @@
 """MQTT topic layout (documented in the README).
 
     {root}/agents/{agent_id}/status   retained "online"/"offline"; the agent's Last Will sets "offline"
-    {root}/agents/{agent_id}/up       agent -> coordinator: hello, update, heartbeat, evaluation
+    {root}/agents/{agent_id}/up       agent -> coordinator: hello, update, evaluation
+    {root}/agents/{agent_id}/beat     agent -> coordinator: heartbeats, QoS 0 (a missed one is stale anyway); the
+                                      coordinator keeps only each device's newest and never reads one ahead of updates
     {root}/agents/{agent_id}/down     coordinator -> agent: assignment, global state, reject, backbone parts
     {root}/agents/{agent_id}/fetch    agent -> coordinator's backbone server: backbone requests
 """
@@ -29,6 +31,10 @@ def uplink(agent_id: str, root: str = DEFAULT_ROOT) -> str:
     return f"{root}/agents/{check_agent_id(agent_id)}/up"
 
 
+def heartbeat(agent_id: str, root: str = DEFAULT_ROOT) -> str:
+    return f"{root}/agents/{check_agent_id(agent_id)}/beat"
+
+
 def downlink(agent_id: str, root: str = DEFAULT_ROOT) -> str:
     return f"{root}/agents/{check_agent_id(agent_id)}/down"
 
@@ -43,6 +49,14 @@ def all_fetches(root: str = DEFAULT_ROOT) -> str:
 
 def all_uplinks(root: str = DEFAULT_ROOT) -> str:
     return f"{root}/agents/+/up"
+
+
+def all_heartbeats(root: str = DEFAULT_ROOT) -> str:
+    return f"{root}/agents/+/beat"
+
+
+def is_heartbeat(topic: str) -> bool:
+    return topic.endswith("/beat")
 
 
 def agent_of(topic: str, root: str = DEFAULT_ROOT) -> str | None:

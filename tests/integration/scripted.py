@@ -32,7 +32,7 @@ class ScriptedAgent:
 
     def _beat(self, every_s: float) -> None:
         while not self._stopped.wait(every_s):
-            self.transport.enqueue(topics.uplink(self.agent_id), Heartbeat(self.agent_id, "idle", time.time(), self.round), stream="beat")
+            self.transport.enqueue(topics.heartbeat(self.agent_id), Heartbeat(self.agent_id, "idle", time.time(), self.round), stream="beat", qos=0)
 
     def hello(self) -> None:
         self.send(Hello(self.agent_id, load_catalogue_profile("cpu-8gb"), self.examples))

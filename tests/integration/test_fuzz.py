@@ -86,6 +86,7 @@ class Attacker:
         self.client.connect(config.host, config.port)
         self.client.subscribe("fedge/v1/agents/+/up", qos=0)
         self.client.subscribe("fedge/v1/agents/+/down", qos=0)
+        self.client.subscribe("fedge/v1/agents/+/beat", qos=0)
         self.client.loop_start()
         self.sent: dict[str, int] = {}
         self.wrong_key = new_private_key()
@@ -108,7 +109,7 @@ class Attacker:
         profile = load_catalogue_profile("cpu-8gb")
         tensors = {"base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight": np.full((2, 64), 3e38, np.float32)}
         for agent_id in AGENTS + ("a5", "intruder"):
-            up, down = topics.uplink(agent_id), topics.downlink(agent_id)
+            up, down, beat = topics.uplink(agent_id), topics.downlink(agent_id), topics.heartbeat(agent_id)
             hostile = {
                 "junk": self.random.randbytes(self.random.randint(0, 3000)),
                 "deep_json": MAGIC + bytes([4]) + struct.pack(">I", 60_000) + b"[" * 30_000 + b"]" * 30_000,
@@ -126,8 +127,17 @@ class Attacker:
                 "oversized": b"\0" * 1_200_000,
                 "bad_envelope": b"FEDS" + struct.pack(">H", 40) + b"[" * 40 + b"\0" * 64 + b"x",
             }
+            lanes = {"forged_backbone_request": topics.fetch(agent_id)}
             for kind, payload in hostile.items():
-                self.send(kind, topics.fetch(agent_id) if kind == "forged_backbone_request" else up, payload)
+                self.send(kind, lanes.get(kind, up), payload)
+            # the heartbeat lane, where only each device's newest frame is kept: forged beats, updates and junk
+            for kind, payload in {
+                "beat_forged": self.forged(beat, Heartbeat(agent_id, "idle", time.time(), 0), agent_id, ""),
+                "beat_forged_update": self.forged(beat, AdapterUpdate("fuzz", 1, agent_id, 10, {}, tensors), agent_id),
+                "beat_junk": self.random.randbytes(self.random.randint(0, 3000)),
+                "beat_chunk": CHUNK_MAGIC + struct.pack(">H", 2) + b"{}" + b"x" * 100,
+            }.items():
+                self.send(kind, beat, payload)
             # forged downlinks: a final state, an infeasible verdict, an assignment, a global state to train on
             for kind, message in {
                 "forged_final": GlobalState("fuzz", 1, agent_id, True, {}, {}),
