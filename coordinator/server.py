@@ -110,7 +110,7 @@ class Coordinator:
         self._received: dict[str, AdapterUpdate] = {}  # updates of the open exchanges
         self._pending_in: dict[str, set[str]] = {}  # each awaited agent's group's set of agents still expected
         self._preparing: set[str] = set()  # agents preparing for the first round that have not said ready
-        self._prepare_s: float | None = None  # how long that took, recorded with the first round
+        self._startup_s: dict[str, float] = {}  # registration, planning and preparation times, recorded with the first round
         self._contributed: dict[str, AdapterUpdate] = {}  # every agent's latest accepted update this round
         self._bytes_up: dict[str, int] = {}
         self._bytes_down: dict[str, int] = {}
@@ -146,7 +146,9 @@ class Coordinator:
         if arrays is None:
             arrays = self.strategy.initial_state(self.model.initial_arrays(), self.model.base_weights())
             self._record({"round": 0, **self._evaluate(arrays), "participants": [], "contributors": []})
+        started = time.time()
         self._await_agents(self.config.expected_clients)
+        self._startup_s["registration_s"] = round(time.time() - started, 2)
         self._plan()
         if len(self.registry.planned()) < config.min_clients:
             raise RuntimeError(f"only {len(self.registry.planned())} agents can train this model; the run needs {config.min_clients} (see {self.run_dir.path}/plan.json)")
@@ -195,7 +197,8 @@ class Coordinator:
         members = [FleetMember(r.agent_id, r.profile, r.num_examples, r.label_histogram, r.pin) for r in records]
         started = time.perf_counter()
         fleet = plan_fleet(members, self.shape, self.options, self._calibrations)
-        log.info("planned %d devices in %.2f s: %d can train (median round %.1f s)", len(members), time.perf_counter() - started, len(fleet.feasible()), fleet.median_round_seconds)
+        self._startup_s["plan_s"] = round(time.perf_counter() - started, 3)
+        log.info("planned %d devices in %.2f s: %d can train (median round %.2f s)", len(members), self._startup_s["plan_s"], len(fleet.feasible()), fleet.median_round_seconds)
         for record, plan in zip(records, fleet.devices):
             self._device_plans[record.agent_id] = plan
             self._give_plan(record, plan)
@@ -267,8 +270,8 @@ class Coordinator:
             if time.monotonic() >= next_sweep:  # devices gone silent stop being waited for
                 self._preparing.difference_update([a for a in self._preparing if not self._still_expected(a)])
                 next_sweep = time.monotonic() + 1.0
-        self._prepare_s = round(time.time() - started, 2)
-        log.info("agents prepared for round %d in %.1f s%s", round_number, self._prepare_s, f"; not ready: {', '.join(sorted(self._preparing))}" if self._preparing else "")
+        self._startup_s["prepare_s"] = round(time.time() - started, 2)
+        log.info("agents prepared for round %d in %.1f s%s", round_number, self._startup_s["prepare_s"], f"; not ready: {', '.join(sorted(self._preparing))}" if self._preparing else "")
         self._preparing = set()
 
     def _run_round(self, round_number: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -319,9 +322,9 @@ class Coordinator:
             "capacity": self._predicted_vs_measured(),
             **({"groups": [{"index": g.index, "members": [r.agent_id for r in g.members], "frequency": g.frequency, "exchanges": g.exchange} for g in groups]} if len(groups) > 1 else {}),
             "wall_s": round(time.time() - started, 2),
-            **({"prepare_s": self._prepare_s} if self._prepare_s is not None else {}),
+            **self._startup_s,
         })
-        self._prepare_s = None
+        self._startup_s = {}
         self.run_dir.save_global(round_number, arrays)  # the commit point of the round
         return arrays
 

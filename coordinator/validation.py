@@ -88,8 +88,8 @@ def profile_problems(hello: Hello, num_labels: int) -> list[str]:
     within("cuda_total_bytes", profile.cuda_total_bytes, 1, _BYTES_MAX)
     if profile.cuda_free_bytes is not None:
         within("cuda_free_bytes", profile.cuda_free_bytes, 0, profile.cuda_total_bytes or 0, required=True)
-    if profile.cuda_total_bytes is None and (profile.cuda_device_name or profile.cuda_free_bytes is not None):
-        problems.append("cuda_total_bytes: missing for a CUDA device")
+    if profile.cuda_total_bytes is None and ((profile.cuda_device_name and not profile.unified_memory) or profile.cuda_free_bytes is not None):
+        problems.append("cuda_total_bytes: missing for a discrete CUDA device")  # unified memory is counted in RAM
     for name in ("name", "source", "device_class", "cuda_device_name", "cuda_capability", "jetson_model", "source_note"):
         value, longest = getattr(profile, name), MAX_NOTE if name == "source_note" else MAX_NAME
         if value is not None and len(value) > longest:

@@ -45,3 +45,9 @@ def test_model_benchmarks_quick_mode_runs_on_the_real_model(script):
 def test_hostile_benchmark_quick_mode_prints_flood_rate_signing_overhead_and_rss():
     out = _quick("hostile.py")
     assert "signing and checking overhead" in out and "handled/s against" in out and "RSS before the flood" in out
+
+
+@pytest.mark.broker
+def test_fleet_load_benchmark_quick_mode_runs_a_simulated_fleet_through_its_rounds():
+    out = _quick("fleet_load.py")
+    assert "server overhead per round" in out and "round wall (× training)" in out and '"completed_rounds": 2' in out

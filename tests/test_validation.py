@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from coordinator.planner import FleetMember, PlannerOptions, plan_fleet
 from coordinator.validation import Expectation, UpdateRejected, profile_problems, validate_update
 from fedge.wire import AdapterUpdate, Hello
-from profiles import load_catalogue_profile
+from profiles import catalogue_names, load_catalogue_profile
 from profiles.model_shape import load_model_shape
 
 SHAPE = load_model_shape("smollm2-135m-instruct")
@@ -72,3 +72,10 @@ def test_any_hello_is_either_refused_with_reasons_or_planned_without_error(gflop
 def test_a_hello_without_a_throughput_figure_is_refused_by_name():
     hello = Hello("d", replace(load_catalogue_profile("cpu-8gb"), gflops=None), 10, {"9" * 5000: 1})
     assert "gflops: missing" in profile_problems(hello, 8)
+
+
+def test_every_catalogue_device_may_say_hello_and_a_discrete_gpu_must_state_its_memory():
+    for name in catalogue_names():  # Jetsons state no GPU memory of their own: theirs is the host's RAM
+        assert profile_problems(Hello("d", load_catalogue_profile(name), 100), 8) == [], name
+    laptop = replace(load_catalogue_profile("laptop-rtx4060-8gb"), cuda_total_bytes=None)
+    assert "cuda_total_bytes: missing for a discrete CUDA device" in profile_problems(Hello("d", laptop, 100), 8)
