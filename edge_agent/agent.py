@@ -245,12 +245,14 @@ class EdgeAgent:
             result = train_local(
                 session.task, session.cache, session.sampler, assignment.local_steps, assignment.batch_size,
                 assignment.learning_rate, optimizer, groups, session.loss_scaling,
-                on_step=StepProgress(f"{self.agent_id}: round {state.round}", assignment.local_steps),
+                on_step=StepProgress(f"{self.agent_id}: round {state.round}", assignment.local_steps), stop_at=_training_stop(assignment.deadline_unix),
             )
         except (ValueError, RuntimeError, torch.OutOfMemoryError) as error:
             log.error("%s: training round %d failed: %s", self.agent_id, state.round, error)
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
             return
+        if result.steps < assignment.local_steps:
+            log.warning("%s: round %d stopped after %d of %d steps to meet its deadline", self.agent_id, state.round, result.steps, assignment.local_steps)
         self._send_update(assignment, session, result, received)
         upcoming = torch.cat(session.sampler.upcoming(assignment.local_steps, assignment.batch_size))
         session.ahead = session.cache.missing(upcoming)  # cached between messages while the coordinator aggregates
@@ -369,3 +371,9 @@ class EdgeAgent:
 
     def _send(self, message) -> int:
         return self.transport.publish(topics.uplink(self.agent_id), message)
+
+
+def _training_stop(deadline_unix: float) -> float:
+    """When local training must stop for the update to reach the coordinator by the round's deadline: 5% of the
+    time left, at least 2 s, is kept for sending."""
+    return deadline_unix - max(2.0, 0.05 * (deadline_unix - time.time()))

@@ -36,6 +36,10 @@ class TrainResult:
     prefix_rows: int = 0  # how many rows that was
 
 
+class DeadlinePassed(ValueError):
+    """A round's deadline leaves no time for a single step."""
+
+
 class TaskModel(Protocol):
     """What the trainer needs of a task: the model it trains and the loss of some rows of a cached dataset."""
 
@@ -92,11 +96,14 @@ def train_local(
     galore_groups: list[dict] | None = None,
     loss_scaling: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    stop_at: float | None = None,
 ) -> TrainResult:
     """``steps`` optimizer steps (AdamW, plain SGD, or GaLore-AdamW over ``galore_groups``) over the sampler's next
     batches of the cached data; rows not cached yet are cached first. Returns the mean loss, the time per step and
     the peak memory of the training alone, and the time caching took.
-    ``on_step(step, loss)`` is called after every step (e.g. a ``StepProgress``).
+    ``on_step(step, loss)`` is called after every step (e.g. a ``StepProgress``). With ``stop_at`` (Unix time), no
+    step starts that would, at the mean step time so far, end after it: fewer steps are taken and counted in the
+    result. ``DeadlinePassed`` if not even the first step can start before it.
 
     With ``loss_scaling`` (fp16 activations) the loss is scaled up before backward so small gradients do not
     underflow, and a step whose gradients overflowed is skipped while the scale backs off (``torch.amp.GradScaler``);
@@ -120,6 +127,10 @@ def train_local(
     skipped, galore_checked = 0, False
     started = time.perf_counter()
     for rows in batches:
+        if stop_at is not None and time.time() + ((time.perf_counter() - started) / len(losses) if losses else 0.0) > stop_at:
+            if not losses:
+                raise DeadlinePassed(f"the round's deadline passed {time.time() - stop_at:.1f} s before training could start")
+            break
         loss = task.loss(cache, rows)
         step_rule.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -138,8 +149,8 @@ def train_local(
     model.eval()
     return TrainResult(
         loss=sum(losses) / len(losses),
-        steps=steps,
-        seconds_per_step=elapsed / steps,
+        steps=len(losses),
+        seconds_per_step=elapsed / len(losses),
         peak_memory_bytes=peak_bytes(device),
         loss_scale=scaler.get_scale() if loss_scaling else 1.0,
         skipped_steps=skipped,

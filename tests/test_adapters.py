@@ -1,12 +1,14 @@
 """What a device trains under each recipe, on the tiny random Llama: tri-factor cores, shared frozen A, GaLore,
 and frozen-weight changes on plain and 4-bit bases."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
 from galore_torch import GaLoreAdamW
 
-from edge_agent.trainer import BatchSampler, check_galore_active, make_optimizer, train_local
+from edge_agent.trainer import BatchSampler, DeadlinePassed, check_galore_active, make_optimizer, train_local
 from fedge.adapters import apply_view, attach, galore_groups, lora_layers, restart_lora, upload
 from fedge.strategies import recipe_for
 from fedge.strategies.base import delta_key, shared_lora_a
@@ -25,10 +27,23 @@ def _load(backbone, quantization="fp32"):
     return load_backbone(locate_backbone(str(backbone)), quantization)
 
 
-def _train(model, tokenizer, spec, optimizer="adamw", groups=None, steps=3, loss_scaling=False):
+def _train(model, tokenizer, spec, optimizer="adamw", groups=None, steps=3, loss_scaling=False, on_step=None, stop_at=None):
     classifier = Classifier(FrozenPrefix(model, min(spec.layers)), label_token_ids(tokenizer, LABELS))
     cache = classifier.runner.cache(encode(tokenizer, EXAMPLES, WORDNET_TASK))
-    return train_local(classifier, cache, BatchSampler(len(cache), 0), steps, 4, 1e-2, optimizer, groups, loss_scaling)
+    return train_local(classifier, cache, BatchSampler(len(cache), 0), steps, 4, 1e-2, optimizer, groups, loss_scaling, on_step, stop_at)
+
+
+def test_training_stops_at_the_deadline_with_the_steps_it_took_or_refuses_if_none_fit(tiny_backbone):
+    model, tokenizer = _load(tiny_backbone)
+    peft_model = attach(model, SPEC, recipe_for("hetlora"), run_seed=0, seed=0)
+
+    def slow_step(step, loss):  # each step takes at least 0.2 s
+        time.sleep(0.2)
+
+    result = _train(peft_model, tokenizer, SPEC, steps=50, on_step=slow_step, stop_at=time.time() + 1.0)
+    assert 2 <= result.steps <= 5 and result.seconds_per_step >= 0.2
+    with pytest.raises(DeadlinePassed):
+        _train(peft_model, tokenizer, SPEC, steps=5, stop_at=time.time() - 1)
 
 
 def test_tri_factor_adapter_computes_s_b_c_a_and_sends_only_cores(tiny_backbone):
