@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from coordinator.buffered import ROUND_MODES
 from coordinator.fleet import planner_options
 from coordinator.planner import Pin, PlannerOptions
 from fedge.strategies import Strategy, StrategyError, make_strategy
@@ -58,6 +59,11 @@ class CoordinatorConfig:
     max_weight_share: float = 0.5  # the largest share of an aggregate's weight one device's examples may carry
     max_update_norm: float = 1e4  # updates whose tensors' L2 norm exceeds this are refused (see update_norms per round)
     privacy: dict = field(default_factory=dict)  # {clip_norm, noise_multiplier, delta}: DP on the devices (fedge.privacy)
+    round_mode: str = "sync"  # sync, async (FedBuff) or semi-sync: see coordinator.buffered
+    buffer_size: int = 0  # async/semi-sync: updates aggregated at once; 0 = half the planned fleet
+    max_staleness: int = 4  # async/semi-sync: versions an update may lag the global state before it is refused
+    staleness_exponent: float = 0.5  # async/semi-sync: an update s versions stale counts (1 + s)^-a
+    aggregation_period_s: float = 60.0  # semi-sync: how often the buffer is aggregated
     task: TaskSpec = WORDNET_TASK  # what the run fine-tunes for; sent to agents in every assignment
     planner: dict = field(default_factory=dict)  # PlannerOptions besides the run-level keys above
     devices: dict[str, Pin] = field(default_factory=dict)  # optional pins by catalogue name, then device class
@@ -126,6 +132,7 @@ class CoordinatorConfig:
         if not values.get("max_update_norm", 1.0) > 0:
             errors.append("max_update_norm: must be positive")
         errors += privacy_problems(values.get("privacy") or {})
+        errors += _round_mode_problems(values, planner)
         for key in ("rounds", "min_clients", "expected_clients", "local_steps", "batch_size"):
             if key in values and (not isinstance(values[key], int) or values[key] < 1):
                 errors.append(f"{key}: must be a positive integer")
@@ -186,6 +193,24 @@ def privacy_problems(privacy: dict) -> list[str]:
     if "delta" in privacy and (not number("delta") or not 0 < privacy["delta"] < 1):
         errors.append("privacy.delta: a probability in (0, 1), e.g. 1e-5")
     return errors
+
+
+def _round_mode_problems(values: dict, planner: dict) -> list[str]:
+    mode = values.get("round_mode", "sync")
+    if mode not in ROUND_MODES:
+        return [f"round_mode: one of {', '.join(ROUND_MODES)}"]
+    found = []
+    if mode != "sync" and planner.get("groups"):
+        found.append("round_mode: HierFedLoRA groups keep their own schedule; use round_mode: sync with planner.groups")
+    if not isinstance(values.get("buffer_size", 0), int) or values.get("buffer_size", 0) < 0:
+        found.append("buffer_size: an integer >= 0 (0: half the planned fleet)")
+    if not isinstance(values.get("max_staleness", 0), int) or values.get("max_staleness", 0) < 0:
+        found.append("max_staleness: an integer >= 0")
+    if not values.get("staleness_exponent", 0.5) >= 0:
+        found.append("staleness_exponent: must be >= 0")
+    if not values.get("aggregation_period_s", 1.0) > 0:
+        found.append("aggregation_period_s: must be positive")
+    return found
 
 
 def _strategy_problems(values: dict, devices: dict[str, Pin]) -> list[str]:

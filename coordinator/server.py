@@ -20,6 +20,7 @@ import torch
 
 from coordinator.aggregation_guard import all_finite, capped_weights, update_norm
 from coordinator.boundary import FleetKeys, RefusalLog, coordinator_codec
+from coordinator.buffered import UpdateBuffer, moved_by
 from coordinator.config import CoordinatorConfig
 from coordinator.delivery import BackboneServer
 from coordinator.evaluation import GlobalModel
@@ -109,6 +110,11 @@ class Coordinator:
         self._evaluated: set[tuple[int, str]] = set()  # (round, agent) of evaluations agents reported
         self._received: dict[str, AdapterUpdate] = {}  # updates of the open exchanges
         self._pending_in: dict[str, set[str]] = {}  # each awaited agent's group's set of agents still expected
+        self._arrivals: list[str] = []  # agents whose update was accepted since the buffered loop last looked
+        self._given_up: list[str] = []  # agents refused or refusing since then
+        self._staleness: dict[str, int] = {}  # buffered rounds: each contributor's staleness
+        self._discount = 1.0  # buffered rounds: how far the last aggregation moved the state (λ)
+        self._rounds_started = 0.0  # when the first round began (records' elapsed_s)
         self._preparing: set[str] = set()  # agents preparing for the first round that have not said ready
         self._startup_s: dict[str, float] = {}  # registration, planning and preparation times, recorded with the first round
         self._contributed: dict[str, AdapterUpdate] = {}  # every agent's latest accepted update this round
@@ -153,9 +159,13 @@ class Coordinator:
         if len(self.registry.planned()) < config.min_clients:
             raise RuntimeError(f"only {len(self.registry.planned())} agents can train this model; the run needs {config.min_clients} (see {self.run_dir.path}/plan.json)")
         self._prepare_agents(start_round)
+        self._rounds_started = time.time()
         try:
-            for round_number in range(start_round, config.rounds + 1):
-                arrays = self._run_round(round_number, arrays)
+            if config.round_mode == "sync":
+                for round_number in range(start_round, config.rounds + 1):
+                    arrays = self._run_round(round_number, arrays)
+            else:
+                arrays = self._run_buffered(start_round, arrays)
         finally:
             self._finish(arrays)
         return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
@@ -284,9 +294,8 @@ class Coordinator:
         started = time.time()
         deadline = started + self.config.round_deadline_s
         participants = self.registry.planned()
-        self._expectations, self._assigned, self._specs, self._received, self._rejected, self._pending_in = {}, {}, {}, {}, {}, {}
-        self._contributed, self._bytes_up, self._bytes_down, self._aggregate_s = {}, {}, {}, 0.0
-        self._norms, self._poisoned = {}, []
+        self._expectations, self._assigned, self._specs, self._received, self._pending_in = {}, {}, {}, {}, {}
+        self._begin_record()
         groups = self._groups_for(participants, arrays)
         for group in groups:
             self._open_exchange(group, round_number, deadline)
@@ -304,12 +313,24 @@ class Coordinator:
             if not group.done:  # the deadline: use what arrived
                 self._close_exchange(group, round_number, deadline, last=True)
         arrays = self._combine(arrays, groups, round_number)
+        grouping = {"groups": [{"index": g.index, "members": [r.agent_id for r in g.members], "frequency": g.frequency, "exchanges": g.exchange} for g in groups]} if len(groups) > 1 else {}
+        self._commit(round_number, arrays, [r.agent_id for r in participants], started, grouping)
+        return arrays
+
+    def _begin_record(self) -> None:
+        """Start collecting what the next round's record reports."""
+        self._rejected, self._contributed, self._bytes_up, self._bytes_down, self._aggregate_s = {}, {}, {}, {}, 0.0
+        self._norms, self._poisoned, self._arrivals, self._given_up = {}, [], [], []
+
+    def _commit(self, round_number: int, arrays: dict[str, np.ndarray], participants: list[str], started: float, extra: dict) -> None:
+        """Record the round and save its global state: the commit point of the round."""
         self._record({
             "round": round_number,
             **self._evaluate(arrays),
             "strategy": self.strategy.name,
+            "round_mode": self.config.round_mode,
             "server_aggregate_s": round(self._aggregate_s, 4),
-            "participants": sorted(r.agent_id for r in participants),
+            "participants": sorted(participants),
             "contributors": sorted(self._contributed),
             "rejected": dict(self._rejected),
             "update_norms": {agent: round(norm, 4) for agent, norm in sorted(self._norms.items())},
@@ -320,13 +341,88 @@ class Coordinator:
             "bytes_down": dict(self._bytes_down),
             "client_metrics": {agent: update.metrics for agent, update in self._contributed.items()},
             "capacity": self._predicted_vs_measured(),
-            **({"groups": [{"index": g.index, "members": [r.agent_id for r in g.members], "frequency": g.frequency, "exchanges": g.exchange} for g in groups]} if len(groups) > 1 else {}),
+            **extra,
             "wall_s": round(time.time() - started, 2),
+            "elapsed_s": round(time.time() - self._rounds_started, 2),
             **self._startup_s,
         })
         self._startup_s = {}
-        self.run_dir.save_global(round_number, arrays)  # the commit point of the round
+        self.run_dir.save_global(round_number, arrays)
+
+    def _run_buffered(self, start_round: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Asynchronous or semi-synchronous rounds (``coordinator.buffered``): each round is one aggregation of the
+        buffer of accepted updates; devices get new work as soon as theirs was buffered or refused."""
+        config = self.config
+        self._drop_revoked()
+        self._await_agents(config.min_clients)
+        buffer = UpdateBuffer(config.buffer_size or max(1, -(-len(self.registry.planned()) // 2)), config.max_staleness, config.staleness_exponent)
+        version = start_round - 1  # aggregations done so far
+        self._expectations, self._assigned, self._specs, self._received = {}, {}, {}, {}
+        self._begin_record()
+        working: set[str] = set()  # devices training on some version
+        started = time.time()
+        next_period, next_sweep, last_redispatch = started + config.aggregation_period_s, time.monotonic() + 1.0, 0.0
+
+        def give_work(agent_ids) -> None:
+            for agent_id in agent_ids:
+                record = self.registry.get(agent_id)
+                if record is None or record.plan is None or agent_id in working:
+                    continue
+                self._received.pop(agent_id, None)
+                self._rejected.pop(agent_id, None)
+                self._bytes_down[agent_id] = self._bytes_down.get(agent_id, 0) + self._assign(record, version + 1, time.time() + config.round_deadline_s, arrays)
+                working.add(agent_id)
+
+        give_work(record.agent_id for record in self.registry.planned())
+        while version < config.rounds:
+            self._handle_next(time.time() + 1.0)
+            for agent_id in self._arrivals:  # accepted updates join the buffer, unless too stale
+                update = self._received[agent_id]
+                working.discard(agent_id)
+                staleness = buffer.stale(update.round, version + 1)
+                if staleness is None:
+                    self._reject(agent_id, "stale", f"trained for round {update.round}; the global state is at {version}, more than max_staleness {config.max_staleness} ahead", update.round, update.message_id)
+                    self._contributed.pop(agent_id, None)
+                    give_work([agent_id])
+                else:
+                    buffer.add(update, staleness)
+            working.difference_update(self._given_up)  # refused or failed: new work below
+            self._arrivals, self._given_up = [], []
+            if time.monotonic() >= next_sweep:
+                working.difference_update([a for a in working if not self._still_expected(a)])
+                next_sweep = time.monotonic() + 1.0
+            now = time.time()
+            due = buffer.full() and (config.round_mode == "async" or now >= next_period)
+            if due or (buffer.entries and not working) or now - started >= config.round_deadline_s:
+                arrays = self._aggregate_buffer(buffer, arrays, version + 1)
+                version += 1
+                self._commit(version, arrays, [r.agent_id for r in self.registry.planned()], started, {"staleness": self._staleness, "discount": round(self._discount, 4)})
+                self._begin_record()
+                started, next_period = time.time(), time.time() + config.aggregation_period_s
+                if version < config.rounds:
+                    give_work(record.agent_id for record in self.registry.planned() if record.agent_id not in buffer.entries)
+            elif not working and not buffer.entries and time.monotonic() - last_redispatch >= UNKNOWN_REPLY_S:
+                give_work(record.agent_id for record in self.registry.planned())  # everyone refused or went quiet
+                last_redispatch = time.monotonic()
         return arrays
+
+    def _aggregate_buffer(self, buffer: UpdateBuffer, arrays: dict[str, np.ndarray], version: int) -> dict[str, np.ndarray]:
+        """The buffer's updates aggregated with staleness-discounted weights, the state moved by the buffer's mean
+        discount (``coordinator.buffered``); the state unchanged when the buffer is empty or the result not finite."""
+        weights, self._discount = capped_weights(buffer.weights(), self.config.max_weight_share), buffer.discount()
+        entries = buffer.take()
+        self._staleness = {update.agent_id: staleness for update, staleness in entries}
+        if not entries:
+            log.warning("round %d: no update arrived within round_deadline_s; the state is unchanged", version)
+            return arrays
+        updates = [replace(self._client_update(update), num_examples=weight) for (update, _), weight in zip(entries, weights)]
+        aggregating = time.perf_counter()
+        state = moved_by(arrays, self.strategy.aggregate(arrays, updates, version), self._discount)
+        self._aggregate_s += time.perf_counter() - aggregating
+        if not all_finite(state):
+            self._refuse_aggregate(f"the buffer of round {version}")
+            return arrays
+        return state
 
     def _groups_for(self, participants: list[AgentRecord], arrays: dict[str, np.ndarray]) -> list[_GroupRun]:
         planned = {record.agent_id: record for record in participants}
@@ -459,9 +555,11 @@ class Coordinator:
         return record is not None and agent_id not in self._rejected and self.registry.is_online(record)
 
     def _stop_waiting(self, agent_id: str, reason: str) -> None:
-        """This round gets nothing from the agent: record why, and its exchange stops waiting for it."""
+        """This round gets nothing from the agent: record why, and its exchange stops waiting for it (a buffered
+        round gives it new work)."""
         self._rejected[agent_id] = reason
         self._pending_in.pop(agent_id, set()).discard(agent_id)
+        self._given_up.append(agent_id)
 
     def _drop_revoked(self) -> None:
         """Devices revoked since the last round (``fedge enroll --revoke``) take no further part."""
@@ -648,6 +746,7 @@ class Coordinator:
         self._norms[update.agent_id] = norm
         self._received[update.agent_id] = update
         self._pending_in.pop(update.agent_id, set()).discard(update.agent_id)
+        self._arrivals.append(update.agent_id)
         self._contributed[update.agent_id] = update
         self._bytes_up[update.agent_id] = self._bytes_up.get(update.agent_id, 0) + size
         self.registry.get(update.agent_id).base_version = int(update.metrics.get("base_version", 0))

@@ -39,3 +39,13 @@ def test_task_errors_name_their_keys():
     text = str(caught.value)
     for key in ("task.colour: unknown key", "task.labels: between 2", "task.prompt: must contain {text}", "planner.seq_len: the token budget is the task's"):
         assert key in text
+
+
+def test_round_mode_options_are_checked_and_groups_keep_the_synchronous_schedule():
+    with pytest.raises(ConfigError) as caught:
+        CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "insecure": True, "round_mode": "async", "planner": {"groups": 2}, "buffer_size": -1, "max_staleness": 1.5, "staleness_exponent": -1, "aggregation_period_s": 0})
+    for key in ("round_mode: HierFedLoRA groups", "buffer_size", "max_staleness", "staleness_exponent", "aggregation_period_s"):
+        assert key in str(caught.value)
+    with pytest.raises(ConfigError, match="round_mode: one of sync, async, semi-sync"):
+        CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "insecure": True, "round_mode": "eventually"})
+    assert CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "insecure": True, "round_mode": "semi-sync"}).aggregation_period_s == 60.0
