@@ -132,7 +132,7 @@ class CoordinatorConfig:
         if not values.get("max_update_norm", 1.0) > 0:
             errors.append("max_update_norm: must be positive")
         errors += privacy_problems(values.get("privacy") or {})
-        errors += _round_mode_problems(values, planner)
+        errors += round_mode_problems(values, planner)
         for key in ("rounds", "min_clients", "expected_clients", "local_steps", "batch_size"):
             if key in values and (not isinstance(values[key], int) or values[key] < 1):
                 errors.append(f"{key}: must be a positive integer")
@@ -195,7 +195,7 @@ def privacy_problems(privacy: dict) -> list[str]:
     return errors
 
 
-def _round_mode_problems(values: dict, planner: dict) -> list[str]:
+def round_mode_problems(values: dict, planner: dict) -> list[str]:
     mode = values.get("round_mode", "sync")
     if mode not in ROUND_MODES:
         return [f"round_mode: one of {', '.join(ROUND_MODES)}"]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from edge_agent.memory import available_bytes
-from edge_agent.trainer import BatchSampler, StepProgress, TaskModel, TrainResult, train_local
+from edge_agent.trainer import BatchSampler, Slowed, StepProgress, TaskModel, TrainResult, train_local
 from fedge.adapters import apply_view, attach, galore_groups, restart_lora, save_adapter, upload
 from fedge.privacy import privatise
 from fedge.strategies import ClientRecipe, StrategyError, recipe_for
@@ -65,7 +65,7 @@ class EdgeAgent:
         self, agent_id: str, broker: BrokerConfig, data: list[Record], profile: DeviceProfile, device: str = "cpu",
         heartbeat_s: float = 10.0, save_dir: Path | None = None, eval_data: list[Record] | None = None,
         cache_dir: Path | None = None, data_source: str = "training data", eval_source: str = "evaluation data",
-        credentials: Credentials | None = None, share_label_counts: bool = True,
+        credentials: Credentials | None = None, share_label_counts: bool = True, slowdown: float = 1.0,
     ):
         """``data`` and ``eval_data`` are rows as their files hold them; ``*_source`` names those files in errors.
         ``credentials``: this device's identity from ``fedge enroll`` (its id must be ``agent_id``); they also log in
@@ -79,6 +79,7 @@ class EdgeAgent:
         self.profile = profile
         self.device = device
         self.heartbeat_s = heartbeat_s
+        self.slowdown = slowdown  # > 1: every training step takes this many times as long (emulating a slower device)
         self.save_dir = save_dir
         status = topics.status(agent_id)
         self.codec = None
@@ -245,7 +246,7 @@ class EdgeAgent:
             result = train_local(
                 session.task, session.cache, session.sampler, assignment.local_steps, assignment.batch_size,
                 assignment.learning_rate, optimizer, groups, session.loss_scaling,
-                on_step=StepProgress(f"{self.agent_id}: round {state.round}", assignment.local_steps), stop_at=_training_stop(assignment.deadline_unix),
+                on_step=self._step_hook(f"{self.agent_id}: round {state.round}", assignment.local_steps), stop_at=_training_stop(assignment.deadline_unix),
             )
         except (ValueError, RuntimeError, torch.OutOfMemoryError) as error:
             log.error("%s: training round %d failed: %s", self.agent_id, state.round, error)
@@ -256,6 +257,10 @@ class EdgeAgent:
         self._send_update(assignment, session, result, received)
         upcoming = torch.cat(session.sampler.upcoming(assignment.local_steps, assignment.batch_size))
         session.ahead = session.cache.missing(upcoming)  # cached between messages while the coordinator aggregates
+
+    def _step_hook(self, label: str, steps: int):
+        progress = StepProgress(label, steps)
+        return Slowed(progress, self.slowdown) if self.slowdown > 1 else progress
 
     def _get_ready(self, assignment: Assignment) -> None:
         """Before the round's state arrives: fetch and load the backbone and cache the frozen prefix of the rows this

@@ -178,6 +178,19 @@ class StepProgress:
         log.info("%s: step %d/%d, loss %.4f, %.2f s/step, %.0f s left", self.label, step, self.total, loss, per_step, per_step * (self.total - step))
 
 
+class Slowed:
+    """An ``on_step`` that makes each step take ``factor`` times as long as it did (sleeping after it), then calls
+    ``inner``: a slower device emulated on this one, for field trials."""
+
+    def __init__(self, inner: Callable[[int, float], None], factor: float):
+        self.inner, self.factor, self.last = inner, factor, time.monotonic()
+
+    def __call__(self, step: int, loss: float) -> None:
+        time.sleep((self.factor - 1) * (time.monotonic() - self.last))
+        self.last = time.monotonic()
+        self.inner(step, loss)
+
+
 def make_optimizer(name: str, params: list[torch.nn.Parameter], learning_rate: float, galore_groups: list[dict] | None = None) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)

@@ -96,7 +96,7 @@ def cmd_agent(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     agent_id = credentials.identity if credentials else args.id
     profile = simulated_profile(args.device_profile, device.startswith("cuda"), bitsandbytes_usable()) if args.device_profile else probe(agent_id)
-    agent = EdgeAgent(agent_id, broker, data, profile, data_source=args.data, eval_source=args.eval_data, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None, credentials=credentials, share_label_counts=not args.no_label_counts)
+    agent = EdgeAgent(agent_id, broker, data, profile, data_source=args.data, eval_source=args.eval_data, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None, credentials=credentials, share_label_counts=not args.no_label_counts, slowdown=args.slowdown)
     agent.run()
     if agent.refused:
         console.print(f"[red]this device cannot take part: {agent.refused}[/]")
@@ -290,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--eval-data", help="held-out JSON lines in the same format: report the task's score after every round")
     agent.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats (sent from their own thread, whatever the agent is doing)")
     agent.add_argument("--cache", help="where backbone packages are kept, by digest (default $FEDGE_CACHE/received)")
+    agent.add_argument("--slowdown", type=float, default=1.0, help="make every training step take this many times as long: emulate a slower device (field trials)")
     agent.add_argument("--no-label-counts", action="store_true", help="never tell the coordinator how many examples of each label this device holds, even when its strategy asks")
     agent.add_argument("--username", help="broker user name (password from FEDGE_MQTT_PASSWORD) instead of the credentials' login")
     agent.add_argument("--ca-certs", help="CA bundle that signed the broker's certificate (mqtts://)")

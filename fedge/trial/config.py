@@ -1,8 +1,10 @@
 """A field trial's YAML: which strategies, on which simulated fleet, data split, seeds and budget.
 
     name: default
-    strategies: [fedit, ffa-lora, hetlora, {name: lora-fair, options: {solver: cosine}}]
+    strategies: [fedit, ffa-lora, hetlora, {name: lora-fair, options: {solver: cosine}},
+                 {name: hetlora, round_mode: async, buffer_size: 2}]   # round-mode keys as in the coordinator config
     fleet: [laptop-rtx3060-6gb, jetson-orin-nano-8gb, cpu-16gb, cpu-8gb]   # catalogue devices, one agent each
+    slowdown: {cpu-8gb: 10}   # these devices' agents take 10× as long per training step (emulated)
     seeds: [0]
     rounds: 5
     data: {source: wordnet, train_per_label: 60, test_per_label: 25, alpha: 0.5, min_examples: 16}
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from coordinator.config import ConfigError, parse_task, privacy_problems
+from coordinator.config import ConfigError, parse_task, privacy_problems, round_mode_problems
 from fedge.strategies import STRATEGIES, StrategyError, make_strategy
 from fedge.trial.data import KINDS, TrialData, default_task
 from fedge.wire import TaskSpec
@@ -32,14 +34,20 @@ from quantization.backbone import DEFAULT_BACKBONE
 DEVICE_EVAL = ("auto", "all", "none")
 
 
+ROUND_KEYS = ("round_mode", "buffer_size", "max_staleness", "staleness_exponent", "aggregation_period_s")
+
+
 @dataclass(frozen=True)
 class StrategyRun:
     name: str
     options: dict = field(default_factory=dict)
+    rounds: dict = field(default_factory=dict)  # the coordinator's round-mode keys (ROUND_KEYS) for this run
 
     @property
     def label(self) -> str:
-        return self.name + "".join(f" {key}={value}" for key, value in sorted(self.options.items()))
+        mode = self.rounds.get("round_mode", "sync")
+        return self.name + "".join(f" {key}={value}" for key, value in sorted(self.options.items())) + (f" {mode}" if mode != "sync" else "") + "".join(
+            f" {key}={value}" for key, value in sorted(self.rounds.items()) if key != "round_mode")
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class TrialConfig:
     device_eval: str = "auto"  # devices evaluate their own model: auto (only without a global model), all, none
     centralised: bool = False  # also train one adapter on the pooled shards (``fedge.trial.centralised``)
     privacy: dict = field(default_factory=dict)  # the coordinator's privacy settings for every run (clip_norm, noise_multiplier, delta)
+    slowdown: dict = field(default_factory=dict)  # catalogue device -> how many times as long its agents take per step
 
     @property
     def task_spec(self) -> TaskSpec:
@@ -97,7 +106,10 @@ class TrialConfig:
             errors.append("task: required with data.source: files (kind, and labels and prompt for classify)")
         strategies = []
         for entry in raw.pop("strategies", None) or []:
-            run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {})
+            if isinstance(entry, dict):
+                errors += [f"strategies.{entry.get('name')}.{key}: unknown key" for key in sorted(set(entry) - {"name", "options", *ROUND_KEYS})]
+            run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {}, {key: entry[key] for key in ROUND_KEYS if key in entry})
+            errors += [f"strategies.{run.name}.{problem}" for problem in round_mode_problems(run.rounds, raw.get("planner") or {})]
             try:
                 make_strategy(run.name, **run.options)
                 strategies.append(run)
@@ -115,6 +127,9 @@ class TrialConfig:
             errors.append(f"device_eval: one of {', '.join(DEVICE_EVAL)}")
         if len(fleet) < 2:
             errors.append("fleet: at least two catalogue devices")
+        slowdown = raw.get("slowdown") or {}
+        if not isinstance(slowdown, dict) or any(device not in fleet or not isinstance(factor, (int, float)) or factor < 1 for device, factor in slowdown.items()):
+            errors.append("slowdown: a mapping from fleet devices to factors >= 1")
         errors += privacy_problems(raw.get("privacy") or {})
         known = set(cls.__dataclass_fields__) - {"strategies", "fleet"}
         errors += [f"{key}: unknown key" for key in sorted(set(raw) - known)]

@@ -39,6 +39,7 @@ class RunResult:
     server_s: float
     wall_s: float
     ranks: dict[str, str]
+    elapsed_s: list[float]  # index = round: seconds since the first round began (0 for round 0)
 
     @property
     def primary(self) -> list[float]:
@@ -67,6 +68,7 @@ def load_run(strategy: str, seed: int, run_dir: Path) -> RunResult:
         sum(r.get("server_aggregate_s", 0.0) for r in later),
         float((run_dir / "wall_s").read_text()) if (run_dir / "wall_s").exists() else math.nan,
         ranks,
+        [0.0] + [r.get("elapsed_s", math.nan) for r in later],
     )
 
 
@@ -88,6 +90,7 @@ def summarise(results: list[RunResult], target: float) -> list[dict]:
     for strategy in dict.fromkeys(r.strategy for r in results):
         runs = [r for r in results if r.strategy == strategy]
         reached = [rounds_to(r.primary, target) for r in runs]
+        seconds = [r.elapsed_s[index] if index is not None else None for r, index in zip(runs, reached)]
         rows.append({
             "strategy": strategy,
             "seeds": len(runs),
@@ -98,6 +101,7 @@ def summarise(results: list[RunResult], target: float) -> list[dict]:
             "final_devices": _mean([r.device_accuracy[-1] for r in runs]),
             "best_devices": _mean([max((a for a in r.device_accuracy[1:] if not math.isnan(a)), default=math.nan) for r in runs]),
             "rounds_to_target": None if None in reached else statistics.fmean(reached),
+            "seconds_to_target": None if None in seconds else _mean(seconds),
             "up_per_client_round": _mean([sum(r.bytes_up) / len(r.bytes_up) / r.clients for r in runs]),
             "down_per_client_round": _mean([sum(r.bytes_down) / len(r.bytes_down) / r.clients for r in runs]),
             "server_s": _mean([r.server_s for r in runs]),
@@ -113,9 +117,9 @@ def centralised_curve(centralised: dict[int, list[dict]], key: str = "accuracy")
     return [_mean([run[i][key] for run in runs]) for i in range(len(runs[0]))] if runs else []
 
 
-def plot(results: list[RunResult], central: list[float], metric: str, out_dir: Path) -> tuple[Path, Path]:
+def plot(results: list[RunResult], central: list[float], metric: str, out_dir: Path) -> tuple[Path, Path, Path]:
     strategies = list(dict.fromkeys(r.strategy for r in results))
-    per_round, per_bytes = out_dir / "accuracy.png", out_dir / "accuracy_vs_bytes.png"
+    per_round, per_bytes, per_second = out_dir / "accuracy.png", out_dir / "accuracy_vs_bytes.png", out_dir / "accuracy_vs_time.png"
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for strategy in strategies:
         runs = [r for r in results if r.strategy == strategy]
@@ -144,7 +148,17 @@ def plot(results: list[RunResult], central: list[float], metric: str, out_dir: P
     figure.tight_layout()
     figure.savefig(per_bytes, dpi=120)
     plt.close(figure)
-    return per_round, per_bytes
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for strategy in strategies:  # the first seed's clock: seeds' rounds do not end at the same seconds
+        run = next(r for r in results if r.strategy == strategy)
+        axis.plot(run.elapsed_s, run.primary, marker="o", label=strategy)
+    axis.set(xlabel="seconds since the first round began", ylabel=f"held-out {metric}", title=f"{metric} against wall-clock time (first seed)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(per_second, dpi=120)
+    plt.close(figure)
+    return per_round, per_bytes, per_second
 
 
 def _privacy_sentence(trial: TrialConfig) -> str:
@@ -163,20 +177,21 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
     metric = trial.metric
     images = plot(results, central, metric, out_dir) if results else ()
     table = Table(title=f"Trial {trial.name}: {len(trial.fleet)} devices, {trial.data.source} data, seeds {list(trial.seeds)}, {trial.rounds} rounds × {trial.local_steps} steps")
-    headers = ["strategy", f"pretrained {metric}", f"final {metric}", f"best {metric}", "final loss", f"final {metric} (devices)", f"rounds to {trial.target_accuracy}", "KB up /client/round", "KB down /client/round", "server s", "wall s"]
+    headers = ["strategy", f"pretrained {metric}", f"final {metric}", f"best {metric}", "final loss", f"final {metric} (devices)", f"rounds to {trial.target_accuracy}", f"seconds to {trial.target_accuracy}", "KB up /client/round", "KB down /client/round", "server s", "wall s"]
     for header in headers:
         table.add_column(header, justify="left" if header == "strategy" else "right")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cells = [row["strategy"], _fmt(row["pretrained"]), _fmt(row["final_global"]), _fmt(row["best_global"]), _fmt(row["final_loss"]), _fmt(row["final_devices"]),
                  "not reached" if row["rounds_to_target"] is None else f"{row['rounds_to_target']:.1f}",
+                 "not reached" if row["seconds_to_target"] is None else f"{row['seconds_to_target']:.0f}",
                  f"{row['up_per_client_round'] / 1e3:.1f}", f"{row['down_per_client_round'] / 1e3:.1f}", f"{row['server_s']:.2f}", f"{row['wall_s']:.0f}"]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     if central:
         reached = rounds_to(central, trial.target_accuracy)
         cells = ["centralised (pooled data)", _fmt(central[0]), _fmt(central[-1]), _fmt(max(central[1:], default=math.nan)), _fmt(centralised_curve(centralised, "loss")[-1]), "—",
-                 "not reached" if reached is None else str(reached), "—", "—", "—", "—"]
+                 "not reached" if reached is None else str(reached), "—", "—", "—", "—", "—"]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     one_rank = sorted({run.name for run in trial.strategies if not STRATEGIES[run.name].mixed_ranks})
@@ -200,7 +215,7 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
         text += [f"- {agent}: {share}" for agent, share in split["agents"].items()] + [""]
     if failed:
         text += ["## Failed runs", "", *[f"- {run['strategy']} seed {run['seed']}: exit {run['exit']} (logs in {run['run_dir']}/logs)" for run in failed], ""]
-    text += [f"![{metric} per round]({images[0].name})", "", f"![{metric} against bytes]({images[1].name})", ""] if images else []
+    text += [f"![{metric} per round]({images[0].name})", "", f"![{metric} against bytes]({images[1].name})", "", f"![{metric} against time]({images[2].name})", ""] if images else []
     path = out_dir / "report.md"
     path.write_text("\n".join(text))
     (out_dir / "report.json").write_text(json.dumps({"rows": rows, "centralised": centralised, "runs": runs, "splits": splits, "wall_s": wall_s}, indent=2, default=str))

@@ -42,6 +42,7 @@ def coordinator_config(trial: TrialConfig, run: StrategyRun, seed: int, data: Pa
         "strategy": run.name, "strategy_options": run.options, "planner": planner,
         "round_deadline_s": trial.round_deadline_s, "final_eval_wait_s": 120 if devices_evaluate(trial, run) else 0,
         **({"privacy": trial.privacy} if trial.privacy else {}),
+        **run.rounds,
     }
 
 
@@ -107,7 +108,7 @@ def _run_one(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_di
         config_path.write_text(yaml.safe_dump(coordinator_config(trial, run, seed, data, run_dir / "coordinator", broker.url, fleet), sort_keys=False))
         coordinator = spawn(["coordinator", "--config", str(config_path)], logs / "coordinator.log")
         evaluation = ["--eval-data", str(data / "test.jsonl")] if devices_evaluate(trial, run) else []
-        agents = [spawn(["agent", "--broker", broker.url, "--data", str(data / f"{agent_id}.jsonl"), *evaluation, "--credentials", str(device_credentials_path(fleet, agent_id)), "--device-profile", device, "--threads", "1"], logs / f"{agent_id}.log")
+        agents = [spawn(["agent", "--broker", broker.url, "--data", str(data / f"{agent_id}.jsonl"), *evaluation, "--credentials", str(device_credentials_path(fleet, agent_id)), "--device-profile", device, "--threads", "1", "--slowdown", str(trial.slowdown.get(device, 1))], logs / f"{agent_id}.log")
                   for agent_id, device in zip(agent_ids(trial), trial.fleet)]
         metrics = run_dir / "coordinator" / "metrics.jsonl"
         done_before = progress.tasks[task].completed
