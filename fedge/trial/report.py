@@ -128,11 +128,7 @@ def plot(results: list[RunResult], central: list[float], metric: str, out_dir: P
     if central:
         axis.plot(range(len(central)), central, linestyle="--", color="black", label="centralised (pooled data)")
     axis.set(xlabel="round (0: pretrained)", ylabel=f"held-out {metric}", title=f"{metric} per round (global model; devices' mean for CE-LoRA)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(per_round, dpi=120)
-    plt.close(figure)
+    _save(figure, axis, per_round)
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for strategy in strategies:
         runs = [r for r in results if r.strategy == strategy]
@@ -143,22 +139,22 @@ def plot(results: list[RunResult], central: list[float], metric: str, out_dir: P
         curve = [_mean([r.primary[i] for r in runs]) for i in range(len(sent))]
         axis.plot(sent[1:], curve[1:], marker="o", label=strategy)
     axis.set(xscale="log", xlabel="MB sent, up + down, all devices (cumulative)", ylabel=f"held-out {metric}", title=f"{metric} against bytes sent")
-    axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(per_bytes, dpi=120)
-    plt.close(figure)
+    _save(figure, axis, per_bytes)
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for strategy in strategies:  # the first seed's clock: seeds' rounds do not end at the same seconds
         run = next(r for r in results if r.strategy == strategy)
         axis.plot(run.elapsed_s, run.primary, marker="o", label=strategy)
     axis.set(xlabel="seconds since the first round began", ylabel=f"held-out {metric}", title=f"{metric} against wall-clock time (first seed)")
-    axis.grid(alpha=0.3)
+    _save(figure, axis, per_second)
+    return per_round, per_bytes, per_second
+
+
+def _save(figure, axis, path: Path) -> None:
+    axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(per_second, dpi=120)
+    figure.savefig(path, dpi=120)
     plt.close(figure)
-    return per_round, per_bytes, per_second
 
 
 def _privacy_sentence(trial: TrialConfig) -> str:

@@ -84,3 +84,24 @@ def run_fleet(tmp_path: Path, config: dict, agents: int, profile: str = "cpu-8gb
     ]
     finish(coordinator, processes)
     return [json.loads(line) for line in (Path(config["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+
+
+def coordinator_in_thread(tmp_path: Path, broker_url: str, backbone: Path, settings: dict) -> tuple:
+    """A coordinator for scripted agents (eight held-out rows, the enrolled fleet, rank 2 at depth 1) running in a
+    thread: (coordinator, thread, finished), ``finished`` holding its summary once it returns."""
+    import threading
+
+    from coordinator.config import CoordinatorConfig
+    from coordinator.server import Coordinator
+    from fedge.task.data import write_jsonl
+
+    write_jsonl(tmp_path / "test.jsonl", [Example("food of time", i % 8) for i in range(8)])
+    config = CoordinatorConfig.from_dict({
+        "run_dir": str(tmp_path / "run"), "broker": broker_url, "backbone": str(backbone), "enrolment": str(enrolled_fleet(tmp_path)),
+        "eval_data": str(tmp_path / "test.jsonl"), "expected_clients": 2, "registration_timeout_s": 30,
+        "planner": {"max_depth": 1, "ranks": [2]}, "devices": {"cpu": {"rank": 2, "depth": 1}}, **settings,
+    })
+    coordinator, finished = Coordinator(config), []
+    thread = threading.Thread(target=lambda: finished.append(coordinator.run()), daemon=True)
+    thread.start()
+    return coordinator, thread, finished

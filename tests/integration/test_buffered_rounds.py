@@ -8,28 +8,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from coordinator.config import CoordinatorConfig
-from coordinator.server import Coordinator
-from fedge.task.data import write_jsonl
-from fedge.task.wordnet import Example
-from tests.integration.helpers import credentials, enrolled_fleet
+from tests.integration.helpers import coordinator_in_thread, credentials
 from tests.integration.scripted import ScriptedAgent
 
 pytestmark = pytest.mark.broker
 
 
-def _run(tmp_path, url, backbone, **overrides) -> tuple[Coordinator, threading.Thread, list]:
-    write_jsonl(tmp_path / "test.jsonl", [Example("food of time", i % 8) for i in range(8)])
-    config = CoordinatorConfig.from_dict({
-        "run_id": "buffered", "run_dir": str(tmp_path / "run"), "broker": url, "backbone": str(backbone),
-        "enrolment": str(enrolled_fleet(tmp_path)), "eval_data": str(tmp_path / "test.jsonl"), "min_clients": 2,
-        "expected_clients": 2, "registration_timeout_s": 30, "round_deadline_s": 60, "max_weight_share": 1.0,
-        "planner": {"max_depth": 1, "ranks": [2]}, "devices": {"cpu": {"rank": 2, "depth": 1}}, **overrides,
-    })
-    coordinator, finished = Coordinator(config), []
-    thread = threading.Thread(target=lambda: finished.append(coordinator.run()), daemon=True)
-    thread.start()
-    return coordinator, thread, finished
+def _run(tmp_path, url, backbone, **overrides):
+    return coordinator_in_thread(tmp_path, url, backbone, {"run_id": "buffered", "min_clients": 2, "round_deadline_s": 60, "max_weight_share": 1.0} | overrides)
 
 
 def test_async_rounds_go_on_without_the_slow_device_and_its_stale_update_counts_less(mosquitto, tiny_backbone, tmp_path):

@@ -5,28 +5,15 @@ import threading
 
 import pytest
 
-from coordinator.config import CoordinatorConfig
-from coordinator.server import Coordinator
-from fedge.task.data import write_jsonl
-from fedge.task.wordnet import Example
-from tests.integration.helpers import credentials, enrolled_fleet
+from tests.integration.helpers import coordinator_in_thread, credentials
 from tests.integration.scripted import ScriptedAgent
 
 pytestmark = pytest.mark.broker
 
 
-def _coordinator(tmp_path, url, backbone, **overrides) -> tuple[Coordinator, threading.Thread, list]:
-    write_jsonl(tmp_path / "test.jsonl", [Example("food of time", i % 8) for i in range(8)])
-    config = CoordinatorConfig.from_dict({
-        "run_id": "live", "run_dir": str(tmp_path / "run"), "broker": url, "backbone": str(backbone),
-        "enrolment": str(enrolled_fleet(tmp_path)), "eval_data": str(tmp_path / "test.jsonl"), "rounds": 1,
-        "min_clients": 1, "expected_clients": 2, "registration_timeout_s": 30, "round_deadline_s": 120,
-        "planner": {"max_depth": 1, "ranks": [2]}, "devices": {"cpu": {"rank": 2, "depth": 1}}, **overrides,
-    })
-    coordinator, finished = Coordinator(config), []
-    thread = threading.Thread(target=lambda: finished.append(coordinator.run()), daemon=True)
-    thread.start()
-    return coordinator, thread, finished
+def _coordinator(tmp_path, url, backbone, **overrides):
+    settings = {"run_id": "live", "rounds": 1, "min_clients": 1, "round_deadline_s": 120}
+    return coordinator_in_thread(tmp_path, url, backbone, settings | overrides)
 
 
 def test_a_device_that_goes_silent_drops_out_after_the_grace_period(mosquitto, tiny_backbone, tmp_path):
