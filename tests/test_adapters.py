@@ -8,7 +8,7 @@ import pytest
 import torch
 from galore_torch import GaLoreAdamW
 
-from edge_agent.trainer import BatchSampler, DeadlinePassed, check_galore_active, make_optimizer, train_local
+from edge_agent.trainer import BatchSampler, DeadlinePassed, Slowed, check_galore_active, make_optimizer, train_local
 from fedge.adapters import apply_view, attach, galore_groups, lora_layers, restart_lora, upload
 from fedge.strategies import recipe_for
 from fedge.strategies.base import delta_key, shared_lora_a
@@ -161,3 +161,13 @@ def test_loss_scaling_refuses_16_bit_trainable_weights(tiny_backbone):
 def test_loss_scaling_wherever_activations_are_fp16(monkeypatch, quantization, device, capability, scaled):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert needs_loss_scaling(quantization, device) is scaled
+
+
+def test_a_slowed_step_takes_the_factor_times_as_long_and_still_reports():
+    seen = []
+    slowed = Slowed(lambda step, loss: seen.append(step), factor=3)
+    started = time.monotonic()
+    for step in (1, 2):
+        time.sleep(0.05)  # the step's own work
+        slowed(step, 0.0)
+    assert seen == [1, 2] and time.monotonic() - started >= 3 * 0.1 * 0.95

@@ -5,6 +5,8 @@
                  {name: hetlora, round_mode: async, buffer_size: 2}]   # round-mode keys as in the coordinator config
     fleet: [laptop-rtx3060-6gb, jetson-orin-nano-8gb, cpu-16gb, cpu-8gb]   # catalogue devices, one agent each
     slowdown: {cpu-8gb: 10}   # these devices' agents take 10× as long per training step (emulated)
+    virtual_fleet: [{device: cpu-8gb, count: 600, examples: 400}, {device: jetson-orin-nano-8gb, count: 400}]
+                              # also clocked, not trained: each run's round times and bytes (fedge.trial.virtual)
     seeds: [0]
     rounds: 5
     data: {source: wordnet, train_per_label: 60, test_per_label: 25, alpha: 0.5, min_examples: 16}
@@ -71,6 +73,7 @@ class TrialConfig:
     centralised: bool = False  # also train one adapter on the pooled shards (``fedge.trial.centralised``)
     privacy: dict = field(default_factory=dict)  # the coordinator's privacy settings for every run (clip_norm, noise_multiplier, delta)
     slowdown: dict = field(default_factory=dict)  # catalogue device -> how many times as long its agents take per step
+    virtual_fleet: tuple[dict, ...] = ()  # [{device, count, examples}]: a larger fleet on a virtual clock (fedge.trial.virtual)
 
     @property
     def task_spec(self) -> TaskSpec:
@@ -131,6 +134,13 @@ class TrialConfig:
         if not isinstance(slowdown, dict) or any(device not in fleet or not isinstance(factor, (int, float)) or factor < 1 for device, factor in slowdown.items()):
             errors.append("slowdown: a mapping from fleet devices to factors >= 1")
         errors += privacy_problems(raw.get("privacy") or {})
+        for index, entry in enumerate(raw.get("virtual_fleet") or []):
+            try:
+                load_catalogue_profile(entry["device"])
+                if int(entry.get("count", 1)) < 1 or int(entry.get("examples", 500)) < 1 or set(entry) - {"device", "count", "examples"}:
+                    raise ValueError("count and examples must be positive; no other keys")
+            except (KeyError, ValueError, TypeError) as error:
+                errors.append(f"virtual_fleet[{index}]: {{device, count, examples}} with a catalogue device: {error}")
         known = set(cls.__dataclass_fields__) - {"strategies", "fleet"}
         errors += [f"{key}: unknown key" for key in sorted(set(raw) - known)]
         if errors:
@@ -138,4 +148,6 @@ class TrialConfig:
         values = {key: value for key, value in raw.items() if key in known - {"data", "task"}}
         if "seeds" in values:
             values["seeds"] = tuple(values["seeds"])
+        if "virtual_fleet" in values:
+            values["virtual_fleet"] = tuple(values["virtual_fleet"] or ())
         return cls(strategies=tuple(strategies), fleet=fleet, data=data, task=task, **values)

@@ -165,6 +165,26 @@ def _privacy_sentence(trial: TrialConfig) -> str:
             f"{privacy['noise_multiplier']} × that; a device in all {trial.rounds} rounds spent ε = {spent:.2f} at δ = {delta:g} (fedge.privacy).")
 
 
+def _virtual_section(trial: TrialConfig, runs: list[dict], out_dir: Path) -> list[str]:
+    """The virtual fleet's clock per run (``virtual.json`` beside each first-seed run), as a table and a plot."""
+    clocked = [(run["strategy"], json.loads((Path(run["run_dir"]) / "virtual.json").read_text())) for run in runs if (Path(run["run_dir"]) / "virtual.json").exists()]
+    if not clocked:
+        return []
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    mix = ", ".join(f"{entry.get('count', 1)}× {entry['device']}" for entry in trial.virtual_fleet)
+    lines = ["## Virtual fleet", "", f"{clocked[0][1]['devices']:,} catalogue devices ({mix}) planned with each run's settings and clocked from "
+             "their predicted step times and links, none of them trained (fedge.trial.virtual); the coordinator's own time per round is not counted.", "",
+             "| run | planned | preparing s | median round s | all rounds s | MB per round, up + down | mean staleness |", "|---|---|---|---|---|---|---|"]
+    for label, run in clocked:
+        rounds = run["rounds"]
+        megabytes = statistics.fmean((r["bytes_up"] + r["bytes_down"]) / 1e6 for r in rounds) if rounds else math.nan
+        lines.append(f"| {label} | {run['planned']:,} | {run['prepare_s']:.0f} | {statistics.median(run['round_seconds']) if rounds else math.nan:.1f} | {rounds[-1]['ends_s'] - run['prepare_s'] if rounds else math.nan:.0f} | {megabytes:,.0f} | {statistics.fmean(r['mean_staleness'] for r in rounds) if rounds else math.nan:.2f} |")
+        axis.plot([run["prepare_s"]] + [r["ends_s"] for r in rounds], range(len(rounds) + 1), marker=".", label=label)
+    axis.set(xlabel="virtual seconds since preparing began", ylabel="rounds completed", title=f"{clocked[0][1]['devices']:,}-device virtual fleet")
+    _save(figure, axis, out_dir / "virtual_fleet.png")
+    return lines + ["", "![virtual fleet](virtual_fleet.png)", ""]
+
+
 def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], centralised: dict[int, list[dict]], out_dir: Path, wall_s: float) -> Report:
     failed = [run for run in runs if run["exit"] != 0]
     results = [load_run(run["strategy"], run["seed"], Path(run["run_dir"])) for run in runs if run["exit"] == 0]
@@ -209,6 +229,7 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
         else:
             text += [f"Seed {seed}, {split['source']}, {split['test_examples']} held-out conversations; each device's share:", ""]
         text += [f"- {agent}: {share}" for agent, share in split["agents"].items()] + [""]
+    text += _virtual_section(trial, runs, out_dir)
     if failed:
         text += ["## Failed runs", "", *[f"- {run['strategy']} seed {run['seed']}: exit {run['exit']} (logs in {run['run_dir']}/logs)" for run in failed], ""]
     text += [f"![{metric} per round]({images[0].name})", "", f"![{metric} against bytes]({images[1].name})", "", f"![{metric} against time]({images[2].name})", ""] if images else []

@@ -21,7 +21,10 @@ from fedge.strategies import STRATEGIES
 from fedge.trial.config import StrategyRun, TrialConfig
 from fedge.trial.data import prepare_data
 from fedge.trial.report import write_report
-from coordinator.planner import PlannerOptions
+from coordinator.config import CoordinatorConfig
+from coordinator.planner import PlannerOptions, plan_fleet
+from fedge.trial.virtual import RoundSettings, simulate, virtual_members
+from profiles.model_shape import load_model_shape
 from quantization.backbone import locate_backbone
 
 CENTRAL_DEPTH, CENTRAL_RANK = 4, 16  # the centralised adapter where the trial's planner sets no max_depth or ranks
@@ -71,11 +74,22 @@ def run_trial(trial: TrialConfig, out_dir: Path, console: Console) -> Path:
             for run in trial.strategies:
                 run_dir = out_dir / f"seed_{seed}" / run.label.replace(" ", "_").replace("=", "-")
                 status = _run_one(trial, run, seed, data, run_dir, progress, task)
+                if trial.virtual_fleet and seed == trial.seeds[0]:
+                    _clock_virtual_fleet(trial, coordinator_config(trial, run, seed, data, run_dir / "coordinator", "mqtt://localhost", run_dir), run_dir)
                 runs.append({"strategy": run.label, "name": run.name, "seed": seed, "run_dir": str(run_dir), "exit": status})
     report = write_report(trial, runs, splits, centralised, out_dir, time.time() - started)
     console.print(report.table)
     console.print(f"report: [bold]{report.path}[/] (plots beside it); trial wall time {time.time() - started:.0f} s")
     return report.path
+
+
+def _clock_virtual_fleet(trial: TrialConfig, settings: dict, run_dir: Path) -> None:
+    """The virtual fleet planned with this run's settings and clocked (``fedge.trial.virtual``): ``virtual.json``."""
+    config = CoordinatorConfig.from_dict(settings)
+    members = virtual_members(list(trial.virtual_fleet))
+    plan = plan_fleet(members, load_model_shape(str(locate_backbone(trial.backbone).directory)), config.planner_options())
+    clocked = simulate(plan.devices, members, trial.rounds, RoundSettings(config.round_mode, config.buffer_size, config.max_staleness, config.aggregation_period_s))
+    (run_dir / "virtual.json").write_text(json.dumps(asdict(clocked) | {"round_seconds": clocked.round_seconds}, indent=2))
 
 
 def _centralised(trial: TrialConfig, seed: int, data: Path, progress: Progress, task) -> list[dict]:

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.broker
 
 def test_a_trial_compares_strategies_on_one_split_and_writes_its_report(tiny_backbone, tmp_path):
     trial = {
-        "name": "tiny", "backbone": str(tiny_backbone), "strategies": ["hetlora", "ce-lora"],
-        "fleet": ["cpu-16gb", "cpu-8gb"], "rounds": 2, "local_steps": 2, "batch_size": 4,
+        "name": "tiny", "backbone": str(tiny_backbone), "strategies": ["hetlora", "ce-lora", {"name": "hetlora", "round_mode": "async", "buffer_size": 1}],
+        "fleet": ["cpu-16gb", "cpu-8gb"], "slowdown": {"cpu-8gb": 3}, "rounds": 2, "local_steps": 2, "batch_size": 4,
+        "virtual_fleet": [{"device": "cpu-8gb", "count": 30}, {"device": "jetson-orin-nano-8gb", "count": 20, "examples": 200}],
         "data": {"train_per_label": 6, "test_per_label": 2, "alpha": 1.0, "min_examples": 8},
         "planner": {"max_depth": 2, "ranks": [2, 4]}, "target_accuracy": 0.99, "centralised": True,
     }
@@ -29,7 +30,7 @@ def test_a_trial_compares_strategies_on_one_split_and_writes_its_report(tiny_bac
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     rows = {row["strategy"]: row for row in report["rows"]}
-    assert set(rows) == {"hetlora", "ce-lora"}
+    assert set(rows) == {"hetlora", "ce-lora", "hetlora async buffer_size=1"}
     assert all(run["exit"] == 0 for run in report["runs"])
     assert rows["ce-lora"]["up_per_client_round"] < rows["hetlora"]["up_per_client_round"]
     core_updates = list((out / "seed_0" / "ce-lora").rglob("updates/round_*/*.safetensors"))
@@ -46,12 +47,21 @@ def test_a_trial_compares_strategies_on_one_split_and_writes_its_report(tiny_bac
     markdown = (out / "report.md").read_text()
     assert "| hetlora |" in markdown and "agent-0-cpu-16gb" in markdown and "| centralised (pooled data) |" in markdown
     assert (out / "accuracy.png").stat().st_size > 5000 and (out / "accuracy_vs_bytes.png").stat().st_size > 5000
+    assert (out / "accuracy_vs_time.png").stat().st_size > 5000 and (out / "virtual_fleet.png").stat().st_size > 5000
+    asynchronous = seeds_dir / "hetlora_async_buffer_size-1"
+    assert yaml.safe_load((asynchronous / "coordinator.yaml").read_text())["round_mode"] == "async"
+    records = [json.loads(line) for line in (asynchronous / "coordinator" / "metrics.jsonl").read_text().splitlines()]
+    assert [len(r["contributors"]) for r in records[1:]] == [1, 1] and all("staleness" in r and r["elapsed_s"] > 0 for r in records[1:])
+    clocked = json.loads((asynchronous / "virtual.json").read_text())
+    assert clocked["devices"] == 50 and len(clocked["rounds"]) == 2 and "## Virtual fleet" in markdown
 
 
 def test_trial_config_errors_are_collected():
     with pytest.raises(ConfigError) as error:
-        TrialConfig.from_dict({"strategies": ["fedprox", {"name": "lora-fair", "options": {"solver": "x"}}], "fleet": ["cpu-8gb"], "colour": 1, "device_eval": "some", "privacy": {"clip_norm": -1}})
+        TrialConfig.from_dict({"strategies": ["fedprox", {"name": "lora-fair", "options": {"solver": "x"}}, {"name": "hetlora", "round_mode": "later", "colour": 2}], "fleet": ["cpu-8gb"], "colour": 1, "device_eval": "some",
+                               "privacy": {"clip_norm": -1}, "slowdown": {"cpu-16gb": 0.5}, "virtual_fleet": [{"device": "abacus", "count": 3}]})
     text = str(error.value)
+    assert "strategies.hetlora.round_mode: one of" in text and "strategies.hetlora.colour: unknown key" in text and "slowdown:" in text and "virtual_fleet[0]" in text
     assert "fedprox" in text and "solver" in text and "at least two" in text and "colour: unknown key" in text and "device_eval" in text
     assert "privacy.clip_norm" in text and "privacy.noise_multiplier" in text
 
