@@ -320,7 +320,7 @@ class MqttTransport:
         """Queue a message for sending without waiting for acknowledgements (paho sends it, and again after a
         reconnect, as its in-flight window allows). ``stream`` names the sealing counter of the calling thread when
         it is not the owner's; ``qos`` 0 suits telemetry that is stale once missed (heartbeats)."""
-        frames = split_frames(self.codec.seal(topic, message, tensor_dtype, stream), self.config.max_frame_bytes)
+        frames = list(split_frames(self.codec.seal(topic, message, tensor_dtype, stream), self.config.max_frame_bytes))
         return Queued([self._client.publish(topic, frame, qos=qos) for frame in frames], sum(map(len, frames)))
 
     def wait_sent(self, queued: Iterable[Queued], timeout_s: float) -> int:

@@ -33,6 +33,7 @@ def test_a_trial_compares_strategies_on_one_split_and_writes_its_report(tiny_bac
     assert set(rows) == {"hetlora", "ce-lora", "hetlora async buffer_size=1"}
     assert all(run["exit"] == 0 for run in report["runs"])
     assert rows["ce-lora"]["up_per_client_round"] < rows["hetlora"]["up_per_client_round"]
+    assert rows["ce-lora"]["down_per_client_round"] < rows["hetlora"]["down_per_client_round"]  # the queued states' sizes are counted
     core_updates = list((out / "seed_0" / "ce-lora").rglob("updates/round_*/*.safetensors"))
     assert core_updates and all(set(load_file(path)) and all(key.endswith(C_SUFFIX) for key in load_file(path)) for path in core_updates)  # r×r cores only
     assert rows["hetlora"]["final_global"] == rows["hetlora"]["final_global"]  # a number: hetlora has a global model
