@@ -356,6 +356,7 @@ def _lighter(device: _Device, plan: DevicePlan) -> tuple[TrainingSetup, int] | N
 
 
 def default_calibrations() -> dict[str, Calibration]:
+    """The bundled CPU and CUDA calibrations."""
     return {backend: load_calibration(backend) for backend in ("cpu", "cuda")}
 
 

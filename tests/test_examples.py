@@ -10,7 +10,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_every_example_is_covered_here():
-    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["coordinator.yaml", "fleet.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial-private.yaml", "trial.yaml"]
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["coordinator.yaml", "fleet.yaml", "trial-async.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial-private.yaml", "trial.yaml"]
 
 
 def test_coordinator_example_is_a_valid_config():
@@ -37,6 +37,8 @@ def test_trial_example_loads():
     assert len(trial.strategies) >= 2
     private = TrialConfig.from_yaml(EXAMPLES / "trial-private.yaml")
     assert private.privacy["noise_multiplier"] > 0 and private.fleet == trial.fleet and private.data == trial.data
+    modes = TrialConfig.from_yaml(EXAMPLES / "trial-async.yaml")
+    assert [run.rounds.get("round_mode", "sync") for run in modes.strategies] == ["sync", "async", "semi-sync"] and modes.slowdown == {"cpu-8gb": 10}
 
 
 def test_task_trial_examples_load_with_their_data(tmp_path):
