@@ -41,7 +41,7 @@ from coordinator.boundary import FleetKeys, coordinator_codec
 from coordinator.config import CoordinatorConfig
 from coordinator.server import Coordinator
 from edge_agent.agent import EdgeAgent
-from edge_agent.boundary import DownlinkCodec
+from fedge.trust.downlink import DownlinkCodec
 from fedge.broker import free_port
 from fedge.task.data import Example, write_jsonl
 from fedge.transport import BrokerConfig, MqttTransport

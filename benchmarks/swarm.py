@@ -26,7 +26,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.boundary import DownlinkCodec
+from fedge.trust.downlink import DownlinkCodec
 from fedge.trust.enrolment import Credentials, device_credentials_path
 from fedge.wire import AdapterUpdate, Assignment, Evaluation, GlobalState, Heartbeat, Hello, ProtocolError, Reassembler, Reject, split_frames, topics
 from fedge.wire.chunks import DEFAULT_MAX_FRAME_BYTES

@@ -59,6 +59,8 @@ class CoordinatorConfig:
     max_weight_share: float = 0.5  # the largest share of an aggregate's weight one device's examples may carry
     max_update_norm: float = 1e4  # updates whose tensors' L2 norm exceeds this are refused (see update_norms per round)
     privacy: dict = field(default_factory=dict)  # {clip_norm, noise_multiplier, delta}: DP on the devices (fedge.privacy)
+    sites: tuple[str, ...] = ()  # identities of site aggregators (`fedge coordinator --role site`) among the devices
+    upstream: str | None = None  # --role site: this site's credentials in the central fleet
     round_mode: str = "sync"  # sync, async (FedBuff) or semi-sync: see coordinator.buffered
     buffer_size: int = 0  # async/semi-sync: updates aggregated at once; 0 = half the planned fleet
     max_staleness: int = 4  # async/semi-sync: versions an update may lag the global state before it is refused
@@ -108,6 +110,8 @@ class CoordinatorConfig:
             if devices[name].quantization not in QUANTIZATIONS:
                 errors.append(f"devices.{name}.quantization: one of {', '.join(QUANTIZATIONS)}")
         values["devices"] = devices
+        if "sites" in values:
+            values["sites"] = tuple(values["sites"] or ())
         if "target_modules" in values:
             values["target_modules"] = tuple(values["target_modules"])
         if "task" in values:

@@ -26,10 +26,10 @@ from coordinator.delivery import BackboneServer
 from coordinator.evaluation import GlobalModel
 from coordinator.plan_report import plan_to_dict
 from coordinator.grouping import GroupPlan
-from coordinator.planner import DevicePlan, FleetMember, FleetPlan, PlannerOptions, default_calibrations, plan_fleet, plan_joiner
+from coordinator.planner import DevicePlan, FleetMember, FleetPlan, Pin, PlannerOptions, default_calibrations, plan_fleet, plan_joiner
 from coordinator.registry import AgentRecord, Registry
 from coordinator.reports import RunDirectory
-from coordinator.validation import Expectation, UpdateRejected, profile_problems, validate_update
+from coordinator.validation import SITE_CLASS, Expectation, UpdateRejected, profile_problems, validate_update
 from fedge.privacy import DEFAULT_DELTA, epsilon
 from fedge.strategies import ClientInfo, ClientUpdate
 from fedge.task.classifier import scoring_cost
@@ -141,6 +141,25 @@ class Coordinator:
         if start_round > config.rounds:
             log.info("the run in %s already completed its %d rounds; nothing to resume", self.run_dir.path, config.rounds)
             return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
+        self.open()
+        if arrays is None:
+            arrays = self.strategy.initial_state(self.model.initial_arrays(), self.model.base_weights())
+            self._record({"round": 0, **self._evaluate(arrays), "participants": [], "contributors": []})
+        self.register_and_plan()
+        self.prepare(start_round)
+        try:
+            if config.round_mode == "sync":
+                for round_number in range(start_round, config.rounds + 1):
+                    arrays = self.run_round(round_number, arrays)
+            else:
+                arrays = self._run_buffered(start_round, arrays)
+        finally:
+            self.finish(arrays)
+        return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
+
+    def open(self) -> None:
+        """Connect, serve backbones, record the config and load the model the rounds are evaluated on."""
+        config = self.config
         self.transport.subscribe(topics.all_uplinks())
         self.transport.subscribe(topics.all_heartbeats())
         self.transport.connect()
@@ -149,26 +168,20 @@ class Coordinator:
         test = kind_of(config.task.kind).items(read_rows(config.eval_data), config.task, config.eval_data)
         self.model = GlobalModel(self.backbone, self.rank, list(self._top_layers(self.depth)), list(self.options.target_modules), config.task, test, config.seed)
         self.options = self._task_costs(self.options)
-        if arrays is None:
-            arrays = self.strategy.initial_state(self.model.initial_arrays(), self.model.base_weights())
-            self._record({"round": 0, **self._evaluate(arrays), "participants": [], "contributors": []})
+
+    def register_and_plan(self) -> None:
+        """Wait for the expected agents, then plan them; ``RuntimeError`` when too few can train."""
         started = time.time()
         self._await_agents(self.config.expected_clients)
         self._startup_s["registration_s"] = round(time.time() - started, 2)
         self._plan()
-        if len(self.registry.planned()) < config.min_clients:
-            raise RuntimeError(f"only {len(self.registry.planned())} agents can train this model; the run needs {config.min_clients} (see {self.run_dir.path}/plan.json)")
-        self._prepare_agents(start_round)
+        if len(self.registry.planned()) < self.config.min_clients:
+            raise RuntimeError(f"only {len(self.registry.planned())} agents can train this model; the run needs {self.config.min_clients} (see {self.run_dir.path}/plan.json)")
+
+    def prepare(self, round_number: int) -> None:
+        """Have every planned agent ready its backbone and first rows; the rounds' clock starts after."""
+        self._prepare_agents(round_number)
         self._rounds_started = time.time()
-        try:
-            if config.round_mode == "sync":
-                for round_number in range(start_round, config.rounds + 1):
-                    arrays = self._run_round(round_number, arrays)
-            else:
-                arrays = self._run_buffered(start_round, arrays)
-        finally:
-            self._finish(arrays)
-        return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
 
     def _starting_point_or_none(self) -> tuple[int, dict[str, np.ndarray] | None]:
         latest = self.run_dir.latest_global()
@@ -189,6 +202,12 @@ class Coordinator:
         if count < self.config.min_clients:
             raise RuntimeError(f"only {count} agents online; the run needs {self.config.min_clients} (resume it with --resume)")
         log.info("%d agents online", count)
+
+    def pump(self, seconds: float) -> None:
+        """Handle the devices' messages for ``seconds`` (a site aggregator does, while the centre is busy)."""
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            self._handle_next(deadline)
 
     def _handle_until(self, done: Callable[[], bool], deadline: float, check_every_s: float = 0.5) -> None:
         """Handle messages until ``done()`` (asked at most every ``check_every_s``, as it may walk the fleet) or the
@@ -284,15 +303,15 @@ class Coordinator:
         log.info("agents prepared for round %d in %.1f s%s", round_number, self._startup_s["prepare_s"], f"; not ready: {', '.join(sorted(self._preparing))}" if self._preparing else "")
         self._preparing = set()
 
-    def _run_round(self, round_number: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run_round(self, round_number: int, arrays: dict[str, np.ndarray], deadline: float | None = None) -> dict[str, np.ndarray]:
         """One global round: every group runs its τ_g exchanges (one group of everyone, τ = 1, without HierFedLoRA
-        groups), then the group states are combined."""
+        groups), then the group states are combined. ``deadline``: earlier than ``round_deadline_s`` from now."""
         self._drop_revoked()
         if self._plan_changed:
             self._write_plan()
         self._await_agents(self.config.min_clients)  # e.g. agents still reconnecting after a broker outage
         started = time.time()
-        deadline = started + self.config.round_deadline_s
+        deadline = min(deadline or math.inf, started + self.config.round_deadline_s)
         participants = self.registry.planned()
         self._expectations, self._assigned, self._specs, self._received, self._pending_in = {}, {}, {}, {}, {}
         self._begin_record()
@@ -583,8 +602,14 @@ class Coordinator:
         return out
 
     def _lora_spec(self, record: AgentRecord) -> LoraSpec:
+        """What the device trains; a site aggregates a group of devices, so it gets the global rank on every layer
+        at scaling 1, the state's own convention (as HierFedLoRA's groups are combined)."""
         plan = record.plan
-        return LoraSpec(tuple(self.options.target_modules), plan.layers, plan.ranks, self.options.scaling)
+        return LoraSpec(tuple(self.options.target_modules), plan.layers, plan.ranks, 1.0 if record.agent_id in self.config.sites else self.options.scaling)
+
+    def contributions(self) -> dict[str, AdapterUpdate]:
+        """The updates that counted in the last round."""
+        return dict(self._contributed)
 
     def _assign(self, record: AgentRecord, round_number: int, deadline: float, arrays: dict[str, np.ndarray]) -> int:
         plan, spec = record.plan, self._lora_spec(record)
@@ -628,7 +653,8 @@ class Coordinator:
         view = self.strategy.client_view(arrays, ClientInfo(record.agent_id, self._lora_spec(record), record.base_version))
         return GlobalState(self.config.run_id, round_number, record.agent_id, final, {}, view)
 
-    def _finish(self, arrays: dict[str, np.ndarray]) -> None:
+    def finish(self, arrays: dict[str, np.ndarray]) -> None:
+        """Send every planned agent the final state, wait for their evaluations, save the adapter and close."""
         queued = [self.transport.enqueue(topics.downlink(r.agent_id), self._state_for(r, arrays, self.config.rounds, final=True)) for r in self.registry.all() if r.plan is not None]
         unsent = self.transport.wait_sent(queued, timeout_s=30)
         if unsent:
@@ -713,6 +739,8 @@ class Coordinator:
 
     def _on_hello(self, hello: Hello) -> None:
         problems = profile_problems(hello, len(self.config.task.labels))
+        if (hello.profile.device_class == SITE_CLASS) != (hello.agent_id in self.config.sites):
+            problems.append(f"device_class: {SITE_CLASS!r} is for the site aggregators this coordinator lists in sites:, and only them")
         if problems:
             return self._reject(hello.agent_id, "bad_profile", "; ".join(problems))
         if not hello.label_counts and self._needs_label_counts() and hello.agent_id not in self._asked_for_labels:
@@ -720,7 +748,7 @@ class Coordinator:
             return self._send_reject(hello.agent_id, "label_counts_wanted", f"{self.strategy.name}{' with groups' if self.options.groups else ''} uses devices' label counts; say hello with them, or without to decline")
         known = self.registry.get(hello.agent_id)
         keep = known.plan if known is not None and known.profile == hello.profile and known.num_examples == hello.num_examples else None
-        pin = self.config.pin_for(hello.profile.name, hello.profile.device_class)
+        pin = Pin(self.rank, self.depth) if hello.agent_id in self.config.sites else self.config.pin_for(hello.profile.name, hello.profile.device_class)
         counts = histogram(hello.label_counts, self.config.task) if hello.label_counts else (known.label_histogram if keep else ())
         record = AgentRecord(hello.agent_id, hello.profile, hello.num_examples, counts, pin, keep, base_version=hello.base_version)
         is_new = self.registry.register(record)

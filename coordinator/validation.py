@@ -56,6 +56,7 @@ def validate_update(update: AdapterUpdate, expectation: Expectation | None, alre
             raise UpdateRejected("not_finite", f"{key} holds NaN or Inf")
 
 
+SITE_CLASS = "site"  # the device class a site aggregator says hello with (it stands for a group of devices)
 _BYTES_MAX = 2**50  # 1 PiB: more memory than any device
 _RATE_MAX = 1e7  # GFLOP/s, GB/s and Mbit/s: a bound no edge device reaches
 MAX_NAME = 128

@@ -9,7 +9,7 @@
 
 An agent given evaluation data reports the held-out accuracy of the model it holds after each state it takes.
 With credentials (``fedge enroll``) it signs everything it sends and acts only on what the coordinator signed for it
-(``edge_agent.boundary``); anything else is logged and dropped.
+(``fedge.trust.downlink``); anything else is logged and dropped.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from fedge.transport import BrokerConfig, MqttTransport, Received, TransportErro
 from fedge.trust.enrolment import Credentials
 from fedge.wire import PREPARED_ROUNDS, AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Reject
 from fedge.wire import topics
-from edge_agent.boundary import DownlinkCodec
+from fedge.trust.downlink import DownlinkCodec
 from edge_agent.fetch import BackboneFetcher, package_cache
 from quantization.backbone import BackboneSource, load_backbone, needs_loss_scaling, quantization_problem
 

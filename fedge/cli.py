@@ -120,6 +120,20 @@ def _agent_credentials(args):
     return None
 
 
+def _bridge(args):
+    """The site broker's bridge to the central one, from --bridge-to and the site's credentials in the central fleet."""
+    if not args.bridge_to:
+        return None
+    if not args.bridge_credentials:
+        raise ValueError("--bridge-to needs --bridge-credentials: the site's credentials file from the central fleet")
+    from fedge.transport import BrokerConfig
+    from fedge.trust.broker_files import Bridge
+    from fedge.trust.enrolment import Credentials
+
+    central, site = BrokerConfig.from_url(args.bridge_to), Credentials.load(args.bridge_credentials)
+    return Bridge(site.identity, central.host, central.port, site.broker_username, site.broker_password, central.tls, args.bridge_ca)
+
+
 def cmd_enroll(args) -> int:
     from fedge.trust.broker_files import write_mosquitto_files
     from fedge.trust.enrolment import Enrolment, enroll, revoke
@@ -133,7 +147,7 @@ def cmd_enroll(args) -> int:
             console.print(f"enrolled {identity}: credentials in {path} (copy to the device, then delete here)")
     enrolment = Enrolment.load(fleet)
     if args.mosquitto:
-        for path in write_mosquitto_files(enrolment, Path(args.mosquitto), port=args.port, tls_host=args.tls_host):
+        for path in write_mosquitto_files(enrolment, Path(args.mosquitto), port=args.port, tls_host=args.tls_host, bridge=_bridge(args)):
             console.print(f"wrote {path}")
     console.print(f"{len(enrolment.active())} devices enrolled in {fleet} ({len(enrolment.devices) - len(enrolment.active())} revoked)")
     return 0
@@ -159,9 +173,16 @@ def cmd_coordinator(args) -> int:
     config = CoordinatorConfig.from_yaml(args.config)  # config and data are checked before the heavy imports
     kind_of(config.task.kind).items(read_rows(config.eval_data), config.task, config.eval_data)
 
-    from coordinator.server import Coordinator
+    if args.role == "site":
+        if args.resume:
+            raise ValueError("--role site cannot --resume: restart the site; the central coordinator resends its work")
+        from coordinator.site import SiteAggregator
 
-    summary = Coordinator(config, resume=args.resume).run()
+        summary = SiteAggregator(config).run()
+    else:
+        from coordinator.server import Coordinator
+
+        summary = Coordinator(config, resume=args.resume).run()
     final = summary.rounds[-1]
     console.print(f"final {final.get('metric', 'accuracy')} {final['accuracy']:.3f} after round {final['round']}; run directory {summary.run_dir}")
     return 0
@@ -304,12 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--revoke", action="append", metavar="ID", help="revoke a device (repeatable)")
     enroll.add_argument("--mosquitto", metavar="DIR", help="write Mosquitto's passwords, acl and mosquitto.conf for the enrolled devices here")
     enroll.add_argument("--port", type=int, default=8883, help="the listener port in the written mosquitto.conf")
+    enroll.add_argument("--bridge-to", metavar="URL", help="with --mosquitto: this is a site's broker; bridge the site aggregator's topics (only those) to the central broker at URL")
+    enroll.add_argument("--bridge-credentials", metavar="FILE", help="with --bridge-to: the site's credentials in the central fleet (`fedge enroll --fleet CENTRAL SITE_ID`)")
+    enroll.add_argument("--bridge-ca", metavar="FILE", help="with --bridge-to mqtts://…: the CA that signed the central broker's certificate")
     enroll.add_argument("--tls-host", help="with --mosquitto: a TLS listener for this host name or address (CA and server certificate generated)")
     enroll.set_defaults(func=cmd_enroll)
 
     coordinator = sub.add_parser("coordinator", help="run the coordinator")
     coordinator.add_argument("--config", required=True, help="coordinator YAML (see examples/coordinator.yaml)")
     coordinator.add_argument("--resume", action="store_true", help="continue a run from its last completed round")
+    coordinator.add_argument("--role", choices=("root", "site"), default="root", help="site: aggregate a site's devices on its own broker and forward one update per round to the central coordinator (config: upstream)")
     coordinator.set_defaults(func=cmd_coordinator)
 
     plan = sub.add_parser("plan", help="plan bits, ranks, depth, batch and steps for a fleet")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -42,19 +42,53 @@ def broker_users(enrolment: Enrolment) -> dict[str, str]:
     return {COORDINATOR_ID: enrolment.coordinator_password_hash} | {identity: enrolment.devices[identity].password_hash for identity in enrolment.active()}
 
 
-def topic_rules(enrolment: Enrolment, root: str = DEFAULT_ROOT) -> dict[str, TopicRules]:
-    return {COORDINATOR_ID: coordinator_rules(root)} | {identity: device_rules(identity, root) for identity in enrolment.active()}
+def topic_rules(enrolment: Enrolment, root: str = DEFAULT_ROOT, site: str | None = None) -> dict[str, TopicRules]:
+    """Every user's rules; with ``site`` (a site's identity in the central fleet), the coordinator here is that
+    site's aggregator and may also use the site's own topics, which the bridge carries."""
+    rules = coordinator_rules(root)
+    if site is not None:
+        upstream = device_rules(site, root)
+        rules = TopicRules(rules.publish + upstream.publish, rules.subscribe + upstream.subscribe)
+    return {COORDINATOR_ID: rules} | {identity: device_rules(identity, root) for identity in enrolment.active()}
 
 
-def write_mosquitto_files(enrolment: Enrolment, out_dir: Path, root: str = DEFAULT_ROOT, port: int = 8883, tls_host: str | None = None) -> list[Path]:
+@dataclass(frozen=True)
+class Bridge:
+    """A site broker's link to the central broker: it logs in there as the site's identity and carries only that
+    identity's topics (up, heartbeat, status and fetch out; down in), so the central link carries one update per
+    site per round whatever the site's fleet."""
+
+    identity: str
+    host: str
+    port: int
+    username: str
+    password: str = field(repr=False)
+    tls: bool = False
+    ca_certs: str | None = None
+
+    def lines(self, root: str = DEFAULT_ROOT) -> list[str]:
+        agent = f"{root}/agents/{self.identity}"
+        lines = [
+            f"connection fedge-{self.identity}", f"address {self.host}:{self.port}", f"remote_clientid fedge-bridge-{self.identity}",
+            f"remote_username {self.username}", f"remote_password {self.password}", "cleansession false", "bridge_protocol_version mqttv311",
+            "try_private false", "restart_timeout 2 30",
+            f"topic {agent}/up out 1", f"topic {agent}/beat out 0", f"topic {agent}/status out 1", f"topic {agent}/fetch out 1", f"topic {agent}/down in 1",
+        ]
+        if self.tls:
+            lines.append(f"bridge_cafile {self.ca_certs}" if self.ca_certs else "bridge_capath /etc/ssl/certs")
+        return lines
+
+
+def write_mosquitto_files(enrolment: Enrolment, out_dir: Path, root: str = DEFAULT_ROOT, port: int = 8883, tls_host: str | None = None, bridge: Bridge | None = None) -> list[Path]:
     """``passwords``, ``acl`` and a ``mosquitto.conf`` that uses them (with a TLS listener when ``tls_host`` names
-    the broker's host, for which a CA and server certificate are generated here unless already present)."""
+    the broker's host, for which a CA and server certificate are generated here unless already present; with a
+    ``bridge`` to the central broker, the conf holds its password and is written 0600)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     passwords = out_dir / "passwords"
     write_file_atomic(passwords, "".join(f"{user}:{hashed}\n" for user, hashed in broker_users(enrolment).items()), mode=0o600)
     acl = out_dir / "acl"
     lines = []
-    for user, rules in topic_rules(enrolment, root).items():
+    for user, rules in topic_rules(enrolment, root, bridge.identity if bridge else None).items():
         lines += [f"user {user}"] + [f"topic write {topic}" for topic in rules.publish] + [f"topic read {topic}" for topic in rules.subscribe] + [""]
     write_file_atomic(acl, "\n".join(lines), mode=0o644)
     conf = [f"listener {port}", "allow_anonymous false", f"password_file {passwords.resolve()}", f"acl_file {acl.resolve()}", "max_packet_size 1048576", "persistence false"]
@@ -62,8 +96,10 @@ def write_mosquitto_files(enrolment: Enrolment, out_dir: Path, root: str = DEFAU
     if tls_host is not None:
         written += write_tls_files(out_dir, tls_host)
         conf += [f"cafile {(out_dir / 'ca.crt').resolve()}", f"certfile {(out_dir / 'server.crt').resolve()}", f"keyfile {(out_dir / 'server.key').resolve()}", "tls_version tlsv1.2"]
+    if bridge is not None:
+        conf += ["", *bridge.lines(root)]
     config = out_dir / "mosquitto.conf"
-    write_file_atomic(config, "\n".join(conf) + "\n", mode=0o644)
+    write_file_atomic(config, "\n".join(conf) + "\n", mode=0o600 if bridge else 0o644)
     return written + [config]
 
 

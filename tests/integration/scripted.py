@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 
-from edge_agent.boundary import DownlinkCodec
+from fedge.trust.downlink import DownlinkCodec
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.trust.enrolment import Credentials
 from fedge.wire import AdapterUpdate, Assignment, GlobalState, Heartbeat, Hello, Reject, topics
@@ -21,7 +22,8 @@ class ScriptedAgent:
         self.agent_id = credentials.identity
         self.examples = examples
         self.codec = DownlinkCodec(credentials)
-        self.transport = MqttTransport(BrokerConfig.from_url(url), f"scripted-{self.agent_id}", codec=self.codec)
+        login = replace(BrokerConfig.from_url(url), username=credentials.broker_username, password=credentials.broker_password)
+        self.transport = MqttTransport(login, f"scripted-{self.agent_id}", codec=self.codec)
         self.transport.subscribe(topics.downlink(self.agent_id))
         self.transport.connect()
         self.states: dict[int, GlobalState] = {}

@@ -1,4 +1,5 @@
-"""The agent's side of the trust boundary: it acts only on messages the coordinator signed for it.
+"""A device's side of the trust boundary (an agent's, or a site aggregator's toward the central coordinator): it
+acts only on messages the coordinator signed for it.
 
 A downlink must verify under the coordinator's public key (from the device's credentials), name this device, be
 newer than the last one accepted, and belong to the run the agent is in; an assignment may start a new run (the
