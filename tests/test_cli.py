@@ -94,3 +94,12 @@ def test_bad_files_are_reported_before_the_heavy_imports(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[1, 1] ['torch']", result.stdout + result.stderr
     assert result.stderr.count("bad.jsonl:1:") == 2
+
+
+def test_a_site_coordinator_without_its_upstream_credentials_says_so(tmp_path, caplog):
+    (tmp_path / "test.jsonl").write_text('{"text": "food of time", "label": 2}\n')
+    (tmp_path / "site.yaml").write_text(f"eval_data: {tmp_path / 'test.jsonl'}\ninsecure: true\n")
+    assert main(["coordinator", "--config", str(tmp_path / "site.yaml"), "--role", "site"]) == 1
+    assert "upstream" in caplog.text
+    assert main(["coordinator", "--config", str(tmp_path / "site.yaml"), "--role", "site", "--resume"]) == 1
+    assert "cannot --resume" in caplog.text

@@ -64,3 +64,20 @@ def test_the_enroll_command_enrols_revokes_and_writes_broker_files(tmp_path, cap
     assert json.loads((fleet / "enrolment.json").read_text())["devices"]["d2"]["revoked"] is True
     assert coordinator_credentials(fleet).identity == COORDINATOR_ID
     assert main(["enroll", "--fleet", str(fleet), "d1"]) == 1  # already enrolled: a clear error, exit 1
+
+
+def test_a_site_broker_bridges_only_the_sites_own_topics_with_its_central_login(tmp_path, capsys):
+    central, site = tmp_path / "central", tmp_path / "site"
+    enroll(central, ["site-a"])
+    login = Credentials.load(device_credentials_path(central, "site-a"))
+    assert main(["enroll", "--fleet", str(site), "jetson-01", "--mosquitto", str(tmp_path / "m"), "--port", "1884",
+                 "--bridge-to", "mqtt://hub.example:1883", "--bridge-credentials", str(device_credentials_path(central, "site-a"))]) == 0
+    conf = tmp_path / "m" / "mosquitto.conf"
+    text = conf.read_text()
+    assert "connection fedge-site-a\naddress hub.example:1883\n" in text and f"remote_username {login.broker_username}\nremote_password {login.broker_password}\n" in text
+    bridged = [line for line in text.splitlines() if line.startswith("topic ")]
+    assert bridged == [f"topic fedge/v1/agents/site-a/{lane}" for lane in ("up out 1", "beat out 0", "status out 1", "fetch out 1", "down in 1")]
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600  # it holds the site's central password
+    acl = (tmp_path / "m" / "acl").read_text()  # the site aggregator logs in as this broker's coordinator and uses the site's topics
+    assert "user coordinator\ntopic write fedge/v1/agents/+/down\ntopic write fedge/v1/agents/site-a/up" in acl
+    assert main(["enroll", "--fleet", str(site), "--mosquitto", str(tmp_path / "m2"), "--bridge-to", "mqtt://hub.example:1883"]) == 1

@@ -91,7 +91,11 @@ def write_mosquitto_files(enrolment: Enrolment, out_dir: Path, root: str = DEFAU
     for user, rules in topic_rules(enrolment, root, bridge.identity if bridge else None).items():
         lines += [f"user {user}"] + [f"topic write {topic}" for topic in rules.publish] + [f"topic read {topic}" for topic in rules.subscribe] + [""]
     write_file_atomic(acl, "\n".join(lines), mode=0o644)
-    conf = [f"listener {port}", "allow_anonymous false", f"password_file {passwords.resolve()}", f"acl_file {acl.resolve()}", "max_packet_size 1048576", "persistence false"]
+    conf = [
+        f"listener {port}", "allow_anonymous false", f"password_file {passwords.resolve()}", f"acl_file {acl.resolve()}", "max_packet_size 1048576", "persistence false",
+        "set_tcp_nodelay true",  # a chunked message's last frame must not wait out the delayed ACK
+        f"max_queued_messages {max(1000, 2 * len(enrolment.active()))}",  # the coordinator's queue takes one update per device at once
+    ]
     written = [passwords, acl]
     if tls_host is not None:
         written += write_tls_files(out_dir, tls_host)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from dataclasses import replace
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -14,12 +15,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from coordinator.config import CoordinatorConfig
 from coordinator.server import Coordinator
 from coordinator.site import SiteAggregator
+from coordinator.validation import SITE_CLASS
 from fedge.broker import free_port
 from fedge.task.data import write_jsonl
 from fedge.task.wordnet import Example
 from fedge.trust.broker_files import Bridge, write_mosquitto_files
 from fedge.trust.enrolment import Credentials, Enrolment, coordinator_credentials, device_credentials_path, enroll
-from fedge.wire import GlobalState
+from fedge.wire import GlobalState, Hello
+from profiles import load_catalogue_profile
 from tests.conftest import MOSQUITTO, _wait_for_port
 from tests.integration.scripted import ScriptedAgent
 
@@ -62,7 +65,7 @@ def _device(url: str, credentials: Credentials) -> None:
 def test_two_bridged_sites_each_forward_one_update_per_round_and_their_devices_stay_local(tiny_backbone, tmp_path):
     write_jsonl(tmp_path / "test.jsonl", [Example("food of time", i % 8) for i in range(8)])
     central_fleet = tmp_path / "central-fleet"
-    enroll(central_fleet, list(SITES))
+    enroll(central_fleet, [*SITES, "pretender"])
     central, central_port = _broker(central_fleet, tmp_path / "central-broker")
     processes, threads, finished = [central], [], []
     seen: set[str] = set()
@@ -89,6 +92,10 @@ def test_two_bridged_sites_each_forward_one_update_per_round_and_their_devices_s
             threads += [threading.Thread(target=_device, args=(f"mqtt://127.0.0.1:{port}", Credentials.load(device_credentials_path(fleet, device))), daemon=True) for device in devices]
         for thread in threads:
             thread.start()
+        pretender = ScriptedAgent(f"mqtt://127.0.0.1:{central_port}", Credentials.load(device_credentials_path(central_fleet, "pretender")))
+        pretender.send(Hello("pretender", replace(load_catalogue_profile("cpu-16gb"), device_class=SITE_CLASS), 10**6))
+        assert "sites:" in pretender.expect_reject("bad_profile").detail  # only the sites the centre lists may act as one
+        pretender.close()
         for thread in threads:
             thread.join(timeout=180)
         assert finished, "the central run must complete"
@@ -99,7 +106,7 @@ def test_two_bridged_sites_each_forward_one_update_per_round_and_their_devices_s
             local = sites[site].local.run_dir.rounds()  # no round 0: a site starts from the centre's state
             assert [r["contributors"] for r in local] == [sorted(devices)] * ROUNDS
         up = {topic.split("/")[3] for topic in seen}
-        assert up == set(SITES), f"only the sites' own topics cross the bridges, saw {sorted(up)}"
+        assert up == {*SITES, "pretender"}, f"only the sites' own topics cross the bridges, saw {sorted(up)}"
     finally:
         monitor.loop_stop()
         for process in processes:
