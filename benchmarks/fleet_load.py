@@ -3,7 +3,9 @@
 The agents (``benchmarks/swarm.py``, many per process, each its own MQTT connection, enrolled and signing like a
 real agent) take every catalogue device in turn, with dataset sizes of 100 to 999 examples, and pretend to train
 for ``--train-s`` seconds a round; the coordinator (``fedge coordinator`` in its own process) runs HetLoRA at
-depth 1, rank 4, behind Mosquitto with the fleet's logins and ACLs. Per fleet size it prints:
+depth 1, rank 4, behind Mosquitto with the fleet's logins and ACLs. The straggler bound is relaxed (100×) so every
+agent trains: at this tiny workload the CPU devices' predicted 0.1 s rounds are over 1.25× the GPUs' 0.04 s median,
+and the planner would refuse a third of the fleet. Per fleet size it prints:
 
 - registration: the coordinator's wait until every agent said hello (from its first round's record);
 - planning: the planner over the registered fleet;
@@ -79,7 +81,7 @@ def _coordinator_config(work: Path, fleet: Path, port: int, agents: int, rounds:
         "enrolment": str(fleet), "backbone": backbone, "eval_data": str(work / "eval.jsonl"), "rounds": rounds,
         "strategy": "hetlora", "min_clients": 1, "expected_clients": agents, "registration_timeout_s": 60 + agents * 0.05,
         "round_deadline_s": deadline_s, "rejoin_grace_s": 3 * heartbeat_s, "final_eval_wait_s": 5, "threads": 1,
-        "max_weight_share": 1.0, "planner": {"max_depth": 1, "ranks": [4]},
+        "max_weight_share": 1.0, "planner": {"max_depth": 1, "ranks": [4], "straggler_bound": 100},
     }
     path = work / "coordinator.yaml"
     path.write_text(yaml.safe_dump(config))
