@@ -178,7 +178,7 @@ def _virtual_section(trial: TrialConfig, runs: list[dict], out_dir: Path) -> lis
     for label, run in clocked:
         rounds = run["rounds"]
         megabytes = statistics.fmean((r["bytes_up"] + r["bytes_down"]) / 1e6 for r in rounds) if rounds else math.nan
-        lines.append(f"| {label} | {run['planned']:,} | {run['prepare_s']:.0f} | {statistics.median(run['round_seconds']) if rounds else math.nan:.1f} | {rounds[-1]['ends_s'] - run['prepare_s'] if rounds else math.nan:.0f} | {megabytes:,.0f} | {statistics.fmean(r['mean_staleness'] for r in rounds) if rounds else math.nan:.2f} |")
+        lines.append(f"| {label} | {run['planned']:,} | {run['prepare_s']:.0f} | {statistics.median(run['round_seconds']) if rounds else math.nan:.2f} | {rounds[-1]['ends_s'] - run['prepare_s'] if rounds else math.nan:.1f} | {megabytes:,.0f} | {statistics.fmean(r['mean_staleness'] for r in rounds) if rounds else math.nan:.2f} |")
         axis.plot([run["prepare_s"]] + [r["ends_s"] for r in rounds], range(len(rounds) + 1), marker=".", label=label)
     axis.set(xlabel="virtual seconds since preparing began", ylabel="rounds completed", title=f"{clocked[0][1]['devices']:,}-device virtual fleet")
     _save(figure, axis, out_dir / "virtual_fleet.png")
