@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from dataclasses import replace
 
 import paho.mqtt.client as mqtt
@@ -51,6 +52,13 @@ def _settings(tmp_path, backbone, fleet, port, name, **extra) -> CoordinatorConf
     })
 
 
+def _await(condition, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the coordinators did not connect"
+        time.sleep(0.05)
+
+
 def _device(url: str, credentials: Credentials) -> None:
     agent = ScriptedAgent(url, credentials, heartbeat_s=1)
     agent.hello()
@@ -79,7 +87,7 @@ def test_two_bridged_sites_each_forward_one_update_per_round_and_their_devices_s
     try:
         root = Coordinator(_settings(tmp_path, tiny_backbone, central_fleet, central_port, "central", sites=list(SITES), expected_clients=2, min_clients=2))
         threads.append(threading.Thread(target=lambda: finished.append(root.run()), daemon=True))
-        sites = {}
+        sites, devices_of = {}, {}
         for site, devices in SITES.items():
             fleet = tmp_path / f"{site}-fleet"
             enroll(fleet, list(devices))
@@ -89,9 +97,14 @@ def test_two_bridged_sites_each_forward_one_update_per_round_and_their_devices_s
             processes.append(process)
             sites[site] = SiteAggregator(_settings(tmp_path, tiny_backbone, fleet, port, site, upstream=str(upstream), expected_clients=len(devices)))
             threads.append(threading.Thread(target=sites[site].run, daemon=True))
-            threads += [threading.Thread(target=_device, args=(f"mqtt://127.0.0.1:{port}", Credentials.load(device_credentials_path(fleet, device))), daemon=True) for device in devices]
+            devices_of[site] = [threading.Thread(target=_device, args=(f"mqtt://127.0.0.1:{port}", Credentials.load(device_credentials_path(fleet, device))), daemon=True) for device in devices]
         for thread in threads:
             thread.start()
+        _await(lambda: root.transport.connected and all(site.local.transport.connected for site in sites.values()))  # scripted devices say hello once
+        for site_devices in devices_of.values():
+            threads += site_devices
+            for thread in site_devices:
+                thread.start()
         pretender = ScriptedAgent(f"mqtt://127.0.0.1:{central_port}", Credentials.load(device_credentials_path(central_fleet, "pretender")))
         pretender.send(Hello("pretender", replace(load_catalogue_profile("cpu-16gb"), device_class=SITE_CLASS), 10**6))
         assert "sites:" in pretender.expect_reject("bad_profile").detail  # only the sites the centre lists may act as one

@@ -36,9 +36,9 @@ def test_async_rounds_go_on_without_the_slow_device_and_its_stale_update_counts_
     assert [r["contributors"] for r in rounds] == [["a0"], ["a0"], ["a1"]]
     assert [r["staleness"] for r in rounds] == [{"a0": 0}, {"a0": 0}, {"a1": 2}]
     assert rounds[2]["discount"] == pytest.approx(3 ** -0.5, abs=1e-4)
-    assert rounds[0]["bytes_down"]["a1"] > 1000 and rounds[1]["bytes_down"] == {"a0": rounds[0]["bytes_down"]["a0"]}  # only a0 had new work
+    assert rounds[0]["bytes_down"]["a1"] > 1000 and set(rounds[1]["bytes_down"]) == {"a0"}  # only a0 had new work
     before, after = (load_file(coordinator.run_dir.path / "globals" / f"round_{index:03d}.safetensors") for index in (2, 3))
-    key = next(k for k in stale.tensors if k in after)  # HetLoRA's aggregate of one update is that update: moved 0.577 of the way
+    key = next(k for k in sorted(stale.tensors) if k.endswith("lora_A.weight"))  # HetLoRA's aggregate of one A is that A (B is rescaled)
     np.testing.assert_allclose(after[key], before[key] + 3 ** -0.5 * (stale.tensors[key] - before[key]), rtol=1e-4, atol=1e-6)
     fast.close()
     slow.close()
