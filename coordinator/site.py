@@ -19,6 +19,7 @@ import logging
 import statistics
 import threading
 import time
+from collections import deque
 
 import numpy as np
 
@@ -59,6 +60,7 @@ class SiteAggregator:
         self._assignment: Assignment | None = None
         self._state = "idle"
         self._stopped = threading.Event()
+        self._handled: deque[str] = deque(maxlen=64)  # ids of central states already acted on
 
     def run(self) -> RunSummary:
         local = self.local
@@ -110,7 +112,8 @@ class SiteAggregator:
         elif isinstance(message, GlobalState) and message.final:
             self.local.finish({key: value.astype(np.float32) for key, value in message.tensors.items()})
             self._stopped.set()
-        elif isinstance(message, GlobalState) and self._assignment is not None and message.round == self._assignment.round:
+        elif isinstance(message, GlobalState) and self._assignment is not None and message.round == self._assignment.round and message.message_id not in self._handled:
+            self._handled.append(message.message_id)  # a state the broker delivers twice is one round
             self._round(self._assignment, message)
         elif isinstance(message, Reject) and message.reason in ("unknown_agent", "label_counts_wanted"):
             self._hello()  # without label counts: a site does not send its devices'
