@@ -1,4 +1,5 @@
-"""Kill the coordinator mid-run: restarted with --resume it continues from its last completed round."""
+"""Kill the coordinator mid-run: restarted with --resume it continues from its last completed round (or version,
+in asynchronous rounds)."""
 
 import json
 import signal
@@ -19,7 +20,8 @@ def _cli(*args, log):
     return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log), *args], stderr=subprocess.DEVNULL)
 
 
-def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone, tmp_path):
+@pytest.mark.parametrize("round_mode", ["sync", "async"])
+def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone, tmp_path, round_mode):
     write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
     run = tmp_path / "run"
     config = {
@@ -27,6 +29,7 @@ def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone
         "enrolment": str(enrolled_fleet(tmp_path)), "eval_data": str(tmp_path / "test.jsonl"), "rounds": 6, "min_clients": 2, "expected_clients": 2,
         "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 60,
         "planner": {"max_depth": 2, "ranks": [2]}, "devices": {"cpu": {"rank": 2, "depth": 2}},
+        "round_mode": round_mode, "buffer_size": 2,
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     coordinator = _cli("coordinator", "--config", str(tmp_path / "c.yaml"), log=tmp_path / "c1.log")
