@@ -30,7 +30,7 @@ from tests.integration.scripted import ScriptedAgent
 pytestmark = [pytest.mark.broker, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")]
 
 SITES = {"site-a": ("a0", "a1"), "site-b": ("b0",)}
-ROUNDS = 2
+ROUNDS = 3
 
 
 def _broker(fleet, directory, bridge: Bridge | None = None) -> tuple[subprocess.Popen, int]:
@@ -38,9 +38,13 @@ def _broker(fleet, directory, bridge: Bridge | None = None) -> tuple[subprocess.
     conf = write_mosquitto_files(Enrolment.load(fleet), directory, port=port, bridge=bridge)[-1]
     if os.geteuid() == 0:  # Mosquitto started as root drops to user "mosquitto", which cannot read our 0600 files
         conf.write_text(conf.read_text() + "user root\n")
+    return _start(conf, port), port
+
+
+def _start(conf, port: int) -> subprocess.Popen:
     process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_port(port)
-    return process, port
+    return process
 
 
 def _settings(tmp_path, backbone, fleet, port, name, **extra) -> CoordinatorConfig:
@@ -55,7 +59,7 @@ def _settings(tmp_path, backbone, fleet, port, name, **extra) -> CoordinatorConf
 def _await(condition, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert time.monotonic() < deadline, "the coordinators did not connect"
+        assert time.monotonic() < deadline, "waited in vain"
         time.sleep(0.05)
 
 
@@ -71,6 +75,7 @@ def _device(url: str, credentials: Credentials) -> None:
 
 
 def test_two_bridged_sites_each_forward_one_update_per_round_and_their_devices_stay_local(tiny_backbone, tmp_path):
+    """Also through a restart of the central broker after round 1 (its sessions lost: persistence is off)."""
     write_jsonl(tmp_path / "test.jsonl", [Example("food of time", i % 8) for i in range(8)])
     central_fleet = tmp_path / "central-fleet"
     enroll(central_fleet, [*SITES, "pretender"])
@@ -81,8 +86,8 @@ def test_two_bridged_sites_each_forward_one_update_per_round_and_their_devices_s
     login = coordinator_credentials(central_fleet)
     monitor.username_pw_set(login.broker_username, login.broker_password)
     monitor.on_message = lambda client, userdata, message: seen.add(message.topic)
+    monitor.on_connect = lambda client, userdata, flags, reason, properties: client.subscribe([("fedge/v1/agents/+/up", 1), ("fedge/v1/agents/+/beat", 0)])
     monitor.connect("127.0.0.1", central_port)
-    monitor.subscribe([("fedge/v1/agents/+/up", 1), ("fedge/v1/agents/+/beat", 0)])
     monitor.loop_start()
     try:
         root = Coordinator(_settings(tmp_path, tiny_backbone, central_fleet, central_port, "central", sites=list(SITES), expected_clients=2, min_clients=2))
@@ -109,6 +114,10 @@ def test_two_bridged_sites_each_forward_one_update_per_round_and_their_devices_s
         pretender.send(Hello("pretender", replace(load_catalogue_profile("cpu-16gb"), device_class=SITE_CLASS), 10**6))
         assert "sites:" in pretender.expect_reject("bad_profile").detail  # only the sites the centre lists may act as one
         pretender.close()
+        _await(lambda: (root.run_dir.path / "globals" / "round_001.safetensors").exists(), 120)
+        processes[0].terminate()
+        processes[0].wait(timeout=10)
+        processes[0] = _start(tmp_path / "central-broker" / "mosquitto.conf", central_port)  # bridges and the centre reconnect
         for thread in threads:
             thread.join(timeout=180)
         assert finished, "the central run must complete"
