@@ -88,7 +88,8 @@ def run_fleet(tmp_path: Path, config: dict, agents: int, profile: str = "cpu-8gb
 
 def coordinator_in_thread(tmp_path: Path, broker_url: str, backbone: Path, settings: dict) -> tuple:
     """A coordinator for scripted agents (eight held-out rows, the enrolled fleet, rank 2 at depth 1) running in a
-    thread: (coordinator, thread, finished), ``finished`` holding its summary once it returns."""
+    thread: (coordinator, thread, finished), ``finished`` holding its summary once it returns. It returns once the
+    coordinator is connected and subscribed: scripted agents say hello only once."""
     import threading
 
     from coordinator.config import CoordinatorConfig
@@ -104,4 +105,15 @@ def coordinator_in_thread(tmp_path: Path, broker_url: str, backbone: Path, setti
     coordinator, finished = Coordinator(config), []
     thread = threading.Thread(target=lambda: finished.append(coordinator.run()), daemon=True)
     thread.start()
+    await_connected(coordinator)
     return coordinator, thread, finished
+
+
+def await_connected(coordinator, timeout_s: float = 30) -> None:
+    """Until the coordinator (running in a thread) is connected and subscribed: a scripted agent's only hello must
+    not reach the broker before it."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not coordinator.transport.connected and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -15,7 +15,7 @@ from fedge.task.wordnet import Example
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.wire import Hello, topics
 from profiles import load_catalogue_profile
-from tests.integration.helpers import credentials, enrolled_fleet
+from tests.integration.helpers import await_connected, credentials, enrolled_fleet
 from tests.integration.scripted import ScriptedAgent
 
 pytestmark = pytest.mark.broker
@@ -33,6 +33,7 @@ def test_every_kind_of_bad_update_is_rejected_and_the_run_goes_on(any_broker, ti
     coordinator = Coordinator(config)
     thread = threading.Thread(target=lambda: failures.append(None) if coordinator.run() else None, daemon=True)
     thread.start()
+    await_connected(coordinator)
     good, slow = ScriptedAgent(any_broker.url, credentials(tmp_path, "good")), ScriptedAgent(any_broker.url, credentials(tmp_path, "slow"))
     liar = ScriptedAgent(any_broker.url, credentials(tmp_path, "liar"))
     good.hello()
