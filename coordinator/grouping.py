@@ -81,8 +81,7 @@ def plan_groups(fleet: FleetPlan, members: list[FleetMember], devices: dict[str,
         return max(member_seconds(device_id) for device_id in group)
 
     def deepest(group: list[str]) -> int:
-        max_depth = min(options.max_depth or devices[group[0]].shape.num_layers, devices[group[0]].shape.num_layers)
-        return min(devices[d].largest_setup(max_depth).depth for d in group)
+        return min(devices[d].largest_setup(options.depth_cap(devices[d].shape)).depth for d in group)
 
     depth_caps = [deepest(group) for group in groups]
     budget = options.straggler_bound * statistics.median(group_seconds(g, cap) for g, cap in zip(groups, depth_caps))

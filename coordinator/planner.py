@@ -89,6 +89,10 @@ class PlannerOptions:
             raise ValueError(f"target_modules: {shape.name} ({shape.family}) has no {', '.join(unknown)}; its per-layer modules are {', '.join(shape.linear_modules)}")
         return replace(self, target_modules=tuple(targets))
 
+    def depth_cap(self, shape: ModelShape) -> int:
+        """The most layers an adapter may cover on ``shape``: ``max_depth``, or every layer."""
+        return min(self.max_depth or shape.num_layers, shape.num_layers)
+
     def problems(self) -> list[str]:
         """Every invalid option, each naming its key."""
         found = []
@@ -368,7 +372,7 @@ def plan_fleet(members: list[FleetMember], shape: ModelShape, options: PlannerOp
     balanced as one class; each kind's final plan is then costed with its own dataset."""
     options = _checked(options, shape)
     calibrations = calibrations or default_calibrations()
-    max_depth = min(options.max_depth or shape.num_layers, shape.num_layers)
+    max_depth = options.depth_cap(shape)
     kind_index: dict[tuple, int] = {}
     kinds: list[_Device] = []
     kind_of: list[int] = []
@@ -420,7 +424,7 @@ def plan_joiner(member: FleetMember, shape: ModelShape, options: PlannerOptions,
     ``median_round_seconds`` (0: an empty fleet), or refused. ``fleet_rank_sum`` is Σ top ranks of the others."""
     options = _checked(options, shape)
     device = _Device(member.profile, member.num_examples, member.pin, shape, options, calibrations or default_calibrations())
-    chosen = device.chosen_setup(min(options.max_depth or shape.num_layers, shape.num_layers))
+    chosen = device.chosen_setup(options.depth_cap(shape))
     if isinstance(chosen, str):
         return device.refuse(chosen, member.device_id)
     workload = (chosen, options.local_steps)

@@ -28,6 +28,7 @@ from coordinator.registry import AgentRecord
 from coordinator.server import Coordinator, RunSummary
 from coordinator.validation import SITE_CLASS
 from fedge.trust.downlink import DownlinkCodec
+from fedge.heartbeat import start_heartbeat
 from fedge.transport import MqttTransport
 from fedge.trust.enrolment import Credentials
 from fedge.wire import AdapterUpdate, Assignment, DeviceProfile, GlobalState, Heartbeat, Hello, Reject, topics
@@ -69,7 +70,7 @@ class SiteAggregator:
         self.upstream.subscribe(topics.downlink(self.identity))
         self.upstream.connect()
         self._hello()
-        threading.Thread(target=self._beat, name=f"heartbeat-{self.identity}", daemon=True).start()
+        start_heartbeat(self.upstream, self.identity, HEARTBEAT_S, self._stopped, self._status)
         try:
             while not self._stopped.is_set():
                 received = self.upstream.receive(timeout_s=0.2)
@@ -89,13 +90,8 @@ class SiteAggregator:
         self._send(Hello(self.identity, site_profile(self.identity, planned), sum(record.num_examples for record in planned)))
         log.info("site %s: said hello upstream for %d devices", self.identity, len(planned))
 
-    def _beat(self) -> None:
-        while not self._stopped.wait(HEARTBEAT_S):
-            round_number = self._assignment.round if self._assignment is not None else 0
-            try:
-                self.upstream.enqueue(topics.heartbeat(self.identity), Heartbeat(self.identity, self._state, time.time(), round_number), stream="beat", qos=0)
-            except Exception as error:  # never let the heartbeat thread die
-                log.debug("site %s: heartbeat not sent: %s", self.identity, error)
+    def _status(self) -> tuple[str, int]:
+        return self._state, self._assignment.round if self._assignment is not None else 0
 
     def _send(self, message) -> None:
         self.upstream.publish(topics.uplink(self.identity), message)
@@ -125,8 +121,7 @@ class SiteAggregator:
     def _round(self, assignment: Assignment, state: GlobalState) -> None:
         """One round with the site's devices from the central state; their aggregate goes upstream as one update."""
         self._state = "training"
-        deadline = assignment.deadline_unix - max(2.0, 0.05 * (assignment.deadline_unix - time.time()))
-        arrays = self.local.run_round(assignment.round, {key: value.astype(np.float32) for key, value in state.tensors.items()}, deadline)
+        arrays = self.local.run_round(assignment.round, {key: value.astype(np.float32) for key, value in state.tensors.items()}, assignment.work_until(time.time()))
         contributed = self.local.contributions()
         self._state = "idle"
         if not contributed:

@@ -26,6 +26,7 @@ import torch
 
 from edge_agent.memory import available_bytes
 from edge_agent.trainer import BatchSampler, Slowed, StepProgress, TaskModel, TrainResult, train_local
+from fedge.heartbeat import start_heartbeat
 from fedge.adapters import apply_view, attach, galore_groups, restart_lora, save_adapter, upload
 from fedge.privacy import privatise
 from fedge.strategies import ClientRecipe, StrategyError, recipe_for
@@ -108,8 +109,7 @@ class EdgeAgent:
         self.transport.subscribe(topics.downlink(self.agent_id))
         self.transport.connect()
         self._hello()
-        beating = threading.Thread(target=self._beat, name=f"heartbeat-{self.agent_id}", daemon=True)
-        beating.start()
+        beating = start_heartbeat(self.transport, self.agent_id, self.heartbeat_s, self._stopped, self._status)
         try:
             while not self._done:
                 received = self._next_message()
@@ -134,17 +134,9 @@ class EdgeAgent:
                 pass  # the Last Will says it for us
             self.transport.close()
 
-    def _beat(self) -> None:
-        """Every ``heartbeat_s``, whatever the main thread is doing (downloading, loading, training): say what this
-        device is doing and which round it holds. Queued on its own signing stream, never waited on."""
-        while not self._stopped.wait(self.heartbeat_s):
-            if not self.transport.connected:
-                continue
-            round_number = self._assignment.round if self._assignment is not None else 0
-            try:
-                self.transport.enqueue(topics.heartbeat(self.agent_id), Heartbeat(self.agent_id, self._state, time.time(), round_number), stream="beat", qos=0)
-            except Exception as error:  # never let the heartbeat thread die
-                log.debug("%s: heartbeat not sent: %s", self.agent_id, error)
+    def _status(self) -> tuple[str, int]:
+        """What the heartbeat thread reports: what this device is doing, and the round it holds."""
+        return self._state, self._assignment.round if self._assignment is not None else 0
 
     def _note_unreadable(self, received: Received) -> None:
         """Forged, replayed or malformed downlinks: the first few are logged, then every hundredth."""
@@ -246,7 +238,7 @@ class EdgeAgent:
             result = train_local(
                 session.task, session.cache, session.sampler, assignment.local_steps, assignment.batch_size,
                 assignment.learning_rate, optimizer, groups, session.loss_scaling,
-                on_step=self._step_hook(f"{self.agent_id}: round {state.round}", assignment.local_steps), stop_at=_training_stop(assignment.deadline_unix),
+                on_step=self._step_hook(f"{self.agent_id}: round {state.round}", assignment.local_steps), stop_at=assignment.work_until(time.time()),
             )
         except (ValueError, RuntimeError, torch.OutOfMemoryError) as error:
             log.error("%s: training round %d failed: %s", self.agent_id, state.round, error)
@@ -377,8 +369,3 @@ class EdgeAgent:
     def _send(self, message) -> int:
         return self.transport.publish(topics.uplink(self.agent_id), message)
 
-
-def _training_stop(deadline_unix: float) -> float:
-    """When local training must stop for the update to reach the coordinator by the round's deadline: 5% of the
-    time left, at least 2 s, is kept for sending."""
-    return deadline_unix - max(2.0, 0.05 * (deadline_unix - time.time()))

@@ -75,7 +75,7 @@ def run_trial(trial: TrialConfig, out_dir: Path, console: Console) -> Path:
                 run_dir = out_dir / f"seed_{seed}" / run.label.replace(" ", "_").replace("=", "-")
                 status = _run_one(trial, run, seed, data, run_dir, progress, task)
                 if trial.virtual_fleet and seed == trial.seeds[0]:
-                    _clock_virtual_fleet(trial, coordinator_config(trial, run, seed, data, run_dir / "coordinator", "mqtt://localhost", run_dir), run_dir)
+                    _clock_virtual_fleet(trial, run_dir)
                 runs.append({"strategy": run.label, "name": run.name, "seed": seed, "run_dir": str(run_dir), "exit": status})
     report = write_report(trial, runs, splits, centralised, out_dir, time.time() - started)
     console.print(report.table)
@@ -83,9 +83,10 @@ def run_trial(trial: TrialConfig, out_dir: Path, console: Console) -> Path:
     return report.path
 
 
-def _clock_virtual_fleet(trial: TrialConfig, settings: dict, run_dir: Path) -> None:
-    """The virtual fleet planned with this run's settings and clocked (``fedge.trial.virtual``): ``virtual.json``."""
-    config = CoordinatorConfig.from_dict(settings)
+def _clock_virtual_fleet(trial: TrialConfig, run_dir: Path) -> None:
+    """The virtual fleet planned with the settings the run's coordinator had, and clocked (``fedge.trial.virtual``):
+    ``virtual.json``."""
+    config = CoordinatorConfig.from_yaml(run_dir / "coordinator.yaml")
     members = virtual_members(list(trial.virtual_fleet))
     plan = plan_fleet(members, load_model_shape(str(locate_backbone(trial.backbone).directory)), config.planner_options())
     clocked = simulate(plan.devices, members, trial.rounds, RoundSettings(config.round_mode, config.buffer_size, config.max_staleness, config.aggregation_period_s))

@@ -100,42 +100,43 @@ def simulate(plans: list[DevicePlan], members: list[FleetMember], rounds: int, s
 
 def _buffered(devices: list[_Device], start_s: float, rounds: int, settings: RoundSettings) -> list[VirtualRound]:
     size = settings.buffer_size or max(1, -(-len(devices) // 2))
-    arrivals = [(start_s + device.cycle_s, index, 0) for index, device in enumerate(devices)]  # (when, device, version trained on)
-    heapq.heapify(arrivals)
+    arrivals: list[tuple[float, int, int]] = []  # (when, device, version trained on)
     version, buffer, out = 0, [], []
     sent_up = sent_down = 0
-    sent_down += sum(device.bytes_down for device in devices)
     last_version_s = start_s
+
+    def give_work(at: float, index: int) -> None:
+        nonlocal sent_down
+        heapq.heappush(arrivals, (at + devices[index].cycle_s, index, version))
+        sent_down += devices[index].bytes_down
+
+    def arrive() -> float:
+        """The next update in: buffered, or refused as too stale (its device starts again at once); when it came."""
+        nonlocal sent_up
+        when, index, trained_on = heapq.heappop(arrivals)
+        sent_up += devices[index].bytes_up
+        if version - trained_on > settings.max_staleness:
+            give_work(when, index)
+        else:
+            buffer.append((index, version - trained_on))
+        return when
 
     def flush(at: float) -> None:
         nonlocal version, buffer, sent_up, sent_down, last_version_s
         version += 1
         out.append(VirtualRound(version, at, len(buffer), statistics.fmean(s for _, s in buffer), sent_up, sent_down))
-        sent_up = sent_down = 0
-        for index, _ in buffer:
-            heapq.heappush(arrivals, (at + devices[index].cycle_s, index, version))
-            sent_down += devices[index].bytes_down
-        buffer, last_version_s = [], at
+        contributors, buffer, last_version_s, sent_up, sent_down = buffer, [], at, 0, 0
+        for index, _ in contributors:
+            give_work(at, index)
 
+    for index in range(len(devices)):
+        give_work(start_s, index)
     while version < rounds and arrivals:
-        when, index, trained_on = heapq.heappop(arrivals)
-        sent_up += devices[index].bytes_up
-        staleness = version - trained_on
-        if staleness > settings.max_staleness:  # refused: new work on the current version at once
-            heapq.heappush(arrivals, (when + devices[index].cycle_s, index, version))
-            sent_down += devices[index].bytes_down
-            continue
-        buffer.append((index, staleness))
+        when = arrive()
         if len(buffer) < size and arrivals:
             continue
         at = when if settings.mode == "async" else max(when, last_version_s + settings.aggregation_period_s)
-        while arrivals and arrivals[0][0] <= at and settings.mode != "async":  # the period's later arrivals join
-            later, other, other_version = heapq.heappop(arrivals)
-            sent_up += devices[other].bytes_up
-            if version - other_version > settings.max_staleness:
-                heapq.heappush(arrivals, (later + devices[other].cycle_s, other, version))
-                sent_down += devices[other].bytes_down
-            else:
-                buffer.append((other, version - other_version))
+        while settings.mode != "async" and arrivals and arrivals[0][0] <= at:  # the period's later arrivals join
+            arrive()
         flush(at)
     return out

@@ -142,6 +142,11 @@ class Assignment:
     noise_multiplier: float = 0.0  # ... and add N(0, (noise_multiplier * clip_norm)^2) to every value sent
     message_id: str = field(default_factory=new_message_id)
 
+    def work_until(self, now: float) -> float:
+        """When the work must stop for its result to reach the coordinator by the deadline: 5% of the time left, at
+        least 2 s, is kept for sending."""
+        return self.deadline_unix - max(2.0, 0.05 * (self.deadline_unix - now))
+
 
 @dataclass(frozen=True)
 class AdapterUpdate:

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 
 from fedge.trust.downlink import DownlinkCodec
+from fedge.heartbeat import start_heartbeat
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.trust.enrolment import Credentials
 from fedge.wire import AdapterUpdate, Assignment, GlobalState, Heartbeat, Hello, Reject, topics
@@ -30,11 +31,7 @@ class ScriptedAgent:
         self.round = 0
         self._stopped = threading.Event()
         if heartbeat_s:
-            threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True).start()
-
-    def _beat(self, every_s: float) -> None:
-        while not self._stopped.wait(every_s):
-            self.transport.enqueue(topics.heartbeat(self.agent_id), Heartbeat(self.agent_id, "idle", time.time(), self.round), stream="beat", qos=0)
+            start_heartbeat(self.transport, self.agent_id, heartbeat_s, self._stopped, lambda: ("idle", self.round))
 
     def hello(self) -> None:
         self.send(Hello(self.agent_id, load_catalogue_profile("cpu-8gb"), self.examples))

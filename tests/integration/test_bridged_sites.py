@@ -25,6 +25,7 @@ from fedge.trust.enrolment import Credentials, Enrolment, coordinator_credential
 from fedge.wire import GlobalState, Hello
 from profiles import load_catalogue_profile
 from tests.conftest import MOSQUITTO, _wait_for_port
+from tests.integration.helpers import await_connected
 from tests.integration.scripted import ScriptedAgent
 
 pytestmark = [pytest.mark.broker, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")]
@@ -105,7 +106,8 @@ def test_two_bridged_sites_each_forward_one_update_per_round_and_their_devices_s
             devices_of[site] = [threading.Thread(target=_device, args=(f"mqtt://127.0.0.1:{port}", Credentials.load(device_credentials_path(fleet, device))), daemon=True) for device in devices]
         for thread in threads:
             thread.start()
-        _await(lambda: root.transport.connected and all(site.local.transport.connected for site in sites.values()))  # scripted devices say hello once
+        for coordinator in (root, *(site.local for site in sites.values())):
+            await_connected(coordinator)
         for site_devices in devices_of.values():
             threads += site_devices
             for thread in site_devices:

@@ -110,3 +110,9 @@ def test_size_limits_apply_before_parsing():
         decode_message(data, Limits(max_header_bytes=10))
     with pytest.raises(TooLargeError, match="tensors exceed"):
         decode_message(data, Limits(max_tensors=0))
+
+
+def test_work_on_an_assignment_stops_in_time_to_send_its_result():
+    assignment = next(message for message in MESSAGES if isinstance(message, Assignment))  # deadline 1.7e9
+    assert assignment.work_until(1.7e9 - 1000) == pytest.approx(1.7e9 - 50)  # 5% of the time left
+    assert assignment.work_until(1.7e9 - 10) == pytest.approx(1.7e9 - 2)  # at least 2 s
