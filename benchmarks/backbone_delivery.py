@@ -23,12 +23,12 @@ from pathlib import Path
 
 from wire import start_mosquitto
 
-from coordinator.delivery import BackboneServer
-from edge_agent.fetch import BackboneFetcher
+from fedge.coordinator.delivery import BackboneServer
+from fedge.edge_agent.fetch import BackboneFetcher
 from fedge.delivery import PackageStore, build_manifest
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.wire import BackboneSpec, topics
-from quantization.package import BackbonePackage, chunk_bytes_for
+from fedge.quantization.package import BackbonePackage, chunk_bytes_for
 
 CHUNK_BYTES = chunk_bytes_for(512)  # the coordinator's default max_frame_kb
 
@@ -46,8 +46,8 @@ def synthetic_package(directory: Path, size: int) -> BackbonePackage:
 
 
 def real_packages() -> dict[str, BackbonePackage]:
-    from quantization.backbone import locate_backbone
-    from quantization.package import package_backbone
+    from fedge.quantization.backbone import locate_backbone
+    from fedge.quantization.package import package_backbone
 
     source = locate_backbone()
     return {quantization: package_backbone(source, quantization, CHUNK_BYTES) for quantization in ("nf4", "bf16", "fp32")}

@@ -1,4 +1,4 @@
-"""Fit the memory and time models' constants for this machine's backend and write them to profiles/calibration/.
+"""Fit the memory and time models' constants for this machine's backend and write them to fedge/profiles/calibration/.
 
     python benchmarks/calibrate.py [--backend cpu|cuda] [--quick]
 
@@ -18,11 +18,11 @@ import time
 import numpy as np
 from measure_training import ALL, QV, THREADS, describe, measure, start, top_setup
 
-from profiles.calibration import Calibration, calibration_file, fit_memory, fit_time
-from profiles.memory import ACTIVATION_BYTES, predict_memory, wide_lora_activation_elements
-from profiles.model_shape import load_model_shape
-from profiles.probe import matmul_gflops
-from profiles.timing import step_flops
+from fedge.profiles.calibration import Calibration, calibration_file, fit_memory, fit_time
+from fedge.profiles.memory import ACTIVATION_BYTES, predict_memory, wide_lora_activation_elements
+from fedge.profiles.model_shape import load_model_shape
+from fedge.profiles.probe import matmul_gflops
+from fedge.profiles.timing import step_flops
 
 CALIBRATION_SET = [
     top_setup("fp32", 8, 2, QV, 8, 48),

@@ -33,7 +33,7 @@ def pretrained_run(directory: Path) -> tuple[Path, Path]:
     """A run directory holding SmolLM2 with an untrained adapter, and 24 held-out WordNet examples."""
     from fedge.lora import build_lora_model, uniform_spec
     from fedge.task.wordnet import LABELS, WORDNET_TASK, load_splits
-    from quantization.backbone import DEFAULT_BACKBONE, load_backbone, locate_backbone
+    from fedge.quantization.backbone import DEFAULT_BACKBONE, load_backbone, locate_backbone
 
     model, _ = load_backbone(locate_backbone(DEFAULT_BACKBONE))
     build_lora_model(model, uniform_spec(4, 1.0, ["q_proj", "v_proj"], [28, 29]), seed=0).save_pretrained(directory / "adapter")

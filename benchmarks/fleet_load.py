@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.tiny_model
 
 from benchmarks.swarm import run_swarm  # noqa: E402
 from fedge.broker import free_port  # noqa: E402
-from fedge.processes import spawn  # noqa: E402
+from fedge.shell.processes import spawn  # noqa: E402
 from fedge.task.data import Example, write_jsonl  # noqa: E402
 from fedge.task.wordnet import LABELS  # noqa: E402
 from fedge.trust.broker_files import write_mosquitto_files  # noqa: E402

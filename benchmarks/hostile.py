@@ -37,10 +37,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.table import Table
 
-from coordinator.boundary import FleetKeys, coordinator_codec
-from coordinator.config import CoordinatorConfig
-from coordinator.server import Coordinator
-from edge_agent.agent import EdgeAgent
+from fedge.coordinator.boundary import FleetKeys, coordinator_codec
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.server import Coordinator
+from fedge.edge_agent.agent import EdgeAgent
 from fedge.trust.downlink import DownlinkCodec
 from fedge.broker import free_port
 from fedge.task.data import Example, write_jsonl
@@ -50,7 +50,7 @@ from fedge.trust.keys import new_private_key
 from fedge.wire import AdapterUpdate, Heartbeat, Limits, Signer, Verifier, decode_message, encode_message, topics
 from fedge.wire.chunks import CHUNK_MAGIC
 from fedge.wire.sealing import PlainCodec
-from profiles import load_catalogue_profile
+from fedge.profiles import load_catalogue_profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.tiny_model: the random model for --quick
 console = Console(width=160)

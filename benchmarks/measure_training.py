@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 from rich.console import Console
 
-from profiles.memory import TrainingSetup
+from fedge.profiles.memory import TrainingSetup
 
 THREADS = 2
 STEPS = 3
@@ -62,7 +62,7 @@ def measure(setup: TrainingSetup, device: str = "cpu") -> dict:
 def _run(setup: TrainingSetup, device: str) -> dict:
     import torch
 
-    from edge_agent.trainer import BatchSampler, train_local
+    from fedge.edge_agent.trainer import BatchSampler, train_local
     from fedge.lora import build_lora_model
     from fedge.task.classifier import Classifier, EncodedExamples, label_token_ids
     from fedge.task.instruction import EncodedDialogues, InstructionTuner
@@ -70,8 +70,8 @@ def _run(setup: TrainingSetup, device: str) -> dict:
     from fedge.task.prefix import FrozenPrefix
     from fedge.task.wordnet import WORDNET_TASK
     from fedge.wire import LoraSpec, TaskSpec
-    from quantization.backbone import BackboneSource, load_backbone, locate_backbone, needs_loss_scaling
-    from quantization.package import chunk_bytes_for, package_backbone
+    from fedge.quantization.backbone import BackboneSource, load_backbone, locate_backbone, needs_loss_scaling
+    from fedge.quantization.package import chunk_bytes_for, package_backbone
 
     torch.set_num_threads(THREADS)
     package = package_backbone(locate_backbone(), setup.quantization, chunk_bytes_for(512))  # what an agent receives

@@ -15,11 +15,11 @@ import sys
 from measure_training import ALL, QV, THREADS, describe, measure, start, top_setup
 from rich.table import Table
 
-from profiles.calibration import Calibration, load_calibration
-from profiles.memory import predict_memory
-from profiles.model_shape import load_model_shape
-from profiles.probe import matmul_gflops
-from profiles.timing import predict_step_seconds
+from fedge.profiles.calibration import Calibration, load_calibration
+from fedge.profiles.memory import predict_memory
+from fedge.profiles.model_shape import load_model_shape
+from fedge.profiles.probe import matmul_gflops
+from fedge.profiles.timing import predict_step_seconds
 
 TOLERANCE = 0.15
 ACCURACY_SET = [

@@ -22,9 +22,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coordinator.planner import FleetMember, PlannerOptions, default_calibrations, plan_fleet  # noqa: E402
-from profiles import catalogue_names, load_catalogue_profile  # noqa: E402
-from profiles.model_shape import load_model_shape  # noqa: E402
+from fedge.coordinator.planner import FleetMember, PlannerOptions, default_calibrations, plan_fleet  # noqa: E402
+from fedge.profiles import catalogue_names, load_catalogue_profile  # noqa: E402
+from fedge.profiles.model_shape import load_model_shape  # noqa: E402
 
 console = Console(width=160)
 

@@ -30,7 +30,7 @@ from fedge.trust.downlink import DownlinkCodec
 from fedge.trust.enrolment import Credentials, device_credentials_path
 from fedge.wire import AdapterUpdate, Assignment, Evaluation, GlobalState, Heartbeat, Hello, ProtocolError, Reassembler, Reject, split_frames, topics
 from fedge.wire.chunks import DEFAULT_MAX_FRAME_BYTES
-from profiles import catalogue_names, load_catalogue_profile
+from fedge.profiles import catalogue_names, load_catalogue_profile
 
 CONNECTS_PER_TICK = 50  # new connections opened per loop pass: a burst of thousands overflows the listen backlog
 

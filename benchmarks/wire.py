@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save as save_tensors
 
-from coordinator.planner import FleetMember, PlannerOptions, plan_fleet
+from fedge.coordinator.planner import FleetMember, PlannerOptions, plan_fleet
 from fedge.broker import free_port
-from fedge.demo import FLEET, PLANNER
+from fedge.shell.demo import FLEET, PLANNER
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.wire import AdapterUpdate, encode_message, split_frames
-from profiles import simulated_profile
-from profiles.model_shape import ModelShape, load_model_shape
+from fedge.profiles import simulated_profile
+from fedge.profiles.model_shape import ModelShape, load_model_shape
 
 TARGETS = ("q_proj", "v_proj")
 

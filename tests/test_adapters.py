@@ -8,7 +8,7 @@ import pytest
 import torch
 from galore_torch import GaLoreAdamW
 
-from edge_agent.trainer import BatchSampler, DeadlinePassed, Slowed, check_galore_active, make_optimizer, train_local
+from fedge.edge_agent.trainer import BatchSampler, DeadlinePassed, Slowed, check_galore_active, make_optimizer, train_local
 from fedge.adapters import apply_view, attach, galore_groups, lora_layers, restart_lora, upload
 from fedge.strategies import recipe_for
 from fedge.strategies.base import delta_key, shared_lora_a
@@ -17,7 +17,7 @@ from fedge.task.prefix import FrozenPrefix
 from fedge.task.data import Example
 from fedge.task.wordnet import LABELS, WORDNET_TASK
 from fedge.wire import LoraSpec
-from quantization.backbone import load_backbone, locate_backbone, needs_loss_scaling
+from fedge.quantization.backbone import load_backbone, locate_backbone, needs_loss_scaling
 
 SPEC = LoraSpec(("q_proj", "v_proj"), (2, 3), (2, 4), 2.0)
 EXAMPLES = [Example("food animal plant time", i % 8) for i in range(12)]

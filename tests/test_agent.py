@@ -1,6 +1,6 @@
 import pytest
 
-from quantization.backbone import BackboneError, quantization_problem
+from fedge.quantization.backbone import BackboneError, quantization_problem
 
 
 @pytest.mark.parametrize("quantization", ["fp32", "bf16", "nf4", "int8"])

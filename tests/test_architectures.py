@@ -5,17 +5,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
-from coordinator.planner import FleetMember, PlannerOptions, plan_fleet
-from edge_agent.trainer import BatchSampler, train_local
+from fedge.coordinator.planner import FleetMember, PlannerOptions, plan_fleet
+from fedge.edge_agent.trainer import BatchSampler, train_local
 from fedge.adapters import apply_view, attach, upload
 from fedge.lora import adapter_arrays, parse_adapter_key
 from fedge.strategies import recipe_for
 from fedge.task.classifier import Classifier, EncodedExamples
 from fedge.task.prefix import FrozenPrefix
 from fedge.wire import LoraSpec
-from profiles import load_catalogue_profile
-from profiles.architecture import UnsupportedModel, family_of
-from profiles.model_shape import shape_from_config
+from fedge.profiles import load_catalogue_profile
+from fedge.profiles.architecture import UnsupportedModel, family_of
+from fedge.profiles.model_shape import shape_from_config
 
 COMMON = {"vocab_size": 64, "pad_token_id": 0}
 DECODER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from coordinator.buffered import UpdateBuffer, moved_by, staleness_weight
+from fedge.coordinator.buffered import UpdateBuffer, moved_by, staleness_weight
 from fedge.wire import AdapterUpdate
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fedge.cli import main
+from fedge.shell.cli import main
 
 
 def test_profile_json_is_machine_readable(capsys):
@@ -68,7 +68,7 @@ def test_plan_writes_json_only_when_asked(tmp_path, monkeypatch, capsys):
 
 
 def test_version_and_help_on_every_option(capsys):
-    from fedge.cli import build_parser
+    from fedge.shell.cli import build_parser
 
     with pytest.raises(SystemExit):
         main(["--version"])
@@ -86,7 +86,7 @@ def test_bad_files_are_reported_before_the_heavy_imports(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "no label"}\n')
     (tmp_path / "c.yaml").write_text(f"eval_data: {tmp_path / 'bad.jsonl'}\ninsecure: true\n")
     probe = (
-        "import sys\nfrom fedge.cli import main\n"
+        "import sys\nfrom fedge.shell.cli import main\n"
         f"codes = [main(['agent', '--broker', 'mqtt://127.0.0.1:1', '--id', 'a', '--data', {str(tmp_path / 'bad.jsonl')!r}]),\n"
         f"         main(['coordinator', '--config', {str(tmp_path / 'c.yaml')!r}])]\n"
         "print(codes, sorted(m for m in ('torch', 'peft', 'transformers') if m in sys.modules))\n"

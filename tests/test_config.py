@@ -1,6 +1,6 @@
 import pytest
 
-from coordinator.config import ConfigError, CoordinatorConfig
+from fedge.coordinator.config import ConfigError, CoordinatorConfig
 
 
 def test_pins_resolve_by_device_name_then_class():

@@ -5,11 +5,11 @@ import pytest
 
 from fedge.lora import build_lora_model
 from fedge.wire import AdapterUpdate, LoraSpec, encode_message
-from profiles.calibration import Calibration, fit_memory, fit_time, load_calibration
-from profiles.memory import TrainingSetup, activation_elements, base_weight_bytes, lora_params, predict_memory, wide_lora_activation_elements
-from profiles.model_shape import UnsupportedModel, bundled_models, load_model_shape
-from profiles.timing import predict_round_bytes, predict_step_seconds, step_flops
-from quantization.backbone import load_backbone, locate_backbone
+from fedge.profiles.calibration import Calibration, fit_memory, fit_time, load_calibration
+from fedge.profiles.memory import TrainingSetup, activation_elements, base_weight_bytes, lora_params, predict_memory, wide_lora_activation_elements
+from fedge.profiles.model_shape import UnsupportedModel, bundled_models, load_model_shape
+from fedge.profiles.timing import predict_round_bytes, predict_step_seconds, step_flops
+from fedge.quantization.backbone import load_backbone, locate_backbone
 
 CAL = Calibration("test", True, overhead_bytes=100 << 20, activation_factor=2.0, checkpoint_factor=3.0, efficiencies={"fp32": 0.5}, per_layer_seconds=0.01)
 
@@ -161,7 +161,7 @@ def test_lora_beyond_the_attention_inputs_has_its_own_calibrated_factor():
 def test_labels_of_several_tokens_cost_one_sequence_per_label_and_their_output_layer():
     from dataclasses import replace
 
-    from profiles.memory import output_layer_bytes
+    from fedge.profiles.memory import output_layer_bytes
 
     shape = load_model_shape("smollm2-135m-instruct")
     words = _setup()

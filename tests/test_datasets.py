@@ -5,7 +5,7 @@ from collections import Counter
 from fedge.task.chatterbot import load_pairs, split_by_topic
 from fedge.task.classifier import label_token_ids
 from fedge.task.fortunes import FORTUNES_TASK, LABELS, load_examples, read_entries
-from quantization.backbone import load_backbone, locate_backbone
+from fedge.quantization.backbone import load_backbone, locate_backbone
 
 
 def test_chatterbot_pairs_split_by_topic_into_non_iid_shards():

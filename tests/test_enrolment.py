@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from fedge.cli import main
+from fedge.shell.cli import main
 from fedge.trust.broker_files import write_mosquitto_files
 from fedge.trust.enrolment import COORDINATOR_ID, Credentials, Enrolment, EnrolmentError, coordinator_credentials, device_credentials_path, enroll, revoke
 from fedge.trust.keys import password_hash, password_matches

@@ -14,7 +14,7 @@ def test_every_example_is_covered_here():
 
 
 def test_coordinator_example_is_a_valid_config():
-    from coordinator.config import CoordinatorConfig
+    from fedge.coordinator.config import CoordinatorConfig
 
     config = CoordinatorConfig.from_yaml(EXAMPLES / "coordinator.yaml")
     assert config.strategy == "hetlora" and config.devices["laptop-rtx3060-6gb"].quantization == "nf4"
@@ -22,16 +22,16 @@ def test_coordinator_example_is_a_valid_config():
 
 
 def test_fleet_example_loads_and_plans():
-    from coordinator.fleet import load_fleet
-    from coordinator.planner import plan_fleet
-    from profiles.model_shape import load_model_shape
+    from fedge.coordinator.fleet import load_fleet
+    from fedge.coordinator.planner import plan_fleet
+    from fedge.profiles.model_shape import load_model_shape
 
     fleet = load_fleet(EXAMPLES / "fleet.yaml")
     assert plan_fleet(fleet.members, load_model_shape(fleet.model), fleet.options).feasible()
 
 
 def test_trial_example_loads():
-    from fedge.trial.config import TrialConfig
+    from fedge.shell.trial.config import TrialConfig
 
     trial = TrialConfig.from_yaml(EXAMPLES / "trial.yaml")
     assert len(trial.strategies) >= 2
@@ -42,9 +42,9 @@ def test_trial_example_loads():
 
 
 def test_task_trial_examples_load_with_their_data(tmp_path):
-    from fedge.trial.config import TrialConfig
-    from fedge.trial.data import prepare_data
-    from fedge.trial.runner import agent_ids
+    from fedge.shell.trial.config import TrialConfig
+    from fedge.shell.trial.data import prepare_data
+    from fedge.shell.trial.runner import agent_ids
 
     fortunes = TrialConfig.from_yaml(EXAMPLES / "trial-fortunes.yaml")
     split = prepare_data(fortunes.data, fortunes.task_spec, agent_ids(fortunes), 0, tmp_path / "fortunes")

@@ -9,7 +9,7 @@ from peft import PeftModel
 from safetensors.numpy import save_file
 
 from fedge.adapters import PEFT_PREFIX, attach, lora_layers, save_adapter
-from fedge.cli import main
+from fedge.shell.cli import main
 from fedge.deploy.evaluate import evaluate_model
 from fedge.deploy.onnx import INT8_FILE, MODEL_FILE, TASK_FILE, OnnxCausalLM, TorchCausalLM, export_run, merged_model
 from fedge.lora import build_lora_model, uniform_spec
@@ -18,7 +18,7 @@ from fedge.strategies.base import delta_key
 from fedge.task.data import Example, Row, write_jsonl
 from fedge.wire import LoraSpec
 from fedge.task.wordnet import LABELS, WORDNET_TASK
-from quantization.backbone import load_backbone, locate_backbone
+from fedge.quantization.backbone import load_backbone, locate_backbone
 
 
 INPUT_IDS = torch.tensor([[3, 4, 5, 6, 7], [8, 9, 10, 1, 1]])

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from coordinator.grouping import form_groups, label_distance
-from coordinator.planner import FleetMember, PlannerOptions, plan_fleet
-from profiles import load_catalogue_profile
-from profiles.model_shape import load_model_shape
+from fedge.coordinator.grouping import form_groups, label_distance
+from fedge.coordinator.planner import FleetMember, PlannerOptions, plan_fleet
+from fedge.profiles import load_catalogue_profile
+from fedge.profiles.model_shape import load_model_shape
 
 
 def _skewed_histograms(devices: int = 12, labels: int = 8, seed: int = 0, alpha: float = 0.3) -> dict[str, tuple[int, ...]]:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from edge_agent.trainer import BatchSampler, train_local
+from fedge.edge_agent.trainer import BatchSampler, train_local
 from fedge.lora import build_lora_model, uniform_spec
 from fedge.task.data import Dialogue, read_rows
 from fedge.task.instruct import dialogues_of, exact_match, problems, token_f1
@@ -13,7 +13,7 @@ from fedge.task.instruction import InstructionTuner, encode, render
 from fedge.task.next_token import IGNORE
 from fedge.task.prefix import FrozenPrefix
 from fedge.wire import TaskSpec
-from quantization.backbone import load_backbone, locate_backbone
+from fedge.quantization.backbone import load_backbone, locate_backbone
 from tests.tiny_model import build_tiny_backbone
 
 TASK = TaskSpec("instruct", (), "", 64, "token_f1", 4, 4)

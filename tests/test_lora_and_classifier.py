@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_agent.trainer import BatchSampler, StepProgress, train_local
+from fedge.edge_agent.trainer import BatchSampler, StepProgress, train_local
 from fedge.lora import adapter_arrays, build_lora_model, load_adapter_arrays, parse_adapter_key, uniform_spec
 from fedge.wire import LoraSpec, TaskSpec
 from fedge.deploy.evaluate import evaluate_model
@@ -15,7 +15,7 @@ from fedge.task.classifier import Classifier, LikelihoodClassifier, classifier_f
 from fedge.task.prefix import FrozenPrefix
 from fedge.task.data import Example, Row
 from fedge.task.wordnet import LABELS, WORDNET_TASK
-from quantization.backbone import load_backbone, locate_backbone
+from fedge.quantization.backbone import load_backbone, locate_backbone
 
 EXAMPLES = [Example("food animal plant time", i % 8) for i in range(12)]
 
@@ -113,7 +113,7 @@ def test_training_progress_is_logged_at_first_and_last_step_and_on_a_clock(tiny,
     classifier = Classifier(FrozenPrefix(peft_model, 2), label_token_ids(tokenizer, LABELS))
     cache = classifier.runner.cache(encode(tokenizer, EXAMPLES, WORDNET_TASK))
     seen = []
-    with caplog.at_level(logging.INFO, logger="edge_agent.trainer"):
+    with caplog.at_level(logging.INFO, logger="fedge.edge_agent.trainer"):
         progress = StepProgress("a1: round 3", 5, every_s=3600)
         train_local(classifier, cache, BatchSampler(len(cache), 0), 5, 4, 1e-2, on_step=lambda step, loss: (seen.append(step), progress(step, loss)))
     assert seen == [1, 2, 3, 4, 5]

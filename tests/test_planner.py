@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.planner import FleetMember, Pin, PlannerOptions, plan_fleet, quantization_choices, rank_profile, usable_memory_bytes
-from profiles import catalogue_names, load_catalogue_profile
-from profiles.memory import base_weight_bytes
-from profiles.model_shape import load_model_shape
-from profiles.timing import transfer_seconds
+from fedge.coordinator.planner import FleetMember, Pin, PlannerOptions, plan_fleet, quantization_choices, rank_profile, usable_memory_bytes
+from fedge.profiles import catalogue_names, load_catalogue_profile
+from fedge.profiles.memory import base_weight_bytes
+from fedge.profiles.model_shape import load_model_shape
+from fedge.profiles.timing import transfer_seconds
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-0.5b", "llama-3.2-1b", "llama-2-7b")
 
@@ -140,7 +140,7 @@ def test_a_cpu_whose_memory_needs_it_gets_a_4_bit_base_costed_with_the_bitsandby
     pi, desktop = plan.devices
     assert pi.feasible and pi.quantization == "nf4"  # 5 GB of fp32 weights would leave no room to train
     assert desktop.feasible and desktop.quantization == "fp32"
-    from profiles.calibration import load_calibration
+    from fedge.profiles.calibration import load_calibration
 
     assert pi.memory.overhead == load_calibration("cpu").overhead_bytes + load_calibration("cpu").bitsandbytes_overhead_bytes > 0
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from coordinator.config import ConfigError, CoordinatorConfig
+from fedge.coordinator.config import ConfigError, CoordinatorConfig
 from fedge.privacy import epsilon, privatise
 
 

@@ -3,8 +3,8 @@ import time
 import pytest
 
 from fedge.wire import DeviceProfile
-from profiles import catalogue_names, load_catalogue_profile, probe
-from profiles.probe import detect_jetson, matmul_gflops
+from fedge.profiles import catalogue_names, load_catalogue_profile, probe
+from fedge.profiles.probe import detect_jetson, matmul_gflops
 
 
 def test_probe_measures_this_machine():
@@ -62,7 +62,7 @@ def test_every_catalogue_entry_is_complete_and_consistent(name):
 
 
 def test_a_gpu_device_simulated_on_a_cpu_host_keeps_its_limits_and_takes_the_hosts_backend():
-    from profiles import simulated_profile
+    from fedge.profiles import simulated_profile
 
     laptop = simulated_profile("laptop-rtx3060-6gb", host_has_cuda=False, host_bitsandbytes=True)
     assert laptop.source == "simulated" and laptop.cuda_device_name is None and laptop.bitsandbytes_usable

@@ -2,7 +2,7 @@ import io
 
 from rich.console import Console
 
-from fedge.progress import long_step
+from fedge.shell.progress import long_step
 
 
 def test_long_step_prints_a_line_when_output_is_not_a_terminal():

@@ -1,4 +1,4 @@
-from coordinator.reports import RunDirectory
+from fedge.coordinator.reports import RunDirectory
 
 
 def _run_dir(tmp_path) -> RunDirectory:

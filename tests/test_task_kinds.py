@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from coordinator.config import ConfigError, CoordinatorConfig
+from fedge.coordinator.config import ConfigError, CoordinatorConfig
 from fedge.task import kinds
 from fedge.task.kinds import kind_of, task_problems
 from fedge.wire import TaskSpec

@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.planner import FleetMember, PlannerOptions, plan_fleet
-from coordinator.validation import Expectation, UpdateRejected, profile_problems, validate_update
+from fedge.coordinator.planner import FleetMember, PlannerOptions, plan_fleet
+from fedge.coordinator.validation import Expectation, UpdateRejected, profile_problems, validate_update
 from fedge.wire import AdapterUpdate, Hello
-from profiles import catalogue_names, load_catalogue_profile
-from profiles.model_shape import load_model_shape
+from fedge.profiles import catalogue_names, load_catalogue_profile
+from fedge.profiles.model_shape import load_model_shape
 
 SHAPE = load_model_shape("smollm2-135m-instruct")
 

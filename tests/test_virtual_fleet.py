@@ -2,11 +2,11 @@
 
 import pytest
 
-from coordinator.planner import DevicePlan, FleetMember, PlannerOptions, plan_fleet
-from fedge.trial.virtual import RoundSettings, simulate, virtual_members
-from profiles import load_catalogue_profile
-from profiles.model_shape import load_model_shape
-from profiles.timing import transfer_seconds
+from fedge.coordinator.planner import DevicePlan, FleetMember, PlannerOptions, plan_fleet
+from fedge.shell.trial.virtual import RoundSettings, simulate, virtual_members
+from fedge.profiles import load_catalogue_profile
+from fedge.profiles.model_shape import load_model_shape
+from fedge.profiles.timing import transfer_seconds
 
 
 def _plan(device_id: str, step_s: float, steps: int = 10, up: int = 10**6, down: int = 2 * 10**6) -> DevicePlan:

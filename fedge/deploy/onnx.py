@@ -56,7 +56,7 @@ def merged_model(run_dir: Path, adapter: Path | None = None):
 
     from fedge.adapters import apply_frozen_changes
     from fedge.strategies import make_strategy
-    from quantization.backbone import load_backbone, locate_backbone
+    from fedge.quantization.backbone import load_backbone, locate_backbone
     from safetensors.numpy import load_file
 
     config, _ = run_task(run_dir)

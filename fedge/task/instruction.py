@@ -4,7 +4,7 @@ Conversations are rendered with the tokenizer's chat template (a plain ``Role: t
 Each assistant turn's text is the span between the template rendered up to the turn with its generation prompt and
 rendered through the turn, so it includes the end-of-turn marker the model must learn to stop with; only those
 tokens carry loss. The full-vocabulary output layer runs on the answer positions alone, in chunks whose logits are
-recomputed during backward, so its memory is one chunk's logits whatever the batch (``profiles.memory`` counts it).
+recomputed during backward, so its memory is one chunk's logits whatever the batch (``fedge.profiles.memory`` counts it).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Tasks mark the positions that carry loss with their target token (``IGNORE`` elsewhere): instruct marks answer
 tokens, classify with multi-token labels marks each label's tokens. The full-vocabulary output layer runs on those
 positions alone, ``LOSS_CHUNK_TOKENS`` at a time, and recomputes its logits during backward, so its memory is one
-chunk's logits whatever the batch (``profiles.memory`` counts it).
+chunk's logits whatever the batch (``fedge.profiles.memory`` counts it).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from profiles.memory import LOSS_CHUNK_TOKENS
+from fedge.profiles.memory import LOSS_CHUNK_TOKENS
 
 IGNORE = -100
 

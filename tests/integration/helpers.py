@@ -23,8 +23,8 @@ def shard(seed: int, size: int = 24) -> list[Example]:
 
 
 def cli(*args: str, log: Path) -> subprocess.Popen:
-    """``python -m fedge.cli --log-file LOG ARGS…`` with stderr kept for the failure message."""
-    return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log), *args], stderr=subprocess.PIPE)
+    """``python -m fedge.shell.cli --log-file LOG ARGS…`` with stderr kept for the failure message."""
+    return subprocess.Popen([sys.executable, "-m", "fedge.shell.cli", "--log-file", str(log), *args], stderr=subprocess.PIPE)
 
 
 def finish(coordinator: subprocess.Popen, agents: list[subprocess.Popen], timeout_s: float = 240) -> None:
@@ -92,8 +92,8 @@ def coordinator_in_thread(tmp_path: Path, broker_url: str, backbone: Path, setti
     coordinator is connected and subscribed: scripted agents say hello only once."""
     import threading
 
-    from coordinator.config import CoordinatorConfig
-    from coordinator.server import Coordinator
+    from fedge.coordinator.config import CoordinatorConfig
+    from fedge.coordinator.server import Coordinator
     from fedge.task.data import write_jsonl
 
     write_jsonl(tmp_path / "test.jsonl", [Example("food of time", i % 8) for i in range(8)])

@@ -13,7 +13,7 @@ from fedge.heartbeat import start_heartbeat
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.trust.enrolment import Credentials
 from fedge.wire import AdapterUpdate, Assignment, GlobalState, Heartbeat, Hello, Reject, topics
-from profiles import load_catalogue_profile
+from fedge.profiles import load_catalogue_profile
 
 
 class ScriptedAgent:

@@ -6,12 +6,12 @@ import threading
 
 import pytest
 
-from coordinator.delivery import BackboneServer
-from edge_agent.fetch import BackboneFetcher
+from fedge.coordinator.delivery import BackboneServer
+from fedge.edge_agent.fetch import BackboneFetcher
 from fedge.delivery import DeliveryError, PackageStore, build_manifest
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.wire import BackboneSpec, topics
-from quantization.package import BackbonePackage
+from fedge.quantization.package import BackbonePackage
 
 pytestmark = pytest.mark.broker
 

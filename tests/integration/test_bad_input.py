@@ -8,13 +8,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from coordinator.config import CoordinatorConfig
-from coordinator.server import Coordinator
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.server import Coordinator
 from fedge.task.data import write_jsonl
 from fedge.task.wordnet import Example
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.wire import Hello, topics
-from profiles import load_catalogue_profile
+from fedge.profiles import load_catalogue_profile
 from tests.integration.helpers import await_connected, credentials, enrolled_fleet
 from tests.integration.scripted import ScriptedAgent
 

@@ -13,17 +13,17 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from coordinator.config import CoordinatorConfig
-from coordinator.server import Coordinator
-from coordinator.site import SiteAggregator
-from coordinator.validation import SITE_CLASS
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.server import Coordinator
+from fedge.coordinator.site import SiteAggregator
+from fedge.coordinator.validation import SITE_CLASS
 from fedge.broker import free_port
 from fedge.task.data import write_jsonl
 from fedge.task.wordnet import Example
 from fedge.trust.broker_files import Bridge, write_mosquitto_files
 from fedge.trust.enrolment import Credentials, Enrolment, coordinator_credentials, device_credentials_path, enroll
 from fedge.wire import GlobalState, Hello
-from profiles import load_catalogue_profile
+from fedge.profiles import load_catalogue_profile
 from tests.conftest import MOSQUITTO, _wait_for_port
 from tests.integration.helpers import await_connected
 from tests.integration.scripted import ScriptedAgent

@@ -28,7 +28,7 @@ def test_run_survives_a_broker_restart(tiny_backbone, tmp_path):
     processes = []
     try:
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-        cli = [sys.executable, "-m", "fedge.cli", "--log-file"]
+        cli = [sys.executable, "-m", "fedge.shell.cli", "--log-file"]
         processes.append(subprocess.Popen([*cli, str(tmp_path / "c.log"), "coordinator", "--config", str(tmp_path / "c.yaml")], stderr=subprocess.DEVNULL))
         for index in range(2):
             write_jsonl(tmp_path / f"a{index}.jsonl", shard(index))

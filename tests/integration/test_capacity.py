@@ -10,7 +10,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from coordinator.boundary import FleetKeys, coordinator_codec
+from fedge.coordinator.boundary import FleetKeys, coordinator_codec
 from fedge.trust.enrolment import coordinator_credentials
 from fedge.task.data import write_jsonl
 from fedge.task.wordnet import WORDNET_TASK

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker]
 def test_demo_fleet_learns_well_above_the_pretrained_accuracy(tmp_path):
     run_dir = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "fedge.cli", "demo", "--run-dir", str(run_dir), "--rounds", "3", "--local-steps", "8", "--train-per-label", "48", "--test-per-label", "20"],
+        [sys.executable, "-m", "fedge.shell.cli", "demo", "--run-dir", str(run_dir), "--rounds", "3", "--local-steps", "8", "--train-per-label", "48", "--test-per-label", "20"],
         capture_output=True, text=True, timeout=1500,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -18,10 +18,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from coordinator.config import CoordinatorConfig
-from coordinator.reports import RunDirectory
-from coordinator.server import Coordinator
-from edge_agent.agent import EdgeAgent
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.reports import RunDirectory
+from fedge.coordinator.server import Coordinator
+from fedge.edge_agent.agent import EdgeAgent
 from fedge.task.data import write_jsonl
 from fedge.task.wordnet import WORDNET_TASK
 from fedge.transport import BrokerConfig
@@ -33,7 +33,7 @@ from fedge.wire import (
 from fedge.wire.chunks import CHUNK_MAGIC
 from fedge.wire.codec import MAGIC
 from fedge.wire.envelope import Signer
-from profiles import load_catalogue_profile
+from fedge.profiles import load_catalogue_profile
 from tests.integration.helpers import credentials, enrolled_fleet, rows, shard
 
 pytestmark = pytest.mark.broker

@@ -28,7 +28,7 @@ def readme_commands() -> list[str]:
 
 def _run(command: str, cwd: Path, log: Path) -> subprocess.Popen:
     words = shlex.split(command.replace("[--json]", "").replace("[--device-profile NAME]", "--device-profile jetson-orin-nano-8gb"))
-    return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log), *words[1:]], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "fedge.shell.cli", "--log-file", str(log), *words[1:]], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_readme_commands_run_as_written(tmp_path):

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.broker
 
 
 def _cli(*args, log):
-    return subprocess.Popen([sys.executable, "-m", "fedge.cli", "--log-file", str(log), *args], stderr=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "fedge.shell.cli", "--log-file", str(log), *args], stderr=subprocess.DEVNULL)
 
 
 @pytest.mark.parametrize("round_mode", ["sync", "async"])
@@ -46,7 +46,7 @@ def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone
         rounds_before = [json.loads(line)["round"] for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert rounds_before[:2] == [0, 1]
 
-        fresh = subprocess.run([sys.executable, "-m", "fedge.cli", "coordinator", "--config", str(tmp_path / "c.yaml")], capture_output=True, text=True, timeout=60)
+        fresh = subprocess.run([sys.executable, "-m", "fedge.shell.cli", "coordinator", "--config", str(tmp_path / "c.yaml")], capture_output=True, text=True, timeout=60)
         assert fresh.returncode != 0 and "--resume" in fresh.stderr + fresh.stdout  # never silently overwrites a run
 
         resumed = _cli("coordinator", "--config", str(tmp_path / "c.yaml"), "--resume", log=tmp_path / "c2.log")

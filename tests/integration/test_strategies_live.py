@@ -12,14 +12,14 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from coordinator.config import CoordinatorConfig
-from coordinator.server import Coordinator
-from edge_agent.agent import EdgeAgent
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.server import Coordinator
+from fedge.edge_agent.agent import EdgeAgent
 from fedge.strategies import STRATEGIES, recipe_for
 from fedge.strategies.base import base_deltas
 from fedge.task.data import write_jsonl
 from fedge.transport import BrokerConfig
-from profiles import load_catalogue_profile
+from fedge.profiles import load_catalogue_profile
 from tests.integration.helpers import credentials, enrolled_fleet, rows, shard
 
 pytestmark = pytest.mark.broker

@@ -9,9 +9,9 @@ import yaml
 
 from safetensors.numpy import load_file
 
-from coordinator.config import ConfigError
+from fedge.coordinator.config import ConfigError
 from fedge.strategies.base import C_SUFFIX
-from fedge.trial.config import TrialConfig
+from fedge.shell.trial.config import TrialConfig
 
 pytestmark = pytest.mark.broker
 
@@ -26,7 +26,7 @@ def test_a_trial_compares_strategies_on_one_split_and_writes_its_report(tiny_bac
     }
     (tmp_path / "trial.yaml").write_text(yaml.safe_dump(trial))
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "fedge.cli", "trial", str(tmp_path / "trial.yaml"), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "fedge.shell.cli", "trial", str(tmp_path / "trial.yaml"), "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     rows = {row["strategy"]: row for row in report["rows"]}
@@ -82,7 +82,7 @@ def test_an_instruct_trial_on_the_operators_own_files(tiny_backbone, tmp_path):
     }
     (tmp_path / "trial.yaml").write_text(yaml.safe_dump(trial))
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "fedge.cli", "trial", str(tmp_path / "trial.yaml"), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "fedge.shell.cli", "trial", str(tmp_path / "trial.yaml"), "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["splits"]["0"]["agents"] == {"agent-0-cpu-16gb": 24, "agent-1-cpu-8gb": 24} and report["splits"]["0"]["test_examples"] == 16

@@ -1,0 +1,130 @@
+"""The run directory: resolved config, per-round metrics (JSON lines), global checkpoints, final adapter, plot.
+
+    run_dir/
+      config.json            the resolved coordinator config
+      plan.json              the capacity plan: per device bits, ranks, depth, predicted memory, time and bytes
+      metrics.jsonl          one JSON object per round (round 0 = before fine-tuning)
+      client_eval.jsonl      agents' held-out accuracy of the model they hold after each round (when they evaluate)
+      globals/round_NNN.safetensors   global factors after each round (for resuming and auditing)
+      updates/round_NNN/AGENT.safetensors   every accepted update, written as it arrives
+      adapter/               the final global adapter in PEFT format
+      metrics.png            accuracy and bytes per round
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from fedge.coordinator.plan_report import write_plan
+
+_ROUND_FILE = re.compile(r"round_(\d+)\.safetensors$")
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        (self.path / "globals").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def plot_file(self) -> Path:
+        return self.path / "metrics.png"
+
+    def write_config(self, config: dict) -> None:
+        (self.path / "config.json").write_text(json.dumps(config, indent=2, default=list))
+
+    @property
+    def plan_file(self) -> Path:
+        return self.path / "plan.json"
+
+    def write_plan(self, plan: dict) -> None:
+        """The capacity plan the run follows (rewritten when an agent joins later)."""
+        write_plan(plan, self.plan_file)
+
+    def append_round(self, record: dict) -> None:
+        with self.metrics_file.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    @property
+    def client_eval_file(self) -> Path:
+        return self.path / "client_eval.jsonl"
+
+    def append_client_eval(self, record: dict) -> None:
+        with self.client_eval_file.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def client_evals(self) -> list[dict]:
+        if not self.client_eval_file.exists():
+            return []
+        return [json.loads(line) for line in self.client_eval_file.read_text().splitlines() if line.strip()]
+
+    def rounds(self) -> list[dict]:
+        if not self.metrics_file.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+    def drop_rounds_after(self, round_number: int) -> None:
+        kept = [record for record in self.rounds() if record["round"] <= round_number]
+        partial = self.metrics_file.with_suffix(".partial")
+        partial.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        partial.replace(self.metrics_file)
+
+    def save_update(self, round_number: int, agent_id: str, arrays: dict[str, np.ndarray]) -> None:
+        folder = self.path / "updates" / f"round_{round_number:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({key: np.ascontiguousarray(value) for key, value in arrays.items()}, folder / f"{agent_id}.safetensors")
+
+    def save_global(self, round_number: int, arrays: dict[str, np.ndarray]) -> None:
+        target = self.path / "globals" / f"round_{round_number:03d}.safetensors"
+        partial = target.with_suffix(".partial")
+        save_file({key: np.ascontiguousarray(value, dtype=np.float32) for key, value in arrays.items()}, partial)
+        partial.replace(target)  # atomic: a crash never leaves a half-written checkpoint
+
+    def latest_global(self) -> tuple[int, dict[str, np.ndarray]] | None:
+        """The last completed round and its global factors, or None for a fresh run."""
+        found = [(int(m.group(1)), p) for p in (self.path / "globals").glob("round_*.safetensors") if (m := _ROUND_FILE.search(p.name))]
+        if not found:
+            return None
+        round_number, path = max(found)
+        return round_number, load_file(path)
+
+    def plot(self, baselines: dict[str, list[float]] | None = None) -> Path:
+        """Accuracy per round (with any ``baselines``: label -> accuracy from round 0 on) and bytes per round."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = self.rounds()
+        rounds = [r["round"] for r in records]
+        figure, (accuracy_axis, bytes_axis) = plt.subplots(1, 2, figsize=(11, 4))
+        accuracy_axis.plot(rounds, [r["accuracy"] for r in records], marker="o", label="federated (global model)")
+        for label, accuracies in (baselines or {}).items():
+            accuracy_axis.plot(range(len(accuracies)), accuracies, marker="s", linestyle="--", label=label)
+        accuracy_axis.set(xlabel="round", ylabel="held-out accuracy", title="Global model accuracy", ylim=(0, 1))
+        if baselines:
+            accuracy_axis.legend()
+        accuracy_axis.grid(alpha=0.3)
+        up = [sum(r.get("bytes_up", {}).values()) / 1e6 for r in records]
+        down = [sum(r.get("bytes_down", {}).values()) / 1e6 for r in records]
+        bytes_axis.bar([x - 0.2 for x in rounds], up, width=0.4, label="up (agents → coordinator)")
+        bytes_axis.bar([x + 0.2 for x in rounds], down, width=0.4, label="down (coordinator → agents)")
+        bytes_axis.set(xlabel="round", ylabel="MB", title="Bytes on the wire per round")
+        bytes_axis.set_ylim(0, 1.35 * max(up + down + [1e-3]))
+        bytes_axis.legend(loc="upper left")
+        figure.tight_layout()
+        figure.savefig(self.plot_file, dpi=100)
+        plt.close(figure)
+        return self.plot_file

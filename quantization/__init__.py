@@ -1,5 +1,0 @@
-"""Backbone loading per backend (NF4 / INT8 on CUDA with bitsandbytes, 16/32-bit elsewhere)."""
-
-from quantization.backbone import BackboneSource, load_backbone, locate_backbone, resolve_dtype
-
-__all__ = ["BackboneSource", "load_backbone", "locate_backbone", "resolve_dtype"]

@@ -1,0 +1,98 @@
+"""The import direction of the one ``fedge`` namespace: wire and transport below everything and free of torch, the
+agent and the coordinator beside each other, the command-line shell on top, and no import circle anywhere."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "fedge"
+SIDES = ("fedge.coordinator", "fedge.edge_agent")
+SHELL = "fedge.shell"
+NETWORK = ("fedge.wire", "fedge.transport", "fedge.trust", "fedge.heartbeat", "fedge.broker")
+TENSOR_LIBRARIES = {"torch", "transformers", "peft", "bitsandbytes"}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, wherever the import stands (functions and TYPE_CHECKING blocks included)."""
+    found = set()
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = {_module_name(path): _imports(path) for path in PACKAGE.rglob("*.py")}
+
+
+def _within(name: str, prefixes: tuple[str, ...] | str) -> bool:
+    prefixes = (prefixes,) if isinstance(prefixes, str) else prefixes
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _internal(imports: set[str]) -> set[str]:
+    """The fedge modules among ``imports`` (``from pkg import name`` counts only where name is a module)."""
+    return {name for name in imports if name in MODULES}
+
+
+def test_only_fedge_is_installed():
+    assert not any((PACKAGE.parent / name / "__init__.py").exists() for name in ("coordinator", "edge_agent", "profiles", "quantization"))
+    assert {"fedge.coordinator", "fedge.edge_agent", "fedge.profiles", "fedge.quantization", "fedge.shell"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("module", sorted(name for name in MODULES if not _within(name, SHELL)))
+def test_nothing_imports_the_shell(module):
+    assert not {name for name in _internal(MODULES[module]) if _within(name, SHELL)}
+
+
+@pytest.mark.parametrize("module", sorted(name for name in MODULES if not _within(name, (SHELL, *SIDES))))
+def test_the_kernel_imports_neither_agent_nor_coordinator(module):
+    assert not {name for name in _internal(MODULES[module]) if _within(name, SIDES)}
+
+
+@pytest.mark.parametrize("side,other", [SIDES, SIDES[::-1]])
+def test_agent_and_coordinator_do_not_import_each_other(side, other):
+    crossing = {(module, name) for module, imports in MODULES.items() if _within(module, side) for name in _internal(imports) if _within(name, other)}
+    assert not crossing
+
+
+def _reachable(module: str) -> set[str]:
+    seen, todo = set(), [module]
+    while todo:
+        for name in _internal(MODULES[todo.pop()]):
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+@pytest.mark.parametrize("module", sorted(name for name in MODULES if _within(name, NETWORK)))
+def test_wire_and_transport_know_nothing_of_torch(module):
+    closure = _reachable(module) | {module}
+    assert not {name for name in closure if _within(name, ("fedge.coordinator", "fedge.edge_agent", SHELL, "fedge.strategies", "fedge.task"))}
+    tensor_imports = {(name, imported) for name in closure for imported in MODULES[name] if imported.split(".")[0] in TENSOR_LIBRARIES}
+    assert not tensor_imports
+
+
+def test_no_import_circle():
+    circles = sorted(module for module in MODULES if module in _reachable(module) and not module.endswith("__init__") and module not in _packages_reexporting(module))
+    assert not circles, f"modules that import themselves through others: {circles}"
+
+
+def _packages_reexporting(module: str) -> set[str]:
+    """A package's ``__init__`` importing its own submodules is not a circle (``pkg`` → ``pkg.sub`` → ``pkg``)."""
+    return {module} if any(name.startswith(module + ".") for name in MODULES) else set()
