@@ -56,3 +56,4 @@ def test_fleet_load_benchmark_quick_mode_runs_a_simulated_fleet_through_its_roun
 def test_planner_scale_benchmark_quick_mode_prints_the_cost_per_device_against_the_smallest_fleet():
     out = _quick("planner_scale.py")
     assert "1,000" in out and "all different" in out and "×" in out
+    assert "fedge plan on 1,000 devices" in out and "starting the command" in out

@@ -44,6 +44,17 @@ def test_plan_prints_the_table_and_writes_json(tmp_path, capsys):
     assert all(d["reason"] for d in plan["devices"] if not d["feasible"])
 
 
+def test_plan_summarises_a_large_fleet_by_kind_of_device(tmp_path, capsys):
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("model: smollm2-135m-instruct\ndevices:\n  - {device: jetson-orin-nano-8gb, count: 3000, examples: 400}\n  - {device: cpu-16gb, count: 2000, examples: 400}\n")
+    assert main(["plan", str(fleet)]) == 0
+    summary = capsys.readouterr().out
+    assert "5000 devices" in summary and "jetson-orin-nano-8gb ×3000" in summary and "cpu-16gb ×2000" in summary
+    assert "jetson-orin-nano-8gb-17" not in summary
+    assert main(["plan", str(fleet), "--devices"]) == 0
+    assert "jetson-orin-nano-8gb-17" in capsys.readouterr().out
+
+
 def test_plan_reports_every_fleet_file_error(tmp_path, caplog):
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text("planner: {ranks: [0], colour: red}\ndevices:\n  - {device: toaster-9000}\n  - {device: cpu-8gb, profile: x.json}\n  - {device: cpu-8gb, count: 0}\n")

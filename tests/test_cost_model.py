@@ -7,7 +7,7 @@ from fedge.lora import build_lora_model
 from fedge.wire import AdapterUpdate, LoraSpec, encode_message
 from fedge.profiles.calibration import Calibration, fit_memory, fit_time, load_calibration
 from fedge.profiles.memory import TrainingSetup, activation_elements, base_weight_bytes, lora_params, predict_memory, wide_lora_activation_elements
-from fedge.profiles.model_shape import UnsupportedModel, bundled_models, load_model_shape
+from fedge.profiles.model_shape import UnsupportedModel, _bundled, bundled_models, load_model_shape, shape_from_config
 from fedge.profiles.timing import predict_round_bytes, predict_step_seconds, step_flops
 from fedge.quantization.backbone import load_backbone, locate_backbone
 
@@ -33,7 +33,13 @@ def test_every_family_has_its_published_parameter_count(name, published):
     assert load_model_shape(name).total_params == published
 
 
-def test_every_bundled_architecture_loads_through_autoconfig():
+def test_every_bundled_architecture_reads_as_autoconfig_reads_it():
+    """Bundled shapes are read from models.yaml without transformers; AutoConfig must agree on every field."""
+    from transformers import AutoConfig
+
+    for name in bundled_models():
+        fields = dict(_bundled()[name])
+        assert load_model_shape(name) == shape_from_config(AutoConfig.for_model(fields.pop("model_type"), **fields), name), name
     sizes = {name: load_model_shape(name).total_params for name in bundled_models()}
     assert 6.5e9 < sizes["llama-2-7b"] < 6.9e9 and 1.1e9 < sizes["llama-3.2-1b"] < 1.3e9
 

@@ -107,6 +107,19 @@ def test_a_hopelessly_slow_device_is_refused_as_too_slow():
     _check_constraints(plan, options)
 
 
+def test_the_straggler_rule_never_leaves_the_run_below_its_minimum():
+    """A GPU laptop and a CPU: refusing the CPU as a straggler would leave one device for a run that needs two, so
+    it trains at its lightest workload instead; with a minimum of one it is refused as before."""
+    fleet = _fleet("laptop-rtx4090-16gb", "cpu-16gb")
+    options = PlannerOptions(seq_len=512, max_depth=12)
+    alone = plan_fleet(fleet, load_model_shape("llama-3.2-1b"), options)
+    assert not alone.devices[1].feasible and alone.devices[1].reason.startswith("too slow")
+    together = plan_fleet(fleet, load_model_shape("llama-3.2-1b"), replace(options, min_devices=2))
+    laptop, cpu = together.devices
+    assert laptop.feasible and cpu.feasible
+    assert (cpu.depth, cpu.local_steps) == (1, 1) and laptop.depth > 1
+
+
 def test_stragglers_get_less_work_rather_than_holding_the_round():
     fleet = _fleet("laptop-rtx4060-8gb", "jetson-orin-nano-8gb", "cpu-16gb")
     options = PlannerOptions(max_depth=12, straggler_bound=1.25)

@@ -78,7 +78,7 @@ class CoordinatorConfig:
         task_level = {"seq_len": self.task.max_tokens}
         if self.task.kind == "instruct" and "answer_share" not in self.planner:
             task_level["answer_share"] = INSTRUCT_ANSWER_SHARE
-        return PlannerOptions(**self.planner, **run_level, **task_level)
+        return PlannerOptions(**self.planner, **run_level, **task_level, min_devices=self.min_clients)
 
     def make_strategy(self) -> Strategy:
         return make_strategy(self.strategy, seed=self.seed, **self.strategy_options)

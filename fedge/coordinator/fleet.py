@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def load_fleet(path: str | Path) -> Fleet:
         for copy in range(count):
             device_id = name if count == 1 else f"{name}-{copy + 1}"
             members.append(FleetMember(device_id, profile, examples, tuple(entry.get("labels", ()))))
-    duplicates = sorted({m.device_id for m in members if sum(o.device_id == m.device_id for o in members) > 1})
+    duplicates = sorted(device_id for device_id, count in Counter(m.device_id for m in members).items() if count > 1)
     if duplicates:
         errors.append(f"devices: duplicate ids {duplicates}; give each entry an 'id'")
     if errors:

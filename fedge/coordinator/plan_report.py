@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,15 +29,33 @@ def _size(num_bytes: int) -> str:
     return f"{num_bytes / 2**20:.1f} MiB" if num_bytes < 2**30 else f"{num_bytes / 2**30:.2f} GiB"
 
 
-def plan_table(plan: dict) -> Table:
-    """The plan (as ``plan_to_dict`` writes it) as one row per device."""
+def _kinds(devices: list[dict]) -> list[tuple[dict, list[str]]]:
+    """Devices with the same plan (all but their ids), in first-seen order, each with the ids that share it."""
+    kinds: dict[str, tuple[dict, list[str]]] = {}
+    for device in devices:
+        key = json.dumps({k: v for k, v in device.items() if k != "device_id"}, sort_keys=True)
+        kinds.setdefault(key, (device, []))[1].append(device["device_id"])
+    return list(kinds.values())
+
+
+def _label(device: dict, ids: list[str]) -> str:
+    if len(ids) > 1:
+        label = f"{device['profile_name']} ×{len(ids)}"
+    else:
+        label = ids[0] if ids[0] == device["profile_name"] else f"{ids[0]} ({device['profile_name']})"
+    return label + (" †" if device.get("simulated") else "")
+
+
+def plan_table(plan: dict, per_device: bool = False) -> Table:
+    """The plan (as ``plan_to_dict`` writes it): one row per kind of device (devices whose plans are the same), or
+    one row per device with ``per_device``."""
     options = plan["options"]
-    table = Table(title=f"Plan for {plan['model']}: {options['strategy']}, seq {options['seq_len']}, margin {options['safety_margin']:.0%}, straggler bound {options['straggler_bound']}× (median round {plan['median_round_seconds']:.1f} s)")
+    rows = [(device, [device["device_id"]]) for device in plan["devices"]] if per_device else _kinds(plan["devices"])
+    table = Table(title=f"Plan for {plan['model']}: {len(plan['devices'])} devices, {options['strategy']}, seq {options['seq_len']}, margin {options['safety_margin']:.0%}, straggler bound {options['straggler_bound']}× (median round {plan['median_round_seconds']:.1f} s)")
     for column in ("device", "bits", "ranks (top first)", "depth", "batch", "steps", "memory predicted / available", "step", "round", "prepare", "bytes up / down per round"):
         table.add_column(column, justify="left" if column in ("device", "ranks (top first)") else "right")
-    for device in plan["devices"]:
-        label = device["device_id"] if device["device_id"] == device["profile_name"] else f"{device['device_id']} ({device['profile_name']})"
-        label += " †" if device.get("simulated") else ""
+    for device, ids in rows:
+        label = _label(device, ids)
         if not device["feasible"]:
             table.add_row(label, "—", f"[red]refused: {device['reason']}[/]", "", "", "", f"— / {_size(device['available_bytes'])}", "", "", "", "")
             continue
@@ -82,4 +101,8 @@ def plan_to_dict(plan: FleetPlan) -> dict:
 
 
 def write_plan(plan: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(plan, indent=2) + "\n")
+    """Written whole or not at all (a reader never sees half a plan)."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(plan, indent=2) + "\n")
+    os.replace(partial, path)

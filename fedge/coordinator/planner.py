@@ -15,7 +15,8 @@ A pure function of the fleet (profiles, data sizes), the model's shape and the o
    half of it on the next third, a quarter below (never under the smallest allowed rank).
 4. **Stragglers.** While the slowest device's predicted round time exceeds ``straggler_bound`` × the fleet's
    median, it gets less work: fewer layers first, then fewer local steps. A device still too slow at depth 1 and one
-   local step is refused, with the figures.
+   local step is refused, with the figures, unless that would leave fewer than ``min_devices`` able to train (the
+   coordinator's ``min_clients``): then it trains at that lightest workload, and the round waits for it.
 
 A device that cannot take part gets ``feasible=False`` and a reason; it is never planned over its memory. An
 operator may pin a device's quantization, rank and depth: the pin is checked against what the device can run
@@ -80,6 +81,7 @@ class PlannerOptions:
     prefix_cache_mib: int = 1024  # the most a device's frozen-prefix cache may hold; the rest is recomputed
     answer_share: float = 0.0  # the share of tokens the full-vocabulary loss runs on (instruct's answers, multi-token labels)
     sequences_per_example: int = 1  # classify with labels of several tokens: one sequence per label
+    min_devices: int = 1  # the straggler rule refuses no device that would leave fewer than this many able to train
 
     def for_model(self, shape: ModelShape) -> PlannerOptions:
         """These options with the target modules resolved for ``shape``; ``ValueError`` if it lacks one of them."""
@@ -102,7 +104,7 @@ class PlannerOptions:
             found.append(f"rank_profile: one of {', '.join(RANK_PROFILES)}")
         if not self.ranks or min(self.ranks) < 1:
             found.append("ranks: positive integers")
-        for key in ("seq_len", "batch_size", "local_steps", "max_group_frequency", "prefix_cache_mib", "sequences_per_example"):
+        for key in ("seq_len", "batch_size", "local_steps", "max_group_frequency", "prefix_cache_mib", "sequences_per_example", "min_devices"):
             if getattr(self, key) < 1:
                 found.append(f"{key}: must be >= 1")
         if self.max_depth < 0 or self.groups < 0:
@@ -506,7 +508,7 @@ class _Times:
 
 def _balance(kinds: list[_Device], count: Counter[int], setups: dict[int, tuple[TrainingSetup, int]], refused: dict[int, str], options: PlannerOptions) -> dict[int, DevicePlan]:
     """Lighten the slowest unpinned kind of device until it is within the straggler bound of the median, refusing
-    hopeless ones. The slowest comes off a heap and the median from a sorted list of times, so a step costs one
+    hopeless ones unless that would leave fewer than ``min_devices`` (then it keeps its lightest workload). The slowest comes off a heap and the median from a sorted list of times, so a step costs one
     plan of one kind, not a re-plan of the fleet; only refusals under a strategy whose downlink grows with the
     fleet's rank sum (FLoRA, FedEx-LoRA) re-cost every kind."""
     while True:
@@ -528,6 +530,8 @@ def _balance(kinds: list[_Device], count: Counter[int], setups: dict[int, tuple[
                 times.move(slowest.round_seconds, plans[index].round_seconds, count[index])
                 heapq.heappush(heap, (-plans[index].round_seconds, index))
                 continue
+            if len(times.sorted) - count[index] < options.min_devices:
+                continue  # refusing it would leave the run too few devices: it trains at its lightest workload
             refused[index] = _too_slow(slowest, median, options)
             del setups[index], plans[index]
             times.move(slowest.round_seconds, None, count[index])

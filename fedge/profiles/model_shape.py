@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -107,8 +108,21 @@ def shape_from_config(config, name: str) -> ModelShape:
     )
 
 
+_GPT2_NAMES = {"n_embd": "hidden_size", "n_layer": "num_hidden_layers", "n_head": "num_attention_heads"}
+
+
+def _bundled_shape(name: str) -> ModelShape:
+    """A bundled architecture's shape straight from its ``models.yaml`` fields, without importing transformers (which
+    takes seconds): the fields are exactly what ``shape_from_config`` reads, GPT-2's under their own names (a test
+    checks every entry against ``AutoConfig``)."""
+    fields = {_GPT2_NAMES.get(key, key): value for key, value in _bundled()[name].items()}
+    return shape_from_config(SimpleNamespace(**fields), name)
+
+
 def load_model_shape(path_or_name: str) -> ModelShape:
     """Read a model's shape from a directory, a ``config.json``, a bundled architecture or a fedge backbone name."""
+    if path_or_name in _bundled():
+        return _bundled_shape(path_or_name)
     from transformers import AutoConfig
 
     path = Path(path_or_name)
@@ -116,7 +130,4 @@ def load_model_shape(path_or_name: str) -> ModelShape:
         return shape_from_config(AutoConfig.from_pretrained(path.parent), path.parent.name)
     if path.is_dir():
         return shape_from_config(AutoConfig.from_pretrained(path), path.name)
-    if path_or_name in _bundled():
-        fields = dict(_bundled()[path_or_name])
-        return shape_from_config(AutoConfig.for_model(fields.pop("model_type"), **fields), path_or_name)
     raise UnsupportedModel(f"no model {path_or_name!r}: give a checkpoint directory, a config.json, or one of {', '.join(bundled_models())}")

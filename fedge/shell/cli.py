@@ -199,7 +199,7 @@ def cmd_plan(args) -> int:
     if model is None:
         raise ValueError("name the model: --model PATH_OR_NAME, or 'model:' in the fleet file")
     plan = plan_to_dict(plan_fleet(fleet.members, load_model_shape(model), fleet.options))
-    console.print(plan_table(plan))
+    console.print(plan_table(plan, per_device=args.devices))
     if plan["groups"]:
         console.print(groups_table(plan))
     if args.out:
@@ -341,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("fleet", help="fleet YAML: devices (catalogue names or profile JSON) and planner options")
     plan.add_argument("--model", help="checkpoint directory, config.json, or a bundled architecture (e.g. llama-2-7b)")
     plan.add_argument("--out", help="also write the plan as JSON here")
+    plan.add_argument("--devices", action="store_true", help="one row per device (default: one row per kind of device, devices planned alike)")
     plan.set_defaults(func=cmd_plan)
 
     trial = sub.add_parser("trial", help="compare aggregation strategies on one simulated fleet; writes a report with plots")

@@ -25,7 +25,7 @@ from fedge.coordinator.planner import Pin, PlannerOptions
 from fedge.coordinator.reports import RunDirectory
 from fedge.broker import EmbeddedBroker
 from fedge.trust.enrolment import Enrolment, device_credentials_path, temporary_fleet
-from fedge.shell.processes import spawn, stop
+from fedge.shell.processes import JsonLines, children, spawn, stop
 from fedge.shell.progress import long_step
 from fedge.task.data import write_jsonl
 from fedge.task.split import dirichlet_split, label_histogram
@@ -120,12 +120,15 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
     logs.mkdir(exist_ok=True)
     with long_step(console, "locating the SmolLM2-135M-Instruct backbone (first run converts the GGUF, ~40 s)"):
         locate_backbone(DEFAULT_BACKBONE)
-    with temporary_fleet(agent_id for agent_id, _ in _fleet(settings.agents)) as fleet, EmbeddedBroker(enrolment=Enrolment.load(fleet)) as broker:
+    metrics_file = settings.run_dir / "coordinator" / "metrics.jsonl"
+    with temporary_fleet(agent_id for agent_id, _ in _fleet(settings.agents)) as fleet, EmbeddedBroker(enrolment=Enrolment.load(fleet)) as broker, children() as running:
         config_path, agents = prepare(settings, broker.url, fleet)
         console.print(f"embedded broker on [bold]{broker.url}[/] (password logins and topic ACLs); {len(agents)} enrolled agents signing every message; run directory [bold]{settings.run_dir}[/]")
+        console.print(f"logs: coordinator and agents in [bold]{logs}[/] (each agent logs its steps there)")
         coordinator = spawn(["coordinator", "--config", str(config_path)], logs / "coordinator.log")
+        running.append(coordinator)
         workers = [spawn(["agent", "--broker", broker.url, "--data", str(shard), "--credentials", str(device_credentials_path(fleet, agent_id)), "--device-profile", device, "--threads", "1"], logs / f"{agent_id}.log") for agent_id, device, shard in agents]
-        metrics_file = settings.run_dir / "coordinator" / "metrics.jsonl"
+        running.extend(workers)
         status = _follow(coordinator, workers, metrics_file, settings.rounds, console)
     if status != 0:
         console.print(f"[red]coordinator exited with {status}; see {logs}[/]")
@@ -146,23 +149,21 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
 def _follow(coordinator: subprocess.Popen, workers: list[subprocess.Popen], metrics_file: Path, rounds: int, console: Console) -> int:
     """Show the capacity plan once it is made, then a progress bar per round from the coordinator's metrics until
     it exits; then stop the agents."""
-    seen, plan_shown = 0, False
+    plan_shown = False
     plan_file = metrics_file.with_name("plan.json")
+    metrics = JsonLines(metrics_file)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(), console=console)
     with progress:
         task = progress.add_task("agents loading the backbone and caching their data", total=rounds)
         while coordinator.poll() is None:
             time.sleep(0.5)
             if not plan_shown and plan_file.exists():
-                progress.console.print(plan_table(json.loads(plan_file.read_text())))
+                progress.console.print(plan_table(json.loads(plan_file.read_text()), per_device=True))
                 plan_shown = True
-            lines = metrics_file.read_text().splitlines() if metrics_file.exists() else []
-            for line in lines[seen:]:
-                record = json.loads(line)
+            for record in metrics.new_records():
                 label = "before fine-tuning" if record["round"] == 0 else f"round {record['round']}"
                 progress.console.print(f"{label}: accuracy [bold]{record['accuracy']:.3f}[/], loss {record['loss']:.3f}" + (f", {len(record['contributors'])} updates, {record['wall_s']:.1f} s" if record["round"] else ""))
                 progress.update(task, completed=record["round"], description=f"federated rounds (accuracy {record['accuracy']:.3f})")
-            seen = len(lines)
     stop(workers)
     return coordinator.returncode
 
@@ -183,4 +184,4 @@ def _print_results(records: list[dict], central: list[float], settings: DemoSett
             "—" if r == 0 else f"{up / 1e6:.2f} MB / {down / 1e6:.2f} MB",
         )
     console.print(table)
-    console.print(f"run directory: [bold]{settings.run_dir}[/] (metrics.jsonl, adapter/, metrics.png under fedge/coordinator/); wall time {wall_s:.0f} s")
+    console.print(f"run directory: [bold]{settings.run_dir}[/] (metrics.jsonl, adapter/, metrics.png under coordinator/); wall time {wall_s:.0f} s")

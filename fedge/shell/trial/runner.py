@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from fedge.broker import EmbeddedBroker
 from fedge.trust.enrolment import Enrolment, device_credentials_path, temporary_fleet
-from fedge.shell.processes import spawn, stop
+from fedge.shell.processes import JsonLines, children, spawn, stop
 from fedge.shell.progress import long_step
 from fedge.strategies import STRATEGIES
 from fedge.shell.trial.config import StrategyRun, TrialConfig
@@ -118,25 +118,23 @@ def _run_one(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_di
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with temporary_fleet(agent_ids(trial)) as fleet, EmbeddedBroker(enrolment=Enrolment.load(fleet)) as broker:
+    with temporary_fleet(agent_ids(trial)) as fleet, EmbeddedBroker(enrolment=Enrolment.load(fleet)) as broker, children() as running:
         config_path = run_dir / "coordinator.yaml"
         config_path.write_text(yaml.safe_dump(coordinator_config(trial, run, seed, data, run_dir / "coordinator", broker.url, fleet), sort_keys=False))
         coordinator = spawn(["coordinator", "--config", str(config_path)], logs / "coordinator.log")
+        running.append(coordinator)
         evaluation = ["--eval-data", str(data / "test.jsonl")] if devices_evaluate(trial, run) else []
         agents = [spawn(["agent", "--broker", broker.url, "--data", str(data / f"{agent_id}.jsonl"), *evaluation, "--credentials", str(device_credentials_path(fleet, agent_id)), "--device-profile", device, "--threads", "1", "--slowdown", str(trial.slowdown.get(device, 1))], logs / f"{agent_id}.log")
                   for agent_id, device in zip(agent_ids(trial), trial.fleet)]
-        metrics = run_dir / "coordinator" / "metrics.jsonl"
+        running.extend(agents)
+        metrics = JsonLines(run_dir / "coordinator" / "metrics.jsonl")
         done_before = progress.tasks[task].completed
-        seen = 0
         while coordinator.poll() is None:
             time.sleep(1.0)
-            lines = metrics.read_text().splitlines() if metrics.exists() else []
-            for line in lines[seen:]:
-                record = json.loads(line)
+            for record in metrics.new_records():
                 if record["round"]:
                     progress.console.print(f"seed {seed} {run.label}: round {record['round']} server {trial.metric} {record['accuracy']:.3f}, loss {record['loss']:.3f}, {record['wall_s']:.0f} s")
                     progress.update(task, completed=done_before + record["round"])
-            seen = len(lines)
             progress.update(task, description=f"seed {seed} {run.label} ({time.time() - started:.0f} s)")
         stop(agents)
     progress.update(task, completed=done_before + trial.rounds)
