@@ -13,9 +13,17 @@ and the planner would refuse a third of the fleet. Per fleet size it prints:
   1.0 would be a coordinator that costs nothing);
 - server overhead per round: the last update sent to the last next global state received, as the agents saw it;
 - the coordinator's CPU seconds and peak RSS (sampled every 0.2 s);
-- lost or late messages: planned agents whose update did not count in a round, with the coordinator's reasons.
+- how long messages waited between arriving and being handled (p50 and p99 over the rounds' records);
+- the fan-out: CPU seconds spent converting, encoding and signing states per round, against the number of distinct
+  states the round sent (devices with the same view share one);
+- lost or late messages: planned agents whose update did not count in a round, with the reasons the round records
+  give for each of them.
 
     python benchmarks/fleet_load.py [--quick] [--agents 100,1000,10000] [--rounds 3] [--train-s 5] [--processes 2]
+                                    [--depth 1] [--rank 4] [--busy]
+
+``--busy`` oversubscribes the machine for the whole measurement: ``stress-ng --cpu`` with twice as many workers as
+cores, as a machine shared with other work is.
 
 ``--quick`` runs 20 agents for 2 rounds on a tiny random-weight model (the coordinator's evaluation of the real
 one costs seconds a round, which is not fleet overhead). Without it the backbone is the demo's SmolLM2-135M.
@@ -34,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -45,13 +55,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.tiny_model
 
 from benchmarks.swarm import run_swarm  # noqa: E402
 from fedge.broker import free_port  # noqa: E402
-from fedge.shell.processes import spawn  # noqa: E402
+from fedge.shell.processes import children, spawn  # noqa: E402
 from fedge.task.data import Example, write_jsonl  # noqa: E402
 from fedge.task.wordnet import LABELS  # noqa: E402
 from fedge.trust.broker_files import write_mosquitto_files  # noqa: E402
 from fedge.trust.enrolment import Enrolment, enroll  # noqa: E402
 
-console = Console(width=200)
+console = Console(width=320)
 
 
 def _eval_rows(path: Path) -> None:
@@ -75,13 +85,13 @@ def _start_mosquitto(fleet: Path, work: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("mosquitto did not start")
 
 
-def _coordinator_config(work: Path, fleet: Path, port: int, agents: int, rounds: int, backbone: str, deadline_s: float, heartbeat_s: float) -> Path:
+def _coordinator_config(work: Path, fleet: Path, port: int, agents: int, rounds: int, backbone: str, deadline_s: float, heartbeat_s: float, depth: int, rank: int) -> Path:
     config = {
         "run_id": f"load-{agents}", "run_dir": str(work / "run"), "broker": f"mqtt://127.0.0.1:{port}?protocol=3.1.1",
         "enrolment": str(fleet), "backbone": backbone, "eval_data": str(work / "eval.jsonl"), "rounds": rounds,
         "strategy": "hetlora", "min_clients": 1, "expected_clients": agents, "registration_timeout_s": 60 + agents * 0.05,
         "round_deadline_s": deadline_s, "rejoin_grace_s": 3 * heartbeat_s, "final_eval_wait_s": 5, "threads": 1,
-        "max_weight_share": 1.0, "planner": {"max_depth": 1, "ranks": [4], "straggler_bound": 100},
+        "max_weight_share": 1.0, "planner": {"max_depth": depth, "ranks": [rank], "rank_profile": "uniform", "straggler_bound": 100},
     }
     path = work / "coordinator.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -111,7 +121,7 @@ def _sample(process: psutil.Process, until: subprocess.Popen) -> tuple[float, in
     return cpu, peak
 
 
-def measure(agents: int, rounds: int, train_s: float, processes: int, backbone: str, heartbeat_s: float, work: Path) -> dict:
+def measure(agents: int, rounds: int, train_s: float, processes: int, backbone: str, heartbeat_s: float, work: Path, depth: int = 1, rank: int = 4) -> dict:
     work.mkdir(parents=True)
     ids = [f"sim-{index:05d}" for index in range(agents)]
     fleet = work / "fleet"
@@ -121,21 +131,24 @@ def measure(agents: int, rounds: int, train_s: float, processes: int, backbone: 
     _eval_rows(work / "eval.jsonl")
     broker, port = _start_mosquitto(fleet, work)
     deadline_s = max(60.0, train_s * 4 + agents * 0.01)
-    coordinator = spawn(["coordinator", "--config", str(_coordinator_config(work, fleet, port, agents, rounds, backbone, deadline_s, heartbeat_s))], work / "coordinator.log")
-    _await_line(work / "coordinator.log", "round 0:", coordinator)  # subscribed, and the starting model evaluated
-    context = multiprocessing.get_context("spawn")
-    stop_after = 120 + agents * 0.05 + rounds * (deadline_s + 30)
-    share = -(-agents // processes)
-    swarms = [context.Process(target=run_swarm, args=(ids[i:i + share], i, str(fleet), "127.0.0.1", port, train_s, heartbeat_s, str(work / f"swarm-{i}.json"), stop_after)) for i in range(0, agents, share)]
-    for swarm in swarms:
-        swarm.start()
-    cpu_s, peak_rss = _sample(psutil.Process(coordinator.pid), coordinator)
-    for swarm in swarms:
-        swarm.join(timeout=60)
-        if swarm.is_alive():
-            swarm.terminate()
-    broker.terminate()
-    broker.wait(timeout=10)
+    with children() as running:
+        running.append(broker)
+        coordinator = spawn(["coordinator", "--config", str(_coordinator_config(work, fleet, port, agents, rounds, backbone, deadline_s, heartbeat_s, depth, rank))], work / "coordinator.log")
+        running.append(coordinator)
+        _await_line(work / "coordinator.log", "listening for devices", coordinator)  # connected and subscribed
+        context = multiprocessing.get_context("spawn")
+        stop_after = 120 + agents * 0.05 + rounds * (deadline_s + 30)
+        share = -(-agents // processes)
+        swarms = [context.Process(target=run_swarm, args=(ids[i:i + share], i, str(fleet), "127.0.0.1", port, train_s, heartbeat_s, str(work / f"swarm-{i}.json"), stop_after)) for i in range(0, agents, share)]
+        for swarm in swarms:
+            swarm.start()
+        try:
+            cpu_s, peak_rss = _sample(psutil.Process(coordinator.pid), coordinator)
+        finally:
+            for swarm in swarms:
+                swarm.join(timeout=60)
+                if swarm.is_alive():
+                    swarm.terminate()
     records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()] if (work / "run" / "metrics.jsonl").exists() else []
     agents_seen = [agent for path in work.glob("swarm-*.json") for agent in json.loads(path.read_text())]
     return _figures(agents, records, agents_seen, cpu_s, peak_rss, enrol_s, coordinator.returncode, work)
@@ -152,10 +165,12 @@ def _figures(agents: int, records: list[dict], seen: list[dict], cpu_s: float, p
         if sent and got:
             overheads.append(max(got) - max(sent))
     lost = [len(record["participants"]) - len(record["contributors"]) for record in rounds]
+    unexplained = [len(set(record["participants"]) - set(record["contributors"]) - set(record.get("left_out", {}))) for record in rounds]
     reasons: dict[str, int] = {}
     for record in rounds:
-        for reason in record.get("rejected", {}).values():
-            reasons[reason] = reasons.get(reason, 0) + 1
+        for reason in record.get("left_out", {}).values():
+            kind = reason.split(":")[0]
+            reasons[kind] = reasons.get(kind, 0) + 1
     return {
         "agents": agents,
         "completed_rounds": len(rounds),
@@ -172,6 +187,11 @@ def _figures(agents: int, records: list[dict], seen: list[dict], cpu_s: float, p
         "peak_rss_mib": round(peak_rss / 2**20),
         "lost_per_round": lost,
         "lost_reasons": reasons,
+        "lost_without_reason": unexplained,
+        "message_wait_p50_s": max((record["message_wait_s"]["p50"] for record in rounds), default=None),
+        "message_wait_p99_s": max((record["message_wait_s"]["p99"] for record in rounds), default=None),
+        "fanout_cpu_s": [record["fanout"]["cpu_s"] for record in rounds],
+        "distinct_states": [record["fanout"]["distinct_states"] for record in rounds],
         "unreadable_downlinks": sum(agent["unreadable"] for agent in seen),
         "never_connected": sum(1 for agent in seen if not agent["connected"]),
         "log": str(work / "coordinator.log"),
@@ -187,12 +207,15 @@ def main() -> None:
     parser.add_argument("--heartbeat-s", type=float, default=10.0)
     parser.add_argument("--processes", type=int, default=2, help="processes the simulated agents share")
     parser.add_argument("--backbone", default="smollm2-135m-instruct")
+    parser.add_argument("--depth", type=int, default=1, help="adapted layers (depth 8 at rank 32: ~1 MB updates)")
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--busy", action="store_true", help="oversubscribe the CPU (stress-ng, 2 workers per core) while measuring")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     sizes = [20] if args.quick else [int(size) for size in args.agents.split(",")]
     rounds, train_s = (2, 1.0) if args.quick else (args.rounds, args.train_s)
     results = []
-    with tempfile.TemporaryDirectory(prefix="fedge-fleet-load-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="fedge-fleet-load-") as scratch, _oversubscribed(args.busy):
         backbone = args.backbone
         if args.quick:
             from tests.tiny_model import build_tiny_backbone
@@ -200,22 +223,39 @@ def main() -> None:
             backbone = str(build_tiny_backbone(Path(scratch) / "tiny"))
         for size in sizes:
             console.print(f"{size:,} agents: enrolling, starting Mosquitto, the coordinator and {args.processes} swarm processes…")
-            figures = measure(size, rounds, train_s, args.processes, backbone, args.heartbeat_s, Path(scratch) / f"n{size}")
+            figures = measure(size, rounds, train_s, args.processes, backbone, args.heartbeat_s, Path(scratch) / f"n{size}", args.depth, args.rank)
             results.append(figures)
             console.print(json.dumps(figures))
             if figures["completed_rounds"] < rounds:
                 console.print(f"[red]{size:,} agents: {figures['completed_rounds']} of {rounds} rounds completed[/]; coordinator log tail:")
                 console.print(Path(figures["log"]).read_text()[-3000:])
-    _print(results, train_s)
+    _print(results, train_s, args.busy)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     if any(figures["completed_rounds"] < rounds for figures in results):
         sys.exit(1)
 
 
-def _print(results: list[dict], train_s: float) -> None:
-    table = Table(title=f"One coordinator and Mosquitto on this machine; simulated agents pretend to train {train_s:g} s a round (HetLoRA, depth 1, rank 4)")
-    for column in ("agents", "planned / refused", "registration", "planning", "round wall (× training)", "server overhead per round", "coordinator CPU", "peak RSS", "lost per round (why)"):
+@contextmanager
+def _oversubscribed(busy: bool) -> Iterator[None]:
+    """With ``busy``: stress-ng hogging every core twice over for as long as the block runs."""
+    if not busy:
+        yield
+        return
+    if shutil.which("stress-ng") is None:
+        raise SystemExit("--busy needs stress-ng (apt-get install stress-ng)")
+    hog = subprocess.Popen(["stress-ng", "--cpu", str(2 * (os.cpu_count() or 1)), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        hog.terminate()
+        hog.wait(timeout=30)
+
+
+def _print(results: list[dict], train_s: float, busy: bool) -> None:
+    load = f"CPU oversubscribed ({2 * (os.cpu_count() or 1)} stress-ng workers)" if busy else "no other load started"
+    table = Table(title=f"One coordinator and Mosquitto on this machine, {load}; simulated agents pretend to train {train_s:g} s a round (HetLoRA)")
+    for column in ("agents", "planned / refused", "registration", "planning", "round wall (× training)", "server overhead per round", "message wait p50 / p99", "fan-out CPU per round (distinct states)", "coordinator CPU", "peak RSS", "lost per round (why)"):
         table.add_column(column, justify="right")
     for figures in results:
         walls = figures["round_wall_s"]
@@ -224,7 +264,8 @@ def _print(results: list[dict], train_s: float) -> None:
         why = ", ".join(f"{reason}: {count}" for reason, count in figures["lost_reasons"].items())
         table.add_row(
             f"{figures['agents']:,}", f"{figures['planned']:,} / {figures['refused']:,}", f"{figures['registration_s']} s", f"{figures['plan_s']} s",
-            wall, overhead, f"{figures['cpu_s']} s", f"{figures['peak_rss_mib']} MiB", f"{figures['lost_per_round']}" + (f" ({why})" if why else ""),
+            wall, overhead, f"{figures['message_wait_p50_s']} s / {figures['message_wait_p99_s']} s", ", ".join(f"{cpu:.3f} s ({states})" for cpu, states in zip(figures["fanout_cpu_s"], figures["distinct_states"])),
+            f"{figures['cpu_s']} s", f"{figures['peak_rss_mib']} MiB", f"{figures['lost_per_round']}" + (f" ({why})" if why else "") + (f", {sum(figures['lost_without_reason'])} without a reason" if any(figures["lost_without_reason"]) else ""),
         )
     console.print(table)
 

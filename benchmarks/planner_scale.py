@@ -28,7 +28,11 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fedge.coordinator.planner import FleetMember, PlannerOptions, default_calibrations, plan_fleet  # noqa: E402
+from fedge.coordinator.plans import FleetMember, PlannerOptions  # noqa: E402
+
+from fedge.coordinator.costing import default_calibrations  # noqa: E402
+
+from fedge.coordinator.planner import plan_fleet  # noqa: E402
 from fedge.profiles import catalogue_names, load_catalogue_profile  # noqa: E402
 from fedge.profiles.model_shape import load_model_shape  # noqa: E402
 

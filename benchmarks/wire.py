@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save as save_tensors
 
-from fedge.coordinator.planner import FleetMember, PlannerOptions, plan_fleet
+from fedge.coordinator.plans import FleetMember, PlannerOptions
+
+from fedge.coordinator.planner import plan_fleet
 from fedge.broker import free_port
 from fedge.shell.demo import FLEET, PLANNER
 from fedge.transport import BrokerConfig, MqttTransport

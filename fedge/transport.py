@@ -1,8 +1,8 @@
 """MQTT transport on paho-mqtt 2.x: QoS 1, persistent sessions, reconnect with backoff, Last Will, chunked messages.
 
-Callbacks run on paho's network thread and only queue raw frames (a bounded queue: under a flood the excess is
-dropped and counted, never the thread); reassembly, verification and decoding happen on the owner's thread in
-``receive``, through the codec (plain, or signed envelopes). Subscriptions are kept here and renewed on every
+Callbacks run on paho's network thread and only queue raw frames with their arrival time (a bounded queue: under a
+flood the excess is dropped and counted, never the thread); reassembly, verification and decoding happen on the
+owner's thread in ``receive``, through the codec (plain, or signed envelopes). Subscriptions are kept here and renewed on every
 (re)connect. Sessions persist across reconnects (MQTT 5 session expiry where the broker speaks 5, else MQTT 3.1.1
 ``clean_session=False``), so QoS-1 messages published while a client is briefly away reach it when it is back.
 Authentication failures are fatal; network failures are retried by paho with backoff.
@@ -15,7 +15,6 @@ import socket
 import ssl
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlparse
@@ -25,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from fedge.inbox import Inbox
 from fedge.wire import DecodeError, Limits, Message, ProtocolError, Reassembler, split_frames
 from fedge.wire.chunks import DEFAULT_MAX_FRAME_BYTES
 from fedge.wire.sealing import Codec, PlainCodec
@@ -96,60 +96,15 @@ class Queued:
 
 @dataclass(frozen=True)
 class Received:
-    """One whole incoming message (or the protocol error that refused it); ``raw`` for raw subscriptions."""
+    """One whole incoming message (or the protocol error that refused it); ``raw`` for raw subscriptions;
+    ``arrived``: when its last frame reached this process (wall clock, stamped on the network thread)."""
 
     topic: str
     message: Message | None
     error: ProtocolError | None = None
     size: int = 0
     raw: bytes | None = None
-
-
-class _Inbox:
-    """Frames waiting for the owner thread. Data frames queue in arrival order. On ``latest_only`` topics
-    (telemetry such as heartbeats) a topic holds only its newest frame, in the place and with the age of the first
-    one waiting; such a frame is served when no data frame waits or, once it has waited ``max_wait_s``, in turn
-    with data frames: telemetry never queues ahead of updates, and never starves under them. Both parts hold at
-    most ``max_frames``; a frame that finds its part full is refused."""
-
-    def __init__(self, max_frames: int, max_wait_s: float = 1.0):
-        self.max_frames = max_frames
-        self.max_wait_s = max_wait_s
-        self._data: deque[tuple[str, bytes]] = deque()
-        self._latest: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self._ready = threading.Condition()
-        self._latest_served_last = False
-
-    def __len__(self) -> int:
-        return len(self._data) + len(self._latest)
-
-    def put(self, topic: str, payload: bytes, latest_only: bool) -> bool:
-        with self._ready:
-            if latest_only and topic in self._latest:
-                self._latest[topic] = (self._latest[topic][0], payload)
-            elif latest_only and len(self._latest) < self.max_frames:
-                self._latest[topic] = (time.monotonic(), payload)
-            elif not latest_only and len(self._data) < self.max_frames:
-                self._data.append((topic, payload))
-            else:
-                return False
-            self._ready.notify()
-            return True
-
-    def get(self, timeout_s: float | None) -> tuple[str, bytes] | None:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._ready:
-            while not self._data and not self._latest:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._ready.wait(remaining)
-            if self._latest and (not self._data or (not self._latest_served_last and time.monotonic() - next(iter(self._latest.values()))[0] >= self.max_wait_s)):
-                topic, (_, payload) = self._latest.popitem(last=False)
-                self._latest_served_last = True
-                return topic, payload
-            self._latest_served_last = False
-            return self._data.popleft()
+    arrived: float = 0.0
 
 
 def _without_nagle(client, userdata, sock) -> None:
@@ -179,7 +134,7 @@ class MqttTransport:
     ):
         """``accept``, when given, is asked on the network thread whether a topic's frames are worth queueing
         (e.g. only enrolled devices' topics); ``latest_only`` whether a topic is telemetry of which only the newest
-        frame matters (see ``_Inbox``). Both must be cheap and thread-safe."""
+        frame matters (see ``fedge.inbox.Inbox``). Both must be cheap and thread-safe."""
         self.config = config
         self.limits = limits
         self.codec: Codec = codec or PlainCodec(limits)
@@ -192,7 +147,8 @@ class MqttTransport:
         self._lock = threading.Lock()
         self._reassembler = Reassembler(limits.max_message_bytes, chunk_timeout_s)
         self._latest_only = latest_only
-        self._inbox = _Inbox(max_inbox_frames)
+        self._inbox = Inbox(max_inbox_frames)
+        self._in_hand: float | None = None  # arrival of the frame the last ``receive`` took, until the next call
         self.dropped_frames = 0  # frames refused on the network thread: inbox full, or a topic not accepted
         self._connected = threading.Event()
         self._fatal: str | None = None
@@ -297,6 +253,13 @@ class MqttTransport:
         """Frames received and not yet read by ``receive``."""
         return len(self._inbox)
 
+    def unread_since(self) -> float | None:
+        """When the oldest frame not yet handled arrived: one still waiting, or the one the last ``receive`` took
+        (its caller is handling it until it calls again). None when everything that arrived has been handled; a
+        sender's silence can only be judged up to this time."""
+        waiting, in_hand = self._inbox.oldest(), self._in_hand
+        return min((stamp for stamp in (waiting, in_hand) if stamp is not None), default=None)
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -320,7 +283,20 @@ class MqttTransport:
         """Queue a message for sending without waiting for acknowledgements (paho sends it, and again after a
         reconnect, as its in-flight window allows). ``stream`` names the sealing counter of the calling thread when
         it is not the owner's; ``qos`` 0 suits telemetry that is stale once missed (heartbeats)."""
-        frames = list(split_frames(self.codec.seal(topic, message, tensor_dtype, stream), self.config.max_frame_bytes))
+        return self.enqueue_frames(topic, list(split_frames(self.codec.seal(topic, message, tensor_dtype, stream), self.config.max_frame_bytes)), qos)
+
+    def seal_shared(self, message: Message, tensor_dtype: str = "float16") -> tuple[list[bytes], str]:
+        """A message sealed once for every receiver that shares it (``fedge.wire.envelope``), cut into frames, and
+        the digest that names it; send it with ``enqueue_frames`` to each."""
+        sealed, digest = self.codec.seal_shared(message, tensor_dtype)
+        return list(split_frames(sealed, self.config.max_frame_bytes)), digest
+
+    def enqueue_encoded(self, topic: str, encoded: bytes) -> Queued:
+        """Queue a message encoded once for several topics (``encode_message``), sealed here for this one."""
+        return self.enqueue_frames(topic, list(split_frames(self.codec.seal_encoded(topic, encoded), self.config.max_frame_bytes)))
+
+    def enqueue_frames(self, topic: str, frames: list[bytes], qos: int = 1) -> Queued:
+        """Queue frames already sealed and cut, as ``enqueue`` does."""
         return Queued([self._client.publish(topic, frame, qos=qos) for frame in frames], sum(map(len, frames)))
 
     def wait_sent(self, queued: Iterable[Queued], timeout_s: float) -> int:
@@ -375,23 +351,26 @@ class MqttTransport:
         for dropped in self._reassembler.expire():
             log.warning("dropped incomplete message %s", dropped)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._in_hand = None
         while True:
             frame = self._inbox.get(None if deadline is None else max(deadline - time.monotonic(), 0.0))
             if frame is None:
                 return None
-            topic, payload = frame
+            topic, payload, arrived = frame
+            self._in_hand = arrived
             if self._raw_filters and any(mqtt.topic_matches_sub(raw, topic) for raw in self._raw_filters):
-                return Received(topic, None, size=len(payload), raw=bytes(payload))
+                return Received(topic, None, size=len(payload), raw=bytes(payload), arrived=arrived)
             try:
                 whole = self._reassembler.feed(payload, topic)
                 if whole is None:
+                    self._in_hand = None
                     continue
-                return Received(topic, self.codec.open(topic, whole), size=len(whole))
+                return Received(topic, self.codec.open(topic, whole), size=len(whole), arrived=arrived)
             except ProtocolError as error:
-                return Received(topic, None, error, size=len(payload))
+                return Received(topic, None, error, size=len(payload), arrived=arrived)
             except Exception as error:  # a bug the fuzzing missed must cost one message, never the receiving loop
                 log.exception("could not read a message on %s", topic)
-                return Received(topic, None, DecodeError(f"unreadable ({type(error).__name__})"), size=len(payload))
+                return Received(topic, None, DecodeError(f"unreadable ({type(error).__name__})"), size=len(payload), arrived=arrived)
 
     def close(self) -> None:
         self._client.disconnect()

@@ -5,7 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
-from fedge.coordinator.planner import FleetMember, PlannerOptions, plan_fleet
+from fedge.coordinator.plans import FleetMember, PlannerOptions
+
+from fedge.coordinator.planner import plan_fleet
 from fedge.edge_agent.trainer import BatchSampler, train_local
 from fedge.adapters import apply_view, attach, upload
 from fedge.lora import adapter_arrays, parse_adapter_key

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from fedge.coordinator.grouping import form_groups, label_distance
-from fedge.coordinator.planner import FleetMember, PlannerOptions, plan_fleet
+from fedge.coordinator.plans import FleetMember, PlannerOptions
+from fedge.coordinator.planner import plan_fleet
 from fedge.profiles import load_catalogue_profile
 from fedge.profiles.model_shape import load_model_shape
 

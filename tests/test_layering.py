@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "fedge"
 SIDES = ("fedge.coordinator", "fedge.edge_agent")
 SHELL = "fedge.shell"
-NETWORK = ("fedge.wire", "fedge.transport", "fedge.trust", "fedge.heartbeat", "fedge.broker")
+NETWORK = ("fedge.wire", "fedge.transport", "fedge.inbox", "fedge.trust", "fedge.heartbeat", "fedge.broker")
 TENSOR_LIBRARIES = {"torch", "transformers", "peft", "bitsandbytes"}
 
 
@@ -86,6 +86,11 @@ def test_wire_and_transport_know_nothing_of_torch(module):
     assert not {name for name in closure if _within(name, ("fedge.coordinator", "fedge.edge_agent", SHELL, "fedge.strategies", "fedge.task"))}
     tensor_imports = {(name, imported) for name in closure for imported in MODULES[name] if imported.split(".")[0] in TENSOR_LIBRARIES}
     assert not tensor_imports
+
+
+def test_no_module_is_over_400_lines():
+    long = {module: lines for module, lines in ((path, len(path.read_text().splitlines())) for path in PACKAGE.rglob("*.py")) if lines > 400}
+    assert not long, long
 
 
 def test_no_import_circle():

@@ -6,7 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedge.coordinator.planner import FleetMember, Pin, PlannerOptions, plan_fleet, quantization_choices, rank_profile, usable_memory_bytes
+from fedge.coordinator.plans import FleetMember, Pin, PlannerOptions
+
+from fedge.coordinator.costing import quantization_choices, rank_profile, usable_memory_bytes
+
+from fedge.coordinator.planner import plan_fleet
 from fedge.profiles import catalogue_names, load_catalogue_profile
 from fedge.profiles.memory import base_weight_bytes
 from fedge.profiles.model_shape import load_model_shape

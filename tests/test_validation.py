@@ -5,7 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedge.coordinator.planner import FleetMember, PlannerOptions, plan_fleet
+from fedge.coordinator.plans import FleetMember, PlannerOptions
+
+from fedge.coordinator.planner import plan_fleet
 from fedge.coordinator.validation import Expectation, UpdateRejected, profile_problems, validate_update
 from fedge.wire import AdapterUpdate, Hello
 from fedge.profiles import catalogue_names, load_catalogue_profile

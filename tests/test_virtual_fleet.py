@@ -2,7 +2,9 @@
 
 import pytest
 
-from fedge.coordinator.planner import DevicePlan, FleetMember, PlannerOptions, plan_fleet
+from fedge.coordinator.plans import DevicePlan, FleetMember, PlannerOptions
+
+from fedge.coordinator.planner import plan_fleet
 from fedge.shell.trial.virtual import RoundSettings, simulate, virtual_members
 from fedge.profiles import load_catalogue_profile
 from fedge.profiles.model_shape import load_model_shape

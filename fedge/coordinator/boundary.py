@@ -87,15 +87,21 @@ def coordinator_codec(fleet: FleetKeys | None, credentials: Credentials | None, 
 
 
 class RefusalLog:
-    """Counts refused messages by reason; logs the first of each reason, then one summary per ``every_s``."""
+    """Counts refused messages by reason; logs the first of each reason, then one summary per ``every_s``. The
+    receiver's thread and the round engine both refuse."""
 
     def __init__(self, every_s: float = 10.0):
         self.every_s = every_s
         self.counts: Counter[str] = Counter()  # since the last take()
         self._unlogged: Counter[str] = Counter()
         self._last_summary = time.monotonic()
+        self._lock = threading.Lock()
 
     def refuse(self, reason: str, detail: str, topic: str) -> None:
+        with self._lock:
+            self._count(reason, detail, topic)
+
+    def _count(self, reason: str, detail: str, topic: str) -> None:
         if reason not in self.counts:
             log.warning("refused a message on %s: %s (%s)", topic, reason, detail[:300])
         else:
@@ -109,5 +115,6 @@ class RefusalLog:
 
     def take(self) -> dict[str, int]:
         """The counts since the last call (for a round's record), and start counting afresh."""
-        counts, self.counts = dict(self.counts), Counter()
+        with self._lock:
+            counts, self.counts = dict(self.counts), Counter()
         return counts

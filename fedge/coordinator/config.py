@@ -9,7 +9,7 @@ import yaml
 
 from fedge.coordinator.buffered import ROUND_MODES
 from fedge.coordinator.fleet import planner_options
-from fedge.coordinator.planner import Pin, PlannerOptions
+from fedge.coordinator.plans import Pin, PlannerOptions
 from fedge.strategies import Strategy, StrategyError, make_strategy
 from fedge.task import instruct
 from fedge.task.kinds import task_problems

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from fedge.coordinator.planner import FleetMember, PlannerOptions
+from fedge.coordinator.plans import FleetMember, PlannerOptions
 from fedge.wire import DeviceProfile, SchemaError
 from fedge.wire.schema import from_json
 from fedge.profiles.catalogue import load_catalogue_profile

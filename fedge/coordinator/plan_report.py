@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from fedge.coordinator.planner import FleetPlan
+from fedge.coordinator.plans import FleetPlan
 
 BITS = {"nf4": 4, "int8": 8, "bf16": 16, "fp16": 16, "fp32": 32}
 

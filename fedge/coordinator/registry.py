@@ -1,15 +1,11 @@
-"""Who is in the fleet, what each device was planned to do, and whether it is alive.
-
-Liveness comes only from authenticated messages: every message a device signs (its heartbeat thread sends one
-every few seconds, whatever it is doing) refreshes ``last_seen``; a device silent for ``liveness_s`` is offline.
-"""
+"""Who is in the fleet and what each device was planned to do; whether it is alive is ``Liveness``'s to say."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from fedge.coordinator.planner import DevicePlan, Pin
+from fedge.coordinator.liveness import Liveness
+from fedge.coordinator.plans import DevicePlan, Pin
 from fedge.wire import DeviceProfile
 
 
@@ -22,12 +18,11 @@ class AgentRecord:
     pin: Pin | None = None
     plan: DevicePlan | None = None  # set by the planner; None until the fleet is planned
     base_version: int = 0  # the last round of frozen-weight changes the agent reported merged
-    last_seen: float = field(default_factory=time.time)
 
 
 class Registry:
-    def __init__(self, liveness_s: float = 30.0) -> None:
-        self.liveness_s = liveness_s
+    def __init__(self, liveness: Liveness) -> None:
+        self.liveness = liveness
         self._agents: dict[str, AgentRecord] = {}
 
     def register(self, record: AgentRecord) -> bool:
@@ -42,21 +37,17 @@ class Registry:
     def get(self, agent_id: str) -> AgentRecord | None:
         return self._agents.get(agent_id)
 
-    def seen(self, agent_id: str) -> None:
-        record = self._agents.get(agent_id)
-        if record is not None:
-            record.last_seen = time.time()
-
-    def is_online(self, record: AgentRecord, now: float | None = None) -> bool:
-        return (now or time.time()) - record.last_seen < self.liveness_s
-
     def online(self) -> list[AgentRecord]:
-        now = time.time()
-        return [record for record in self._agents.values() if self.is_online(record, now)]
+        horizon = self.liveness.horizon()
+        return [record for record in self._agents.values() if self.liveness.is_live(record.agent_id, horizon)]
 
     def planned(self) -> list[AgentRecord]:
         """Online agents with a plan: the ones a round assigns work to."""
         return [record for record in self.online() if record.plan is not None]
+
+    def with_plans(self) -> list[AgentRecord]:
+        """Every agent with a plan, online or not: a round's participants."""
+        return [record for record in self._agents.values() if record.plan is not None]
 
     def all(self) -> list[AgentRecord]:
         return list(self._agents.values())

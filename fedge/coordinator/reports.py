@@ -6,6 +6,7 @@
       metrics.jsonl          one JSON object per round (round 0 = before fine-tuning)
       client_eval.jsonl      agents' held-out accuracy of the model they hold after each round (when they evaluate)
       globals/round_NNN.safetensors   global factors after each round (for resuming and auditing)
+      globals/round_NNN.json          a committed round's record while its evaluation is still running
       updates/round_NNN/AGENT.safetensors   every accepted update, written as it arrives
       adapter/               the final global adapter in PEFT format
       metrics.png            accuracy and bytes per round
@@ -80,6 +81,28 @@ class RunDirectory:
         partial = self.metrics_file.with_suffix(".partial")
         partial.write_text("".join(json.dumps(record) + "\n" for record in kept))
         partial.replace(self.metrics_file)
+
+    def _pending_file(self, round_number: int) -> Path:
+        return self.path / "globals" / f"round_{round_number:03d}.json"
+
+    def save_pending_record(self, round_number: int, record: dict) -> None:
+        """A round's record before its evaluation is in (so a crash while evaluating loses nothing)."""
+        target = self._pending_file(round_number)
+        partial = target.with_suffix(".partial.json")
+        partial.write_text(json.dumps(record))
+        partial.replace(target)
+
+    def pending_records(self) -> list[tuple[int, dict]]:
+        """Committed rounds whose record never reached metrics.jsonl, in round order."""
+        written = {record["round"] for record in self.rounds()}
+        found = sorted((int(path.stem.split("_")[1]), path) for path in (self.path / "globals").glob("round_*.json") if not path.name.endswith(".partial.json"))
+        return [(number, json.loads(path.read_text())) for number, path in found if number not in written]
+
+    def drop_pending_record(self, round_number: int) -> None:
+        self._pending_file(round_number).unlink(missing_ok=True)
+
+    def load_global(self, round_number: int) -> dict[str, np.ndarray]:
+        return load_file(self.path / "globals" / f"round_{round_number:03d}.safetensors")
 
     def save_update(self, round_number: int, agent_id: str, arrays: dict[str, np.ndarray]) -> None:
         folder = self.path / "updates" / f"round_{round_number:03d}"

@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 FORMAT = "fedge-backbone/1"
@@ -72,8 +73,9 @@ class Manifest:
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """The sha256 of the canonical manifest, computed once (every assignment names it)."""
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
     @classmethod

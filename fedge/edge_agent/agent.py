@@ -118,7 +118,7 @@ class EdgeAgent:
                         continue
                     if received.error is not None:
                         self._note_unreadable(received)
-                    elif getattr(received.message, "agent_id", self.agent_id) != self.agent_id:
+                    elif not self._addressed_here(received.message):
                         log.warning("%s: ignored a %s for %r", self.agent_id, type(received.message).__name__, received.message.agent_id)
                     else:
                         self._dispatch(received.message)
@@ -133,6 +133,12 @@ class EdgeAgent:
             except TransportError:
                 pass  # the Last Will says it for us
             self.transport.close()
+
+    def _addressed_here(self, message) -> bool:
+        """Whether a message is for this device: it names it, or it is a global state that names no device (shared
+        by the devices with the same view; with credentials the codec has already bound it to this device)."""
+        addressee = getattr(message, "agent_id", self.agent_id)
+        return addressee == self.agent_id or (addressee == "" and isinstance(message, GlobalState))
 
     def _status(self) -> tuple[str, int]:
         """What the heartbeat thread reports: what this device is doing, and the round it holds."""

@@ -204,7 +204,7 @@ def load_backbone(source: BackboneSource, quantization: str = "fp32", device: st
     A package already serialised in 4/8-bit (``fedge.quantization.package``) loads as it is; a plain checkpoint is
     quantized while loading. 4/8-bit bases are prepared for k-bit training; bf16/fp16/fp32 load plain weights.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     check_quantization(quantization)
     kwargs: dict = {"attn_implementation": "sdpa"}
@@ -228,5 +228,11 @@ def load_backbone(source: BackboneSource, quantization: str = "fp32", device: st
         model = model.to(device)
     model.requires_grad_(False)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(source.directory)
-    return model, tokenizer
+    return model, load_tokenizer(source)
+
+
+def load_tokenizer(source: BackboneSource):
+    """The backbone's tokenizer alone (the coordinator costs label tokens before the model has loaded)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source.directory)

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from fedge.coordinator.plan_report import plan_table
-from fedge.coordinator.planner import Pin, PlannerOptions
+from fedge.coordinator.plans import Pin, PlannerOptions
 from fedge.coordinator.reports import RunDirectory
 from fedge.broker import EmbeddedBroker
 from fedge.trust.enrolment import Enrolment, device_credentials_path, temporary_fleet

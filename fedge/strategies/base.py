@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -219,6 +219,11 @@ class Strategy(ABC):
                 view[module + A_SUFFIX] = state[module + A_SUFFIX][:rank].copy()
             view[module + B_SUFFIX] = state[module + B_SUFFIX][:, :rank] / client.spec.scaling
         return view
+
+    def view_key(self, client: ClientInfo) -> Hashable:
+        """Clients with equal keys get the same view of a state (so it is encoded and signed once for them all):
+        here, the same adapter and the same merged base changes."""
+        return client.spec, client.base_version
 
     def global_parts(self, state: State) -> GlobalParts | None:
         """What the server evaluates; None where no global model exists (personalised strategies)."""

@@ -12,7 +12,7 @@ client takes its top-left r_i×r_i block. There is no global model: accuracy is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -81,6 +81,10 @@ class CELoRA(Strategy):
                 rank = updates[i].tensors[key].shape[0]
                 merged[personal_key(module, updates[i].agent_id)] = np.tensordot(weights, cores, axes=1)[:rank, :rank].astype(np.float32)
         return merged
+
+    def view_key(self, client: ClientInfo) -> Hashable:
+        """Every client's cores are its own."""
+        return client.agent_id, client.spec
 
     def client_view(self, state: State, client: ClientInfo) -> State:
         view = {}

@@ -9,6 +9,11 @@ seal on their own stream, so their messages may arrive in any order between stre
 anything not newer than the last it accepted from that sender and stream (a replay) and
 anything more than ``max_age_s`` away from its own clock (a replay after the receiver restarted, or a device whose
 clock is wrong: the protocol's deadlines already assume clocks agree). ``run`` binds the message to a run.
+
+One stream is special: a message sealed on ``SHARED_STREAM`` is signed for ``SHARED_TOPIC`` rather than the topic it
+travels on, so the coordinator signs a state once and publishes the same bytes to every device that shares it. Only
+verifiers built with ``shared=True`` (devices) accept it, and they must bind it to something signed for them alone
+(the device's assignment names its digest).
 Envelopes are sealed before chunking and opened after reassembly, so large messages cost one signature.
 """
 
@@ -31,6 +36,8 @@ _PREFIX = struct.Struct(">4sH")
 SIGNATURE_BYTES = 64
 MAX_META_BYTES = 512
 MAX_STREAMS = 8  # per sender: a receiver's replay state stays bounded
+SHARED_STREAM = "shared"
+SHARED_TOPIC = "fedge/shared"  # what a shared-stream message is signed for, wherever it travels
 DEFAULT_MAX_AGE_S = 3600.0  # a 64 MB update over a slow uplink can take many minutes between sealing and arrival
 
 
@@ -66,6 +73,8 @@ class Signer:
             return self._last[stream]
 
     def seal(self, topic: str, run: str, payload: bytes, stream: str = "main") -> bytes:
+        """Sign for ``topic`` (for ``SHARED_TOPIC`` on ``SHARED_STREAM``, whatever ``topic`` says)."""
+        topic = SHARED_TOPIC if stream == SHARED_STREAM else topic
         meta = json.dumps({"from": self.sender, "run": run, "s": stream, "n": self._next_counter(stream)}, separators=(",", ":")).encode()
         if len(meta) > MAX_META_BYTES:
             raise ValueError("envelope meta too long (sender or run id)")
@@ -77,8 +86,10 @@ class Verifier:
     """Opens envelopes from senders whose public keys ``key_of`` knows; remembers one counter per sender it has
     accepted from (so its state is bounded by the number of keys, never by what arrives)."""
 
-    def __init__(self, key_of: Callable[[str], Ed25519PublicKey | None], max_age_s: float = DEFAULT_MAX_AGE_S, clock: Callable[[], int] = time.time_ns):
+    def __init__(self, key_of: Callable[[str], Ed25519PublicKey | None], max_age_s: float = DEFAULT_MAX_AGE_S, clock: Callable[[], int] = time.time_ns, shared: bool = False):
+        """``shared``: accept ``SHARED_STREAM`` envelopes (signed for ``SHARED_TOPIC``); the caller binds them."""
         self._key_of = key_of
+        self._shared = shared
         self._max_age_ns = int(max_age_s * 1e9)
         self._clock = clock
         self._last: dict[tuple[str, str], int] = {}
@@ -97,6 +108,10 @@ class Verifier:
         meta_end = _PREFIX.size + meta_length
         meta_bytes = bytes(data[_PREFIX.size : meta_end])
         meta = _parse_meta(meta_bytes)
+        if meta["s"] == SHARED_STREAM:
+            if not self._shared:
+                raise ForgedError("a shared-stream envelope where none is accepted")
+            topic = SHARED_TOPIC
         key = self._key_of(meta["from"])
         if key is None:
             raise ForgedError(f"sender {meta['from'][:64]!r} is not enrolled")

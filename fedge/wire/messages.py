@@ -140,6 +140,7 @@ class Assignment:
     prepare_only: bool = False  # the state follows later: fetch and load the backbone, cache PREPARED_ROUNDS rounds' rows, say "ready"
     clip_norm: float = 0.0  # differential privacy (fedge.privacy): clip the round's change to this L2 norm (0: off)
     noise_multiplier: float = 0.0  # ... and add N(0, (noise_multiplier * clip_norm)^2) to every value sent
+    state_digest: str = ""  # the sha256 of the shared global state this round starts from ("": one addressed to this device)
     message_id: str = field(default_factory=new_message_id)
 
     def work_until(self, now: float) -> float:
@@ -161,7 +162,9 @@ class AdapterUpdate:
 
 @dataclass(frozen=True)
 class GlobalState:
-    """The adapter a device starts the round from (its own rank and layers); ``final`` ends the run."""
+    """The adapter a device starts the round from (its own rank and layers); ``final`` ends the run. A state that
+    devices with the same view share names no agent (``agent_id`` ""): it is sealed once on the shared stream and
+    each device takes it only when its own assignment names its digest (``fedge.trust.downlink``)."""
 
     run_id: str
     round: int

@@ -7,10 +7,11 @@ envelope to the message inside (who may say what, for which run); the coordinato
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 from fedge.wire.codec import Limits, decode_message, encode_message
-from fedge.wire.envelope import Sealed, Signer, Verifier
+from fedge.wire.envelope import SHARED_STREAM, SHARED_TOPIC, Sealed, Signer, Verifier
 from fedge.wire.errors import ForgedError
 from fedge.wire.messages import Message
 
@@ -18,7 +19,16 @@ from fedge.wire.messages import Message
 class Codec(Protocol):
     def seal(self, topic: str, message: Message, tensor_dtype: str = "float16", stream: str = "main") -> bytes: ...
 
+    def seal_shared(self, message: Message, tensor_dtype: str = "float16") -> tuple[bytes, str]: ...
+
+    def seal_encoded(self, topic: str, encoded: bytes) -> bytes: ...
+
     def open(self, topic: str, data: bytes) -> Message: ...
+
+
+def payload_digest(payload: bytes | memoryview) -> str:
+    """The sha256 (hex) of an encoded message: how an assignment names the shared state it goes with."""
+    return hashlib.sha256(payload).hexdigest()
 
 
 class PlainCodec:
@@ -30,6 +40,13 @@ class PlainCodec:
 
     def seal(self, topic: str, message: Message, tensor_dtype: str = "float16", stream: str = "main") -> bytes:
         return encode_message(message, tensor_dtype)
+
+    def seal_shared(self, message: Message, tensor_dtype: str = "float16") -> tuple[bytes, str]:
+        encoded = encode_message(message, tensor_dtype)
+        return encoded, payload_digest(encoded)
+
+    def seal_encoded(self, topic: str, encoded: bytes) -> bytes:
+        return encoded
 
     def open(self, topic: str, data: bytes) -> Message:
         return decode_message(data, self.limits)
@@ -49,6 +66,16 @@ class SignedCodec:
         """``stream``: each thread that publishes on its own names its counter stream (see ``fedge.wire.envelope``)."""
         return self.signer.seal(topic, self.run, encode_message(message, tensor_dtype), stream)
 
+    def seal_shared(self, message: Message, tensor_dtype: str = "float16") -> tuple[bytes, str]:
+        """One envelope for every device that shares ``message`` (see ``fedge.wire.envelope``), and the digest of
+        the message inside, for the assignments that name it."""
+        encoded = encode_message(message, tensor_dtype)
+        return self.signer.seal(SHARED_TOPIC, self.run, encoded, SHARED_STREAM), payload_digest(encoded)
+
+    def seal_encoded(self, topic: str, encoded: bytes) -> bytes:
+        """A message encoded once (e.g. a state for several devices), sealed for one topic."""
+        return self.signer.seal(topic, self.run, encoded)
+
     def open(self, topic: str, data: bytes) -> Message:
         sealed = self.verifier.open(topic, data)
         message = decode_message(sealed.payload, self.limits)
@@ -56,6 +83,10 @@ class SignedCodec:
         if run_id is not None and run_id != sealed.run:
             raise ForgedError(f"message for run {run_id!r} sealed for run {sealed.run!r}")
         self.check(topic, sealed, message)
+        return self.accepted(sealed, message)
+
+    def accepted(self, sealed: Sealed, message: Message) -> Message:
+        """The message as the receiver acts on it, once checked (a refinement may note or adapt it)."""
         return message
 
     def check(self, topic: str, sealed: Sealed, message: Message) -> None:

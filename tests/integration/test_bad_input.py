@@ -98,5 +98,5 @@ def test_an_unsigned_hello_is_dropped_unanswered(mosquitto, tiny_backbone, tmp_p
     with pytest.raises(RuntimeError, match="only 0 agents online"):
         coordinator.run()
     assert anonymous.receive(timeout_s=1.0) is None  # no reply to a forger
-    assert coordinator.refusals.counts["unauthenticated"] == 1
+    assert coordinator.receiver.refusals.counts["unauthenticated"] == 1
     anonymous.close()

@@ -32,7 +32,7 @@ from fedge.wire import (
 )
 from fedge.wire.chunks import CHUNK_MAGIC
 from fedge.wire.codec import MAGIC
-from fedge.wire.envelope import Signer
+from fedge.wire.envelope import SHARED_STREAM, Signer
 from fedge.profiles import load_catalogue_profile
 from tests.integration.helpers import credentials, enrolled_fleet, rows, shard
 
@@ -149,9 +149,14 @@ class Attacker:
                 "forged_prepare": Assignment("fuzz", 1, agent_id, BackboneSpec("x", "0" * 64, "nf4", 10**12, "http://evil.example/"), LoraSpec(("q_proj",), (1,), (64,), 1.0), TaskSpec("instruct", (), "sys", 10**6, "token_f1", 10**6, 10**6), 10**6, 10**4, 1e3, time.time() + 60, 0, prefix_cache_bytes=-1, prepare_only=True, clip_norm=-1.0, noise_multiplier=1e9),
                 "forged_state": GlobalState("fuzz", 2, agent_id, False, {}, tensors),
                 "forged_part": BackbonePart("ab" * 32, 0, b"x" * 100),
+                "forged_assignment_naming_a_state": Assignment("fuzz", 2, agent_id, BackboneSpec("x", "0" * 64, "fp32"), LoraSpec(("q_proj",), (1,), (2,), 1.0), WORDNET_TASK, 1, 1, 1e-3, time.time() + 60, 0, state_digest="ab" * 32),
+                "forged_unaddressed_state": GlobalState("fuzz", 2, "", False, {}, tensors),
             }.items():
                 self.send(kind + "_unsigned", down, encode_message(message))
                 self.send(kind, down, self.forged(down, message, "coordinator"))
+            # a state on the shared stream (signed once for every device that shares it), with the wrong key
+            shared = GlobalState("fuzz", 2, "", False, {}, tensors)
+            self.send("forged_shared_state", down, Signer("coordinator", self.wrong_key).seal(down, "fuzz", encode_message(shared), SHARED_STREAM))
             # chunk frames that never finish, on the agent's topic and on fresh topics
             for index in range(5):
                 header = json.dumps({"id": f"{self.random.random()}", "index": 0, "count": 1000, "size": 10**6}).encode()
@@ -184,7 +189,7 @@ def test_a_run_under_attack_ends_with_the_unattacked_model(mosquitto, tiny_backb
 
     sent = sum(attacker.sent.values())
     assert sent >= 2000, attacker.sent
-    assert {"replay", "copy_to_other_topic", "forged_final", "forged_update", "deep_json", "oversized"} <= set(attacker.sent)
+    assert {"replay", "copy_to_other_topic", "forged_final", "forged_update", "deep_json", "oversized", "forged_shared_state", "forged_unaddressed_state"} <= set(attacker.sent)
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
     for record in rounds[1:]:
         assert record["contributors"] == list(AGENTS) and record["rejected"] == {}, record
@@ -200,6 +205,6 @@ def test_a_run_under_attack_ends_with_the_unattacked_model(mosquitto, tiny_backb
     assert sorted(record.agent_id for record in coordinator.registry.all()) == list(AGENTS)
     assert coordinator.transport._reassembler.pending_bytes <= coordinator.transport._reassembler.max_pending_bytes
     assert coordinator.transport._reassembler.pending <= coordinator.transport._reassembler.max_pending
-    assert len(coordinator.codec.verifier._last) <= 2 * len(AGENTS) + 2
-    assert set(coordinator._told_unknown) <= set(AGENTS)  # a genuine device may be asked for its hello; a forger never
+    assert len(coordinator.transport.codec.verifier._last) <= 2 * len(AGENTS) + 2
+    assert set(coordinator.admission.told_unknown) <= set(AGENTS)  # a genuine device may be asked for its hello; a forger never
     assert all(agent.refused is None for agent in agents)

@@ -22,7 +22,8 @@ from fedge.shell.trial.config import StrategyRun, TrialConfig
 from fedge.shell.trial.data import prepare_data
 from fedge.shell.trial.report import write_report
 from fedge.coordinator.config import CoordinatorConfig
-from fedge.coordinator.planner import PlannerOptions, plan_fleet
+from fedge.coordinator.plans import PlannerOptions
+from fedge.coordinator.planner import plan_fleet
 from fedge.shell.trial.virtual import RoundSettings, simulate, virtual_members
 from fedge.profiles.model_shape import load_model_shape
 from fedge.quantization.backbone import locate_backbone

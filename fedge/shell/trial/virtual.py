@@ -21,7 +21,7 @@ import heapq
 import statistics
 from dataclasses import dataclass
 
-from fedge.coordinator.planner import DevicePlan, FleetMember
+from fedge.coordinator.plans import DevicePlan, FleetMember
 from fedge.profiles import load_catalogue_profile
 from fedge.profiles.timing import transfer_seconds
 

@@ -1,0 +1,124 @@
+"""The coordinator's voice: work, states and rejects out, without waiting for the broker.
+
+**Fan-out costs O(distinct states).** Devices that get the same view of a state (the strategy's ``view_key``: the
+same adapter shape and merged base changes, under most strategies) share one ``GlobalState`` that names no device:
+it is converted, encoded and signed once (``MqttTransport.seal_shared``) and the same frames go to each of them,
+behind each device's own small signed assignment that names the state's digest (``fedge.trust.downlink`` takes the
+state only then). The CPU this costs is counted per round (``fanout_cpu_s``) with the number of distinct states.
+
+**Resends.** Each device's current work is kept with the broker's handles for its frames. Work is sent again only
+when the broker acknowledged all of it (it was delivered) and the device shows it did not act on it (it restarted,
+or reports an older round while idle) — never while it still waits in the send queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, replace
+
+from fedge.transport import MqttTransport, Queued
+from fedge.wire import Assignment, GlobalState, Reject, topics
+from fedge.wire.codec import encode_message
+
+log = logging.getLogger(__name__)
+
+SHARED_STATES_KEPT = 64  # encoded shared states kept for reuse (the current states' views, and resends)
+
+
+@dataclass(frozen=True)
+class _Work:
+    assignment: Assignment
+    frames: list[bytes]  # the state's frames (shared, or the device's own); empty for prepare-only work
+    queued: tuple[Queued, ...]
+    sent_at: float
+
+
+@dataclass(frozen=True)
+class FanoutCost:
+    cpu_s: float  # converting, encoding and signing states
+    distinct_states: int
+
+
+class Sender:
+    def __init__(self, transport: MqttTransport, resend_every_s: float):
+        self.transport = transport
+        self.resend_every_s = resend_every_s
+        self._work: dict[str, _Work] = {}
+        self._shared: OrderedDict[Hashable, tuple[list[bytes], str]] = OrderedDict()
+        self._final: dict[Hashable, bytes] = {}  # final states by view, encoded once
+        self._cpu_s = 0.0
+        self._distinct = 0
+
+    def send_work(self, assignment: Assignment, state_key: Hashable | None = None, make_state: Callable[[], GlobalState] | None = None) -> int:
+        """Queue a device's assignment and, unless it is prepare-only, the shared state ``make_state`` builds
+        (once per ``state_key``); returns the bytes queued."""
+        frames: list[bytes] = []
+        if make_state is not None:
+            frames, digest = self._shared_state(state_key, make_state)
+            assignment = replace(assignment, state_digest=digest)
+        downlink = topics.downlink(assignment.agent_id)
+        queued = (self.transport.enqueue(downlink, assignment),) + ((self.transport.enqueue_frames(downlink, frames),) if frames else ())
+        self._work[assignment.agent_id] = _Work(assignment, frames, queued, time.time())
+        return sum(item.size for item in queued)
+
+    def _shared_state(self, key: Hashable, make_state: Callable[[], GlobalState]) -> tuple[list[bytes], str]:
+        if key in self._shared:
+            self._shared.move_to_end(key)
+            return self._shared[key]
+        started = time.thread_time()
+        self._shared[key] = self.transport.seal_shared(make_state())
+        self._cpu_s += time.thread_time() - started
+        self._distinct += 1
+        while len(self._shared) > SHARED_STATES_KEPT:
+            self._shared.popitem(last=False)
+        return self._shared[key]
+
+    def send_final(self, agent_id: str, state_key: Hashable, make_state: Callable[[], GlobalState]) -> Queued:
+        """The final state, encoded once per ``state_key`` and signed for each device's own downlink (there is no
+        assignment to name a shared one)."""
+        if state_key not in self._final:
+            started = time.thread_time()
+            self._final[state_key] = encode_message(make_state())
+            self._cpu_s += time.thread_time() - started
+            self._distinct += 1
+        return self.transport.enqueue_encoded(topics.downlink(agent_id), self._final[state_key])
+
+    def reject(self, agent_id: str, reason: str, detail: str, round_number: int | None = None, ref: str | None = None) -> None:
+        """Queued without waiting for the broker: a reject never holds up the round."""
+        self.transport.enqueue(topics.downlink(agent_id), Reject(agent_id, reason, detail[:500], round_number, ref))
+
+    def current(self, agent_id: str) -> Assignment | None:
+        work = self._work.get(agent_id)
+        return work.assignment if work is not None else None
+
+    def undelivered(self, agent_id: str) -> int:
+        """Frames of the device's current work the broker has not acknowledged yet."""
+        work = self._work.get(agent_id)
+        return 0 if work is None else sum(not handle.is_published() for item in work.queued for handle in item.handles)
+
+    def resend(self, agent_id: str, why: str, at_once: bool = False) -> bool:
+        """Send a device its current work again, if it was delivered, its deadline has not passed and (unless
+        ``at_once``) it was last sent ``resend_every_s`` ago or more; whether it was sent."""
+        work = self._work.get(agent_id)
+        now = time.time()
+        if work is None or now > work.assignment.deadline_unix or self.undelivered(agent_id):
+            return False
+        if not at_once and now - work.sent_at < self.resend_every_s:
+            return False
+        log.info("%s missed its round-%d work (%s); sending it again", agent_id, work.assignment.round, why)
+        downlink = topics.downlink(agent_id)
+        queued = (self.transport.enqueue(downlink, replace(work.assignment)),) + ((self.transport.enqueue_frames(downlink, work.frames),) if work.frames else ())
+        self._work[agent_id] = replace(work, queued=queued, sent_at=now)
+        return True
+
+    def forget(self, agent_id: str) -> None:
+        self._work.pop(agent_id, None)
+
+    def take_cost(self) -> FanoutCost:
+        """The fan-out's cost since the last call."""
+        cost = FanoutCost(round(self._cpu_s, 4), self._distinct)
+        self._cpu_s, self._distinct = 0.0, 0
+        return cost
