@@ -61,7 +61,7 @@ class Admission:
                 self.registry.remove(hello.agent_id)
                 return self.reject(hello.agent_id, "infeasible", f"cannot plan this device: {error}")
         if keep is not None:  # a known device said hello again: it restarted and lost its work
-            self.sender.resend(hello.agent_id, "it restarted", at_once=True)
+            self.sender.resend(hello.agent_id, "it restarted")
 
     def _check_ranks(self, plan: DevicePlan) -> None:
         if plan.feasible:

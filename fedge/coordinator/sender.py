@@ -7,8 +7,9 @@ behind each device's own small signed assignment that names the state's digest (
 state only then). The CPU this costs is counted per round (``fanout_cpu_s``) with the number of distinct states.
 
 **Resends.** Each device's current work is kept with the broker's handles for its frames. Work is sent again only
-when the broker acknowledged all of it (it was delivered) and the device shows it did not act on it (it restarted,
-or reports an older round while idle) — never while it still waits in the send queue.
+when the broker acknowledged all of it (it was delivered) and the device shows it did not act on it: it restarted
+(its hello), or it reported an older round while idle in a heartbeat it sent ``resend_every_s`` or more after the
+broker had the work — never while the work still waits in the send queue, nor while it may still be on its way.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class _Work:
     frames: list[bytes]  # the state's frames (shared, or the device's own); empty for prepare-only work
     queued: tuple[Queued, ...]
     sent_at: float
+    acked_at: float | None = None  # when the broker was first seen to hold all of it
 
 
 @dataclass(frozen=True)
@@ -99,19 +101,22 @@ class Sender:
         work = self._work.get(agent_id)
         return 0 if work is None else sum(not handle.is_published() for item in work.queued for handle in item.handles)
 
-    def resend(self, agent_id: str, why: str, at_once: bool = False) -> bool:
-        """Send a device its current work again, if it was delivered, its deadline has not passed and (unless
-        ``at_once``) it was last sent ``resend_every_s`` ago or more; whether it was sent."""
+    def resend(self, agent_id: str, why: str, reported_at: float | None = None) -> bool:
+        """Send a device its current work again, if it was delivered and its deadline has not passed; with
+        ``reported_at`` (when the device said it lacks the work), only if it said so ``resend_every_s`` or more after
+        the broker was seen to hold the work and the work was last sent. Whether it was sent."""
         work = self._work.get(agent_id)
         now = time.time()
         if work is None or now > work.assignment.deadline_unix or self.undelivered(agent_id):
             return False
-        if not at_once and now - work.sent_at < self.resend_every_s:
+        if work.acked_at is None:
+            work = self._work[agent_id] = replace(work, acked_at=now)
+        if reported_at is not None and reported_at - max(work.acked_at, work.sent_at) < self.resend_every_s:
             return False
         log.info("%s missed its round-%d work (%s); sending it again", agent_id, work.assignment.round, why)
         downlink = topics.downlink(agent_id)
-        queued = (self.transport.enqueue(downlink, replace(work.assignment)),) + ((self.transport.enqueue_frames(downlink, work.frames),) if work.frames else ())
-        self._work[agent_id] = replace(work, queued=queued, sent_at=now)
+        queued = (self.transport.enqueue(downlink, work.assignment),) + ((self.transport.enqueue_frames(downlink, work.frames),) if work.frames else ())
+        self._work[agent_id] = replace(work, queued=queued, sent_at=now, acked_at=None)
         return True
 
     def forget(self, agent_id: str) -> None:

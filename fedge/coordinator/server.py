@@ -113,8 +113,7 @@ class Coordinator:
         start_round, arrays = self.recorder.starting_point(self._resume)
         if start_round > config.rounds:
             log.info("the run in %s already completed its %d rounds; nothing to resume", self.run_dir.path, config.rounds)
-            self.recorder.flush()
-            self.recorder.evaluator.close()
+            self.recorder.close()
             return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
         self.open()
         try:
@@ -272,7 +271,7 @@ class Coordinator:
         current = self.sender.current(agent_id)
         waiting_for_it = self.collection is None or self.collection.still_out(agent_id)
         if beat.state == "idle" and current is not None and beat.round < current.round and waiting_for_it:
-            self.sender.resend(agent_id, f"it holds round {beat.round}")
+            self.sender.resend(agent_id, f"it holds round {beat.round}", reported_at=beat.sent_unix)
 
     def _on_update(self, update: AdapterUpdate, arrival: Arrival) -> None:
         collection = self.collection
