@@ -131,10 +131,12 @@ class MqttTransport:
         accept: Callable[[str], bool] | None = None,
         max_inbox_frames: int = 10_000,
         latest_only: Callable[[str], bool] | None = None,
+        latest_max_wait_s: float = 1.0,
     ):
         """``accept``, when given, is asked on the network thread whether a topic's frames are worth queueing
         (e.g. only enrolled devices' topics); ``latest_only`` whether a topic is telemetry of which only the newest
-        frame matters (see ``fedge.inbox.Inbox``). Both must be cheap and thread-safe."""
+        frame matters (see ``fedge.inbox.Inbox``), served ahead of waiting data once it waited ``latest_max_wait_s``.
+        Both callables must be cheap and thread-safe."""
         self.config = config
         self.limits = limits
         self.codec: Codec = codec or PlainCodec(limits)
@@ -147,7 +149,7 @@ class MqttTransport:
         self._lock = threading.Lock()
         self._reassembler = Reassembler(limits.max_message_bytes, chunk_timeout_s)
         self._latest_only = latest_only
-        self._inbox = Inbox(max_inbox_frames)
+        self._inbox = Inbox(max_inbox_frames, latest_max_wait_s)
         self._in_hand: float | None = None  # arrival of the frame the last ``receive`` took, until the next call
         self.dropped_frames = 0  # frames refused on the network thread: inbox full, or a topic not accepted
         self._connected = threading.Event()

@@ -72,6 +72,7 @@ def run_buffered(c: Coordinator, start_round: int, arrays: dict[str, np.ndarray]
             started, next_period = time.time(), time.time() + config.aggregation_period_s
             if version < config.rounds:
                 new_work(record.agent_id for record in c.registry.planned() if record.agent_id not in buffer.entries)
+            c.recorder.save_kept_updates()
         elif not working and not buffer.entries and time.monotonic() - last_redispatch >= UNKNOWN_REPLY_S:
             new_work(record.agent_id for record in c.registry.planned())  # everyone refused or went quiet
             last_redispatch = time.monotonic()

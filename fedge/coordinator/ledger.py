@@ -3,7 +3,8 @@
 Every participant — every device with a plan when the round began — either contributed or has a reason in
 ``left_out``: refused (and why), refused its work, silent (since when), its work not yet delivered, or late. The
 ledger also gathers the bytes each way, the accepted updates' norms, the time the server spent aggregating and how
-long messages waited between arriving and being handled.
+long messages waited between arriving and being handled (heartbeats aside: they are read after updates on purpose,
+and liveness counts them from their arrival whenever they are read).
 """
 
 from __future__ import annotations

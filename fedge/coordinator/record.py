@@ -31,6 +31,7 @@ class RunRecorder:
         self._contributions: Counter[str] = Counter()  # rounds each device contributed to, for its privacy budget
         self._client_evaluations: set[tuple[int, str]] = set()  # (round, agent) of evaluations agents reported
         self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedge-writer")  # updates, off the round path
+        self._unsaved: list[tuple[int, str, dict[str, np.ndarray]]] = []  # accepted updates not yet handed to the writer
 
     def starting_point(self, resume: bool) -> tuple[int, dict[str, np.ndarray] | None]:
         """The round to start at and the state to start from (None: a fresh run)."""
@@ -80,9 +81,23 @@ class RunRecorder:
         self.run_dir.drop_pending_record(round_number)
         log.info("round %d: %s %.3f loss %.3f", round_number, scores.get("metric", "accuracy"), scores["accuracy"], scores["loss"])
 
-    def save_update(self, round_number: int, agent_id: str, tensors: dict[str, np.ndarray]) -> None:
-        """Keep an accepted update in the run directory, written off the round's path."""
-        self._disk.submit(self.run_dir.save_update, round_number, agent_id, tensors)
+    def keep_update(self, round_number: int, agent_id: str, tensors: dict[str, np.ndarray]) -> None:
+        """An accepted update for the run directory; ``save_kept_updates`` has them written."""
+        self._unsaved.append((round_number, agent_id, tensors))
+
+    def save_kept_updates(self) -> None:
+        """Have the updates kept so far written by the writer's thread. The round engines call this once the next
+        round's work is out, so the writing overlaps the devices' training rather than the arrival of their updates."""
+        if self._unsaved:
+            batch, self._unsaved = self._unsaved, []
+            self._disk.submit(self._write_updates, batch)
+
+    def _write_updates(self, batch: list[tuple[int, str, dict[str, np.ndarray]]]) -> None:
+        try:
+            for update in batch:
+                self.run_dir.save_update(*update)
+        except OSError:  # a full disk costs the audit copies, never the run
+            log.exception("could not keep %d accepted updates in %s", len(batch), self.run_dir.path)
 
     def client_evaluation(self, evaluation: Evaluation) -> bool:
         """Record a device's own held-out score; False when it already reported that round."""
@@ -98,6 +113,7 @@ class RunRecorder:
 
     def close(self) -> None:
         """Wait for every record and update to be written."""
+        self.save_kept_updates()
         self.flush()
         self._disk.shutdown(wait=True)
         self.evaluator.close()

@@ -50,6 +50,7 @@ class Coordinator(Protocol):
     def await_agents(self, wanted: int) -> None: ...
 
 SWEEP_S = 1.0  # how often devices gone silent stop being waited for
+PROGRESS_S = 10.0  # how often a waiting round says how far it got
 
 
 @dataclass
@@ -79,12 +80,16 @@ def run_round(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], 
     groups = groups_for(c, working, arrays)
     for group in groups:
         open_exchange(c, group, round_number, deadline)
-    next_sweep = time.monotonic() + SWEEP_S
+    c.recorder.save_kept_updates()  # the last round's, while the devices train
+    next_sweep, next_progress = time.monotonic() + SWEEP_S, time.monotonic() + PROGRESS_S
     while not all(group.done for group in groups) and time.time() < deadline:
         c.handle_next(deadline)
         if time.monotonic() >= next_sweep:  # devices gone silent stop holding up their group
             sweep_silent(c, [agent for group in groups for agent in group.pending])
             next_sweep = time.monotonic() + SWEEP_S
+        if time.monotonic() >= next_progress:
+            log.info("round %d: %d updates in, waiting for %d devices (deadline in %.0f s)", round_number, len(c.collection.ledger.contributed), sum(len(group.pending) for group in groups), deadline - time.time())
+            next_progress = time.monotonic() + PROGRESS_S
         for group in groups:
             if not group.done and not group.pending:
                 close_exchange(c, group, round_number, deadline)
@@ -92,6 +97,7 @@ def run_round(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], 
         if not group.done:  # the deadline: use what arrived
             close_exchange(c, group, round_number, deadline, last=True)
     arrays = combine(c, arrays, groups, round_number)
+    log.info("round %d closed after %.1f s: %d updates from %d participants", round_number, time.time() - started, len(c.collection.ledger.contributed), len(c.collection.ledger.participants))
     grouping = {"groups": [{"index": g.index, "members": [r.agent_id for r in g.members], "frequency": g.frequency, "exchanges": g.exchange} for g in groups]} if len(groups) > 1 else {}
     commit(c, round_number, arrays, started, grouping)
     return arrays

@@ -73,7 +73,7 @@ class Coordinator:
             broker = replace(broker, username=credentials.broker_username, password=credentials.broker_password)
         limits = Limits(max_message_bytes=int(config.max_message_mb * 1024 * 1024))
         accept = fleet.accepts_topic if fleet is not None else None
-        self.transport = MqttTransport(broker, client_id=f"fedge-coordinator-{config.run_id}", limits=limits, codec=coordinator_codec(fleet, credentials, config.run_id, limits), accept=accept, latest_only=topics.is_heartbeat)
+        self.transport = MqttTransport(broker, client_id=f"fedge-coordinator-{config.run_id}", limits=limits, codec=coordinator_codec(fleet, credentials, config.run_id, limits), accept=accept, latest_only=topics.is_heartbeat, latest_max_wait_s=config.rejoin_grace_s / 3)
         self.registry = Registry(Liveness(config.rejoin_grace_s, self.transport.unread_since))
         self.receiver = Receiver(self.transport, self.registry.liveness, RefusalLog())
         self.sender = Sender(self.transport, config.rejoin_grace_s / 3)
@@ -262,8 +262,6 @@ class Coordinator:
     def _on_heartbeat(self, arrival: Arrival) -> None:
         beat: Heartbeat = arrival.message
         agent_id = arrival.agent_id
-        if self.collection is not None:
-            self.collection.ledger.waited(waited_s(arrival))
         if self.registry.get(agent_id) is None:  # e.g. this coordinator restarted with --resume
             return self.admission.on_unknown(agent_id)
         if beat.state == "ready":
@@ -283,10 +281,10 @@ class Coordinator:
             if collection is not None and update.round == collection.expected_round(update.agent_id) and error.reason != "duplicate":
                 collection.give_up(update.agent_id, error.reason)  # it will not send another
             return self.admission.reject(update.agent_id, error.reason, error.detail, update.round, update.message_id)
-        self.recorder.save_update(update.round, update.agent_id, update.tensors)
+        self.recorder.keep_update(update.round, update.agent_id, update.tensors)
         collection.accept(update, arrival.size, norm)
         self.registry.get(update.agent_id).base_version = int(update.metrics.get("base_version", 0))
-        log.info("round %d: update from %s (%d examples, loss %.3f)", update.round, update.agent_id, update.num_examples, update.metrics.get("loss", float("nan")))
+        log.debug("round %d: update from %s (%d examples, loss %.3f)", update.round, update.agent_id, update.num_examples, update.metrics.get("loss", float("nan")))
 
     def _check_update_limits(self, update: AdapterUpdate) -> float:
         """Policy beyond the round's expectation: no more examples than the device registered with, and an L2
