@@ -15,7 +15,8 @@ and the planner would refuse a third of the fleet. Per fleet size it prints:
 - the coordinator's CPU seconds and peak RSS (sampled every 0.2 s);
 - how long messages waited between arriving and being handled (p50 and p99 over the rounds' records);
 - the fan-out: CPU seconds spent converting, encoding and signing states per round, against the number of distinct
-  states the round sent (devices with the same view share one);
+  states the round sent (devices with the same view share one), and how many times that work would be done with
+  one encoding per device (planned devices ÷ distinct states);
 - lost or late messages: planned agents whose update did not count in a round, with the reasons the round records
   give for each of them.
 
@@ -255,7 +256,7 @@ def _oversubscribed(busy: bool) -> Iterator[None]:
 def _print(results: list[dict], train_s: float, busy: bool) -> None:
     load = f"CPU oversubscribed ({2 * (os.cpu_count() or 1)} stress-ng workers)" if busy else "no other load started"
     table = Table(title=f"One coordinator and Mosquitto on this machine, {load}; simulated agents pretend to train {train_s:g} s a round (HetLoRA)")
-    for column in ("agents", "planned / refused", "registration", "planning", "round wall (× training)", "server overhead per round", "message wait p50 / p99", "fan-out CPU per round (distinct states)", "coordinator CPU", "peak RSS", "lost per round (why)"):
+    for column in ("agents", "planned / refused", "registration", "planning", "round wall (× training)", "server overhead per round", "message wait p50 / p99", "fan-out CPU per round (distinct states; × for one encoding per device)", "coordinator CPU", "peak RSS", "lost per round (why)"):
         table.add_column(column, justify="right")
     for figures in results:
         walls = figures["round_wall_s"]
@@ -264,7 +265,7 @@ def _print(results: list[dict], train_s: float, busy: bool) -> None:
         why = ", ".join(f"{reason}: {count}" for reason, count in figures["lost_reasons"].items())
         table.add_row(
             f"{figures['agents']:,}", f"{figures['planned']:,} / {figures['refused']:,}", f"{figures['registration_s']} s", f"{figures['plan_s']} s",
-            wall, overhead, f"{figures['message_wait_p50_s']} s / {figures['message_wait_p99_s']} s", ", ".join(f"{cpu:.3f} s ({states})" for cpu, states in zip(figures["fanout_cpu_s"], figures["distinct_states"])),
+            wall, overhead, f"{figures['message_wait_p50_s']} s / {figures['message_wait_p99_s']} s", ", ".join(f"{cpu:.3f} s ({states}; {figures['planned'] / max(states, 1):,.0f}×)" for cpu, states in zip(figures["fanout_cpu_s"], figures["distinct_states"])),
             f"{figures['cpu_s']} s", f"{figures['peak_rss_mib']} MiB", f"{figures['lost_per_round']}" + (f" ({why})" if why else "") + (f", {sum(figures['lost_without_reason'])} without a reason" if any(figures["lost_without_reason"]) else ""),
         )
     console.print(table)

@@ -51,7 +51,7 @@ def test_hostile_benchmark_quick_mode_prints_flood_rate_signing_overhead_and_rss
 def test_fleet_load_benchmark_quick_mode_runs_a_simulated_fleet_through_its_rounds():
     out = _quick("fleet_load.py")
     assert "server overhead per round" in out and "round wall (× training)" in out and '"completed_rounds": 2' in out
-    assert "message wait p50 / p99" in out and "(distinct states)" in out and '"lost_without_reason": [0, 0]' in out
+    assert "message wait p50 / p99" in out and "(distinct states; × for one encoding per device)" in out and '"lost_without_reason": [0, 0]' in out
 
 
 def test_planner_scale_benchmark_quick_mode_prints_the_cost_per_device_against_the_smallest_fleet():
