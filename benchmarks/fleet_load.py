@@ -257,7 +257,7 @@ def _print(results: list[dict], train_s: float, busy: bool) -> None:
     load = f"CPU oversubscribed ({2 * (os.cpu_count() or 1)} stress-ng workers)" if busy else "no other load started"
     table = Table(title=f"One coordinator and Mosquitto on this machine, {load}; simulated agents pretend to train {train_s:g} s a round (HetLoRA)")
     for column in ("agents", "planned / refused", "registration", "planning", "round wall (× training)", "server overhead per round", "message wait p50 / p99", "fan-out CPU per round (distinct states; × for one encoding per device)", "coordinator CPU", "peak RSS", "lost per round (why)"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for figures in results:
         walls = figures["round_wall_s"]
         wall = f"{statistics.median(walls):.1f} s ({statistics.median(walls) / train_s:.2f}×)" if walls else "—"

@@ -54,7 +54,10 @@ class RunRecorder:
         return latest[0] + 1, latest[1]
 
     def record_start(self, arrays: dict[str, np.ndarray]) -> None:
-        """Round 0: the starting state, scored while devices register and prepare."""
+        """Round 0: the starting state, committed like any round (a resumed run starts from the same one) and scored
+        while devices register and prepare."""
+        self.run_dir.save_pending_record(0, {"participants": [], "contributors": []})
+        self.run_dir.save_global(0, arrays)
         self._score_and_write(0, arrays, {"participants": [], "contributors": []})
 
     def commit(self, round_number: int, arrays: dict[str, np.ndarray], record: dict) -> None:
