@@ -4,6 +4,10 @@ agent and the coordinator beside each other, the command-line shell on top, and 
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -52,6 +56,21 @@ def _internal(imports: set[str]) -> set[str]:
 def test_only_fedge_is_installed():
     assert not any((PACKAGE.parent / name / "__init__.py").exists() for name in ("coordinator", "edge_agent", "profiles", "quantization"))
     assert {"fedge.coordinator", "fedge.edge_agent", "fedge.profiles", "fedge.quantization", "fedge.shell"} <= set(MODULES)
+
+
+def test_the_wheel_installs_only_fedge(tmp_path):
+    """Built from a copy of the sources: the wheel's top level is ``fedge`` and its metadata, nothing else (PyPI has
+    packages named coordinator, quantization and edge-agent)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(PACKAGE.parent / name, source / name)
+    shutil.copytree(PACKAGE, source / "fedge", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--wheel-dir", str(tmp_path / "wheel"), str(source)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("fedge-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {name.split("/")[0] for name in names} == {"fedge", wheel.name.split("-py")[0] + ".dist-info"}
+    assert "fedge/profiles/catalogue.yaml" in names and "fedge/profiles/calibration/cpu.json" in names
 
 
 @pytest.mark.parametrize("module", sorted(name for name in MODULES if not _within(name, SHELL)))
