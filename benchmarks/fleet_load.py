@@ -43,8 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 
 import psutil
@@ -55,6 +54,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.tiny_model for --quick; benchmarks.swarm
 
 from benchmarks.swarm import run_swarm  # noqa: E402
+from tests.busy import HOG_WORKERS, have_stress_ng, oversubscribed  # noqa: E402
 from fedge.broker import free_port  # noqa: E402
 from fedge.shell.processes import children, spawn  # noqa: E402
 from fedge.task.data import Example, write_jsonl  # noqa: E402
@@ -213,10 +213,12 @@ def main() -> None:
     parser.add_argument("--busy", action="store_true", help="oversubscribe the CPU (stress-ng, 2 workers per core) while measuring")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
+    if args.busy and not have_stress_ng():
+        raise SystemExit("--busy needs stress-ng (apt-get install stress-ng)")
     sizes = [20] if args.quick else [int(size) for size in args.agents.split(",")]
     rounds, train_s = (2, 1.0) if args.quick else (args.rounds, args.train_s)
     results = []
-    with tempfile.TemporaryDirectory(prefix="fedge-fleet-load-") as scratch, _oversubscribed(args.busy):
+    with tempfile.TemporaryDirectory(prefix="fedge-fleet-load-") as scratch, (oversubscribed() if args.busy else nullcontext()):
         backbone = args.backbone
         if args.quick:
             from tests.tiny_model import build_tiny_backbone
@@ -237,24 +239,8 @@ def main() -> None:
         sys.exit(1)
 
 
-@contextmanager
-def _oversubscribed(busy: bool) -> Iterator[None]:
-    """With ``busy``: stress-ng hogging every core twice over for as long as the block runs."""
-    if not busy:
-        yield
-        return
-    if shutil.which("stress-ng") is None:
-        raise SystemExit("--busy needs stress-ng (apt-get install stress-ng)")
-    hog = subprocess.Popen(["stress-ng", "--cpu", str(2 * (os.cpu_count() or 1)), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield
-    finally:
-        hog.terminate()
-        hog.wait(timeout=30)
-
-
 def _print(results: list[dict], train_s: float, busy: bool) -> None:
-    load = f"CPU oversubscribed ({2 * (os.cpu_count() or 1)} stress-ng workers)" if busy else "no other load started"
+    load = f"CPU oversubscribed ({HOG_WORKERS} stress-ng workers)" if busy else "no other load started"
     table = Table(title=f"One coordinator and Mosquitto on this machine, {load}; simulated agents pretend to train {train_s:g} s a round (HetLoRA)")
     for column in ("agents", "planned / refused", "registration", "planning", "round wall (× training)", "server overhead per round", "message wait p50 / p99", "fan-out CPU per round (distinct states; × for one encoding per device)", "coordinator CPU", "peak RSS", "lost per round (why)"):
         table.add_column(column, justify="right", no_wrap=True)

@@ -210,9 +210,10 @@ def client_update(c: Coordinator, update: AdapterUpdate) -> ClientUpdate:
     return ClientUpdate(update.agent_id, update.num_examples, c.collection.expected[update.agent_id].spec, update.tensors, histogram)
 
 
-def explain_left_out(c: Coordinator, busy: str = "late: no update before the round closed") -> None:
+def explain_left_out(c: Coordinator) -> None:
     """Give every participant that did not contribute and has no reason yet its reason: never sent work (silent
-    when the round began), work not yet delivered, silent, or ``busy`` (alive and expected)."""
+    when the round began), work not yet delivered, silent, or late (alive and expected; buffered rounds name the
+    devices still training before this)."""
     collection, liveness = c.collection, c.registry.liveness
     horizon = liveness.horizon()
     for agent_id in collection.ledger.unexplained():
@@ -223,7 +224,7 @@ def explain_left_out(c: Coordinator, busy: str = "late: no update before the rou
         elif not liveness.is_live(agent_id, horizon):
             collection.ledger.leave_out(agent_id, liveness.silence(agent_id))
         else:
-            collection.ledger.leave_out(agent_id, busy)
+            collection.ledger.leave_out(agent_id, "late: no update before the round closed")
 
 
 def commit(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], started: float, extra: dict) -> None:

@@ -2,28 +2,26 @@
 agent contributing every round, and leaves no process behind."""
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
 import psutil
 import pytest
 
+from tests.busy import have_stress_ng, oversubscribed
+
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
 
 @pytest.fixture
-def oversubscribed():
-    if shutil.which("stress-ng") is None:
+def busy_machine():
+    if not have_stress_ng():
         pytest.skip("stress-ng is not installed (scripts/setup.sh installs it)")
-    hog = subprocess.Popen(["stress-ng", "--cpu", str(2 * (os.cpu_count() or 1)), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    yield
-    hog.terminate()
-    hog.wait(timeout=30)
+    with oversubscribed():
+        yield
 
 
-def test_the_demo_on_an_oversubscribed_machine_keeps_every_agent_in_every_round(tmp_path, oversubscribed):
+def test_the_demo_on_an_oversubscribed_machine_keeps_every_agent_in_every_round(tmp_path, busy_machine):
     run_dir = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "fedge.shell.cli", "demo", "--run-dir", str(run_dir), "--rounds", "2", "--local-steps", "4", "--train-per-label", "24", "--test-per-label", "10"],

@@ -4,6 +4,7 @@ reason in the round's record."""
 
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -18,15 +19,28 @@ pytestmark = pytest.mark.broker
 EVALUATION_S = 6.0  # how long each evaluation takes in the deafness test: twice the grace period
 
 
-def _answer_rounds(agent: ScriptedAgent, rounds: int) -> threading.Thread:
-    """Answer each round's state with an update, as a real agent would, from a thread."""
-    def answer():
+@contextmanager
+def _answering_fleet(url: str, tmp_path, count: int, rounds: int, heartbeat_s: float):
+    """``count`` scripted agents that heartbeat, say hello and answer each of ``rounds`` states with an update, as
+    real agents would (each from its own thread); closed when the block ends."""
+    agents = [ScriptedAgent(url, credentials(tmp_path, f"a{index}"), heartbeat_s=heartbeat_s) for index in range(count)]
+
+    def answer(agent: ScriptedAgent) -> None:
         for round_number in range(1, rounds + 1):
             agent.send(agent.update(round_number))
 
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    return thread
+    for agent in agents:
+        agent.hello()
+    answering = [threading.Thread(target=answer, args=(agent,), daemon=True) for agent in agents]
+    for worker in answering:
+        worker.start()
+    try:
+        yield agents
+    finally:
+        for worker in answering:
+            worker.join(timeout=10)
+        for agent in agents:
+            agent.close()
 
 
 def test_a_slow_evaluation_leaves_no_live_device_behind(mosquitto, tiny_backbone, tmp_path, monkeypatch):
@@ -40,41 +54,27 @@ def test_a_slow_evaluation_leaves_no_live_device_behind(mosquitto, tiny_backbone
 
     monkeypatch.setattr(GlobalModel, "evaluate", slow)
     coordinator, thread, finished = coordinator_in_thread(tmp_path, mosquitto.url, tiny_backbone, {"run_id": "deaf", "rounds": 3, "min_clients": 1, "rejoin_grace_s": 3, "round_deadline_s": 120})
-    agents = [ScriptedAgent(mosquitto.url, credentials(tmp_path, f"a{index}"), heartbeat_s=0.5) for index in range(2)]
-    for agent in agents:
-        agent.hello()
-    answering = [_answer_rounds(agent, 3) for agent in agents]
-    thread.join(timeout=180)
+    with _answering_fleet(mosquitto.url, tmp_path, count=2, rounds=3, heartbeat_s=0.5):
+        thread.join(timeout=180)
     assert finished
     rounds = coordinator.run_dir.rounds()
     assert [record["round"] for record in rounds] == [0, 1, 2, 3]
     for record in rounds[1:]:
         assert record["contributors"] == ["a0", "a1"] and record["left_out"] == {}, record["left_out"]
         assert record["message_wait_s"]["max"] < EVALUATION_S  # no message waited out an evaluation
-    for worker in answering:
-        worker.join(timeout=10)
-    for agent in agents:
-        agent.close()
 
 
 def test_devices_with_the_same_view_share_one_encoded_state(mosquitto, tiny_backbone, tmp_path):
     coordinator, thread, finished = coordinator_in_thread(tmp_path, mosquitto.url, tiny_backbone, {"run_id": "fan", "rounds": 2, "min_clients": 3, "expected_clients": 3, "round_deadline_s": 120})
-    agents = [ScriptedAgent(mosquitto.url, credentials(tmp_path, f"a{index}"), heartbeat_s=1) for index in range(3)]
-    for agent in agents:
-        agent.hello()
-    answering = [_answer_rounds(agent, 2) for agent in agents]
-    thread.join(timeout=120)
+    with _answering_fleet(mosquitto.url, tmp_path, count=3, rounds=2, heartbeat_s=1) as agents:
+        thread.join(timeout=120)
+        states = [agent.states[2] for agent in agents]
     assert finished
     for record in coordinator.run_dir.rounds()[1:]:
         assert record["contributors"] == ["a0", "a1", "a2"]
         assert record["fanout"]["distinct_states"] == 1 and record["fanout"]["cpu_s"] >= 0  # three devices, one pinned view
-    states = [agent.states[2] for agent in agents]
     assert all(np.array_equal(states[0].tensors[key], state.tensors[key]) for state in states for key in state.tensors)
     assert [state.agent_id for state in states] == ["a0", "a1", "a2"]  # each took the shared state as its own
-    for worker in answering:
-        worker.join(timeout=10)
-    for agent in agents:
-        agent.close()
 
 
 def test_every_planned_device_left_out_of_a_round_has_its_reason(mosquitto, tiny_backbone, tmp_path):
