@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
-
 import numpy as np
 
 from fedge.coordinator.admission import UNKNOWN_REPLY_S
-from fedge.coordinator.aggregation_guard import capped_weights
 from fedge.coordinator.buffered import UpdateBuffer, moved_by
 from fedge.coordinator.collection import Collection
 from fedge.coordinator.ledger import RoundLedger
-from fedge.coordinator.rounds import SWEEP_S, Coordinator, aggregate, client_update, commit, give_work, sweep_silent
+from fedge.coordinator.rounds import SWEEP_S, Coordinator, aggregate, client_update, commit, give_work, guarded, sweep_silent
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +32,9 @@ def run_buffered(c: Coordinator, start_round: int, arrays: dict[str, np.ndarray]
         for agent_id in agent_ids:
             record = c.registry.get(agent_id)
             if record is None or record.plan is None or agent_id in working:
+                continue
+            if quarantined := c.quarantine.reason(agent_id):
+                c.collection.ledger.leave_out(agent_id, quarantined)
                 continue
             give_work(c, record, version + 1, time.time() + config.round_deadline_s, arrays, version)
             working.add(agent_id)
@@ -83,13 +83,13 @@ def aggregate_buffer(c: Coordinator, buffer: UpdateBuffer, arrays: dict[str, np.
     """The buffer's updates aggregated with staleness-discounted weights, the state moved by the buffer's mean
     discount (``fedge.coordinator.buffered``): the new state, each contributor's staleness and the discount; the
     state unchanged when the buffer is empty or the result not finite."""
-    weights, discount = capped_weights(buffer.weights(), c.config.max_weight_share), buffer.discount()
+    weights, discount = buffer.weights(), buffer.discount()
     entries = buffer.take()
     staleness = {update.agent_id: stale for update, stale in entries}
     if not entries:
         log.warning("round %d: no update arrived within round_deadline_s; the state is unchanged", version)
         return arrays, staleness, discount
-    updates = [replace(client_update(c, update), num_examples=weight) for (update, _), weight in zip(entries, weights)]
+    updates = guarded(c, [client_update(c, update) for update, _ in entries], weights, f"the buffer of round {version}")
     for update, _ in entries:
         c.collection.received.pop(update.agent_id, None)
     aggregated = aggregate(c, arrays, updates, version, f"the buffer of round {version}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from fedge.coordinator.ledger import RoundLedger
 from fedge.coordinator.plans import DevicePlan
 from fedge.coordinator.validation import Expectation
@@ -14,11 +16,12 @@ from fedge.wire import AdapterUpdate, LoraSpec
 
 @dataclass(frozen=True)
 class Expected:
-    """One device's work in the open round."""
+    """One device's work in the open round, and the state it was built from (what its update moved away from)."""
 
     expectation: Expectation
     spec: LoraSpec
     plan: DevicePlan
+    started_from: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import yaml
 from fedge.coordinator.buffered import ROUND_MODES
 from fedge.coordinator.fleet import planner_options
 from fedge.coordinator.plans import Pin, PlannerOptions
+from fedge.coordinator.robust import RobustRules
 from fedge.strategies import Strategy, StrategyError, make_strategy
 from fedge.task import instruct
 from fedge.task.kinds import task_problems
@@ -58,6 +59,7 @@ class CoordinatorConfig:
     threads: int = 0  # torch threads for evaluation; 0 = torch's default
     max_weight_share: float = 0.5  # the largest share of an aggregate's weight one device's examples may carry
     max_update_norm: float = 1e4  # updates whose tensors' L2 norm exceeds this are refused (see update_norms per round)
+    robust: RobustRules = RobustRules()  # norm bound, robust combiner, shrinking weight cap, quarantine: fedge.coordinator.robust
     privacy: dict = field(default_factory=dict)  # {clip_norm, noise_multiplier, delta}: DP on the devices (fedge.privacy)
     sites: tuple[str, ...] = ()  # identities of site aggregators (`fedge coordinator --role site`) among the devices
     upstream: str | None = None  # --role site: this site's credentials in the central fleet
@@ -136,6 +138,9 @@ class CoordinatorConfig:
         if not values.get("max_update_norm", 1.0) > 0:
             errors.append("max_update_norm: must be positive")
         errors += privacy_problems(values.get("privacy") or {})
+        if "robust" in values:
+            values["robust"], robust_errors = parse_robust(values["robust"])
+            errors += robust_errors
         errors += round_mode_problems(values, planner)
         for key in ("rounds", "min_clients", "expected_clients", "local_steps", "batch_size"):
             if key in values and (not isinstance(values[key], int) or values[key] < 1):
@@ -175,6 +180,25 @@ def parse_task(raw) -> tuple[TaskSpec, list[str]]:
         return WORDNET_TASK, errors + [f"task.{key}: expected {'an integer' if key in _TASK_INTEGERS else 'a string'}" for key in wrong]
     spec = TaskSpec(labels=tuple(labels), **values)
     return spec, errors + task_problems(spec)
+
+
+def parse_robust(raw) -> tuple[RobustRules, list[str]]:
+    """The ``robust:`` mapping (keys of ``RobustRules``) and its problems."""
+    if isinstance(raw, RobustRules):
+        return raw, raw.problems()
+    known = {f.name: f.type for f in fields(RobustRules)}
+    if not isinstance(raw, dict):
+        return RobustRules(), [f"robust: a mapping of {', '.join(known)}"]
+    errors = [f"robust.{key}: unknown key" for key in sorted(set(raw) - set(known))]
+    values = {key: value for key, value in raw.items() if key in known}
+    for key, value in values.items():
+        wanted = (str,) if key == "combiner" else (int,) if key == "quarantine_after" else (int, float)
+        if not isinstance(value, wanted) or isinstance(value, bool):
+            errors.append(f"robust.{key}: expected {'a string' if wanted == (str,) else 'a number'}")
+    if errors:
+        return RobustRules(), errors
+    rules = RobustRules(**values)
+    return rules, rules.problems()
 
 
 _PRIVACY_KEYS = {"clip_norm", "noise_multiplier", "delta"}

@@ -30,6 +30,8 @@ class RoundLedger:
     aggregate_refused: list[str] = field(default_factory=list)
     aggregate_s: float = 0.0
     waits: list[float] = field(default_factory=list)
+    robust: dict[str, dict] = field(default_factory=dict)  # what the robust rules did, per aggregation
+    outliers: set[str] = field(default_factory=set)
 
     def accept(self, update: AdapterUpdate, size: int, norm: float) -> None:
         self.contributed[update.agent_id] = update
@@ -74,6 +76,7 @@ class RoundLedger:
             "left_out": {agent: self.left_out[agent] for agent in sorted(self.left_out) if agent not in self.contributed},
             "update_norms": {agent: round(norm, 4) for agent, norm in sorted(self.norms.items())},
             **({"aggregate_refused": list(self.aggregate_refused)} if self.aggregate_refused else {}),
+            "robust": {"outliers": sorted(self.outliers), "aggregations": self.robust},
             "server_aggregate_s": round(self.aggregate_s, 4),
             "bytes_up": dict(self.bytes_up),
             "bytes_down": dict(self.bytes_down),

@@ -8,22 +8,24 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from fedge.coordinator.admission import Admission
-from fedge.coordinator.aggregation_guard import all_finite, capped_weights
+from fedge.coordinator.aggregation_guard import all_finite
 from fedge.coordinator.collection import Collection, Expected
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.ledger import RoundLedger
+from fedge.coordinator.quarantine import Quarantine
 from fedge.coordinator.receiver import Receiver
 from fedge.coordinator.record import RunRecorder
+from fedge.coordinator.robust import guard_updates
 from fedge.coordinator.registry import AgentRecord, Registry
 from fedge.coordinator.sender import Sender
 from fedge.coordinator.work import WorkOrders
-from fedge.strategies import ClientUpdate, Strategy
+from fedge.strategies import ClientInfo, ClientUpdate, Strategy
 from fedge.wire import AdapterUpdate, LoraSpec
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ class Coordinator(Protocol):
     receiver: Receiver
     recorder: RunRecorder
     collection: Collection | None
+    quarantine: Quarantine
 
     @property
     def strategy(self) -> Strategy: ...
@@ -124,7 +127,7 @@ def give_work(c: Coordinator, record: AgentRecord, round_number: int, deadline: 
     """Send a device its work on ``arrays`` (``state_id`` names them: devices with the same view of the same state
     share one encoded state) and expect its update."""
     work = c.work
-    c.collection.expect(record.agent_id, Expected(work.expectation(record, round_number, deadline, arrays), work.lora_spec(record), record.plan), waiting)
+    c.collection.expect(record.agent_id, Expected(work.expectation(record, round_number, deadline, arrays), work.lora_spec(record), record.plan, arrays), waiting)
     size = c.sender.send_work(work.assignment(record, round_number, deadline), (state_id, work.view_key(record)), lambda: work.state(record, arrays, round_number, final=False))
     c.collection.ledger.add_bytes(c.collection.ledger.bytes_down, record.agent_id, size)
 
@@ -135,6 +138,9 @@ def open_exchange(c: Coordinator, group: GroupExchange, round_number: int, deadl
     group.waiting, group.pending = set(), set()
     horizon = c.registry.liveness.horizon()
     for record in group.members:
+        if quarantined := c.quarantine.reason(record.agent_id):
+            c.collection.ledger.leave_out(record.agent_id, quarantined)
+            continue
         if record.agent_id in c.collection.ledger.refused or not c.registry.liveness.is_live(record.agent_id, horizon):
             continue
         give_work(c, record, number, deadline, group.state, (number, group.index), group.pending)
@@ -157,9 +163,9 @@ def close_exchange(c: Coordinator, group: GroupExchange, round_number: int, dead
     updates = [client_update(c, c.collection.received.pop(a)) for a in sorted(group.waiting) if a in c.collection.received]
     needed = min(c.config.min_clients, len(group.members))
     if len(updates) >= needed:
-        weights = capped_weights([update.num_examples for update in updates], c.config.max_weight_share)
-        updates = [replace(update, num_examples=weight) for update, weight in zip(updates, weights)]
-        state = aggregate(c, group.state, updates, wire_round(c, round_number, group.exchange), f"group {group.index}, exchange {group.exchange}")
+        what = f"group {group.index}, exchange {group.exchange}"
+        updates = guarded(c, updates, [update.num_examples for update in updates], what)
+        state = aggregate(c, group.state, updates, wire_round(c, round_number, group.exchange), what)
         if state is not None:
             group.state = state
             group.examples.update({update.agent_id: update.num_examples for update in updates})
@@ -189,6 +195,21 @@ def combine(c: Coordinator, arrays: dict[str, np.ndarray], groups: list[GroupExc
     if not updates:
         return arrays
     return aggregate(c, arrays, updates, round_number, "the groups' combination") or arrays
+
+
+def guarded(c: Coordinator, updates: list[ClientUpdate], weights: list[float], what: str) -> list[ClientUpdate]:
+    """The updates under the robust rules (``fedge.coordinator.robust``), each measured from the state its device was
+    given, weights capped in ``num_examples``; what the rules did goes into the round record under ``what``."""
+    starts = []
+    for update in updates:
+        expected, record = c.collection.expected[update.agent_id], c.registry.get(update.agent_id)
+        starts.append(c.strategy.update_start(expected.started_from, ClientInfo(update.agent_id, expected.spec, record.base_version if record else 0)))
+    result = guard_updates(updates, weights, starts, c.config.robust, c.config.max_weight_share, c.strategy.coordinatewise)
+    c.collection.ledger.robust[what] = result.to_record(c.config.robust)
+    c.collection.ledger.outliers.update(result.outliers)
+    if result.outliers:
+        log.warning("%s: outliers %s (%s)", what, ", ".join(result.outliers), ", ".join(f"{agent} scaled ×{factor:.3g}" for agent, factor in result.scaled.items()) or "deviation over the bound")
+    return result.updates
 
 
 def aggregate(c: Coordinator, state: dict[str, np.ndarray], updates: list[ClientUpdate], round_number: int, what: str) -> dict[str, np.ndarray] | None:
@@ -231,6 +252,7 @@ def commit(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], sta
     """Record the round and save its global state: the commit point of the round."""
     explain_left_out(c)
     ledger = c.collection.ledger
+    quarantined = c.quarantine.observe(round_number, ledger.contributed, ledger.outliers)
     fanout = c.sender.take_cost()
     c.recorder.commit(round_number, arrays, {
         "strategy": c.strategy.name,
@@ -239,6 +261,7 @@ def commit(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], sta
         "refused_messages": c.receiver.refusals.take(),
         "fanout": {"cpu_s": fanout.cpu_s, "distinct_states": fanout.distinct_states},
         "capacity": predicted_vs_measured(c.collection),
+        **({"quarantined": {agent: c.quarantine.reason(agent) for agent in quarantined}} if quarantined else {}),
         **extra,
         "wall_s": round(time.time() - started, 2),
     })

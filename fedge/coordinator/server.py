@@ -34,6 +34,7 @@ from fedge.coordinator.evaluator import Evaluator
 from fedge.coordinator.liveness import Liveness
 from fedge.coordinator.plans import Pin
 from fedge.coordinator.planning import FleetPlanning, with_task_costs
+from fedge.coordinator.quarantine import Quarantine
 from fedge.coordinator.receiver import Arrival, Receiver, waited_s
 from fedge.coordinator.record import RunRecorder
 from fedge.coordinator.registry import Registry
@@ -95,6 +96,7 @@ class Coordinator:
         self.recorder = RunRecorder(run_dir, evaluator, config.privacy)
         self.collection: Collection | None = None  # the open round's (the last round's, between rounds)
         self.preparing: set[str] = set()  # devices preparing for the first round that have not said ready
+        self.quarantine = Quarantine(config.robust.quarantine_after)
         self._resume = resume
 
     @property
@@ -115,6 +117,8 @@ class Coordinator:
             log.info("the run in %s already completed its %d rounds; nothing to resume", self.run_dir.path, config.rounds)
             self.recorder.close()
             return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
+        if start_round > 1:
+            self.quarantine.replay(self._committed_records())
         self.open()
         try:
             if arrays is None:
@@ -135,6 +139,12 @@ class Coordinator:
         finally:
             self.finish(arrays)
         return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
+
+    def _committed_records(self) -> list[dict]:
+        """Every committed round's record, scored or still pending, in round order."""
+        records = {record["round"]: record for record in self.run_dir.rounds()}
+        records.update({number: {**record, "round": number} for number, record in self.run_dir.pending_records() if number not in records})
+        return [records[number] for number in sorted(records)]
 
     def open(self) -> None:
         """Connect, start reading, serve backbones and record the config."""

@@ -177,6 +177,7 @@ class Strategy(ABC):
     has_global_model: ClassVar[bool] = True  # False: personalised, only the devices' own models can be evaluated
     supports_groups: ClassVar[bool] = True  # HierFedLoRA: group states can be combined like clients of the global rank
     needs_label_histograms: ClassVar[bool] = False  # True: devices are asked for their label counts (privacy: only then)
+    coordinatewise: ClassVar[bool] = True  # the sent tensors' coordinates mean the same on every client (robust combiners apply)
 
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -219,6 +220,10 @@ class Strategy(ABC):
                 view[module + A_SUFFIX] = state[module + A_SUFFIX][:rank].copy()
             view[module + B_SUFFIX] = state[module + B_SUFFIX][:, :rank] / client.spec.scaling
         return view
+
+    def update_start(self, state: State, client: ClientInfo) -> State:
+        """The tensors a client's upload started from, by key (keys absent start at zero): its view."""
+        return self.client_view(state, client)
 
     def view_key(self, client: ClientInfo) -> Hashable:
         """Clients with equal keys get the same view of a state (so it is encoded and signed once for them all):

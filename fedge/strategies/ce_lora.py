@@ -94,6 +94,14 @@ class CELoRA(Strategy):
                 view[module + C_SUFFIX] = core.copy()
         return view
 
+    def update_start(self, state: State, client: ClientInfo) -> State:
+        """Cores start from the personal core sent, or the identity (the device's initial core)."""
+        view = self.client_view(state, client)
+        for module in self._client_modules(state, client.spec):
+            rank = client.spec.layer_ranks[layer_of(module)]
+            view.setdefault(module + C_SUFFIX, np.eye(rank, dtype=np.float32))
+        return view
+
     def global_parts(self, state: State) -> None:
         return None
 

@@ -18,6 +18,7 @@ class FLoRA(Strategy):
     name = "flora"
     recipe = ClientRecipe(reinit_each_round=True)
     supports_groups = False  # group-level base changes would split the frozen weights between groups
+    coordinatewise = False  # each client's A is its own random draw: factors are compared only by norm
 
     def initial_state(self, lora: State, base_weights: State) -> State:
         state = super().initial_state(lora, base_weights)
@@ -33,6 +34,10 @@ class FLoRA(Strategy):
 
     def client_view(self, state: State, client: ClientInfo) -> State:
         return changes_since(state, client)
+
+    def update_start(self, state: State, client: ClientInfo) -> State:
+        """LoRA starts afresh each round: B at zero, A a random draw counted as movement from zero."""
+        return {}
 
     def global_parts(self, state: State) -> GlobalParts:
         lora = {key: value for key, value in state.items() if key.endswith((A_SUFFIX, B_SUFFIX))}

@@ -1,0 +1,222 @@
+"""Robust aggregation: no single enrolled device, nor a minority of them, may steer the model.
+
+Every update is first turned into its movement m_i = x_i − x_i⁰ from the tensors the device started from (its view
+of the global state; B folded by its scaling s_i, so movements of every rank live in the state's coordinates, and
+a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by default for every strategy:
+
+1. **Norm bound from the round's majority.** ρ_i = ‖m_i‖ / √(size of m_i) is a movement's RMS (so a rank-16
+   device is not judged longer than a rank-4 one for having more numbers). Any m_i with ρ_i > c·median_j ρ_j is
+   scaled down to that bound (c = ``norm_multiple``, default 3): a ×200 update moves no further than an honest one.
+2. **A robust combiner** on what the strategy averages, where its coordinates mean the same on every device
+   (``Strategy.coordinatewise``; FLoRA's stacked factors do not, so it gets 1 and 3 only):
+   - ``winsorized_mean`` (default): at every coordinate held by n ≥ 3 devices, values below the (k+1)-th smallest
+     or above the (k+1)-th largest are clamped to them, k = max(1, ⌊β·n⌋) (β = ``trim_fraction``, 0.2), at most
+     ⌊(n−1)/2⌋. The strategy then averages the clamped values, so a sign-flipped or biased minority contributes
+     values inside the honest range. (With n = 4 this is the coordinate-wise median.) Coordinates held by fewer
+     than three devices (the top ranks of the largest adapters) cannot be clamped, so a device whose clamped share
+     δ_i of its movement exceeds ``outlier_factor`` × the median δ also has its weight scaled by that bound / δ_i.
+   - ``coordinate_median``: the same with k = ⌊(n−1)/2⌋.
+   - ``geometric_median``: Weiszfeld's iteration finds z = argmin Σ w_i ‖m_i − z‖; each device's weight becomes
+     w_i / ‖m_i − z‖ (the geometric median is the mean under exactly these weights), so far-off devices count little.
+     Works unchanged across mixed ranks (movements are compared zero-padded to the largest shape).
+   - ``mean``: none (the norm bound and the weight cap still hold).
+3. **A weight cap that shrinks with the number of contributors**: no device carries more than
+   min(``max_weight_share``, ``share_factor``/n) of the aggregate (share_factor 1.5: 0.375 of four, 0.15 of ten),
+   so a device that claims many examples cannot buy the aggregate.
+
+The strategy aggregates x_i⁰ + m̃_i (the bounded, combined movement) with the capped weights. A device is named an
+outlier in a round when its movement was scaled down or its deviation (the share of its movement the combiner
+removed; for the geometric median its distance to z) exceeds ``outlier_factor`` × the round's median deviation;
+``quarantine_after`` outlier rounds in a row and it gets no more work (0: never).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from fedge.coordinator.aggregation_guard import capped_weights
+from fedge.strategies import ClientUpdate
+from fedge.strategies.base import B_SUFFIX, State
+
+COMBINERS = ("winsorized_mean", "coordinate_median", "geometric_median", "mean")
+WEISZFELD_ITERATIONS = 20
+MIN_MAJORITY = 3  # fewer contributors than this have no majority to bound against
+
+
+@dataclass(frozen=True)
+class RobustRules:
+    combiner: str = "winsorized_mean"
+    norm_multiple: float = 3.0  # c: movements with an RMS over c × the round's median are scaled down to it (0: off)
+    trim_fraction: float = 0.2  # β: the winsorized mean clamps max(1, ⌊β·n⌋) values at each end of every coordinate
+    share_factor: float = 1.5  # no device carries more than share_factor / n of the weight (and max_weight_share)
+    outlier_factor: float = 2.0  # a deviation over this × the round's median names the device an outlier
+    quarantine_after: int = 0  # outlier rounds in a row before a device gets no more work (0: never)
+
+    def problems(self) -> list[str]:
+        errors = []
+        if self.combiner not in COMBINERS:
+            errors.append(f"robust.combiner: one of {', '.join(COMBINERS)}")
+        if self.norm_multiple < 0:
+            errors.append("robust.norm_multiple: zero (off) or a positive multiple of the median movement")
+        if not 0 < self.trim_fraction < 0.5:
+            errors.append("robust.trim_fraction: a fraction in (0, 0.5)")
+        if self.share_factor < 1:
+            errors.append("robust.share_factor: at least 1 (1: every device at most an equal share)")
+        if self.outlier_factor <= 1:
+            errors.append("robust.outlier_factor: more than 1")
+        if not isinstance(self.quarantine_after, int) or self.quarantine_after < 0:
+            errors.append("robust.quarantine_after: a whole number of rounds (0: never)")
+        return errors
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """The updates to aggregate (bounded, combined, weights in ``num_examples``) and what was done, per device."""
+
+    updates: list[ClientUpdate]
+    shares: dict[str, float]  # each device's final share of the aggregate
+    scaled: dict[str, float] = field(default_factory=dict)  # devices whose movement was scaled down, by the factor
+    deviation: dict[str, float] = field(default_factory=dict)
+    outliers: tuple[str, ...] = ()
+
+    def to_record(self, rules: RobustRules) -> dict:
+        return {
+            "combiner": rules.combiner,
+            "shares": {agent: round(share, 4) for agent, share in sorted(self.shares.items())},
+            "scaled_down": {agent: round(factor, 4) for agent, factor in sorted(self.scaled.items())},
+            "deviation": {agent: round(value, 4) for agent, value in sorted(self.deviation.items())},
+            "outliers": list(self.outliers),
+        }
+
+
+def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], starts: Sequence[State], rules: RobustRules, max_share: float, coordinatewise: bool = True) -> Guarded:
+    """Apply the rules (module docstring) to one aggregation's updates; ``weights`` are their example counts (or
+    staleness-discounted counts), ``starts`` the tensors each device started from (missing keys start at zero)."""
+    moved = [movement(update, start) for update, start in zip(updates, starts)]
+    scaled = bound_norms(moved, [update.agent_id for update in updates], rules.norm_multiple)
+    cap = min(max_share, rules.share_factor / len(updates)) if len(updates) >= MIN_MAJORITY else max_share
+    weights = capped_weights(list(weights), cap)  # before the combiner too: a claimed count buys no pull on the median
+    factors, deviation = [1.0] * len(updates), {}
+    if len(updates) >= MIN_MAJORITY and coordinatewise and rules.combiner in ("winsorized_mean", "coordinate_median"):
+        before = [movement_norm(m) for m in moved]
+        removed = winsorize(moved, rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5)
+        shares = [gone / norm if norm > 0 else 0.0 for gone, norm in zip(removed, before)]
+        deviation = {update.agent_id: share for update, share in zip(updates, shares)}
+        bound = rules.outlier_factor * statistics.median(shares)
+        factors = [min(1.0, bound / share) if share > 0 and bound > 0 else 1.0 for share in shares]  # coordinates too few devices hold to clamp
+    elif len(updates) >= MIN_MAJORITY and rules.combiner == "geometric_median":
+        distances = median_distances(moved, weights)
+        typical = statistics.median(distances) or 1.0
+        factors = [typical / max(distance, 1e-3 * typical) for distance in distances]
+        deviation = {update.agent_id: distance / typical for update, distance in zip(updates, distances)}
+    final = capped_weights([weight * factor for weight, factor in zip(weights, factors)], cap)
+    total = sum(final) or 1.0
+    typical = statistics.median(deviation.values()) if deviation else 0.0
+    outliers = tuple(sorted(set(scaled) | {agent for agent, value in deviation.items() if typical > 0 and value > rules.outlier_factor * typical}))
+    rebuilt = [replace(update, num_examples=weight, tensors=rebuild(update, start, m)) for update, start, m, weight in zip(updates, starts, moved, final)]
+    return Guarded(rebuilt, {update.agent_id: weight / total for update, weight in zip(updates, final)}, scaled, deviation, outliers)
+
+
+def movement(update: ClientUpdate, start: State) -> State:
+    """m_i per key in the state's coordinates (float32; B times the device's scaling)."""
+    out = {}
+    for key, sent in update.tensors.items():
+        base = start.get(key)
+        value = sent.astype(np.float32) - (base.astype(np.float32) if base is not None and base.shape == sent.shape else 0.0)
+        out[key] = value * np.float32(update.spec.scaling) if key.endswith(B_SUFFIX) else value
+    return out
+
+
+def rebuild(update: ClientUpdate, start: State, moved: State) -> State:
+    """x⁰ + m̃ in the device's coordinates, in the dtype it sent."""
+    out = {}
+    for key, sent in update.tensors.items():
+        value = moved[key] / np.float32(update.spec.scaling) if key.endswith(B_SUFFIX) else moved[key]
+        base = start.get(key)
+        if base is not None and base.shape == sent.shape:
+            value = value + base.astype(np.float32)
+        out[key] = value.astype(sent.dtype)
+    return out
+
+
+def movement_norm(moved: State) -> float:
+    return float(np.sqrt(sum(float(np.square(value, dtype=np.float64).sum()) for value in moved.values())))
+
+
+def bound_norms(moved: list[State], agents: list[str], multiple: float) -> dict[str, float]:
+    """Scale movements whose RMS exceeds ``multiple`` × the median RMS down to it, in place; the factor per device."""
+    if multiple <= 0 or len(moved) < MIN_MAJORITY:
+        return {}
+    sizes = [sum(value.size for value in m.values()) for m in moved]
+    rms = [movement_norm(m) / np.sqrt(size) if size else 0.0 for m, size in zip(moved, sizes)]
+    bound = multiple * statistics.median(rms)
+    scaled = {}
+    for agent, m, value in zip(agents, moved, rms):
+        if bound > 0 and value > bound:
+            factor = bound / value
+            for key in m:
+                m[key] *= np.float32(factor)
+            scaled[agent] = float(factor)
+    return scaled
+
+
+def winsorize(moved: list[State], trim_fraction: float) -> list[float]:
+    """Clamp every coordinate held by n ≥ 3 devices into its (k+1)-th smallest … (k+1)-th largest value, in place;
+    returns ‖m_i − m̃_i‖, how much of each movement was removed."""
+    removed = np.zeros(len(moved))
+    for key in sorted({key for m in moved for key in m}):
+        holders = [index for index, m in enumerate(moved) if key in m]
+        for cell, members in cells([moved[index][key].shape for index in holders]):
+            owners = [holders[member] for member in members]
+            count = len(owners)
+            if count < MIN_MAJORITY:
+                continue
+            trim = min(max(1, int(trim_fraction * count)), (count - 1) // 2)
+            stack = np.stack([moved[owner][key][cell] for owner in owners])
+            bounds = np.partition(stack, (trim, count - 1 - trim), axis=0)
+            clamped = np.clip(stack, bounds[trim], bounds[count - 1 - trim])
+            removed[owners] += np.square(stack - clamped, dtype=np.float64).reshape(count, -1).sum(axis=1)
+            for owner, values in zip(owners, clamped):
+                moved[owner][key][cell] = values
+    return [float(value) for value in np.sqrt(removed)]
+
+
+def cells(shapes: list[tuple[int, ...]]) -> list[tuple[tuple[slice, ...], list[int]]]:
+    """Blocks of a key's coordinates, each with the indices of the arrays that hold all of it: shapes differ by rank
+    along one or both axes (A: r×k, B: d×r, a core r×r), and a device of rank r holds the first r of them."""
+    edges = [sorted({0, *(shape[axis] for shape in shapes)}) for axis in range(len(shapes[0]))]
+    out = []
+    for block in np.ndindex(*(len(axis_edges) - 1 for axis_edges in edges)):
+        ends = [edges[axis][index + 1] for axis, index in enumerate(block)]
+        members = [i for i, shape in enumerate(shapes) if all(extent >= end for extent, end in zip(shape, ends))]
+        if members:
+            out.append((tuple(slice(edges[axis][index], end) for axis, (index, end) in enumerate(zip(block, ends))), members))
+    return out
+
+
+def median_distances(moved: list[State], weights: list[float]) -> list[float]:
+    """‖m_i − z‖ for z the weighted geometric median of the movements (Weiszfeld), zero-padded to common shapes."""
+    shapes = {key: tuple(max(m[key].shape[axis] for m in moved if key in m) for axis in range(next(m[key].ndim for m in moved if key in m))) for key in {key for m in moved for key in m}}
+    padded = [{key: _padded(m.get(key), shape) for key, shape in shapes.items()} for m in moved]
+    median = {key: sum(w * p[key] for w, p in zip(weights, padded)) / sum(weights) for key in shapes}
+    for _ in range(WEISZFELD_ITERATIONS):
+        distances = [_distance(p, median) for p in padded]
+        floor = 1e-9 + 1e-6 * max(distances)
+        pulls = [w / max(d, floor) for w, d in zip(weights, distances)]
+        median = {key: sum(pull * p[key] for pull, p in zip(pulls, padded)) / sum(pulls) for key in shapes}
+    return [_distance(p, median) for p in padded]
+
+
+def _padded(value: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros(shape, dtype=np.float32)
+    if value is not None:
+        out[tuple(slice(0, extent) for extent in value.shape)] = value
+    return out
+
+
+def _distance(a: State, b: State) -> float:
+    return float(np.sqrt(sum(float(np.square(a[key] - b[key], dtype=np.float64).sum()) for key in a)))

@@ -1,0 +1,206 @@
+"""The robust aggregation rules against insiders: enrolled devices that sign poisoned updates.
+
+Honest devices move their view of the state along one shared direction plus their own non-IID noise; attackers
+sign-flip (with an inflated example count), scale, or send a constant direction. What is checked is the aggregate
+the strategy then computes, against the honest devices' plain average.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedge.coordinator.config import ConfigError, CoordinatorConfig
+from fedge.coordinator.quarantine import Quarantine
+from fedge.coordinator.robust import RobustRules, cells, guard_updates
+from fedge.strategies import ClientInfo, ClientUpdate, make_strategy
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX
+from fedge.wire import LoraSpec
+
+LAYERS, ROWS, COLS, RANK = 2, 24, 32, 8
+MODULES = [f"base_model.model.model.layers.{layer}.self_attn.q_proj" for layer in range(LAYERS)]
+
+
+def initial_state(strategy_name: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    lora = {}
+    for module in MODULES:
+        lora[module + A_SUFFIX] = rng.normal(size=(RANK, COLS)).astype(np.float32) * 0.1
+        lora[module + B_SUFFIX] = rng.normal(size=(ROWS, RANK)).astype(np.float32) * 0.01
+    base = {module: rng.normal(size=(ROWS, COLS)).astype(np.float32) for module in MODULES}
+    return make_strategy(strategy_name).initial_state(lora, base)
+
+
+def spec(rank: int, scaling: float = 2.0) -> LoraSpec:
+    return LoraSpec(("q_proj",), tuple(range(LAYERS)), (rank,) * LAYERS, scaling)
+
+
+def fleet(strategy_name: str, ranks: list[int], attack: str | None, attackers: int = 1, seed: int = 0, noise: float = 0.5):
+    """(strategy, state, updates, starts, honest agent ids): honest devices share a direction, plus noise."""
+    rng = np.random.default_rng(seed)
+    strategy = make_strategy(strategy_name)
+    state = initial_state(strategy_name, rng)
+    direction = {key: rng.normal(size=value.shape).astype(np.float32) * 0.05 for key, value in state.items()}
+    updates, starts, honest = [], [], []
+    for index, rank in enumerate(ranks):
+        client = ClientInfo(f"d{index}", spec(rank))
+        start = strategy.update_start(state, client)
+        view = strategy.client_view(state, client)
+        tensors = {}
+        for key, shape in strategy.upload_shapes(state, client.spec).items():
+            value = view[key] if key in view else rng.normal(size=shape).astype(np.float32) * 0.1 if key.endswith(A_SUFFIX) else np.zeros(shape, np.float32)
+            cut = direction[key][tuple(slice(0, extent) for extent in value.shape)]
+            move = cut + rng.normal(size=value.shape).astype(np.float32) * 0.05 * noise
+            if key.endswith(B_SUFFIX):
+                move = move / client.spec.scaling
+            tensors[key] = value + move
+        count = 100 + 20 * index
+        if index >= len(ranks) - attackers and attack is not None:
+            tensors, count = poisoned(attack, tensors, start, rng), 3000 if attack == "sign_flip" else count
+        else:
+            honest.append(client.agent_id)
+        updates.append(ClientUpdate(client.agent_id, count, client.spec, tensors))
+        starts.append(start)
+    return strategy, state, updates, starts, honest
+
+
+def poisoned(attack: str, tensors: dict, start: dict, rng: np.random.Generator) -> dict:
+    out = {}
+    for key, value in tensors.items():
+        move = value - start.get(key, 0)
+        if attack == "sign_flip":
+            move = -move
+        elif attack == "scale":
+            move = 200 * move
+        elif attack == "constant":
+            move = np.full_like(move, 0.2)
+        out[key] = start.get(key, 0) + move
+    return out
+
+
+def movement_of(strategy, state: dict, aggregated: dict) -> np.ndarray:
+    """The change of the global product B·A per module, flattened: what the model actually learns."""
+    parts = []
+    for module in MODULES:
+        before = state[module + B_SUFFIX].astype(np.float64) @ state[module + A_SUFFIX]
+        after = aggregated[module + B_SUFFIX].astype(np.float64) @ aggregated[module + A_SUFFIX]
+        parts.append((after - before).ravel())
+    return np.concatenate(parts)
+
+
+def aggregate(strategy, state, updates, starts, rules: RobustRules | None, keep: list[str] | None = None):
+    chosen = [(update, start) for update, start in zip(updates, starts) if keep is None or update.agent_id in keep]
+    chosen_updates, chosen_starts = [u for u, _ in chosen], [s for _, s in chosen]
+    if rules is None:
+        return strategy.aggregate(state, chosen_updates, 1), None
+    guarded = guard_updates(chosen_updates, [u.num_examples for u in chosen_updates], chosen_starts, rules, 0.5, strategy.coordinatewise)
+    return strategy.aggregate(state, guarded.updates, 1), guarded
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def error(movement: np.ndarray, reference: np.ndarray) -> float:
+    """How far an aggregate's movement is from the honest devices' own, relative to theirs."""
+    return float(np.linalg.norm(movement - reference) / np.linalg.norm(reference))
+
+
+@pytest.mark.parametrize("attack", ["sign_flip", "scale", "constant"])
+@pytest.mark.parametrize("strategy_name", ["hetlora", "fedit", "flexlora"])
+def test_one_attacker_of_four_does_not_steer_the_aggregate(strategy_name: str, attack: str) -> None:
+    ranks = [8, 8, 8, 8] if strategy_name == "fedit" else [4, 8, 8, 8]
+    strategy, state, updates, starts, honest = fleet(strategy_name, ranks, attack)
+    clean, _ = aggregate(strategy, state, updates, starts, None, keep=honest)
+    attacked_plain, _ = aggregate(strategy, state, updates, starts, RobustRules(combiner="mean", norm_multiple=0))
+    defended, guarded = aggregate(strategy, state, updates, starts, RobustRules())
+    reference = movement_of(strategy, state, clean)
+    defended_error, plain_error = error(movement_of(strategy, state, defended), reference), error(movement_of(strategy, state, attacked_plain), reference)
+    assert defended_error < 0.45 and defended_error < plain_error / 2
+    assert guarded.outliers == ("d3",)
+
+
+def test_honest_non_iid_devices_are_kept() -> None:
+    """No attacker, strongly differing devices: the default keeps the plain average's direction and size, names
+    nobody, and gives every device its example share (under the shrinking cap)."""
+    strategy, state, updates, starts, _ = fleet("hetlora", [4, 8, 8, 8, 8, 4], None, noise=1.0, seed=3)
+    plain, _ = aggregate(strategy, state, updates, starts, RobustRules(combiner="mean", norm_multiple=0))
+    defended, guarded = aggregate(strategy, state, updates, starts, RobustRules())
+    plain_move, defended_move = movement_of(strategy, state, plain), movement_of(strategy, state, defended)
+    assert cosine(defended_move, plain_move) > 0.9
+    assert 0.8 < np.linalg.norm(defended_move) / np.linalg.norm(plain_move) < 1.2
+    assert guarded.outliers == () and guarded.scaled == {}
+    counts = np.array([update.num_examples for update in updates], dtype=float)
+    assert np.allclose(list(guarded.shares.values()), counts / counts.sum(), atol=1e-6)
+
+
+def test_scaled_update_is_bounded_by_the_median_and_named() -> None:
+    strategy, state, updates, starts, _ = fleet("hetlora", [8, 8, 8, 8], "scale")
+    _, guarded = aggregate(strategy, state, updates, starts, RobustRules())
+    assert set(guarded.scaled) == {"d3"} and guarded.scaled["d3"] < 0.05
+    record = guarded.to_record(RobustRules())
+    assert record["outliers"] == ["d3"] and record["scaled_down"]["d3"] == pytest.approx(guarded.scaled["d3"], abs=1e-4)
+
+
+def test_weight_cap_shrinks_with_contributors() -> None:
+    strategy, state, updates, starts, _ = fleet("hetlora", [8] * 10, "sign_flip", attackers=2)
+    _, guarded = aggregate(strategy, state, updates, starts, RobustRules(combiner="mean", norm_multiple=0))
+    assert max(guarded.shares.values()) == pytest.approx(1.5 / 10)
+
+
+@pytest.mark.parametrize("attack", ["sign_flip", "constant"])
+def test_two_attackers_of_ten(attack: str) -> None:
+    strategy, state, updates, starts, honest = fleet("hetlora", [4, 8, 8, 8, 4, 8, 8, 8, 4, 8], attack, attackers=2)
+    clean, _ = aggregate(strategy, state, updates, starts, None, keep=honest)
+    defended, guarded = aggregate(strategy, state, updates, starts, RobustRules())
+    assert cosine(movement_of(strategy, state, defended), movement_of(strategy, state, clean)) > 0.8
+    assert set(guarded.outliers) == {"d8", "d9"}
+
+
+def test_geometric_median_gives_the_far_device_little_weight() -> None:
+    strategy, state, updates, starts, honest = fleet("hetlora", [4, 8, 8, 8], "sign_flip")
+    clean, _ = aggregate(strategy, state, updates, starts, None, keep=honest)
+    defended, guarded = aggregate(strategy, state, updates, starts, RobustRules(combiner="geometric_median"))
+    assert guarded.shares["d3"] < min(guarded.shares[agent] for agent in honest)
+    assert cosine(movement_of(strategy, state, defended), movement_of(strategy, state, clean)) > 0.8
+
+
+def test_flora_factors_are_bounded_by_norm_only() -> None:
+    """FLoRA's factors have no common coordinates: no clamping, but a scaled update is still bounded."""
+    strategy, state, updates, starts, _ = fleet("flora", [8, 8, 8, 8], "scale")
+    _, guarded = aggregate(strategy, state, updates, starts, RobustRules())
+    assert set(guarded.scaled) == {"d3"} and guarded.deviation == {}
+
+
+def test_cells_follow_the_ranks_each_device_holds() -> None:
+    blocks = cells([(4, 32), (8, 32), (8, 32)])
+    assert [(block[0], members) for block, members in blocks] == [(slice(0, 4), [0, 1, 2]), (slice(4, 8), [1, 2])]
+    core_blocks = dict((tuple((s.start, s.stop) for s in block), members) for block, members in cells([(2, 2), (4, 4)]))
+    assert core_blocks[((0, 2), (0, 2))] == [0, 1] and core_blocks[((2, 4), (2, 4))] == [1] and core_blocks[((0, 2), (2, 4))] == [1]
+
+
+def test_quarantine_after_outlier_rounds_in_a_row() -> None:
+    quarantine = Quarantine(after=2)
+    assert quarantine.observe(1, ["a", "b"], ["b"]) == []
+    assert quarantine.observe(2, ["a"], []) == []  # b sat out: its streak holds
+    assert quarantine.observe(3, ["a", "b"], ["b"]) == ["b"]
+    assert "2 rounds in a row" in quarantine.reason("b") and quarantine.reason("a") is None
+    resumed = Quarantine(after=2)
+    resumed.replay([{"round": 1, "contributors": ["a", "b"], "robust": {"outliers": ["b"]}}, {"round": 2, "contributors": ["b"], "robust": {"outliers": ["b"]}}])
+    assert resumed.reason("b") is not None
+    never = Quarantine(after=0)
+    for round_number in range(1, 5):
+        never.observe(round_number, ["b"], ["b"])
+    assert never.reason("b") is None
+
+
+def test_robust_config_is_checked_and_round_trips(tmp_path) -> None:
+    base = {"eval_data": "x.jsonl", "insecure": True}
+    config = CoordinatorConfig.from_dict({**base, "robust": {"combiner": "geometric_median", "quarantine_after": 3}})
+    assert config.robust == RobustRules(combiner="geometric_median", quarantine_after=3)
+    assert CoordinatorConfig.from_dict({**config.to_dict()}).robust == config.robust
+    with pytest.raises(ConfigError) as error:
+        CoordinatorConfig.from_dict({**base, "robust": {"combiner": "krum", "trim_fraction": 0.7, "share": 2, "quarantine_after": 1.5}})
+    for problem in ("robust.share: unknown key", "robust.quarantine_after"):
+        assert problem in str(error.value)
+    with pytest.raises(ConfigError, match="robust.combiner: one of"):
+        CoordinatorConfig.from_dict({**base, "robust": {"combiner": "krum"}})
