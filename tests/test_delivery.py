@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fedge.delivery import store as store_module
 from fedge.delivery import DeliveryError, Manifest, ManifestError, PackageStore, build_manifest, read_chunk
 from fedge.delivery.url import fetch_from_url
 
@@ -72,6 +73,59 @@ def test_a_file_corrupted_on_disk_is_fetched_again(package, tmp_path):
     with pytest.raises(DeliveryError, match="model.safetensors fails"):
         store.finish()
     assert store.missing() == [0, 1, 2, 3, 4]  # model.safetensors touches every chunk but none of z.txt's
+
+
+def _completed(directory: Path, manifest: Manifest, root: Path) -> PackageStore:
+    store = PackageStore(root, manifest.digest)
+    store.start(manifest.to_bytes())
+    for index in range(manifest.chunk_count):
+        store.write_chunk(index, read_chunk(directory, manifest, index))
+    store.finish()
+    return PackageStore(root, manifest.digest)
+
+
+def test_a_cached_package_is_hashed_again_only_when_a_file_changed(package, tmp_path, monkeypatch):
+    directory, manifest = package
+    store = _completed(directory, manifest, tmp_path / "cache")
+    hashed = []
+    real = store_module.file_sha256
+    monkeypatch.setattr(store_module, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    assert store.intact() == [] and hashed == []  # sizes only: nothing changed since it was verified
+    path = store.final_dir / "a.json"
+    data = path.read_bytes()
+    path.write_bytes(data)  # rewritten with the same bytes: hashed again, still intact
+    assert store.intact() == [] and hashed == ["a.json"]
+    assert store.intact() == [] and hashed == ["a.json"]  # and its new stamp kept
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_a_damaged_cache_reopens_with_only_the_damaged_files_missing_and_heals(package, tmp_path, damage):
+    directory, manifest = package
+    store = _completed(directory, manifest, tmp_path / "cache")
+    path = store.final_dir / "z.txt"
+    if damage == "flip":
+        path.write_bytes(bytes([path.read_bytes()[0] ^ 1]) + path.read_bytes()[1:])
+    elif damage == "truncate":
+        path.write_bytes(b"")
+    else:
+        path.unlink()
+    assert store.intact() == ["z.txt"]
+    store.reopen_damaged(store.intact())
+    assert not store.complete()
+    healing = PackageStore(tmp_path / "cache", manifest.digest)
+    assert healing.resume() == manifest and healing.missing() == [4]  # z.txt's chunk only
+    healing.write_chunk(4, read_chunk(directory, manifest, 4))
+    final = healing.finish()
+    assert (final / "z.txt").read_bytes() == (directory / "z.txt").read_bytes() and PackageStore(tmp_path / "cache", manifest.digest).intact() == []
+
+
+def test_a_damaged_manifest_discards_the_package(package, tmp_path):
+    directory, manifest = package
+    store = _completed(directory, manifest, tmp_path / "cache")
+    (store.final_dir / "manifest.json").write_bytes(b"{}")
+    assert store.intact() == ["manifest.json"]
+    store.reopen_damaged(["manifest.json"])
+    assert not store.final_dir.exists() and PackageStore(tmp_path / "cache", manifest.digest).resume() is None
 
 
 def test_store_refuses_a_package_the_disk_cannot_hold(package, tmp_path, monkeypatch):

@@ -93,3 +93,40 @@ def test_conversations_beyond_the_token_budget_are_left_out(tuner):
     assert len(data) == 2
     with pytest.raises(ValueError, match="no conversation has an answer within task.max_tokens 64"):
         encode(tuner.tokenizer, [long], TASK)
+
+
+def test_a_line_over_the_bound_is_refused_with_file_and_line_before_it_is_read_whole(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "data.jsonl"
+    with path.open("w") as handle:
+        handle.write(json.dumps({"text": "short", "label": "a"}) + "\n")
+        handle.write(json.dumps({"text": "word " * 4_000_000, "label": "a"}) + "\n")  # 20 MB on one line
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=rf"{path}:2: longer than 1048576 bytes"):
+            read_rows(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20  # the line was never held whole
+    assert len(read_rows(path, max_line_bytes=32 << 20)) == 2
+    path.write_bytes(b'{"text": "\xff", "label": "a"}\n')
+    with pytest.raises(ValueError, match=f"{path}:1: not UTF-8"):
+        read_rows(path)
+
+
+def test_a_long_text_is_cut_before_it_is_tokenized(tmp_path):
+    from fedge.task.classifier import MAX_CHARS_PER_TOKEN, _prompts
+    from fedge.task.data import Example
+
+    class CountingTokenizer:
+        longest = 0
+
+        def encode(self, text, add_special_tokens=False):
+            CountingTokenizer.longest = max(CountingTokenizer.longest, len(text))
+            return [1] * len(text.split())
+
+    task = TaskSpec("classify", ("a", "b"), "Text: {text} Label:", 32)
+    (row,) = _prompts(CountingTokenizer(), [Example("word " * 200_000, 0)], task, 1)
+    assert len(row) == 31 and CountingTokenizer.longest <= 32 * MAX_CHARS_PER_TOKEN + len(task.prompt)

@@ -62,6 +62,12 @@ class Manifest:
             file_start = file_end
         return out
 
+    def file_chunks(self, file_index: int) -> range:
+        """The chunks that hold any of file ``file_index`` (an empty file: the chunk at its position)."""
+        start = sum(entry.size for entry in self.files[:file_index])
+        end = max(start + self.files[file_index].size - 1, start)
+        return range(start // self.chunk_bytes, min(end // self.chunk_bytes, self.chunk_count - 1) + 1)
+
     def to_bytes(self) -> bytes:
         body = {
             "format": FORMAT,

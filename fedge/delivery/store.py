@@ -1,18 +1,24 @@
 """A device's cache of backbone packages, keyed by digest, with resumable partial downloads.
 
-    <root>/<digest>/                  a complete, verified package (``.verified`` inside)
+    <root>/<digest>/                  a complete, verified package (``.verified`` inside: each file's size, mtime
+                                      and inode when its sha256 last matched)
     <root>/<digest>.partial/          files being filled, manifest.json, and ``.have`` (one byte per chunk)
     <root>/<digest>.lock              held while a process fills the partial directory
 
 Every chunk is checked against the manifest before it is written, and its ``.have`` byte is set only after the
 write, so a download cut at any point (dropped link, killed agent) resumes from the chunks already verified. The
 files are checked whole against the manifest before the package is moved into place.
+
+A cached package is checked again before every use (``intact``): every file's size each time, and its sha256
+whenever the file changed since it was last verified. A damaged package goes back to being a partial download
+with the damaged files' chunks missing (``reopen_damaged``), so only those are fetched again.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -67,7 +73,50 @@ class PackageStore:
         self._have_file = self.partial_dir / ".have"
 
     def complete(self) -> bool:
+        """Whether a verified package is in place (whether it is still intact is ``intact``'s to say)."""
         return (self.final_dir / ".verified").exists()
+
+    def intact(self) -> list[str]:
+        """The files of the verified package that are damaged (missing, wrong size, or changed since they were last
+        verified and failing their sha256); an unreadable manifest damages them all ("manifest.json")."""
+        marker = self.final_dir / ".verified"
+        try:
+            manifest = Manifest.parse((self.final_dir / "manifest.json").read_bytes(), self.digest)
+        except (OSError, ManifestError):
+            return ["manifest.json"]
+        stamps, fresh, damaged = _read_stamps(marker), {}, []
+        for entry in manifest.files:
+            path = self.final_dir / entry.path
+            try:
+                stamp = _stamp(path)
+            except OSError:
+                damaged.append(entry.path)
+                continue
+            if stamp[0] != entry.size or (stamps.get(entry.path) != stamp and file_sha256(path) != entry.sha256):
+                damaged.append(entry.path)
+            fresh[entry.path] = stamp
+        if not damaged and fresh != stamps:
+            _write_stamps(marker, self.digest, fresh)
+        return damaged
+
+    def reopen_damaged(self, damaged: list[str]) -> None:
+        """Turn a damaged package back into a partial download missing only the damaged files' chunks (all of them
+        when the manifest itself is damaged)."""
+        shutil.rmtree(self.partial_dir, ignore_errors=True)
+        if "manifest.json" in damaged:
+            shutil.rmtree(self.final_dir, ignore_errors=True)
+            return
+        (self.final_dir / ".verified").unlink(missing_ok=True)
+        self.final_dir.rename(self.partial_dir)
+        manifest = Manifest.parse((self.partial_dir / "manifest.json").read_bytes(), self.digest)
+        have = bytearray(b"\x01" * manifest.chunk_count)
+        for index, entry in enumerate(manifest.files):
+            if entry.path in damaged:
+                with (self.partial_dir / entry.path).open("ab") as handle:
+                    handle.truncate(entry.size)
+                for chunk in manifest.file_chunks(index):
+                    have[chunk] = 0
+        self._have_file.write_bytes(bytes(have))
 
     @contextmanager
     def locked(self):
@@ -156,17 +205,14 @@ class PackageStore:
         """Check every file whole, then move the package into place; a file that fails is fetched again."""
         manifest = self.manifest
         assert manifest is not None and not self.missing()
-        stream_start = 0
-        for entry in manifest.files:
+        for file_index, entry in enumerate(manifest.files):
             if file_sha256(self.partial_dir / entry.path) != entry.sha256:
-                first, last = stream_start // manifest.chunk_bytes, max(stream_start + entry.size - 1, stream_start) // manifest.chunk_bytes
-                for index in range(first, last + 1):
+                for index in manifest.file_chunks(file_index):
                     self._have[index] = 0
                 self._have_file.write_bytes(bytes(self._have))
                 raise DeliveryError(f"{entry.path} fails its sha256 after download; its chunks will be fetched again")
-            stream_start += entry.size
         (self.partial_dir / ".have").unlink()
-        (self.partial_dir / ".verified").write_text(self.digest)
+        _write_stamps(self.partial_dir / ".verified", self.digest, {entry.path: _stamp(self.partial_dir / entry.path) for entry in manifest.files})
         if self.final_dir.exists():
             shutil.rmtree(self.final_dir)
         self.partial_dir.rename(self.final_dir)
@@ -179,3 +225,20 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _stamp(path: Path) -> list[int]:
+    """What changes when a file is written, truncated or replaced: its size, mtime (ns) and inode."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def _read_stamps(marker: Path) -> dict[str, list[int]]:
+    try:
+        return json.loads(marker.read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}  # an older marker, or none: every file is hashed again
+
+
+def _write_stamps(marker: Path, digest: str, stamps: dict[str, list[int]]) -> None:
+    marker.write_text(json.dumps({"digest": digest, "files": stamps}))

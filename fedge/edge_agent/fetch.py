@@ -4,7 +4,8 @@ Over MQTT the agent pulls: it asks for the manifest, then for windows of chunks,
 flight so the link never idles; a chunk that fails its hash is dropped and asked for again, and after
 ``stall_s`` without progress the missing chunks of the current window are asked for again. Messages that are not
 backbone parts are handed back to the agent untouched. The package is cached by digest, so a second run, or a
-second agent on the same disk, downloads nothing.
+second agent on the same disk, downloads nothing; a cached package is checked before each use (sizes every time,
+digests of files changed since) and what is damaged is fetched again.
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ class BackboneFetcher:
     def fetch(self, spec: BackboneSpec) -> Path:
         """The directory of the verified package ``spec`` names, downloading what the cache lacks."""
         store = PackageStore(self.cache_dir, spec.sha256)
-        if store.complete():
-            return store.final_dir
         with store.locked():
-            if store.complete():  # another agent on this disk finished it while we waited
-                return store.final_dir
+            if store.complete():  # perhaps another agent on this disk finished it while we waited
+                damaged = store.intact()
+                if not damaged:
+                    return store.final_dir
+                log.warning("%s: the cached backbone %s is damaged (%s); fetching those files again", self.agent_id, store.final_dir, ", ".join(damaged))
+                store.reopen_damaged(damaged)
             if spec.url:
                 return fetch_from_url(spec.url, store)
             return self._fetch_over_mqtt(spec, store)

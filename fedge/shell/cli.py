@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
+from functools import partial
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats (sent from their own thread, whatever the agent is doing)")
     agent.add_argument("--cache", help="where backbone packages are kept, by digest (default $FEDGE_CACHE/received)")
     agent.add_argument("--slowdown", type=float, default=1.0, help="make every training step take this many times as long: emulate a slower device (field trials)")
+    agent.add_argument("--max-line-kb", type=int, default=1024, help="refuse a data line longer than this many KiB (before it is parsed or tokenized)")
     agent.add_argument("--no-label-counts", action="store_true", help="never tell the coordinator how many examples of each label this device holds, even when its strategy asks")
     agent.add_argument("--username", help="broker user name (password from FEDGE_MQTT_PASSWORD) instead of the credentials' login")
     agent.add_argument("--ca-certs", help="CA bundle that signed the broker's certificate (mqtts://)")
@@ -146,7 +149,8 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, agent_type: Callable | None = None) -> int:
+    """``agent_type``: what ``fedge agent`` runs instead of ``EdgeAgent`` (a trial's insider)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -155,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")  # bitsandbytes, on every INT8 step
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, args.log_file)
+    if agent_type is not None and args.func is commands.cmd_agent:
+        args.func = partial(commands.cmd_agent, agent_type=agent_type)
     try:
         return args.func(args)
     except KeyboardInterrupt:

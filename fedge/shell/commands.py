@@ -57,11 +57,12 @@ def cmd_broker(args) -> int:
     return 0
 
 
-def cmd_agent(args) -> int:
+def cmd_agent(args, agent_type=None) -> int:
     from fedge.task.data import read_rows
 
-    data = read_rows(args.data)  # checked before the heavy imports: a bad file fails in well under a second
-    eval_data = read_rows(args.eval_data) if args.eval_data else None
+    max_line = args.max_line_kb * 1024
+    data = read_rows(args.data, max_line)  # checked before the heavy imports: a bad file fails in well under a second
+    eval_data = read_rows(args.eval_data, max_line) if args.eval_data else None
     broker = _broker_config(args)
     credentials = _agent_credentials(args)
 
@@ -75,7 +76,7 @@ def cmd_agent(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     agent_id = credentials.identity if credentials else args.id
     profile = simulated_profile(args.device_profile, device.startswith("cuda"), bitsandbytes_usable()) if args.device_profile else probe(agent_id)
-    agent = EdgeAgent(agent_id, broker, data, profile, data_source=args.data, eval_source=args.eval_data, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None, credentials=credentials, share_label_counts=not args.no_label_counts, slowdown=args.slowdown)
+    agent = (agent_type or EdgeAgent)(agent_id, broker, data, profile, data_source=args.data, eval_source=args.eval_data, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None, credentials=credentials, share_label_counts=not args.no_label_counts, slowdown=args.slowdown)
     agent.run()
     if agent.refused:
         console.print(f"[red]this device cannot take part: {agent.refused}[/]")

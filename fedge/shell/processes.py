@@ -27,10 +27,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
-    """``python -m fedge.shell.cli --log-file LOG ARGS…``; stderr goes to LOG with an ``.err`` suffix."""
+def spawn(args: list[str], log_path: Path, program: tuple[str, ...] = ("fedge.shell.cli",)) -> subprocess.Popen:
+    """``python -m fedge.shell.cli --log-file LOG ARGS…`` (``program``: another module and its leading arguments);
+    stderr goes to LOG with an ``.err`` suffix."""
     with log_path.with_suffix(".err").open("w") as errors:  # the child keeps its own copy of the handle
-        return subprocess.Popen([sys.executable, "-m", "fedge.shell.cli", "--log-file", str(log_path), *args], stdout=subprocess.DEVNULL, stderr=errors, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        return subprocess.Popen([sys.executable, "-m", *program, "--log-file", str(log_path), *args], stdout=subprocess.DEVNULL, stderr=errors, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
 
 def stop(workers: list[subprocess.Popen], timeout_s: float = 30) -> None:

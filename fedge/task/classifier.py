@@ -97,6 +97,9 @@ def encode_choices(tokenizer, examples: list[Example], task: TaskSpec) -> Encode
     return EncodedChoices(input_ids, lengths, target_ids, torch.tensor([example.label for example in examples]), len(tokens))
 
 
+MAX_CHARS_PER_TOKEN = 64  # more characters than any one token of a real vocabulary spans
+
+
 def _prompts(tokenizer, examples: list[Example], task: TaskSpec, reserve: int) -> list[list[int]]:
     """Each example's prompt tokens within ``task.max_tokens - reserve``: the text is cut, never the prompt."""
     head, tail = task.prompt.split("{text}", 1)
@@ -108,9 +111,10 @@ def _prompts(tokenizer, examples: list[Example], task: TaskSpec, reserve: int) -
         raise ValueError(f"the prompt takes {len(head_ids) + len(tail_ids)} tokens{f' and the longest label {reserve}' if reserve else ''}; task.max_tokens {task.max_tokens} leaves no room for the text")
     rows = []
     for example in examples:
-        row = tokenizer.encode(task.prompt.format(text=example.text), add_special_tokens=False)
+        text = example.text[: room * MAX_CHARS_PER_TOKEN]  # a long text is cut before it is tokenized, not after
+        row = tokenizer.encode(task.prompt.format(text=text), add_special_tokens=False)
         if len(row) > budget:
-            row = head_ids + tokenizer.encode(example.text, add_special_tokens=False)[:room] + tail_ids
+            row = head_ids + tokenizer.encode(text, add_special_tokens=False)[:room] + tail_ids
         rows.append(row)
     return rows
 

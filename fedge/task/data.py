@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
+MAX_LINE_BYTES = 1 << 20  # the longest data line read by default (1 MiB: about 250,000 tokens of text)
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,18 @@ class Dialogue:
 Record = Row | Dialogue
 
 
-def read_rows(path: str | Path) -> list[Record]:
-    """Read a data file; a bad line is reported as ``FILE:LINE: reason``."""
+def read_rows(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> list[Record]:
+    """Read a data file; a bad line is reported as ``FILE:LINE: reason``. A line longer than ``max_line_bytes`` is
+    refused as soon as that many bytes are read: it is never held, parsed or tokenized whole."""
     records: list[Record] = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    with Path(path).open("rb") as handle:
+        for number, data in enumerate(iter(lambda: handle.readline(max_line_bytes + 1), b""), 1):
+            if len(data) > max_line_bytes:
+                raise ValueError(f"{path}:{number}: longer than {max_line_bytes} bytes (the bound on a data line; fedge agent --max-line-kb raises it)")
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{number}: not UTF-8 ({error.reason} at byte {error.start})") from None
             if not line.strip():
                 continue
             try:

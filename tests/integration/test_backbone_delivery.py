@@ -78,6 +78,29 @@ def test_a_killed_download_resumes_from_its_verified_chunks(mosquitto, server, p
     assert fetcher.fetch(_spec(package)) == directory and requested == []  # a second run downloads nothing
 
 
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_cache_is_fetched_again_not_loaded(mosquitto, server, package, tmp_path, monkeypatch, caplog, damage):
+    """Flipped bytes or a truncated file in the cached package: the next fetch (an agent's restart) notices, logs
+    it and fetches the damaged file's chunks again, and the package is whole."""
+    server.allow("a1", package.digest)
+    transport = _agent(mosquitto.url, "a1")
+    fetcher = BackboneFetcher(transport, "a1", tmp_path / "cache", defer=lambda received: None, window=8)
+    directory = fetcher.fetch(_spec(package))
+    weights = directory / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:1000] + bytes([original[1000] ^ 0xFF]) + original[1001:] if damage == "flip" else original[:5000])
+    requested = []
+    send_request = fetcher._request
+    monkeypatch.setattr(fetcher, "_request", lambda digest, first, count: (requested.append((first, count)), send_request(digest, first, count)))
+    with caplog.at_level("WARNING"):
+        assert fetcher.fetch(_spec(package)) == directory
+    transport.close()
+    assert weights.read_bytes() == original
+    assert "damaged (model.safetensors)" in caplog.text
+    asked = {index for first, count in requested for index in range(first, first + count)}
+    assert asked == set(package.manifest.file_chunks(1))  # the weights' chunks, not the config's alone
+
+
 def test_agents_fetching_at_once_all_finish_and_unassigned_agents_get_nothing(mosquitto, server, package, tmp_path):
     results: dict[str, object] = {}
 

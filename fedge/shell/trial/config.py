@@ -7,6 +7,8 @@
     slowdown: {cpu-8gb: 10}   # these devices' agents take 10× as long per training step (emulated)
     virtual_fleet: [{device: cpu-8gb, count: 600, examples: 400}, {device: jetson-orin-nano-8gb, count: 400}]
                               # also clocked, not trained: each run's round times and bytes (fedge.shell.trial.virtual)
+    robust: {combiner: geometric_median}   # the coordinator's robust aggregation rules (fedge.coordinator.robust)
+    insiders: {count: 1, attack: sign_flip}   # the first `count` fleet devices are compromised (fedge.shell.trial.insider)
     seeds: [0]
     rounds: 5
     data: {source: wordnet, train_per_label: 60, test_per_label: 25, alpha: 0.5, min_examples: 16}
@@ -25,9 +27,10 @@ from pathlib import Path
 
 import yaml
 
-from fedge.coordinator.config import ConfigError, parse_task, privacy_problems, round_mode_problems
+from fedge.coordinator.config import ConfigError, parse_robust, parse_task, privacy_problems, round_mode_problems
 from fedge.strategies import STRATEGIES, StrategyError, make_strategy
 from fedge.shell.trial.data import KINDS, TrialData, default_task
+from fedge.shell.trial.insider import ATTACKS
 from fedge.wire import TaskSpec
 from fedge.profiles import load_catalogue_profile
 from fedge.quantization.backbone import DEFAULT_BACKBONE
@@ -74,6 +77,12 @@ class TrialConfig:
     privacy: dict = field(default_factory=dict)  # the coordinator's privacy settings for every run (clip_norm, noise_multiplier, delta)
     slowdown: dict = field(default_factory=dict)  # catalogue device -> how many times as long its agents take per step
     virtual_fleet: tuple[dict, ...] = ()  # [{device, count, examples}]: a larger fleet on a virtual clock (fedge.shell.trial.virtual)
+    robust: dict = field(default_factory=dict)  # the coordinator's robust rules for every run (fedge.coordinator.robust)
+    insiders: dict = field(default_factory=dict)  # {count, attack}: the first `count` devices are compromised
+
+    @property
+    def insider_count(self) -> int:
+        return int(self.insiders.get("count", 0)) if self.insiders else 0
 
     @property
     def task_spec(self) -> TaskSpec:
@@ -134,6 +143,9 @@ class TrialConfig:
         if not isinstance(slowdown, dict) or any(device not in fleet or not isinstance(factor, (int, float)) or factor < 1 for device, factor in slowdown.items()):
             errors.append("slowdown: a mapping from fleet devices to factors >= 1")
         errors += privacy_problems(raw.get("privacy") or {})
+        if "robust" in raw:
+            errors += parse_robust(raw["robust"])[1]
+        errors += insider_problems(raw.get("insiders") or {}, len(fleet))
         for index, entry in enumerate(raw.get("virtual_fleet") or []):
             try:
                 load_catalogue_profile(entry["device"])
@@ -151,3 +163,17 @@ class TrialConfig:
         if "virtual_fleet" in values:
             values["virtual_fleet"] = tuple(values["virtual_fleet"] or ())
         return cls(strategies=tuple(strategies), fleet=fleet, data=data, task=task, **values)
+
+
+def insider_problems(insiders: dict, fleet_size: int) -> list[str]:
+    if not isinstance(insiders, dict) or set(insiders) - {"count", "attack"}:
+        return ["insiders: a mapping of count and attack"]
+    if not insiders:
+        return []
+    errors = []
+    if insiders.get("attack") not in ATTACKS:
+        errors.append(f"insiders.attack: one of {', '.join(ATTACKS)}")
+    count = insiders.get("count", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count < fleet_size / 2:
+        errors.append(f"insiders.count: at least 1 and fewer than half the fleet ({fleet_size} devices)")
+    return errors

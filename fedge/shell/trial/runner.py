@@ -46,6 +46,7 @@ def coordinator_config(trial: TrialConfig, run: StrategyRun, seed: int, data: Pa
         "strategy": run.name, "strategy_options": run.options, "planner": planner,
         "round_deadline_s": trial.round_deadline_s, "final_eval_wait_s": 120 if devices_evaluate(trial, run) else 0,
         **({"privacy": trial.privacy} if trial.privacy else {}),
+        **({"robust": trial.robust} if trial.robust else {}),
         **run.rounds,
     }
 
@@ -125,8 +126,9 @@ def _run_one(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_di
         coordinator = spawn(["coordinator", "--config", str(config_path)], logs / "coordinator.log")
         running.append(coordinator)
         evaluation = ["--eval-data", str(data / "test.jsonl")] if devices_evaluate(trial, run) else []
-        agents = [spawn(["agent", "--broker", broker.url, "--data", str(data / f"{agent_id}.jsonl"), *evaluation, "--credentials", str(device_credentials_path(fleet, agent_id)), "--device-profile", device, "--threads", "1", "--slowdown", str(trial.slowdown.get(device, 1))], logs / f"{agent_id}.log")
-                  for agent_id, device in zip(agent_ids(trial), trial.fleet)]
+        agents = [spawn(["agent", "--broker", broker.url, "--data", str(data / f"{agent_id}.jsonl"), *evaluation, "--credentials", str(device_credentials_path(fleet, agent_id)), "--device-profile", device, "--threads", "1", "--slowdown", str(trial.slowdown.get(device, 1))], logs / f"{agent_id}.log",
+                        ("fedge.shell.trial.insider", trial.insiders["attack"]) if index < trial.insider_count else ("fedge.shell.cli",))
+                  for index, (agent_id, device) in enumerate(zip(agent_ids(trial), trial.fleet))]
         running.extend(agents)
         metrics = JsonLines(run_dir / "coordinator" / "metrics.jsonl")
         done_before = progress.tasks[task].completed
