@@ -78,12 +78,12 @@ class UplinkCodec(SignedCodec):
             raise ForgedError(f"sealed for run {sealed.run!r}, not {self.run!r}")
 
 
-def coordinator_codec(fleet: FleetKeys | None, credentials: Credentials | None, run_id: str, limits: Limits) -> Codec:
+def coordinator_codec(fleet: FleetKeys | None, credentials: Credentials | None, run_id: str, limits: Limits, not_before_ns: int = 0) -> Codec:
     """Signed envelopes with the fleet's keys and the coordinator's own (its ``credentials``), or plain messages for
-    an insecure run (``fleet`` None)."""
+    an insecure run (``fleet`` None); ``not_before_ns``: a resumed coordinator's start, before which nothing opens."""
     if fleet is None or credentials is None:
         return PlainCodec(limits)
-    return UplinkCodec(Signer(COORDINATOR_ID, credentials.signing_key()), Verifier(fleet.key_of), limits, run_id)
+    return UplinkCodec(Signer(COORDINATOR_ID, credentials.signing_key()), Verifier(fleet.key_of, not_before_ns=not_before_ns), limits, run_id)
 
 
 class RefusalLog:

@@ -56,6 +56,16 @@ class Receiver:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
+    def replay_counters(self) -> list[tuple[str, str, int]]:
+        """The verifier's last counter per device and stream (none without signatures)."""
+        verifier = getattr(self.transport.codec, "verifier", None)
+        return verifier.counters() if verifier is not None else []
+
+    def restore_replay_counters(self, counters: list[tuple[str, str, int]]) -> None:
+        verifier = getattr(self.transport.codec, "verifier", None)
+        if verifier is not None:
+            verifier.restore(counters)
+
     def next(self, timeout_s: float) -> Arrival | None:
         """The oldest message waiting for the engine (heartbeats aside), or None after ``timeout_s``."""
         try:

@@ -54,6 +54,23 @@ class RunDirectory:
         """The capacity plan the run follows (rewritten when an agent joins later)."""
         write_plan(plan, self.plan_file)
 
+    @property
+    def replay_file(self) -> Path:
+        return self.path / "replay_counters.json"
+
+    def save_replay_counters(self, counters: list[tuple[str, str, int]]) -> None:
+        """The last envelope counter accepted per device and stream, so a resumed run refuses replays (atomic)."""
+        partial = self.replay_file.with_suffix(".partial")
+        partial.write_text(json.dumps(counters))
+        partial.replace(self.replay_file)
+
+    def replay_counters(self) -> list[tuple[str, str, int]]:
+        try:
+            saved = json.loads(self.replay_file.read_text())
+        except (OSError, ValueError):
+            return []
+        return [tuple(entry) for entry in saved if isinstance(entry, list) and len(entry) == 3] if isinstance(saved, list) else []
+
     def append_round(self, record: dict) -> None:
         with self.metrics_file.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")

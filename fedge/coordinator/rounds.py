@@ -251,6 +251,7 @@ def explain_left_out(c: Coordinator) -> None:
 def commit(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], started: float, extra: dict) -> None:
     """Record the round and save its global state: the commit point of the round."""
     explain_left_out(c)
+    c.recorder.run_dir.save_replay_counters(c.receiver.replay_counters())
     ledger = c.collection.ledger
     quarantined = c.quarantine.observe(round_number, ledger.contributed, ledger.outliers)
     fanout = c.sender.take_cost()

@@ -74,7 +74,7 @@ class Coordinator:
             broker = replace(broker, username=credentials.broker_username, password=credentials.broker_password)
         limits = Limits(max_message_bytes=int(config.max_message_mb * 1024 * 1024))
         accept = fleet.accepts_topic if fleet is not None else None
-        self.transport = MqttTransport(broker, client_id=f"fedge-coordinator-{config.run_id}", limits=limits, codec=coordinator_codec(fleet, credentials, config.run_id, limits), accept=accept, latest_only=topics.is_heartbeat, latest_max_wait_s=config.rejoin_grace_s / 3)
+        self.transport = MqttTransport(broker, client_id=f"fedge-coordinator-{config.run_id}", limits=limits, codec=coordinator_codec(fleet, credentials, config.run_id, limits, time.time_ns() if resume else 0), accept=accept, latest_only=topics.is_heartbeat, latest_max_wait_s=config.rejoin_grace_s / 3)
         self.registry = Registry(Liveness(config.rejoin_grace_s, self.transport.unread_since))
         self.receiver = Receiver(self.transport, self.registry.liveness, RefusalLog())
         self.sender = Sender(self.transport, config.rejoin_grace_s / 3)
@@ -117,7 +117,8 @@ class Coordinator:
             log.info("the run in %s already completed its %d rounds; nothing to resume", self.run_dir.path, config.rounds)
             self.recorder.close()
             return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
-        if start_round > 1:
+        if start_round > 1:  # resumed: replays refused, quarantines kept
+            self.receiver.restore_replay_counters(self.run_dir.replay_counters())
             self.quarantine.replay(self._committed_records())
         self.open()
         try:

@@ -11,6 +11,7 @@ for this device's own downlink (a final state, encoded once and signed per devic
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import replace
 
@@ -26,7 +27,8 @@ NAMED_STATES_KEPT = 8  # digests of shared states this device's recent assignmen
 class DownlinkCodec(SignedCodec):
     def __init__(self, credentials: Credentials, limits: Limits = Limits()):
         coordinator = credentials.coordinator_public_key()
-        super().__init__(Signer(credentials.identity, credentials.signing_key()), Verifier({COORDINATOR_ID: coordinator}.get, shared=True), limits)
+        # Nothing the coordinator sealed before this device started opens: a replay across the device's restart.
+        super().__init__(Signer(credentials.identity, credentials.signing_key()), Verifier({COORDINATOR_ID: coordinator}.get, shared=True, not_before_ns=time.time_ns()), limits)
         self.agent_id = credentials.identity
         self._named: deque[str] = deque(maxlen=NAMED_STATES_KEPT)
 

@@ -6,9 +6,14 @@ The signature covers the topic, the meta and the message, so a copy onto another
 sender or an altered byte fails. ``n`` is the sender's counter: nanoseconds since the epoch, strictly increasing
 per sender and stream ``s`` (a sender's threads that publish independently, such as the agent's heartbeat, each
 seal on their own stream, so their messages may arrive in any order between streams), so a receiver refuses
-anything not newer than the last it accepted from that sender and stream (a replay) and
-anything more than ``max_age_s`` away from its own clock (a replay after the receiver restarted, or a device whose
-clock is wrong: the protocol's deadlines already assume clocks agree). ``run`` binds the message to a run.
+anything not newer than the last it accepted from that sender and stream (a replay), anything sealed more than
+``max_age_s`` ago or more than ``max_future_s`` ahead of its own clock (a device whose clock is wrong: the
+protocol's deadlines already assume clocks agree), and anything sealed before ``not_before_ns``. ``run`` binds the
+message to a run.
+
+Replays across a restart: a receiver that restarts passes the time it started as ``not_before_ns``, so nothing
+captured before then opens, and may ``restore`` the counters it had saved (``counters``), which also covers a sender
+whose clock ran up to ``max_future_s`` ahead.
 
 One stream is special: a message sealed on ``SHARED_STREAM`` is signed for ``SHARED_TOPIC`` rather than the topic it
 travels on, so the coordinator signs a state once and publishes the same bytes to every device that shares it. Only
@@ -39,6 +44,7 @@ MAX_STREAMS = 8  # per sender: a receiver's replay state stays bounded
 SHARED_STREAM = "shared"
 SHARED_TOPIC = "fedge/shared"  # what a shared-stream message is signed for, wherever it travels
 DEFAULT_MAX_AGE_S = 3600.0  # a 64 MB update over a slow uplink can take many minutes between sealing and arrival
+MAX_FUTURE_S = 60.0  # how far ahead of the receiver's clock a sender's may run
 
 
 @dataclass(frozen=True)
@@ -86,11 +92,14 @@ class Verifier:
     """Opens envelopes from senders whose public keys ``key_of`` knows; remembers one counter per sender it has
     accepted from (so its state is bounded by the number of keys, never by what arrives)."""
 
-    def __init__(self, key_of: Callable[[str], Ed25519PublicKey | None], max_age_s: float = DEFAULT_MAX_AGE_S, clock: Callable[[], int] = time.time_ns, shared: bool = False):
-        """``shared``: accept ``SHARED_STREAM`` envelopes (signed for ``SHARED_TOPIC``); the caller binds them."""
+    def __init__(self, key_of: Callable[[str], Ed25519PublicKey | None], max_age_s: float = DEFAULT_MAX_AGE_S, clock: Callable[[], int] = time.time_ns, shared: bool = False, not_before_ns: int = 0):
+        """``shared``: accept ``SHARED_STREAM`` envelopes (signed for ``SHARED_TOPIC``); the caller binds them.
+        ``not_before_ns``: refuse whatever was sealed before then (a restarted receiver's start)."""
         self._key_of = key_of
         self._shared = shared
         self._max_age_ns = int(max_age_s * 1e9)
+        self._max_future_ns = int(MAX_FUTURE_S * 1e9)
+        self._not_before = not_before_ns
         self._clock = clock
         self._last: dict[tuple[str, str], int] = {}
         self._streams: dict[str, int] = {}
@@ -124,14 +133,32 @@ class Verifier:
         counter, stream = meta["n"], (meta["from"], meta["s"])
         if counter <= self._last.get(stream, 0):
             raise ReplayError(f"counter {counter} from {meta['from']!r} ({meta['s']}) is not newer than the last accepted")
-        if abs(self._clock() - counter) > self._max_age_ns:
-            raise ReplayError(f"message from {meta['from']!r} was sealed {(self._clock() - counter) / 1e9:.0f} s from now (allowed ±{self._max_age_ns / 1e9:.0f} s): replayed, or the clocks disagree")
+        if counter <= self._not_before:
+            raise ReplayError(f"message from {meta['from']!r} was sealed before this receiver started: a replay")
+        now = self._clock()
+        if now - counter > self._max_age_ns or counter - now > self._max_future_ns:
+            raise ReplayError(f"message from {meta['from']!r} was sealed {(now - counter) / 1e9:.0f} s ago (allowed {self._max_age_ns / 1e9:.0f} s ago to {self._max_future_ns / 1e9:.0f} s ahead): replayed, or the clocks disagree")
         if stream not in self._last:
             if self._streams.get(meta["from"], 0) >= MAX_STREAMS:
                 raise ForgedError(f"{meta['from']!r} uses more than {MAX_STREAMS} streams")
             self._streams[meta["from"]] = self._streams.get(meta["from"], 0) + 1
         self._last[stream] = counter
         return Sealed(meta["from"], meta["run"], meta["s"], counter, bytes(payload))
+
+    def counters(self) -> list[tuple[str, str, int]]:
+        """(sender, stream, last counter accepted) of every stream: what a restarted receiver ``restore``s."""
+        return [(sender, stream, counter) for (sender, stream), counter in dict(self._last).items()]
+
+    def restore(self, counters: list[tuple[str, str, int]]) -> None:
+        """Take saved counters back (for senders still known, within ``MAX_STREAMS`` each, never lowering one)."""
+        for sender, stream, counter in counters:
+            if not (isinstance(sender, str) and isinstance(stream, str) and isinstance(counter, int)) or self._key_of(sender) is None:
+                continue
+            if (sender, stream) not in self._last:
+                if self._streams.get(sender, 0) >= MAX_STREAMS:
+                    continue
+                self._streams[sender] = self._streams.get(sender, 0) + 1
+            self._last[(sender, stream)] = max(counter, self._last.get((sender, stream), 0))
 
 
 def _parse_meta(raw: bytes) -> dict:

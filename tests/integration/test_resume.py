@@ -10,8 +10,12 @@ import time
 import pytest
 import yaml
 
+from fedge.profiles import load_catalogue_profile
 from fedge.task.data import write_jsonl
-from tests.integration.helpers import credentials_args, enrolled_fleet, shard
+from fedge.transport import BrokerConfig, MqttTransport
+from fedge.wire import AdapterUpdate, Heartbeat, Hello, encode_message, topics
+from fedge.wire.envelope import Signer
+from tests.integration.helpers import credentials, credentials_args, enrolled_fleet, shard
 
 pytestmark = pytest.mark.broker
 
@@ -37,6 +41,9 @@ def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone
     for index in range(2):
         write_jsonl(tmp_path / f"a{index}.jsonl", shard(index))
         agents.append(_cli("agent", "--broker", mosquitto.url, "--data", str(tmp_path / f"a{index}.jsonl"), *credentials_args(tmp_path, f"a{index}"), "--device-profile", "cpu-8gb", "--heartbeat", "1", log=tmp_path / f"a{index}.log"))
+    captured = _dead_device_traffic(tmp_path, "a5")
+    replayer = MqttTransport(BrokerConfig.from_url(mosquitto.url), client_id="replayer")
+    replayer.connect()
     try:
         deadline = time.time() + 120
         while not (run / "globals" / "round_001.safetensors").exists() and time.time() < deadline:
@@ -51,13 +58,32 @@ def test_a_killed_coordinator_resumes_and_agents_rejoin(mosquitto, tiny_backbone
         assert fresh.returncode != 0 and "--resume" in fresh.stderr + fresh.stdout  # never silently overwrites a run
 
         resumed = _cli("coordinator", "--config", str(tmp_path / "c.yaml"), "--resume", log=tmp_path / "c2.log")
+        while not (run / "globals" / "round_002.safetensors").exists() and resumed.poll() is None:
+            time.sleep(0.2)
+        for topic, payload in captured:  # a dead device's traffic, captured before the restart, replayed after it
+            replayer.publish_raw(topic, payload)
         assert resumed.wait(timeout=180) == 0, (tmp_path / "c2.log").read_text()[-3000:]
         for agent in agents:
             assert agent.wait(timeout=60) == 0
     finally:
+        replayer.close()
         for process in [coordinator, *agents]:
             process.kill()
+    resumed_log = (tmp_path / "c2.log").read_text()
+    assert "sealed before this receiver started" in resumed_log and "registered a5" not in resumed_log
+    assert {sender for sender, _, _ in json.loads((run / "replay_counters.json").read_text())} == {"a0", "a1"}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     completed = [r["round"] for r in records]
     assert completed[:2] == [0, 1] and completed[-2:] == [5, 6] and completed.count(1) == 1
     assert records[-1]["contributors"] == ["a0", "a1"]
+
+
+def _dead_device_traffic(tmp_path, agent_id: str) -> list[tuple[str, bytes]]:
+    """A hello, a heartbeat and a round-2 update of ``agent_id`` as it signed them (sealed now, before the restart)."""
+    device = credentials(tmp_path, agent_id)
+    signer = Signer(device.identity, device.signing_key())
+    up, beat = topics.uplink(agent_id), topics.heartbeat(agent_id)
+    hello = Hello(agent_id, load_catalogue_profile("cpu-8gb"), 50, ())
+    update = AdapterUpdate("resume", 2, agent_id, 50, {"loss": 1.0}, {})
+    return [(up, signer.seal(up, "", encode_message(hello))), (beat, signer.seal(beat, "", encode_message(Heartbeat(agent_id, "idle", 1.0)), "beat")),
+            (up, signer.seal(up, "resume", encode_message(update)))]

@@ -87,3 +87,36 @@ def test_deeply_nested_headers_are_refused_before_parsing():
     with pytest.raises(TooLargeError, match="nests 30000 deep"):
         decode_message(data, Limits(max_header_bytes=100_000))
     assert json_depth(b'{"prompt": "[[[[[[[[[[[[[[[[[[[[ {text}", "a": [1, {"b": 2}]}') == 3  # brackets in strings do not count
+
+
+def test_a_restarted_receiver_refuses_what_was_sealed_before_it_started_and_keeps_its_saved_counters():
+    key = new_private_key()
+    now = [10**18]
+    signer = Signer("a1", key, clock=lambda: now[0])
+    before = Verifier({"a1": key.public_key()}.get, clock=lambda: now[0])
+    captured = signer.seal(TOPIC, "r", b"update")
+    before.open(TOPIC, captured)
+    ahead = Signer("a1", key, clock=lambda: now[0] + 50 * 10**9)  # a sender whose clock runs 50 s ahead
+    ahead_captured = ahead.seal(TOPIC, "r", b"hello")
+    before.open(TOPIC, ahead_captured)
+    saved = before.counters()
+    now[0] += 10 * 10**9  # the receiver dies and starts again 10 s later
+    after = Verifier({"a1": key.public_key()}.get, clock=lambda: now[0], not_before_ns=now[0])
+    with pytest.raises(ReplayError, match="before this receiver started"):
+        after.open(TOPIC, captured)
+    assert after.open(TOPIC, ahead.seal(TOPIC, "r", b"x")).payload == b"x"  # without the saved counters, the ahead clock's past...
+    restored = Verifier({"a1": key.public_key()}.get, clock=lambda: now[0], not_before_ns=now[0])
+    restored.restore(saved)
+    with pytest.raises(ReplayError, match="not newer"):
+        restored.open(TOPIC, ahead_captured)  # ...is refused with them
+    assert restored.open(TOPIC, ahead.seal(TOPIC, "r", b"fresh")).payload == b"fresh"
+    restored.restore([("stranger", "main", 5), ("a1", "main", "x")])  # unknown senders and junk are ignored
+    assert {sender for sender, _, _ in restored.counters()} == {"a1"}
+
+
+def test_a_sender_far_ahead_of_the_receivers_clock_is_refused():
+    key = new_private_key()
+    verifier = Verifier({"a1": key.public_key()}.get)
+    far = Signer("a1", key, clock=lambda: __import__("time").time_ns() + 600 * 10**9)
+    with pytest.raises(ReplayError, match="ahead"):
+        verifier.open(TOPIC, far.seal(TOPIC, "r", b"x"))
