@@ -12,9 +12,13 @@ trial's kinds in turn, the same data source split ten ways) with two. Each attac
   beyond ``max_update_norm``);
 - ``default``: the robust rules as they ship.
 
-It prints each run's final held-out accuracy and its difference from the clean run under today's rules (the
-reference: the goal is every attacked run within 2 points of it, and the default's clean run within 1), and writes
-``insiders.json`` beside the runs.
+A third reference run per fleet says what the honest devices reach alone: the sign flip with the insiders
+quarantined after their first round (``quarantine_after: 1``), so the rest of the run never sees them. No defence
+can do better than that by much, since the insiders' own data is lost with their updates.
+
+It prints each run's final held-out accuracy and its difference from the clean run under today's rules (the goal:
+every attacked run within 2 points of it, and the default's clean run within 1), and writes ``insiders.json``
+beside the runs.
 
     python benchmarks/insiders.py [--quick] [--fleets 4,10] [--attacks sign_flip,scale,constant,bias] [--out DIR]
 
@@ -39,8 +43,8 @@ from fedge.shell.trial.insider import ATTACKS
 from fedge.shell.trial.runner import run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
-TODAY = {"combiner": "mean", "norm_multiple": 0, "share_factor": 1000}  # the weighted mean under max_weight_share alone
-RULES = {"today": TODAY, "default": {}}
+TODAY = {"combiner": "mean", "norm_multiple": 0, "share_factor": 1000, "quarantine_after": 0}  # the weighted mean under max_weight_share alone
+RULES = {"today": TODAY, "default": {}, "without": {"quarantine_after": 1}}
 console = Console(width=140)
 
 
@@ -77,15 +81,20 @@ def report(results: list[dict]) -> Table:
     for size in sorted({r["fleet"] for r in results}):
         rows = {(r["attack"], r["rules"]): r for r in results if r["fleet"] == size}
         clean = rows.get(("clean", "today"))
+
+        def cells(run: dict | None) -> list[str]:
+            if run is None:
+                return ["—", "—"]
+            return [f"{run['accuracy']:.3f}", "—" if clean is None else f"{100 * (run['accuracy'] - clean['accuracy']):+.1f}"]
+
+        insiders = max((r["insiders"] for r in rows.values()), default=0)
         for attack in ["clean", *ATTACKS]:
-            cells = []
-            for rules in ("today", "default"):
-                run = rows.get((attack, rules))
-                cells += ["—", "—"] if run is None else [f"{run['accuracy']:.3f}", "—" if clean is None else f"{100 * (run['accuracy'] - clean['accuracy']):+.1f}"]
-            if any(cell != "—" for cell in cells):
-                named = rows.get((attack, "default"), {}).get("outliers", [])
-                insiders = next((r["insiders"] for r in rows.values() if r["attack"] == attack), 0)
-                table.add_row(str(size), f"{attack} ({insiders} of {size})" if attack != "clean" else "clean", *cells, ", ".join(named) or "none")
+            today, default = rows.get((attack, "today")), rows.get((attack, "default"))
+            if today or default:
+                label = f"{attack} ({insiders} of {size})" if attack != "clean" else "clean"
+                table.add_row(str(size), label, *cells(today), *cells(default), ", ".join((default or {}).get("outliers", [])) or "none")
+        if (reference := rows.get(("sign_flip", "without"))) is not None:
+            table.add_row(str(size), f"honest devices alone ({insiders} left out after round 1)", "—", "—", *cells(reference), "")
     return table
 
 
@@ -110,7 +119,7 @@ def main() -> None:
         results = []
         for size in fleets:
             insiders = max(1, size // 5)
-            plan = [(None, rule) for rule in rules] + [(attack, rule) for attack in attacks for rule in rules]
+            plan = [(None, rule) for rule in rules] + [("sign_flip", "without")] + [(attack, rule) for attack in attacks for rule in rules]
             if args.quick:
                 plan = [(None, "today"), ("sign_flip", "today"), ("sign_flip", "default")]
             for attack, rule in plan:

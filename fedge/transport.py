@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fedge.inbox import Inbox
-from fedge.wire import DecodeError, Limits, Message, ProtocolError, Reassembler, split_frames
+from fedge.wire import DecodeError, Limits, Message, ProtocolError, Reassembler, split_frames, topics
 from fedge.wire.chunks import DEFAULT_MAX_FRAME_BYTES
 from fedge.wire.sealing import Codec, PlainCodec
 
@@ -147,9 +147,10 @@ class MqttTransport:
         self._subscriptions: set[str] = set()
         self._raw_filters: set[str] = set()
         self._lock = threading.Lock()
-        self._reassembler = Reassembler(limits.max_message_bytes, chunk_timeout_s)
+        # Budgets per device (a device owns several topics), so one device's flood crowds out only itself.
+        self._reassembler = Reassembler(limits.max_message_bytes, chunk_timeout_s, sender_of=topics.agent_of)
         self._latest_only = latest_only
-        self._inbox = Inbox(max_inbox_frames, latest_max_wait_s)
+        self._inbox = Inbox(max_inbox_frames, latest_max_wait_s, max_bytes=4 * limits.max_message_bytes, max_sender_bytes=limits.max_message_bytes + (1 << 20), sender_of=topics.agent_of)
         self._in_hand: float | None = None  # arrival of the frame the last ``receive`` took, until the next call
         self.dropped_frames = 0  # frames refused on the network thread: inbox full, or a topic not accepted
         self._connected = threading.Event()

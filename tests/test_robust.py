@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedge.coordinator.config import ConfigError, CoordinatorConfig
-from fedge.coordinator.quarantine import Quarantine
+from fedge.coordinator.reputation import Reputation
 from fedge.coordinator.robust import RobustRules, cells, guard_updates
 from fedge.strategies import ClientInfo, ClientUpdate, make_strategy
 from fedge.strategies.base import A_SUFFIX, B_SUFFIX
@@ -168,7 +168,7 @@ def test_flora_factors_are_bounded_by_norm_only() -> None:
     """FLoRA's factors have no common coordinates: no clamping, but a scaled update is still bounded."""
     strategy, state, updates, starts, _ = fleet("flora", [8, 8, 8, 8], "scale")
     _, guarded = aggregate(strategy, state, updates, starts, RobustRules())
-    assert set(guarded.scaled) == {"d3"} and guarded.deviation == {}
+    assert set(guarded.scaled) == {"d3"} and guarded.agreement == {}
 
 
 def test_cells_follow_the_ranks_each_device_holds() -> None:
@@ -178,19 +178,36 @@ def test_cells_follow_the_ranks_each_device_holds() -> None:
     assert core_blocks[((0, 2), (0, 2))] == [0, 1] and core_blocks[((2, 4), (2, 4))] == [1] and core_blocks[((0, 2), (2, 4))] == [1]
 
 
-def test_quarantine_after_outlier_rounds_in_a_row() -> None:
-    quarantine = Quarantine(after=2)
-    assert quarantine.observe(1, ["a", "b"], ["b"]) == []
-    assert quarantine.observe(2, ["a"], []) == []  # b sat out: its streak holds
-    assert quarantine.observe(3, ["a", "b"], ["b"]) == ["b"]
-    assert "2 rounds in a row" in quarantine.reason("b") and quarantine.reason("a") is None
-    resumed = Quarantine(after=2)
-    resumed.replay([{"round": 1, "contributors": ["a", "b"], "robust": {"outliers": ["b"]}}, {"round": 2, "contributors": ["b"], "robust": {"outliers": ["b"]}}])
-    assert resumed.reason("b") is not None
-    never = Quarantine(after=0)
+def test_trust_is_regained_slowly_and_quarantine_follows_outlier_rounds_in_a_row() -> None:
+    reputation = Reputation(memory=0.8, quarantine_after=2)
+    assert reputation.remembered("b", 0.0) == 0.0 and reputation.remembered("a", 1.0) == 1.0
+    assert reputation.observe(1, {"a": 1.0, "b": 0.0}, ["b"]) == []
+    assert reputation.remembered("b", 1.0) == pytest.approx(0.2)  # one honest-looking round does not buy it back
+    assert reputation.remembered("b", 0.1) == pytest.approx(0.02)  # and this round's evidence always caps it
+    assert reputation.observe(2, {"a": 1.0}, []) == []  # b sat out: its streak holds
+    assert reputation.observe(3, {"a": 1.0, "b": 0.0}, ["b"]) == ["b"]
+    assert "2 rounds in a row" in reputation.reason("b") and reputation.reason("a") is None
+    resumed = Reputation(memory=0.8, quarantine_after=2)
+    resumed.replay([{"round": 1, "contributors": ["a", "b"], "robust": {"outliers": ["b"], "trust": {"a": 1.0, "b": 0.0}}},
+                    {"round": 2, "contributors": ["b"], "robust": {"outliers": ["b"], "trust": {"b": 0.1}}}])
+    assert resumed.reason("b") is not None and resumed.trust["b"] == 0.1
+    never = Reputation(memory=0.8, quarantine_after=0)
     for round_number in range(1, 5):
-        never.observe(round_number, ["b"], ["b"])
+        never.observe(round_number, {"b": 0.0}, ["b"])
     assert never.reason("b") is None
+
+
+def test_a_remembered_outlier_keeps_a_small_weight_on_the_layers_only_it_and_one_other_train() -> None:
+    """Round 1 shows the attacker disagreeing; in round 2 its update looks ordinary, yet its remembered trust keeps
+    its share small."""
+    strategy, state, updates, starts, honest = fleet("hetlora", [8, 8, 8, 8], "sign_flip")
+    reputation = Reputation(memory=0.8, quarantine_after=0)
+    first = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+    assert first.trust["d3"] == 0.0 and first.shares["d3"] == 0.0 and "d3" not in {u.agent_id for u in first.updates}
+    reputation.observe(1, first.trust, first.outliers)
+    strategy, state, updates, starts, honest = fleet("hetlora", [8, 8, 8, 8], None, seed=1)
+    second = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+    assert second.trust["d3"] == pytest.approx(0.2) and second.shares["d3"] < 0.1
 
 
 def test_robust_config_is_checked_and_round_trips(tmp_path) -> None:

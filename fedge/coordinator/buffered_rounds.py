@@ -33,7 +33,7 @@ def run_buffered(c: Coordinator, start_round: int, arrays: dict[str, np.ndarray]
             record = c.registry.get(agent_id)
             if record is None or record.plan is None or agent_id in working:
                 continue
-            if quarantined := c.quarantine.reason(agent_id):
+            if quarantined := c.reputation.reason(agent_id):
                 c.collection.ledger.leave_out(agent_id, quarantined)
                 continue
             give_work(c, record, version + 1, time.time() + config.round_deadline_s, arrays, version)

@@ -32,6 +32,7 @@ class RoundLedger:
     waits: list[float] = field(default_factory=list)
     robust: dict[str, dict] = field(default_factory=dict)  # what the robust rules did, per aggregation
     outliers: set[str] = field(default_factory=set)
+    trust: dict[str, float] = field(default_factory=dict)  # each contributor's weight factor after the robust rules
 
     def accept(self, update: AdapterUpdate, size: int, norm: float) -> None:
         self.contributed[update.agent_id] = update
@@ -76,7 +77,7 @@ class RoundLedger:
             "left_out": {agent: self.left_out[agent] for agent in sorted(self.left_out) if agent not in self.contributed},
             "update_norms": {agent: round(norm, 4) for agent, norm in sorted(self.norms.items())},
             **({"aggregate_refused": list(self.aggregate_refused)} if self.aggregate_refused else {}),
-            "robust": {"outliers": sorted(self.outliers), "aggregations": self.robust},
+            "robust": {"outliers": sorted(self.outliers), "trust": {agent: round(value, 4) for agent, value in sorted(self.trust.items())}, "aggregations": self.robust},
             "server_aggregate_s": round(self.aggregate_s, 4),
             "bytes_up": dict(self.bytes_up),
             "bytes_down": dict(self.bytes_down),

@@ -8,32 +8,39 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
    device is not judged longer than a rank-4 one for having more numbers). Any m_i with ρ_i > c·median_j ρ_j is
    scaled down to that bound (c = ``norm_multiple``, default 3): a ×200 update moves no further than an honest one.
 2. **A robust combiner** on what the strategy averages, where its coordinates mean the same on every device
-   (``Strategy.coordinatewise``; FLoRA's stacked factors do not, so it gets 1 and 3 only):
+   (``Strategy.coordinatewise``; FLoRA's stacked factors do not, so it gets 1 and 4 only):
    - ``winsorized_mean`` (default): at every coordinate held by n ≥ 3 devices, values below the (k+1)-th smallest
      or above the (k+1)-th largest are clamped to them, k = max(1, ⌊β·n⌋) (β = ``trim_fraction``, 0.2), at most
-     ⌊(n−1)/2⌋. The strategy then averages the clamped values, so a sign-flipped or biased minority contributes
-     values inside the honest range. (With n = 4 this is the coordinate-wise median.) Coordinates held by fewer
-     than three devices (the top ranks of the largest adapters) cannot be clamped, so a device whose clamped share
-     δ_i of its movement exceeds ``outlier_factor`` × the median δ also has its weight scaled by that bound / δ_i.
+     ⌊(n−1)/2⌋. The strategy then averages the clamped values, so a scaled or constant minority contributes values
+     inside the honest range. (With n = 4 this is the coordinate-wise median.)
    - ``coordinate_median``: the same with k = ⌊(n−1)/2⌋.
-   - ``geometric_median``: Weiszfeld's iteration finds z = argmin Σ w_i ‖m_i − z‖; each device's weight becomes
-     w_i / ‖m_i − z‖ (the geometric median is the mean under exactly these weights), so far-off devices count little.
-     Works unchanged across mixed ranks (movements are compared zero-padded to the largest shape).
+   - ``geometric_median``: Weiszfeld's iteration finds z = argmin Σ w_i ‖m_i − z‖; each device's weight is scaled
+     by min(1, median_j ‖m_j − z‖ / ‖m_i − z‖) (the geometric median is the mean under weights ∝ 1/‖m_i − z‖), so
+     far-off devices count little. Movements of every rank are compared zero-padded to the largest shape.
    - ``mean``: none (the norm bound and the weight cap still hold).
-3. **A weight cap that shrinks with the number of contributors**: no device carries more than
+3. **Trust from agreement** (the coordinate-wise combiners): a_i = cos(m_i, m̄_−i), the cosine between a device's
+   movement and the mean of the other holders' clamped values, over the coordinates a majority holds. A sign-flipped or off-direction
+   update disagrees with the majority even where its values look ordinary one coordinate at a time. A device
+   keeps its full weight down to a_i = median_j a_j / ``outlier_factor``; below that its weight falls in
+   proportion, to zero at a_i ≤ 0. The factor applies to all of its coordinates: the layers and ranks that only it
+   (or it and one other device) trains cannot be clamped by a majority, so trust earned where there is one is what
+   lets it steer them. Without a positive median agreement there is no consensus to judge by and nobody loses weight.
+4. **A weight cap that shrinks with the number of contributors**: no device carries more than
    min(``max_weight_share``, ``share_factor``/n) of the aggregate (share_factor 1.5: 0.375 of four, 0.15 of ten),
-   so a device that claims many examples cannot buy the aggregate.
+   so a device that claims many examples cannot buy the aggregate, nor pull the median.
 
-The strategy aggregates x_i⁰ + m̃_i (the bounded, combined movement) with the capped weights. A device is named an
-outlier in a round when its movement was scaled down or its deviation (the share of its movement the combiner
-removed; for the geometric median its distance to z) exceeds ``outlier_factor`` × the round's median deviation;
-``quarantine_after`` outlier rounds in a row and it gets no more work (0: never).
+The factor is remembered across rounds (``trust_memory``, ``fedge.coordinator.reputation``): a device that disagreed
+regains its weight over several rounds. The strategy aggregates x_i⁰ + m̃_i (the bounded, combined movement) with
+the capped, trust-scaled weights; a
+device whose weight reaches zero is left out. A device is named an outlier in a round when its movement was scaled
+down or its weight factor fell below 1 / ``outlier_factor``; after ``quarantine_after`` outlier rounds in a row (2)
+it gets no more work for the rest of the run (0: never). Its reason is in every later round's record.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -53,8 +60,9 @@ class RobustRules:
     norm_multiple: float = 3.0  # c: movements with an RMS over c × the round's median are scaled down to it (0: off)
     trim_fraction: float = 0.2  # β: the winsorized mean clamps max(1, ⌊β·n⌋) values at each end of every coordinate
     share_factor: float = 1.5  # no device carries more than share_factor / n of the weight (and max_weight_share)
-    outlier_factor: float = 2.0  # a deviation over this × the round's median names the device an outlier
-    quarantine_after: int = 0  # outlier rounds in a row before a device gets no more work (0: never)
+    outlier_factor: float = 2.0  # agreement under the median / this lowers a device's weight (module docstring)
+    trust_memory: float = 0.8  # λ: how slowly a device that disagreed regains its weight (fedge.coordinator.reputation)
+    quarantine_after: int = 2  # outlier rounds in a row before a device gets no more work (0: never)
 
     def problems(self) -> list[str]:
         errors = []
@@ -68,6 +76,8 @@ class RobustRules:
             errors.append("robust.share_factor: at least 1 (1: every device at most an equal share)")
         if self.outlier_factor <= 1:
             errors.append("robust.outlier_factor: more than 1")
+        if not 0 <= self.trust_memory < 1:
+            errors.append("robust.trust_memory: a fraction in [0, 1) (0: each round judged alone)")
         if not isinstance(self.quarantine_after, int) or self.quarantine_after < 0:
             errors.append("robust.quarantine_after: a whole number of rounds (0: never)")
         return errors
@@ -80,7 +90,8 @@ class Guarded:
     updates: list[ClientUpdate]
     shares: dict[str, float]  # each device's final share of the aggregate
     scaled: dict[str, float] = field(default_factory=dict)  # devices whose movement was scaled down, by the factor
-    deviation: dict[str, float] = field(default_factory=dict)
+    agreement: dict[str, float] = field(default_factory=dict)  # cosine with the robust aggregate (geometric median: typical / own distance)
+    trust: dict[str, float] = field(default_factory=dict)  # the weight factor each device ended with
     outliers: tuple[str, ...] = ()
 
     def to_record(self, rules: RobustRules) -> dict:
@@ -88,37 +99,53 @@ class Guarded:
             "combiner": rules.combiner,
             "shares": {agent: round(share, 4) for agent, share in sorted(self.shares.items())},
             "scaled_down": {agent: round(factor, 4) for agent, factor in sorted(self.scaled.items())},
-            "deviation": {agent: round(value, 4) for agent, value in sorted(self.deviation.items())},
+            "agreement": {agent: round(value, 4) for agent, value in sorted(self.agreement.items())},
+            "trust": {agent: round(value, 4) for agent, value in sorted(self.trust.items())},
             "outliers": list(self.outliers),
         }
 
 
-def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], starts: Sequence[State], rules: RobustRules, max_share: float, coordinatewise: bool = True) -> Guarded:
+def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], starts: Sequence[State], rules: RobustRules, max_share: float, coordinatewise: bool = True,
+                  remembered: Callable[[str, float], float] | None = None) -> Guarded:
     """Apply the rules (module docstring) to one aggregation's updates; ``weights`` are their example counts (or
-    staleness-discounted counts), ``starts`` the tensors each device started from (missing keys start at zero)."""
+    staleness-discounted counts), ``starts`` the tensors each device started from (missing keys start at zero),
+    ``remembered`` turns a device's factor this round into its trust given its past (``Reputation.remembered``).
+    Devices whose weight ends at zero are left out of ``updates`` (their share is 0)."""
     moved = [movement(update, start) for update, start in zip(updates, starts)]
     scaled = bound_norms(moved, [update.agent_id for update in updates], rules.norm_multiple)
     cap = min(max_share, rules.share_factor / len(updates)) if len(updates) >= MIN_MAJORITY else max_share
     weights = capped_weights(list(weights), cap)  # before the combiner too: a claimed count buys no pull on the median
-    factors, deviation = [1.0] * len(updates), {}
+    trust: list[float] = [1.0] * len(updates)
+    agreement: dict[str, float] = {}
     if len(updates) >= MIN_MAJORITY and coordinatewise and rules.combiner in ("winsorized_mean", "coordinate_median"):
-        before = [movement_norm(m) for m in moved]
-        removed = winsorize(moved, rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5)
-        shares = [gone / norm if norm > 0 else 0.0 for gone, norm in zip(removed, before)]
-        deviation = {update.agent_id: share for update, share in zip(updates, shares)}
-        bound = rules.outlier_factor * statistics.median(shares)
-        factors = [min(1.0, bound / share) if share > 0 and bound > 0 else 1.0 for share in shares]  # coordinates too few devices hold to clamp
+        cosines = winsorize(moved, rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5)
+        agreement = {update.agent_id: cosine for update, cosine in zip(updates, cosines) if cosine is not None}
+        trust = trust_factors(cosines, rules.outlier_factor)
     elif len(updates) >= MIN_MAJORITY and rules.combiner == "geometric_median":
         distances = median_distances(moved, weights)
         typical = statistics.median(distances) or 1.0
-        factors = [typical / max(distance, 1e-3 * typical) for distance in distances]
-        deviation = {update.agent_id: distance / typical for update, distance in zip(updates, distances)}
-    final = capped_weights([weight * factor for weight, factor in zip(weights, factors)], cap)
+        agreement = {update.agent_id: typical / max(distance, 1e-3 * typical) for update, distance in zip(updates, distances)}
+        trust = [min(1.0, value) for value in agreement.values()]
+    if remembered is not None:
+        trust = [remembered(update.agent_id, factor) for update, factor in zip(updates, trust)]
+    final = capped_weights([weight * factor for weight, factor in zip(weights, trust)], cap)
     total = sum(final) or 1.0
-    typical = statistics.median(deviation.values()) if deviation else 0.0
-    outliers = tuple(sorted(set(scaled) | {agent for agent, value in deviation.items() if typical > 0 and value > rules.outlier_factor * typical}))
-    rebuilt = [replace(update, num_examples=weight, tensors=rebuild(update, start, m)) for update, start, m, weight in zip(updates, starts, moved, final)]
-    return Guarded(rebuilt, {update.agent_id: weight / total for update, weight in zip(updates, final)}, scaled, deviation, outliers)
+    outliers = tuple(sorted(set(scaled) | {update.agent_id for update, factor in zip(updates, trust) if factor < 1.0 / rules.outlier_factor}))
+    rebuilt = [replace(update, num_examples=weight, tensors=rebuild(update, start, m)) for update, start, m, weight in zip(updates, starts, moved, final) if weight > 0]
+    shares = {update.agent_id: weight / total for update, weight in zip(updates, final)}
+    return Guarded(rebuilt, shares, scaled, agreement, {update.agent_id: factor for update, factor in zip(updates, trust)}, outliers)
+
+
+def trust_factors(cosines: list[float | None], outlier_factor: float) -> list[float]:
+    """Each device's weight factor from its agreement a_i (the cosine of its movement with the winsorized mean, on
+    the coordinates a majority holds): 1 down to a bound b = median(a) / ``outlier_factor``, then a_i / b, 0 at
+    a_i ≤ 0. Without a positive median there is no consensus to judge by, and everyone keeps 1."""
+    known = [cosine for cosine in cosines if cosine is not None]
+    typical = statistics.median(known) if known else 0.0
+    if typical <= 0:
+        return [1.0] * len(cosines)
+    bound = typical / outlier_factor
+    return [1.0 if cosine is None else min(1.0, max(0.0, cosine / bound)) for cosine in cosines]
 
 
 def movement(update: ClientUpdate, start: State) -> State:
@@ -164,10 +191,11 @@ def bound_norms(moved: list[State], agents: list[str], multiple: float) -> dict[
     return scaled
 
 
-def winsorize(moved: list[State], trim_fraction: float) -> list[float]:
+def winsorize(moved: list[State], trim_fraction: float) -> list[float | None]:
     """Clamp every coordinate held by n ≥ 3 devices into its (k+1)-th smallest … (k+1)-th largest value, in place;
-    returns ‖m_i − m̃_i‖, how much of each movement was removed."""
-    removed = np.zeros(len(moved))
+    returns each device's agreement: the cosine between its movement before clamping and the mean of the other
+    holders' clamped values, over those coordinates (None for a device that holds none of them)."""
+    dots, norms, reference_norms = (np.zeros(len(moved)) for _ in range(3))
     for key in sorted({key for m in moved for key in m}):
         holders = [index for index, m in enumerate(moved) if key in m]
         for cell, members in cells([moved[index][key].shape for index in holders]):
@@ -176,13 +204,17 @@ def winsorize(moved: list[State], trim_fraction: float) -> list[float]:
             if count < MIN_MAJORITY:
                 continue
             trim = min(max(1, int(trim_fraction * count)), (count - 1) // 2)
-            stack = np.stack([moved[owner][key][cell] for owner in owners])
+            stack = np.stack([moved[owner][key][cell] for owner in owners]).reshape(count, -1)
             bounds = np.partition(stack, (trim, count - 1 - trim), axis=0)
             clamped = np.clip(stack, bounds[trim], bounds[count - 1 - trim])
-            removed[owners] += np.square(stack - clamped, dtype=np.float64).reshape(count, -1).sum(axis=1)
+            # Each device against the others' clamped values: r_i = (S − c_i) / (n − 1), S = Σ_j c_j.
+            total = clamped.sum(axis=0, dtype=np.float64)
+            dots[owners] += (stack @ total - np.einsum("ij,ij->i", stack, clamped, dtype=np.float64)) / (count - 1)
+            norms[owners] += np.square(stack, dtype=np.float64).sum(axis=1)
+            reference_norms[owners] += (total @ total - 2 * (clamped @ total) + np.square(clamped, dtype=np.float64).sum(axis=1)) / (count - 1) ** 2
             for owner, values in zip(owners, clamped):
-                moved[owner][key][cell] = values
-    return [float(value) for value in np.sqrt(removed)]
+                moved[owner][key][cell] = values.reshape(moved[owner][key][cell].shape)
+    return [float(dot / np.sqrt(norm * ref)) if norm > 0 and ref > 0 else None for dot, norm, ref in zip(dots, norms, reference_norms)]
 
 
 def cells(shapes: list[tuple[int, ...]]) -> list[tuple[tuple[slice, ...], list[int]]]:

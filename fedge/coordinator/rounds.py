@@ -18,7 +18,7 @@ from fedge.coordinator.aggregation_guard import all_finite
 from fedge.coordinator.collection import Collection, Expected
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.ledger import RoundLedger
-from fedge.coordinator.quarantine import Quarantine
+from fedge.coordinator.reputation import Reputation
 from fedge.coordinator.receiver import Receiver
 from fedge.coordinator.record import RunRecorder
 from fedge.coordinator.robust import guard_updates
@@ -43,7 +43,7 @@ class Coordinator(Protocol):
     receiver: Receiver
     recorder: RunRecorder
     collection: Collection | None
-    quarantine: Quarantine
+    reputation: Reputation
 
     @property
     def strategy(self) -> Strategy: ...
@@ -138,7 +138,7 @@ def open_exchange(c: Coordinator, group: GroupExchange, round_number: int, deadl
     group.waiting, group.pending = set(), set()
     horizon = c.registry.liveness.horizon()
     for record in group.members:
-        if quarantined := c.quarantine.reason(record.agent_id):
+        if quarantined := c.reputation.reason(record.agent_id):
             c.collection.ledger.leave_out(record.agent_id, quarantined)
             continue
         if record.agent_id in c.collection.ledger.refused or not c.registry.liveness.is_live(record.agent_id, horizon):
@@ -161,7 +161,7 @@ def sweep_silent(c: Coordinator, pending: list[str]) -> None:
 def close_exchange(c: Coordinator, group: GroupExchange, round_number: int, deadline: float, last: bool = False) -> None:
     """Aggregate the group's updates of its open exchange; open the next one unless this was its last."""
     updates = [client_update(c, c.collection.received.pop(a)) for a in sorted(group.waiting) if a in c.collection.received]
-    needed = min(c.config.min_clients, len(group.members))
+    needed = min(c.config.min_clients, sum(c.reputation.reason(record.agent_id) is None for record in group.members))  # quarantined devices are not waited for
     if len(updates) >= needed:
         what = f"group {group.index}, exchange {group.exchange}"
         updates = guarded(c, updates, [update.num_examples for update in updates], what)
@@ -204,9 +204,10 @@ def guarded(c: Coordinator, updates: list[ClientUpdate], weights: list[float], w
     for update in updates:
         expected, record = c.collection.expected[update.agent_id], c.registry.get(update.agent_id)
         starts.append(c.strategy.update_start(expected.started_from, ClientInfo(update.agent_id, expected.spec, record.base_version if record else 0)))
-    result = guard_updates(updates, weights, starts, c.config.robust, c.config.max_weight_share, c.strategy.coordinatewise)
+    result = guard_updates(updates, weights, starts, c.config.robust, c.config.max_weight_share, c.strategy.coordinatewise, c.reputation.remembered)
     c.collection.ledger.robust[what] = result.to_record(c.config.robust)
     c.collection.ledger.outliers.update(result.outliers)
+    c.collection.ledger.trust.update(result.trust)
     if result.outliers:
         log.warning("%s: outliers %s (%s)", what, ", ".join(result.outliers), ", ".join(f"{agent} scaled ×{factor:.3g}" for agent, factor in result.scaled.items()) or "deviation over the bound")
     return result.updates
@@ -253,7 +254,7 @@ def commit(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], sta
     explain_left_out(c)
     c.recorder.run_dir.save_replay_counters(c.receiver.replay_counters())
     ledger = c.collection.ledger
-    quarantined = c.quarantine.observe(round_number, ledger.contributed, ledger.outliers)
+    quarantined = c.reputation.observe(round_number, ledger.trust, ledger.outliers)
     fanout = c.sender.take_cost()
     c.recorder.commit(round_number, arrays, {
         "strategy": c.strategy.name,
@@ -262,7 +263,7 @@ def commit(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], sta
         "refused_messages": c.receiver.refusals.take(),
         "fanout": {"cpu_s": fanout.cpu_s, "distinct_states": fanout.distinct_states},
         "capacity": predicted_vs_measured(c.collection),
-        **({"quarantined": {agent: c.quarantine.reason(agent) for agent in quarantined}} if quarantined else {}),
+        **({"quarantined": {agent: c.reputation.reason(agent) for agent in quarantined}} if quarantined else {}),
         **extra,
         "wall_s": round(time.time() - started, 2),
     })

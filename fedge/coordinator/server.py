@@ -34,7 +34,7 @@ from fedge.coordinator.evaluator import Evaluator
 from fedge.coordinator.liveness import Liveness
 from fedge.coordinator.plans import Pin
 from fedge.coordinator.planning import FleetPlanning, with_task_costs
-from fedge.coordinator.quarantine import Quarantine
+from fedge.coordinator.reputation import Reputation
 from fedge.coordinator.receiver import Arrival, Receiver, waited_s
 from fedge.coordinator.record import RunRecorder
 from fedge.coordinator.registry import Registry
@@ -96,7 +96,7 @@ class Coordinator:
         self.recorder = RunRecorder(run_dir, evaluator, config.privacy)
         self.collection: Collection | None = None  # the open round's (the last round's, between rounds)
         self.preparing: set[str] = set()  # devices preparing for the first round that have not said ready
-        self.quarantine = Quarantine(config.robust.quarantine_after)
+        self.reputation = Reputation(config.robust.trust_memory, config.robust.quarantine_after)
         self._resume = resume
 
     @property
@@ -117,9 +117,9 @@ class Coordinator:
             log.info("the run in %s already completed its %d rounds; nothing to resume", self.run_dir.path, config.rounds)
             self.recorder.close()
             return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
-        if start_round > 1:  # resumed: replays refused, quarantines kept
+        if start_round > 1:  # resumed: replays refused, trust and quarantines kept
             self.receiver.restore_replay_counters(self.run_dir.replay_counters())
-            self.quarantine.replay(self._committed_records())
+            self.reputation.replay(self._committed_records())
         self.open()
         try:
             if arrays is None:

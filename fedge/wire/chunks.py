@@ -7,7 +7,7 @@ all, so one hash of the whole catches a mixed-up or forged chunk). Carrying the 
 the frames travel: the sender publishes each frame as soon as it is cut, the receiver hashes frames as they arrive
 in order. Brokers drop messages silently when their queues overflow, so a message still incomplete after
 ``timeout_s`` is dropped with an error rather than waited on for ever. A message is never more than a frame's worth
-of state until its frames arrive, and the state of all partial messages together is bounded.
+of state until its frames arrive, and the state of partial messages is bounded per topic, per sender and in all.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import struct
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from fedge.wire.errors import ChunkError, DecodeError, TooLargeError
@@ -56,6 +56,7 @@ def split_frames(message: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES)
 
 @dataclass
 class _Partial:
+    sender: str
     count: int
     size: int
     started: float
@@ -72,27 +73,40 @@ class _Partial:
 
 
 class Reassembler:
-    """Feeds frames in, hands whole messages out: one store for every sender topic, bounded in total.
+    """Feeds frames in, hands whole messages out: one store for every sender topic, bounded per sender and in total.
 
-    Partial messages are keyed by (topic, id), so one sender cannot complete another's; at most
-    ``max_pending_per_topic`` may be in flight per topic (a new one evicts that topic's least advanced, oldest first:
-    a message that has received more frames than a flood's one-frame fragments outlasts them; only its first frame
-    is exposed, until ``max_pending_per_topic`` fresh ids arrive between its first two frames) and ``max_pending`` and
-    ``max_pending_bytes`` in all (a new one is refused). Expiry pops the oldest first, so handling a frame costs O(1)
-    however many senders there are.
+    Partial messages are keyed by (topic, id), so one sender cannot complete another's. Bounds, and what gives way
+    when one is reached (a partial message that gives way is dropped; its sender's next whole message is unaffected):
+
+    - per topic, ``max_pending_per_topic`` messages, and per sender (``sender_of(topic)``: a device owns several
+      topics) ``max_pending_per_sender``: the sender's least advanced message (fewest frames, then oldest) gives way,
+      so a message that has received more frames than a flood's one-frame fragments outlasts them;
+    - per sender, ``max_sender_bytes``: the sender's own least advanced other message gives way; a message that
+      cannot fit on its own is refused;
+    - in all, ``max_pending`` messages and ``max_pending_bytes``: the heaviest sender's least advanced message gives
+      way, so a flooding device only ever crowds out itself.
+
+    Expiry pops the oldest first, so handling a frame costs O(1) in the number of senders (the heaviest sender is
+    looked for only when the total is full).
     """
 
     def __init__(
         self, max_message_bytes: int = 256 * 1024 * 1024, timeout_s: float = 60.0, max_pending: int = 256,
-        max_pending_per_topic: int = 8, max_pending_bytes: int | None = None,
+        max_pending_per_topic: int = 8, max_pending_bytes: int | None = None, sender_of: Callable[[str], str | None] | None = None,
+        max_pending_per_sender: int = 16, max_sender_bytes: int | None = None,
     ):
         self.max_message_bytes = max_message_bytes
         self.timeout_s = timeout_s
         self.max_pending = max_pending
         self.max_pending_per_topic = max_pending_per_topic
+        self.max_pending_per_sender = max_pending_per_sender
         self.max_pending_bytes = max_pending_bytes if max_pending_bytes is not None else 2 * max_message_bytes
+        self.max_sender_bytes = max_sender_bytes if max_sender_bytes is not None else max_message_bytes
+        self._sender_of = sender_of or (lambda topic: topic)
         self._pending: OrderedDict[tuple[str, str], _Partial] = OrderedDict()  # oldest first
         self._per_topic: dict[str, set[tuple[str, str]]] = {}  # each topic's partial messages
+        self._per_sender: dict[str, set[tuple[str, str]]] = {}
+        self._sender_bytes: dict[str, int] = {}
         self._bytes = 0
 
     @property
@@ -102,6 +116,9 @@ class Reassembler:
     @property
     def pending_bytes(self) -> int:
         return self._bytes
+
+    def sender_bytes(self, sender: str) -> int:
+        return self._sender_bytes.get(sender, 0)
 
     def feed(self, frame: bytes, topic: str = "", now: float | None = None) -> bytes | None:
         """The completed message if ``frame`` finished one, else ``None``; raises on a bad frame."""
@@ -120,12 +137,11 @@ class Reassembler:
         if "digest" in header:
             partial.digest = header["digest"]
         if header["index"] not in partial.parts:
-            if self._bytes + len(data) > self.max_pending_bytes:
-                self._drop(key)
-                raise TooLargeError(f"partial messages would hold more than {self.max_pending_bytes} bytes")
+            self._make_room(key, len(data))
             partial.parts[header["index"]] = data
             partial.received_bytes += len(data)
             self._bytes += len(data)
+            self._sender_bytes[partial.sender] += len(data)
             partial.hash_arrived()
         if partial.received_bytes > partial.size:
             self._drop(key)
@@ -139,27 +155,60 @@ class Reassembler:
 
     def _start(self, key: tuple[str, str], header: dict, now: float) -> _Partial:
         topic = key[0]
+        sender = self._sender_of(topic) or topic
         if header["size"] > self.max_message_bytes:
             raise TooLargeError(f"chunked message of {header['size']} bytes exceeds the {self.max_message_bytes}-byte limit")
-        siblings = self._per_topic.get(topic, ())
-        if len(siblings) >= self.max_pending_per_topic:
-            least = min(siblings, key=lambda k: (len(self._pending[k].parts), self._pending[k].started))
-            self._drop(least)
-            log.debug("dropped incomplete message %s on %s: a newer one replaced it", least[1], topic)
+        if len(self._per_topic.get(topic, ())) >= self.max_pending_per_topic:
+            self._give_way(self._least_advanced(self._per_topic[topic]), "a newer one on its topic replaced it")
+        if len(self._per_sender.get(sender, ())) >= self.max_pending_per_sender:
+            self._give_way(self._least_advanced(self._per_sender[sender]), "a newer one from its sender replaced it")
         if len(self._pending) >= self.max_pending:
-            raise TooLargeError(f"more than {self.max_pending} chunked messages in flight")
-        partial = _Partial(count=header["count"], size=header["size"], started=now)
+            self._give_way(self._least_advanced(self._per_sender[self._heaviest()]), "the heaviest sender's gave way")
+        partial = _Partial(sender=sender, count=header["count"], size=header["size"], started=now)
         self._pending[key] = partial
         self._per_topic.setdefault(topic, set()).add(key)
+        self._per_sender.setdefault(sender, set()).add(key)
+        self._sender_bytes.setdefault(sender, 0)
         return partial
+
+    def _make_room(self, key: tuple[str, str], size: int) -> None:
+        """Room for ``size`` more bytes of ``key``'s message within its sender's budget and the total; raises
+        ``TooLargeError`` (dropping it) when only the message itself could give way."""
+        sender = self._pending[key].sender
+        while self._sender_bytes[sender] + size > self.max_sender_bytes:
+            others = self._per_sender[sender] - {key}
+            if not others:
+                self._drop(key)
+                raise TooLargeError(f"{sender}'s partial messages would hold more than {self.max_sender_bytes} bytes")
+            self._give_way(self._least_advanced(others), f"{sender} is over its {self.max_sender_bytes}-byte budget")
+        while self._bytes + size > self.max_pending_bytes:
+            heaviest = self._heaviest()
+            candidates = self._per_sender[heaviest] - {key}
+            if not candidates:
+                self._drop(key)
+                raise TooLargeError(f"partial messages would hold more than {self.max_pending_bytes} bytes")
+            self._give_way(self._least_advanced(candidates), "partial messages are over their total budget")
+
+    def _heaviest(self) -> str:
+        return max(self._sender_bytes, key=lambda sender: (self._sender_bytes[sender], len(self._per_sender.get(sender, ()))))
+
+    def _least_advanced(self, keys) -> tuple[str, str]:
+        return min(keys, key=lambda k: (len(self._pending[k].parts), self._pending[k].started))
+
+    def _give_way(self, key: tuple[str, str], why: str) -> None:
+        self._drop(key)
+        log.debug("dropped incomplete message %s on %s: %s", key[1], key[0], why)
 
     def _drop(self, key: tuple[str, str]) -> _Partial:
         partial = self._pending.pop(key)
         self._bytes -= partial.received_bytes
-        siblings = self._per_topic[key[0]]
-        siblings.discard(key)
-        if not siblings:
-            del self._per_topic[key[0]]
+        for index, owner in ((self._per_topic, key[0]), (self._per_sender, partial.sender)):
+            index[owner].discard(key)
+            if not index[owner]:
+                del index[owner]
+        self._sender_bytes[partial.sender] -= partial.received_bytes
+        if partial.sender not in self._per_sender:
+            del self._sender_bytes[partial.sender]
         return partial
 
     def expire(self, now: float | None = None) -> list[str]:

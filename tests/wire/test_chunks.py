@@ -53,12 +53,41 @@ def test_oversized_messages_are_refused_before_buffering():
         Reassembler(max_message_bytes=5_000).feed(b"FEDG" + bytes(6_000))
 
 
-def test_too_many_messages_in_flight_are_refused():
-    reassembler = Reassembler(max_pending=2)
-    for _ in range(2):
-        reassembler.feed(next(split_frames(os.urandom(5_000), 2048)))
-    with pytest.raises(TooLargeError, match="in flight"):
-        reassembler.feed(next(split_frames(os.urandom(5_000), 2048)))
+def test_messages_in_flight_are_bounded_in_all_and_the_heaviest_sender_gives_way():
+    reassembler = Reassembler(max_pending=3, max_pending_per_topic=8, sender_of=lambda topic: topic.split("/")[0])
+    message = os.urandom(5_000)
+    honest = list(split_frames(message, 2048))
+    reassembler.feed(honest[0], "b/up")
+    for _ in range(5):  # a's fragments fill the store; each new one pushes out one of a's, never b's
+        reassembler.feed(next(split_frames(os.urandom(5_000), 2048)), "a/up")
+        assert reassembler.pending <= 3
+    assert [whole for frame in honest[1:] if (whole := reassembler.feed(frame, "b/up")) is not None] == [message]
+
+
+def test_one_device_flooding_its_own_topics_cannot_crowd_out_anothers_update():
+    """128 never-completing ~1 MiB partial messages on a device's own up and beat topics (what fills a single shared
+    budget) cost only that device: another device's chunked update still completes, and the store stays bounded by
+    the flooder's own budget."""
+    limit = 8 << 20
+    reassembler = Reassembler(max_message_bytes=limit, sender_of=lambda topic: topic.split("/")[3])
+    for index in range(128):
+        frames = list(split_frames(os.urandom(1 << 20), 256 << 10))
+        for frame in frames[:-1]:  # every frame but the last
+            reassembler.feed(frame, f"fedge/v1/agents/evil/{'up' if index % 2 else 'beat'}")
+        assert reassembler.sender_bytes("evil") <= limit
+    update = os.urandom(6 << 20)
+    completed = [whole for frame in split_frames(update, 256 << 10) if (whole := reassembler.feed(frame, "fedge/v1/agents/good/up")) is not None]
+    assert completed == [update]
+    assert reassembler.pending_bytes <= 2 * limit
+
+
+def test_a_message_larger_than_its_senders_budget_is_refused_alone():
+    reassembler = Reassembler(max_message_bytes=1 << 20, max_sender_bytes=100_000)
+    frames = list(split_frames(os.urandom(300_000), 64 << 10))
+    with pytest.raises(TooLargeError, match="budget|more than 100000"):
+        for frame in frames:
+            reassembler.feed(frame, "a/up")
+    assert reassembler.pending == 0 and reassembler.pending_bytes == 0
 
 
 def test_garbled_chunk_header_is_a_decode_error():

@@ -1,0 +1,54 @@
+"""What the coordinator remembers of each device's updates across rounds: its trust, and whether it is quarantined.
+
+Trust is a device's weight factor from the robust rules (``fedge.coordinator.robust``), remembered with
+``memory`` λ: after a round whose factor was f, the device's trust is t ← min(f, λ·t + (1 − λ)·f). A device that
+disagreed with the majority once regains its weight over several rounds instead of at once, so an attacker cannot
+alternate poisoned rounds with honest-looking ones at full weight; the round's own evidence always caps it.
+A device named an outlier in ``quarantine_after`` rounds in a row that it contributed to is quarantined for the rest
+of the run (0: never). Rounds it sat out neither extend nor break its streak.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+log = logging.getLogger(__name__)
+
+
+class Reputation:
+    def __init__(self, memory: float, quarantine_after: int) -> None:
+        self.memory = memory
+        self.quarantine_after = quarantine_after
+        self.trust: dict[str, float] = {}
+        self.streaks: dict[str, int] = {}
+        self.held: dict[str, str] = {}
+
+    def remembered(self, agent_id: str, factor: float) -> float:
+        """The trust a device would have after this round's factor (what its weight is scaled by)."""
+        previous = self.trust.get(agent_id, 1.0)
+        return min(factor, self.memory * previous + (1 - self.memory) * factor)
+
+    def observe(self, round_number: int, trust: Mapping[str, float], outliers: Iterable[str]) -> list[str]:
+        """Commit one round: the trust each contributor ended with, and its outlier streak; returns the devices
+        quarantined by it."""
+        outliers = set(outliers)
+        self.trust.update(trust)
+        newly = []
+        for agent_id in trust:
+            self.streaks[agent_id] = self.streaks.get(agent_id, 0) + 1 if agent_id in outliers else 0
+            if self.quarantine_after and self.streaks[agent_id] >= self.quarantine_after and agent_id not in self.held:
+                self.held[agent_id] = f"quarantined after round {round_number}: an outlier in {self.streaks[agent_id]} rounds in a row"
+                log.warning("%s is quarantined: its updates were outliers in %d rounds in a row", agent_id, self.streaks[agent_id])
+                newly.append(agent_id)
+        return newly
+
+    def reason(self, agent_id: str) -> str | None:
+        """Why a device gets no work (quarantined), or None."""
+        return self.held.get(agent_id)
+
+    def replay(self, records: Iterable[dict]) -> None:
+        """Rebuild trust and streaks from committed round records (a resumed run), oldest first."""
+        for record in records:
+            robust = record.get("robust") or {}
+            self.observe(record.get("round", 0), robust.get("trust", {}), robust.get("outliers", ()))
