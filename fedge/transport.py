@@ -153,6 +153,7 @@ class MqttTransport:
         self._inbox = Inbox(max_inbox_frames, latest_max_wait_s, max_bytes=4 * limits.max_message_bytes, max_sender_bytes=limits.max_message_bytes + (1 << 20), sender_of=topics.agent_of)
         self._in_hand: float | None = None  # arrival of the frame the last ``receive`` took, until the next call
         self.dropped_frames = 0  # frames refused on the network thread: inbox full, or a topic not accepted
+        self.incomplete_messages = 0  # chunked messages dropped with frames still missing after chunk_timeout_s
         self._connected = threading.Event()
         self._fatal: str | None = None
         self.protocol = "3.1.1" if config.protocol == "3.1.1" else "5"
@@ -352,6 +353,7 @@ class MqttTransport:
     def receive(self, timeout_s: float | None = None) -> Received | None:
         """The next whole message (or the protocol error that refused one), or None after ``timeout_s``."""
         for dropped in self._reassembler.expire():
+            self.incomplete_messages += 1
             log.warning("dropped incomplete message %s", dropped)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._in_hand = None

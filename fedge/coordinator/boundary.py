@@ -18,14 +18,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedge.trust.enrolment import COORDINATOR_ID, ENROLMENT_FILE, Credentials, Enrolment
-from fedge.wire import Assignment, BackbonePart, GlobalState, Heartbeat, Hello, Limits, Message, topics
+from fedge.wire import Assignment, BackbonePart, GlobalState, Heartbeat, Hello, Limits, Message, Receipt, topics
 from fedge.wire.envelope import Sealed, Signer, Verifier
 from fedge.wire.errors import ForgedError
 from fedge.wire.sealing import Codec, PlainCodec, SignedCodec
 
 log = logging.getLogger(__name__)
 
-_AGENT_KINDS_ONLY = (Assignment, GlobalState, BackbonePart)  # what only the coordinator sends
+_AGENT_KINDS_ONLY = (Assignment, GlobalState, BackbonePart, Receipt)  # what only the coordinator sends
 
 
 class FleetKeys:

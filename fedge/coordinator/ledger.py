@@ -33,6 +33,7 @@ class RoundLedger:
     robust: dict[str, dict] = field(default_factory=dict)  # what the robust rules did, per aggregation
     outliers: set[str] = field(default_factory=set)
     trust: dict[str, float] = field(default_factory=dict)  # each contributor's weight factor after the robust rules
+    resent: int = 0  # updates that arrived again after they were taken (a lost receipt)
 
     def accept(self, update: AdapterUpdate, size: int, norm: float) -> None:
         self.contributed[update.agent_id] = update

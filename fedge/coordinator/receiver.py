@@ -47,6 +47,7 @@ class Receiver:
         self._beats_lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fedge-receiver", daemon=True)
+        self._losses_seen = (0, 0)  # the transport's dropped frames and incomplete messages at the last take_losses
 
     def start(self) -> None:
         self._thread.start()
@@ -55,6 +56,13 @@ class Receiver:
         self._stopped.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+
+    def take_losses(self) -> dict[str, int]:
+        """What was lost on the way in since the last call: frames dropped on arrival (a full inbox, a topic not
+        accepted) and chunked messages that never completed."""
+        now = (self.transport.dropped_frames, self.transport.incomplete_messages)
+        before, self._losses_seen = self._losses_seen, now
+        return {"frames_dropped": now[0] - before[0], "incomplete_messages": now[1] - before[1]}
 
     def replay_counters(self) -> list[tuple[str, str, int]]:
         """The verifier's last counter per device and stream (none without signatures)."""

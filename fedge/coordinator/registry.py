@@ -18,6 +18,7 @@ class AgentRecord:
     pin: Pin | None = None
     plan: DevicePlan | None = None  # set by the planner; None until the fleet is planned
     base_version: int = 0  # the last round of frozen-weight changes the agent reported merged
+    last_update: str = ""  # the message id of the last update taken from it (a copy of it gets its receipt again)
 
 
 class Registry:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 
 from fedge.transport import MqttTransport, Queued
-from fedge.wire import Assignment, GlobalState, Reject, topics
+from fedge.wire import Assignment, GlobalState, Receipt, Reject, topics
 from fedge.wire.codec import encode_message
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,10 @@ class Sender:
     def reject(self, agent_id: str, reason: str, detail: str, round_number: int | None = None, ref: str | None = None) -> None:
         """Queued without waiting for the broker: a reject never holds up the round."""
         self.transport.enqueue(topics.downlink(agent_id), Reject(agent_id, reason, detail[:500], round_number, ref))
+
+    def receipt(self, agent_id: str, round_number: int, ref: str) -> None:
+        """Queued like a reject: the device stops resending update ``ref``."""
+        self.transport.enqueue(topics.downlink(agent_id), Receipt(agent_id, round_number, ref))
 
     def current(self, agent_id: str) -> Assignment | None:
         work = self._work.get(agent_id)

@@ -283,7 +283,11 @@ class Coordinator:
             self.sender.resend(agent_id, f"it holds round {beat.round}", reported_at=beat.sent_unix)
 
     def _on_update(self, update: AdapterUpdate, arrival: Arrival) -> None:
-        collection = self.collection
+        collection, record = self.collection, self.registry.get(update.agent_id)
+        if record is not None and record.last_update == update.message_id:  # its receipt was lost: answered again, taken once
+            if collection is not None:
+                collection.ledger.resent += 1
+            return self.sender.receipt(update.agent_id, update.round, update.message_id)
         expected = collection.expected.get(update.agent_id) if collection is not None else None
         try:
             validate_update(update, expected.expectation if expected else None, collection is not None and update.agent_id in collection.received, arrival.arrived)
@@ -294,6 +298,8 @@ class Coordinator:
             return self.admission.reject(update.agent_id, error.reason, error.detail, update.round, update.message_id)
         self.recorder.keep_update(update.round, update.agent_id, update.tensors)
         collection.accept(update, arrival.size, norm)
+        self.registry.get(update.agent_id).last_update = update.message_id
+        self.sender.receipt(update.agent_id, update.round, update.message_id)
         self.registry.get(update.agent_id).base_version = int(update.metrics.get("base_version", 0))
         log.debug("round %d: update from %s (%d examples, loss %.3f)", update.round, update.agent_id, update.num_examples, update.metrics.get("loss", float("nan")))
 

@@ -4,7 +4,8 @@
     every heartbeat_s, from its own thread: Heartbeat(state, round) -- the coordinator's only sign of life
     Assignment(round r)  -> remember it
     GlobalState(round r) -> verify + load the backbone once, apply the state, [Evaluation(r-1)], train, send AdapterUpdate(r)
-                            then, while waiting, cache the frozen-prefix states of the rows round r+1 will train on
+                            then, while waiting, cache the frozen-prefix states of the rows round r+1 will train on;
+                            no Receipt (or Reject) for the update in time: send it again (fedge.edge_agent.resend)
     GlobalState(final)   -> apply it, [Evaluation(final round)], save the adapter if asked, stop
 
 An agent given evaluation data reports the held-out accuracy of the model it holds after each state it takes.
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from fedge.edge_agent.memory import available_bytes
+from fedge.edge_agent.resend import RECEIPT_WAIT_S, Resender
 from fedge.edge_agent.trainer import BatchSampler, Slowed, StepProgress, TaskModel, TrainResult, train_local
 from fedge.heartbeat import start_heartbeat
 from fedge.adapters import apply_view, attach, galore_groups, restart_lora, save_adapter, upload
@@ -35,7 +37,7 @@ from fedge.task.data import Record, label_counts
 from fedge.task.prefix import FrozenPrefix, PrefixCache
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.trust.enrolment import Credentials
-from fedge.wire import PREPARED_ROUNDS, AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Reject
+from fedge.wire import PREPARED_ROUNDS, AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Receipt, Reject
 from fedge.wire import topics
 from fedge.trust.downlink import DownlinkCodec
 from fedge.edge_agent.fetch import BackboneFetcher, package_cache
@@ -66,7 +68,7 @@ class EdgeAgent:
         self, agent_id: str, broker: BrokerConfig, data: list[Record], profile: DeviceProfile, device: str = "cpu",
         heartbeat_s: float = 10.0, save_dir: Path | None = None, eval_data: list[Record] | None = None,
         cache_dir: Path | None = None, data_source: str = "training data", eval_source: str = "evaluation data",
-        credentials: Credentials | None = None, share_label_counts: bool = True, slowdown: float = 1.0,
+        credentials: Credentials | None = None, share_label_counts: bool = True, slowdown: float = 1.0, receipt_wait_s: float = RECEIPT_WAIT_S,
     ):
         """``data`` and ``eval_data`` are rows as their files hold them; ``*_source`` names those files in errors.
         ``credentials``: this device's identity from ``fedge enroll`` (its id must be ``agent_id``); they also log in
@@ -104,6 +106,7 @@ class EdgeAgent:
         self._base_changes: dict[str, np.ndarray] = {}  # every frozen-weight change received, to rebuild a backbone
         self._deferred: deque[Received] = deque()  # messages that arrived while the backbone was downloading
         self._fetcher = BackboneFetcher(self.transport, self.agent_id, cache_dir or package_cache(), defer=self._deferred.append)
+        self._resender = Resender(receipt_wait_s)  # the last update, until the coordinator answers it
 
     def run(self) -> None:
         self.transport.subscribe(topics.downlink(self.agent_id))
@@ -114,14 +117,11 @@ class EdgeAgent:
             while not self._done:
                 received = self._next_message()
                 try:
-                    if received is None:
-                        continue
-                    if received.error is not None:
-                        self._note_unreadable(received)
-                    elif not self._addressed_here(received.message):
-                        log.warning("%s: ignored a %s for %r", self.agent_id, type(received.message).__name__, received.message.agent_id)
-                    else:
-                        self._dispatch(received.message)
+                    if received is not None:
+                        self._handle(received)
+                    if (again := self._resender.due()) is not None:
+                        log.warning("%s: no answer to the round %d update yet; sending it again", self.agent_id, again.round)
+                        self._send(again)
                 except TransportError as error:
                     # paho keeps the unacknowledged message queued and sends it once the broker is back
                     log.warning("%s: broker unavailable (%s); carrying on", self.agent_id, error)
@@ -133,6 +133,14 @@ class EdgeAgent:
             except TransportError:
                 pass  # the Last Will says it for us
             self.transport.close()
+
+    def _handle(self, received: Received) -> None:
+        if received.error is not None:
+            self._note_unreadable(received)
+        elif not self._addressed_here(received.message):
+            log.warning("%s: ignored a %s for %r", self.agent_id, type(received.message).__name__, received.message.agent_id)
+        else:
+            self._dispatch(received.message)
 
     def _addressed_here(self, message) -> bool:
         """Whether a message is for this device: it names it, or it is a global state that names no device (shared
@@ -171,7 +179,12 @@ class EdgeAgent:
         log.info("%s: announced as %s with %d examples%s", self.agent_id, self.profile.name, len(self.data), " and their label counts" if counts else "")
 
     def _dispatch(self, message) -> None:
-        if isinstance(message, Assignment):
+        if isinstance(message, (Receipt, Reject)):
+            self._resender.answered(message.ref)
+        if isinstance(message, Receipt):
+            log.debug("%s: the coordinator took the round %d update", self.agent_id, message.round)
+        elif isinstance(message, Assignment):
+            self._resender.forget_before(message.round)
             self._assignment = message
             if self.codec is not None:
                 self.codec.run = message.run_id  # what this device signs from now on belongs to this run
@@ -370,6 +383,7 @@ class EdgeAgent:
             tensors, metrics["update_norm"] = privatise(tensors, received, assignment.clip_norm, assignment.noise_multiplier)
         update = AdapterUpdate(assignment.run_id, assignment.round, self.agent_id, len(self.data), metrics, tensors)
         sent = self._send(update)
+        self._resender.sent(update)
         log.info("%s: round %d sent (%d bytes, loss %.3f)", self.agent_id, assignment.round, sent, result.loss)
 
     def _send(self, message) -> int:

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats (sent from their own thread, whatever the agent is doing)")
     agent.add_argument("--cache", help="where backbone packages are kept, by digest (default $FEDGE_CACHE/received)")
     agent.add_argument("--slowdown", type=float, default=1.0, help="make every training step take this many times as long: emulate a slower device (field trials)")
+    agent.add_argument("--receipt-wait", type=float, default=30.0, help="seconds to wait for the coordinator's receipt of an update before sending it again (doubling each time)")
     agent.add_argument("--max-line-kb", type=int, default=1024, help="refuse a data line longer than this many KiB (before it is parsed or tokenized)")
     agent.add_argument("--no-label-counts", action="store_true", help="never tell the coordinator how many examples of each label this device holds, even when its strategy asks")
     agent.add_argument("--username", help="broker user name (password from FEDGE_MQTT_PASSWORD) instead of the credentials' login")

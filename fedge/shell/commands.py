@@ -76,7 +76,7 @@ def cmd_agent(args, agent_type=None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     agent_id = credentials.identity if credentials else args.id
     profile = simulated_profile(args.device_profile, device.startswith("cuda"), bitsandbytes_usable()) if args.device_profile else probe(agent_id)
-    agent = (agent_type or EdgeAgent)(agent_id, broker, data, profile, data_source=args.data, eval_source=args.eval_data, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None, credentials=credentials, share_label_counts=not args.no_label_counts, slowdown=args.slowdown)
+    agent = (agent_type or EdgeAgent)(agent_id, broker, data, profile, data_source=args.data, eval_source=args.eval_data, device=device, heartbeat_s=args.heartbeat, save_dir=Path(args.save) if args.save else None, eval_data=eval_data, cache_dir=Path(args.cache) if args.cache else None, credentials=credentials, share_label_counts=not args.no_label_counts, slowdown=args.slowdown, receipt_wait_s=args.receipt_wait)
     agent.run()
     if agent.refused:
         console.print(f"[red]this device cannot take part: {agent.refused}[/]")

@@ -22,6 +22,7 @@ from fedge.wire.messages import (
     Hello,
     LoraSpec,
     Message,
+    Receipt,
     Reject,
     TaskSpec,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Message",
     "ProtocolError",
     "Reassembler",
+    "Receipt",
     "Reject",
     "ReplayError",
     "TaskSpec",

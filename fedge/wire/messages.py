@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PROTOCOL_VERSION = 4  # 2: assignments carry the task, hellos count labels as written; 3: prepare-only assignments; 4: signed envelopes, heartbeats name a round, privacy in assignments, label counts only on request
+PROTOCOL_VERSION = 5  # 2: assignments carry the task, hellos count labels as written; 3: prepare-only assignments; 4: signed envelopes, heartbeats name a round, privacy in assignments, label counts only on request; 5: receipts for updates
 PREPARED_ROUNDS = 2  # a prepare-only assignment asks the agent to cache the rows of this many rounds
 
 
@@ -187,6 +187,17 @@ class Reject:
     message_id: str = field(default_factory=new_message_id)
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """The coordinator took update ``ref`` of ``round`` (a ``Reject`` naming ``ref`` answers one it refused); an
+    agent that gets neither sends the same update again."""
+
+    agent_id: str
+    round: int
+    ref: str
+    message_id: str = field(default_factory=new_message_id)
+
+
 HEARTBEAT_STATES = ("idle", "preparing", "ready", "training")
 
 
@@ -240,7 +251,7 @@ class BackbonePart:
     message_id: str = field(default_factory=new_message_id)
 
 
-Message = Hello | Assignment | AdapterUpdate | GlobalState | Reject | Heartbeat | Evaluation | BackboneRequest | BackbonePart
+Message = Hello | Assignment | AdapterUpdate | GlobalState | Reject | Receipt | Heartbeat | Evaluation | BackboneRequest | BackbonePart
 
 MESSAGE_TYPES: dict[str, type] = {
     "hello": Hello,
@@ -248,6 +259,7 @@ MESSAGE_TYPES: dict[str, type] = {
     "update": AdapterUpdate,
     "global": GlobalState,
     "reject": Reject,
+    "receipt": Receipt,
     "heartbeat": Heartbeat,
     "evaluation": Evaluation,
     "backbone_request": BackboneRequest,

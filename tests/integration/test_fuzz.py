@@ -27,8 +27,8 @@ from fedge.task.wordnet import WORDNET_TASK
 from fedge.transport import BrokerConfig
 from fedge.trust.keys import new_private_key
 from fedge.wire import (
-    AdapterUpdate, Assignment, BackbonePart, BackboneRequest, BackboneSpec, Evaluation, GlobalState, Heartbeat, Hello,
-    LoraSpec, Reject, TaskSpec, encode_message, topics,
+    PROTOCOL_VERSION, AdapterUpdate, Assignment, BackbonePart, BackboneRequest, BackboneSpec, Evaluation, GlobalState, Heartbeat, Hello,
+    LoraSpec, Receipt, Reject, TaskSpec, encode_message, topics,
 )
 from fedge.wire.chunks import CHUNK_MAGIC
 from fedge.wire.codec import MAGIC
@@ -112,8 +112,8 @@ class Attacker:
             up, down, beat = topics.uplink(agent_id), topics.downlink(agent_id), topics.heartbeat(agent_id)
             hostile = {
                 "junk": self.random.randbytes(self.random.randint(0, 3000)),
-                "deep_json": MAGIC + bytes([4]) + struct.pack(">I", 60_000) + b"[" * 30_000 + b"]" * 30_000,
-                "header_overrun": MAGIC + bytes([4]) + struct.pack(">I", 2**31) + b"{}",
+                "deep_json": MAGIC + bytes([PROTOCOL_VERSION]) + struct.pack(">I", 60_000) + b"[" * 30_000 + b"]" * 30_000,
+                "header_overrun": MAGIC + bytes([PROTOCOL_VERSION]) + struct.pack(">I", 2**31) + b"{}",
                 "unsigned_hello": encode_message(Hello(agent_id, replace(profile, gflops=None), 10_000)),
                 "unsigned_update": encode_message(AdapterUpdate("fuzz", 1, agent_id, 10_000, {}, tensors)),
                 "forged_update": self.forged(up, AdapterUpdate("fuzz", 1, agent_id, 10_000, {"loss": 0.0}, tensors), agent_id),
@@ -122,6 +122,7 @@ class Attacker:
                 "forged_ready": self.forged(up, Heartbeat(agent_id, "ready", time.time(), 1), agent_id),
                 "unsigned_ready": encode_message(Heartbeat(agent_id, "ready", time.time(), 1)),
                 "forged_reject": self.forged(up, Reject(agent_id, "cannot_train", "x", 1), agent_id),
+                "forged_receipt_up": self.forged(up, Receipt(agent_id, 1, "ab" * 16), agent_id),
                 "forged_evaluation": self.forged(up, Evaluation("fuzz", 1, agent_id, 1.0, 0.0, 5), agent_id),
                 "forged_backbone_request": self.forged(topics.fetch(agent_id), BackboneRequest(agent_id, "ab" * 32, 0, 64), agent_id),
                 "oversized": b"\0" * 1_200_000,
@@ -145,6 +146,7 @@ class Attacker:
                 "forged_bad_profile": Reject(agent_id, "bad_profile", "stop"),
                 "forged_label_request": Reject(agent_id, "label_counts_wanted", "tell me"),
                 "forged_unknown": Reject(agent_id, "unknown_agent", "say hello again"),
+                "forged_receipt": Receipt(agent_id, 1, "ab" * 16),
                 "forged_assignment": Assignment("fuzz", 9, agent_id, BackboneSpec("x", "0" * 64, "fp32"), LoraSpec(("q_proj",), (1,), (2,), 1.0), WORDNET_TASK, 1, 1, 1e-3, time.time() + 60, 0),
                 "forged_prepare": Assignment("fuzz", 1, agent_id, BackboneSpec("x", "0" * 64, "nf4", 10**12, "http://evil.example/"), LoraSpec(("q_proj",), (1,), (64,), 1.0), TaskSpec("instruct", (), "sys", 10**6, "token_f1", 10**6, 10**6), 10**6, 10**4, 1e3, time.time() + 60, 0, prefix_cache_bytes=-1, prepare_only=True, clip_norm=-1.0, noise_multiplier=1e9),
                 "forged_state": GlobalState("fuzz", 2, agent_id, False, {}, tensors),

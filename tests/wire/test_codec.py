@@ -7,7 +7,7 @@ import pytest
 from fedge import wire
 from fedge.wire import (
     AdapterUpdate, Assignment, BackbonePart, BackboneRequest, BackboneSpec, DecodeError, DeviceProfile, GlobalState, Heartbeat, Hello, Limits,
-    LoraSpec, Reject, SchemaError, TaskSpec, TooLargeError, decode_message, encode_message,
+    LoraSpec, Receipt, Reject, SchemaError, TaskSpec, TooLargeError, decode_message, encode_message,
 )
 from fedge.wire.codec import MAGIC
 from fedge.wire.schema import to_json
@@ -21,6 +21,7 @@ MESSAGES = [
     AdapterUpdate("run", 2, "a1", 120, {"loss": 0.5}, TENSORS),
     GlobalState("run", 2, "a1", False, {"accuracy": 0.8}, TENSORS),
     Reject("a1", "wrong_round", "late", 2, "abc"),
+    Receipt("a1", 2, "ab" * 16),
     Heartbeat("a1", "training", 1.7e9, 4),
     BackboneRequest("a1", "ab" * 32, 40, 16),
     BackbonePart("ab" * 32, 41, bytes(range(256)) * 3),
@@ -56,7 +57,7 @@ def test_tensors_travel_as_fp16_by_default_and_fp32_on_request():
 def test_public_api_is_pinned():
     assert set(wire.__all__) == {
         "PREPARED_ROUNDS", "PROTOCOL_VERSION", "AdapterUpdate", "Assignment", "BackbonePart", "BackboneRequest", "BackboneSpec", "ChunkError", "DecodeError", "DeviceProfile", "Evaluation",
-        "ForgedError", "GlobalState", "Heartbeat", "Hello", "Limits", "LoraSpec", "Message", "ProtocolError", "Reassembler", "Reject",
+        "ForgedError", "GlobalState", "Heartbeat", "Hello", "Limits", "LoraSpec", "Message", "ProtocolError", "Reassembler", "Receipt", "Reject",
         "ReplayError", "SchemaError", "Signer", "TaskSpec", "TooLargeError", "Verifier", "decode_message", "encode_message", "split_frames",
     }
 

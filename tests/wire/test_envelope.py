@@ -6,7 +6,7 @@ import json
 import pytest
 
 from fedge.trust.keys import new_private_key
-from fedge.wire import Heartbeat, decode_message, encode_message
+from fedge.wire import PROTOCOL_VERSION, Heartbeat, decode_message, encode_message
 from fedge.wire.codec import Limits, json_depth
 from fedge.wire.envelope import Signer, Verifier
 from fedge.wire.errors import DecodeError, ForgedError, ReplayError, TooLargeError
@@ -83,7 +83,7 @@ def test_envelope_meta_is_parsed_strictly():
 
 def test_deeply_nested_headers_are_refused_before_parsing():
     header = b"[" * 30_000 + b"]" * 30_000
-    data = b"FEDG" + bytes([4]) + len(header).to_bytes(4, "big") + header
+    data = b"FEDG" + bytes([PROTOCOL_VERSION]) + len(header).to_bytes(4, "big") + header
     with pytest.raises(TooLargeError, match="nests 30000 deep"):
         decode_message(data, Limits(max_header_bytes=100_000))
     assert json_depth(b'{"prompt": "[[[[[[[[[[[[[[[[[[[[ {text}", "a": [1, {"b": 2}]}') == 3  # brackets in strings do not count

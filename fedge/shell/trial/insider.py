@@ -8,16 +8,14 @@ Its movement m = x − x⁰ (what it sends minus what it started the round from)
     constant   the same fixed direction every round, at 5× the RMS of its honest movement
     bias       m plus a small fixed direction every round (half its movement's RMS): inside the honest spread
 
-Run as ``python -m fedge.shell.trial.insider ATTACK AGENT-ARGS…`` (the arguments of ``fedge agent``); the trial
-runner starts it for the devices its ``insiders`` names. Never part of a deployment: the shell runs it only for trials.
+The trial runner starts it (``python -m fedge.shell.trial.run_insider ATTACK AGENT-ARGS…``, the arguments of
+``fedge agent``) for the devices its ``insiders`` names. Never part of a deployment: only trials run it.
 """
 
 from __future__ import annotations
 
-import sys
 import zlib
 from dataclasses import replace
-from functools import partial
 
 import numpy as np
 
@@ -72,16 +70,3 @@ class InsiderAgent(EdgeAgent):
             count = CLAIMED_EXAMPLES if self.attack == "sign_flip" else message.num_examples
             message = replace(message, num_examples=count, tensors=poison(self.attack, message.tensors, self._start, zlib.crc32(self.agent_id.encode())))
         return super()._send(message)
-
-
-def main(argv: list[str]) -> int:
-    from fedge.shell import cli
-
-    if not argv or argv[0] not in ATTACKS:
-        print(f"usage: python -m fedge.shell.trial.insider {{{','.join(ATTACKS)}}} AGENT-ARGS…", file=sys.stderr)
-        return 2
-    return cli.main(argv[1:], agent_type=partial(InsiderAgent, attack=argv[0]))
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

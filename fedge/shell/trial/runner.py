@@ -127,7 +127,7 @@ def _run_one(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_di
         running.append(coordinator)
         evaluation = ["--eval-data", str(data / "test.jsonl")] if devices_evaluate(trial, run) else []
         agents = [spawn(["agent", "--broker", broker.url, "--data", str(data / f"{agent_id}.jsonl"), *evaluation, "--credentials", str(device_credentials_path(fleet, agent_id)), "--device-profile", device, "--threads", "1", "--slowdown", str(trial.slowdown.get(device, 1))], logs / f"{agent_id}.log",
-                        ("fedge.shell.trial.insider", trial.insiders["attack"]) if index < trial.insider_count else ("fedge.shell.cli",))
+                        ("fedge.shell.trial.run_insider", trial.insiders["attack"]) if index < trial.insider_count else ("fedge.shell.cli",))
                   for index, (agent_id, device) in enumerate(zip(agent_ids(trial), trial.fleet))]
         running.extend(agents)
         metrics = JsonLines(run_dir / "coordinator" / "metrics.jsonl")
