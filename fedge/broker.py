@@ -1,8 +1,12 @@
 """The embedded pure-Python MQTT broker (amqtt), run on its own asyncio loop in a background thread.
 
-Given the fleet's enrolment it admits only the coordinator and enrolled devices (password logins, checked against
+Given the fleet's directory it admits only the coordinator and enrolled devices (password logins, checked against
 the hashes ``fedge enroll`` keeps) and holds each to its topics (amqtt's topic ACL plugin, with the rules of
 ``fedge.trust.broker_files``); without one it is open to anyone, for an insecure run on a trusted machine.
+
+Revocation is live: the broker watches the enrolment file (every ``watch_s``); when it changes, logins and topic
+rules are reloaded, and the sessions of devices no longer enrolled are closed, so a revoked device is cut off at
+once and cannot log in again.
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ import logging
 import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from amqtt.plugins.base import BaseAuthPlugin
+from amqtt.plugins.topic_checking import TopicAccessControlListPlugin
 
 from fedge.trust.broker_files import broker_users, topic_rules
-from fedge.trust.enrolment import Enrolment
+from fedge.trust.enrolment import ENROLMENT_FILE, Enrolment, EnrolmentError
 from fedge.trust.keys import password_matches
+
+WATCH_S = 1.0  # how often the enrolment file is checked for changes
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +52,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedBroker:
     """``with EmbeddedBroker(port=...) as broker:`` serves MQTT 3.1.1 on ``broker.url`` until the block ends."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, enrolment: Enrolment | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, fleet_dir: str | Path | None = None, watch_s: float = WATCH_S):
+        """``fleet_dir``: the enrolment (``fedge enroll``) to admit and watch; None for an open broker."""
         self.host = host
         self.port = port or free_port(host)
-        self.enrolment = enrolment
+        self.fleet_dir = Path(fleet_dir) if fleet_dir is not None else None
+        self.enrolment = Enrolment.load(self.fleet_dir) if self.fleet_dir is not None else None
+        self.watch_s = watch_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._broker = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._stamp = self._enrolment_stamp()
 
     @property
     def url(self) -> str:
@@ -84,20 +96,64 @@ class EmbeddedBroker:
             self._error = error
             self._ready.set()
             return
+        if self.fleet_dir is not None:
+            self._loop.create_task(self._watch())
         self._ready.set()
         self._loop.run_forever()
 
     def _plugins(self) -> dict:
         if self.enrolment is None:
             return {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
-        rules = topic_rules(self.enrolment)
+        publish, subscribe = self._acls(self.enrolment)
         return {
             f"{__name__}.EnrolledPasswords": {"users": broker_users(self.enrolment)},
-            "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {
-                "publish_acl": {user: list(rule.publish) for user, rule in rules.items()},
-                "acl": {user: list(rule.subscribe) for user, rule in rules.items()},  # amqtt 0.12's name for subscribe rules
-            },
+            "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {"publish_acl": publish, "acl": subscribe},  # amqtt 0.12 calls subscribe rules acl
         }
+
+    @staticmethod
+    def _acls(enrolment: Enrolment) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        rules = topic_rules(enrolment)
+        return {user: list(rule.publish) for user, rule in rules.items()}, {user: list(rule.subscribe) for user, rule in rules.items()}
+
+    def _enrolment_stamp(self) -> tuple[int, int, int] | None:
+        if self.fleet_dir is None:
+            return None
+        try:
+            stat = (self.fleet_dir / ENROLMENT_FILE).stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+    async def _watch(self) -> None:
+        """Reload the enrolment whenever its file changes (on the broker's loop, between its own work)."""
+        while True:
+            await asyncio.sleep(self.watch_s)
+            stamp = self._enrolment_stamp()
+            if stamp == self._stamp:
+                continue
+            try:
+                enrolment = Enrolment.load(self.fleet_dir)
+            except EnrolmentError as error:  # mid-write or broken: keep the rules in force, try again later
+                log.warning("enrolment changed but cannot be read (%s); the broker keeps the rules it has", error)
+                continue
+            self._stamp = stamp
+            await self._apply(enrolment)
+
+    async def _apply(self, enrolment: Enrolment) -> None:
+        """New logins and topic rules; the sessions of identities no longer admitted are closed."""
+        users = broker_users(enrolment)
+        publish, subscribe = self._acls(enrolment)
+        for plugin in self._broker.plugins_manager.plugins:
+            if isinstance(plugin, EnrolledPasswords):
+                plugin.config.users = users
+            elif isinstance(plugin, TopicAccessControlListPlugin):
+                plugin.context.config.publish_acl, plugin.context.config.acl = publish, subscribe
+        cut = [client_id for client_id, (session, _) in list(self._broker._sessions.items()) if session.username not in users]  # amqtt keeps sessions privately
+        for client_id in cut:
+            await self._broker._cleanup_session(client_id)
+        revoked = sorted(set(broker_users(self.enrolment)) - set(users)) if self.enrolment is not None else []
+        self.enrolment = enrolment
+        log.warning("enrolment reloaded: %d logins%s; %d sessions closed", len(users), f", {', '.join(revoked)} revoked" if revoked else "", len(cut))
 
     def stop(self) -> None:
         if self._loop is None or self._broker is None:

@@ -3,7 +3,8 @@
 The receiver reads the transport (reassembly, signature and replay checks, decoding) whatever the round engine is
 doing — evaluating, aggregating or sending — so no message waits on it. Each authenticated message refreshes its
 device's ``Liveness`` with the time its last frame arrived. Refused messages are counted and logged by the
-``RefusalLog`` here and go no further. Heartbeats keep only each device's newest (what it is doing now); everything
+``RefusalLog`` here and go no further, as do a device's hellos and heartbeats beyond their rate
+(``fedge.coordinator.rate_limit``). Heartbeats keep only each device's newest (what it is doing now); everything
 else queues, in arrival order, for the engine (``next``).
 """
 
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 
 from fedge.coordinator.boundary import RefusalLog
 from fedge.coordinator.liveness import Liveness
+from fedge.coordinator.rate_limit import HEARTBEAT_RATE, HELLO_RATE, RateLimiter
 from fedge.transport import MqttTransport
-from fedge.wire import Heartbeat, Message, topics
+from fedge.wire import Heartbeat, Hello, Message, topics
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class Receiver:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fedge-receiver", daemon=True)
         self._losses_seen = (0, 0)  # the transport's dropped frames and incomplete messages at the last take_losses
+        self._rates = RateLimiter({Hello: HELLO_RATE, Heartbeat: HEARTBEAT_RATE})
 
     def start(self) -> None:
         self._thread.start()
@@ -104,7 +107,9 @@ class Receiver:
         message = received.message
         if agent_id is None or getattr(message, "agent_id", None) != agent_id:  # the signed codec checks this too
             return self.refusals.refuse("agent_mismatch", f"{type(message).__name__} naming {getattr(message, 'agent_id', None)!r}", received.topic)
-        self.liveness.heard(agent_id, received.arrived)
+        self.liveness.heard(agent_id, received.arrived)  # authentic: a sign of life, even when over its rate
+        if not self._rates.allow(agent_id, type(message), received.arrived):
+            return self.refusals.refuse("rate_limited", f"{agent_id} sends {type(message).__name__} messages faster than they are acted on", received.topic)
         arrival = Arrival(agent_id, message, received.size, received.arrived)
         if isinstance(message, Heartbeat):
             with self._beats_lock:

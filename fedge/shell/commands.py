@@ -43,11 +43,10 @@ def cmd_profile(args) -> int:
 
 def cmd_broker(args) -> int:
     from fedge.broker import EmbeddedBroker
-    from fedge.trust.enrolment import Enrolment
 
-    enrolment = Enrolment.load(args.fleet) if args.fleet else None
-    with EmbeddedBroker(args.host, args.port, enrolment) as broker:
-        access = f"{len(enrolment.active())} enrolled devices and the coordinator log in, each held to its topics" if enrolment else "[yellow]open to anonymous clients[/] (pass --fleet DIR to admit only an enrolled fleet)"
+    with EmbeddedBroker(args.host, args.port, args.fleet) as broker:
+        enrolment = broker.enrolment
+        access = f"{len(enrolment.active())} enrolled devices and the coordinator log in, each held to its topics (a revocation applies at once)" if enrolment else "[yellow]open to anonymous clients[/] (pass --fleet DIR to admit only an enrolled fleet)"
         console.print(f"embedded MQTT broker on [bold]{broker.url}[/]: {access} — Ctrl-C to stop")
         try:
             while True:
@@ -121,7 +120,7 @@ def cmd_enroll(args) -> int:
     fleet = Path(args.fleet)
     for identity in args.revoke or ():
         revoke(fleet, identity)
-        console.print(f"revoked {identity}: the coordinator refuses it from its next round; rewrite the broker files (--mosquitto) and reload the broker")
+        console.print(f"revoked {identity}: the coordinator refuses it from its next message; `fedge broker --fleet` cuts it off at once; for Mosquitto rewrite the files (--mosquitto) and reload it (SIGHUP)")
     if args.devices:
         for identity, path in zip(args.devices, enroll(fleet, args.devices)):
             console.print(f"enrolled {identity}: credentials in {path} (copy to the device, then delete here)")

@@ -24,7 +24,7 @@ from fedge.coordinator.plan_report import plan_table
 from fedge.coordinator.plans import Pin, PlannerOptions
 from fedge.coordinator.reports import RunDirectory
 from fedge.broker import EmbeddedBroker
-from fedge.trust.enrolment import Enrolment, device_credentials_path, temporary_fleet
+from fedge.trust.enrolment import device_credentials_path, temporary_fleet
 from fedge.shell.processes import JsonLines, children, spawn, stop
 from fedge.shell.progress import long_step
 from fedge.task.data import write_jsonl
@@ -121,7 +121,7 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
     with long_step(console, "locating the SmolLM2-135M-Instruct backbone (first run converts the GGUF, ~40 s)"):
         locate_backbone(DEFAULT_BACKBONE)
     metrics_file = settings.run_dir / "coordinator" / "metrics.jsonl"
-    with temporary_fleet(agent_id for agent_id, _ in _fleet(settings.agents)) as fleet, EmbeddedBroker(enrolment=Enrolment.load(fleet)) as broker, children() as running:
+    with temporary_fleet(agent_id for agent_id, _ in _fleet(settings.agents)) as fleet, EmbeddedBroker(fleet_dir=fleet) as broker, children() as running:
         config_path, agents = prepare(settings, broker.url, fleet)
         console.print(f"embedded broker on [bold]{broker.url}[/] (password logins and topic ACLs); {len(agents)} enrolled agents signing every message; run directory [bold]{settings.run_dir}[/]")
         console.print(f"logs: coordinator and agents in [bold]{logs}[/] (each agent logs its steps there)")

@@ -10,7 +10,7 @@ import pytest
 from fedge.broker import EmbeddedBroker, free_port
 from fedge.transport import BrokerConfig, MqttTransport, TransportError
 from fedge.trust.broker_files import write_mosquitto_files
-from fedge.trust.enrolment import Enrolment, coordinator_credentials
+from fedge.trust.enrolment import Enrolment, coordinator_credentials, revoke
 from fedge.task.data import write_jsonl
 from fedge.wire import Heartbeat, topics
 from tests.conftest import MOSQUITTO, _wait_for_port
@@ -77,5 +77,29 @@ def test_mosquitto_with_the_written_files_enforces_logins_acls_and_tls_and_a_run
 
 
 def test_the_embedded_broker_admits_only_the_enrolled_fleet_on_its_own_topics(tmp_path):
-    with EmbeddedBroker(enrolment=Enrolment.load(enrolled_fleet(tmp_path))) as broker:
+    with EmbeddedBroker(fleet_dir=enrolled_fleet(tmp_path)) as broker:
         _check_least_privilege(broker.url, tmp_path)
+
+
+def test_the_embedded_broker_revokes_a_device_while_running(tmp_path):
+    """`fedge revoke` while the broker runs: the device's session is closed within moments, it cannot log in
+    again, and the others carry on."""
+    fleet = enrolled_fleet(tmp_path)
+    a0, a1 = credentials(tmp_path, "a0"), credentials(tmp_path, "a1")
+    with EmbeddedBroker(fleet_dir=fleet, watch_s=0.2) as broker:
+        devices = {}
+        for device in (a0, a1):
+            devices[device.identity] = MqttTransport(_client(broker.url, device.identity, None, device.broker_username, device.broker_password), f"device-{device.identity}")
+            devices[device.identity].connect()
+        revoke(fleet, "a0")
+        deadline = time.monotonic() + 30
+        while devices["a0"].connected and time.monotonic() < deadline:  # waits on the event, not on this machine's speed
+            time.sleep(0.1)
+        assert not devices["a0"].connected
+        with pytest.raises(TransportError, match="refused|no connection"):
+            MqttTransport(_client(broker.url, "again", None, a0.broker_username, a0.broker_password), "device-a0-again").connect(timeout_s=5)
+        assert devices["a1"].connected
+        devices["a1"].publish(topics.uplink("a1"), Heartbeat("a1", "idle", 1.0))
+        assert "a0" not in broker.enrolment.active()
+        for transport in devices.values():
+            transport.close()

@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.reports import RunDirectory
+from fedge.coordinator.robust import RobustRules
 from fedge.coordinator.server import Coordinator
 from fedge.edge_agent.agent import EdgeAgent
 from fedge.task.data import write_jsonl
@@ -210,3 +211,99 @@ def test_a_run_under_attack_ends_with_the_unattacked_model(mosquitto, tiny_backb
     assert len(coordinator.transport.codec.verifier._last) <= 2 * len(AGENTS) + 2
     assert set(coordinator.admission.told_unknown) <= set(AGENTS)  # a genuine device may be asked for its hello; a forger never
     assert all(agent.refused is None for agent in agents)
+
+
+class InsiderFlood:
+    """An enrolled device's own key, flooding its own topics: hellos, heartbeats and never-finishing chunked
+    messages, all correctly signed (what a compromised device can send that an outsider cannot)."""
+
+    def __init__(self, broker_url: str, tmp_path: Path, agent_id: str):
+        self.agent_id = agent_id
+        device = credentials(tmp_path, agent_id)
+        self.signer = Signer(agent_id, device.signing_key())
+        config = BrokerConfig.from_url(broker_url)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"flood-{agent_id}")
+        self.client.max_queued_messages_set(0)
+        self.client.connect(config.host, config.port)
+        self.client.loop_start()
+        self.sent = 0
+
+    def run(self, stop: threading.Event) -> None:
+        up, beat = topics.uplink(self.agent_id), topics.heartbeat(self.agent_id)
+        profile = load_catalogue_profile("cpu-8gb")
+        while not stop.is_set():
+            self.client.publish(up, self.signer.seal(up, "", encode_message(Hello(self.agent_id, profile, len(shard(3))))))
+            self.client.publish(beat, self.signer.seal(beat, "", encode_message(Heartbeat(self.agent_id, "idle", time.time(), 0)), "beat"))
+            for topic in (up, beat):  # the first frames of ~1 MB messages that never finish, on its own topics
+                header = json.dumps({"id": f"{self.sent}-{topic[-2:]}", "index": 0, "count": 256, "size": 900_000}).encode()
+                self.client.publish(topic, CHUNK_MAGIC + struct.pack(">H", len(header)) + header + b"x" * 3000)
+            self.sent += 4
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _run_with_insider(tmp_path: Path, broker_url: str, backbone: Path, run: str, insider: str | None, robust: RobustRules = RobustRules()):
+    """Four enrolled agents; ``insider``: the attack the last one makes (it also floods its own topics)."""
+    from fedge.shell.trial.insider import InsiderAgent
+
+    config = replace(_config(tmp_path, broker_url, backbone, run), min_clients=3, expected_clients=4, robust=robust)
+    coordinator = Coordinator(config)
+    ids = ("a0", "a1", "a2", "a3")
+    agents = []
+    for index, agent_id in enumerate(ids):
+        kind, extra = (InsiderAgent, {"attack": insider}) if insider and agent_id == "a3" else (EdgeAgent, {})
+        agents.append(kind(agent_id, BrokerConfig.from_url(broker_url, max_frame_bytes=1024), rows(shard(index)), load_catalogue_profile("cpu-8gb"), heartbeat_s=1,
+                           credentials=credentials(tmp_path, agent_id), cache_dir=tmp_path / f"cache-{agent_id}", **extra))
+    flood = InsiderFlood(broker_url, tmp_path, "a3") if insider else None
+    stop = threading.Event()
+    threads = [threading.Thread(target=agent.run, daemon=True) for agent in agents] + ([threading.Thread(target=flood.run, args=(stop,), daemon=True)] if flood else [])
+    for thread in threads:
+        thread.start()
+    try:
+        summary = coordinator.run()
+    finally:
+        stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    if flood:
+        flood.close()
+    return coordinator, summary.rounds, flood
+
+
+def _movement(state: dict, start: dict) -> float:
+    return float(np.sqrt(sum(np.square(state[key].astype(np.float64) - start[key]).sum() for key in start)))
+
+
+def test_an_enrolled_insider_that_floods_and_poisons_cannot_steer_the_model(mosquitto, tiny_backbone, tmp_path):
+    """The last of four enrolled agents signs updates scaled ×−200 and floods its own topics with signed hellos,
+    heartbeats and never-finishing chunked messages. The honest devices' updates all arrive and count; the insider is
+    named an outlier and quarantined; its flood is rate-limited and held to its own budget; and the final model
+    stays near the model of the same fleet all honest (the insider's data is lost, nothing more), where today's
+    rules (a weighted mean) let it run away."""
+    write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
+    _, clean_rounds, _ = _run_with_insider(tmp_path, mosquitto.url, tiny_backbone, "honest", None)
+    coordinator, rounds, flood = _run_with_insider(tmp_path, mosquitto.url, tiny_backbone, "insider", "scale")
+    assert flood.sent > 200
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    for record in rounds[1:]:
+        assert {"a0", "a1", "a2"} <= set(record["contributors"]), record["left_out"]
+    assert "a3" in rounds[1]["robust"]["outliers"] and "a3" in rounds[2]["robust"]["outliers"]
+    assert rounds[3]["left_out"]["a3"].startswith("quarantined after round 2")
+    refused = {}
+    for record in rounds:
+        for reason, count in record.get("refused_messages", {}).items():
+            refused[reason] = refused.get(reason, 0) + count
+    assert refused.get("rate_limited", 0) > 50, refused
+    reassembler = coordinator.transport._reassembler
+    assert reassembler.sender_bytes("a3") <= reassembler.max_sender_bytes and reassembler.pending_bytes <= reassembler.max_pending_bytes
+    start = RunDirectory(tmp_path / "honest").load_global(0)
+    honest_final, attacked_final = RunDirectory(tmp_path / "honest").latest_global()[1], coordinator.run_dir.latest_global()[1]
+    learned = _movement(honest_final, start)
+    assert _movement(attacked_final, {key: honest_final[key] for key in start}) < learned  # within the honest run's own scale
+    _run_with_insider(tmp_path, mosquitto.url, tiny_backbone, "today", "scale", RobustRules(combiner="mean", norm_multiple=0, share_factor=1000, quarantine_after=0))
+    today_final = RunDirectory(tmp_path / "today").latest_global()[1]
+    assert _movement(today_final, {key: honest_final[key] for key in start}) > 10 * learned  # what the bound prevents
+    assert abs(rounds[-1]["accuracy"] - clean_rounds[-1]["accuracy"]) <= 0.125  # two of the sixteen held-out rows

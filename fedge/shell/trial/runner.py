@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from fedge.broker import EmbeddedBroker
-from fedge.trust.enrolment import Enrolment, device_credentials_path, temporary_fleet
+from fedge.trust.enrolment import device_credentials_path, temporary_fleet
 from fedge.shell.processes import JsonLines, children, spawn, stop
 from fedge.shell.progress import long_step
 from fedge.strategies import STRATEGIES
@@ -120,7 +120,7 @@ def _run_one(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_di
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with temporary_fleet(agent_ids(trial)) as fleet, EmbeddedBroker(enrolment=Enrolment.load(fleet)) as broker, children() as running:
+    with temporary_fleet(agent_ids(trial)) as fleet, EmbeddedBroker(fleet_dir=fleet) as broker, children() as running:
         config_path = run_dir / "coordinator.yaml"
         config_path.write_text(yaml.safe_dump(coordinator_config(trial, run, seed, data, run_dir / "coordinator", broker.url, fleet), sort_keys=False))
         coordinator = spawn(["coordinator", "--config", str(config_path)], logs / "coordinator.log")
