@@ -12,7 +12,7 @@ from fedge.trust.downlink import DownlinkCodec
 from fedge.heartbeat import start_heartbeat
 from fedge.transport import BrokerConfig, MqttTransport
 from fedge.trust.enrolment import Credentials
-from fedge.wire import AdapterUpdate, Assignment, GlobalState, Heartbeat, Hello, Reject, topics
+from fedge.wire import AdapterUpdate, Assignment, GlobalState, Heartbeat, Hello, Receipt, Reject, topics
 from fedge.profiles import load_catalogue_profile
 
 
@@ -63,6 +63,9 @@ class ScriptedAgent:
         reject = self._next(lambda m: isinstance(m, Reject))
         assert reject.reason == reason, reject
         return reject
+
+    def expect_receipt(self, update: AdapterUpdate) -> Receipt:
+        return self._next(lambda m: isinstance(m, Receipt) and m.ref == update.message_id)
 
     def update(self, round_number: int, **changes) -> AdapterUpdate:
         state = self.state_for(round_number)

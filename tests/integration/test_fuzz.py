@@ -52,12 +52,15 @@ def _config(tmp_path: Path, broker_url: str, backbone: Path, run: str) -> Coordi
     })
 
 
-def _run(tmp_path: Path, broker_url: str, backbone: Path, run: str, attack=None):
-    """One seeded run in this process (coordinator here, agents in threads); ``attack(stop)`` runs alongside."""
-    coordinator = Coordinator(_config(tmp_path, broker_url, backbone, run))
-    agents = [EdgeAgent(agent_id, BrokerConfig.from_url(broker_url, max_frame_bytes=1024), rows(shard(index)), load_catalogue_profile("cpu-8gb"), heartbeat_s=1, credentials=credentials(tmp_path, agent_id), cache_dir=tmp_path / f"cache-{agent_id}") for index, agent_id in enumerate(AGENTS)]
-    threads = [threading.Thread(target=agent.run, daemon=True) for agent in agents]
+def _agent(tmp_path: Path, broker_url: str, index: int, agent_id: str, kind=EdgeAgent, **extra) -> EdgeAgent:
+    return kind(agent_id, BrokerConfig.from_url(broker_url, max_frame_bytes=1024), rows(shard(index)), load_catalogue_profile("cpu-8gb"), heartbeat_s=1,
+                credentials=credentials(tmp_path, agent_id), cache_dir=tmp_path / f"cache-{agent_id}", **extra)
+
+
+def _drive(coordinator: Coordinator, agents: list[EdgeAgent], attack=None) -> list[dict]:
+    """The run to its end, agents in threads and ``attack(stop)`` alongside; every agent must end cleanly."""
     stop = threading.Event()
+    threads = [threading.Thread(target=agent.run, daemon=True) for agent in agents]
     attacker = threading.Thread(target=attack, args=(stop,), daemon=True) if attack else None
     for thread in threads + ([attacker] if attacker else []):
         thread.start()
@@ -70,7 +73,14 @@ def _run(tmp_path: Path, broker_url: str, backbone: Path, run: str, attack=None)
         assert not thread.is_alive(), "every agent ends cleanly on the final state"
     if attacker:
         attacker.join(timeout=30)
-    return coordinator, agents, summary.rounds
+    return summary.rounds
+
+
+def _run(tmp_path: Path, broker_url: str, backbone: Path, run: str, attack=None):
+    """One seeded run in this process (coordinator here, agents in threads); ``attack(stop)`` runs alongside."""
+    coordinator = Coordinator(_config(tmp_path, broker_url, backbone, run))
+    agents = [_agent(tmp_path, broker_url, index, agent_id) for index, agent_id in enumerate(AGENTS)]
+    return coordinator, agents, _drive(coordinator, agents, attack)
 
 
 class Attacker:
@@ -251,26 +261,12 @@ def _run_with_insider(tmp_path: Path, broker_url: str, backbone: Path, run: str,
 
     config = replace(_config(tmp_path, broker_url, backbone, run), min_clients=3, expected_clients=4, robust=robust)
     coordinator = Coordinator(config)
-    ids = ("a0", "a1", "a2", "a3")
-    agents = []
-    for index, agent_id in enumerate(ids):
-        kind, extra = (InsiderAgent, {"attack": insider}) if insider and agent_id == "a3" else (EdgeAgent, {})
-        agents.append(kind(agent_id, BrokerConfig.from_url(broker_url, max_frame_bytes=1024), rows(shard(index)), load_catalogue_profile("cpu-8gb"), heartbeat_s=1,
-                           credentials=credentials(tmp_path, agent_id), cache_dir=tmp_path / f"cache-{agent_id}", **extra))
+    agents = [_agent(tmp_path, broker_url, index, agent_id, **({"kind": InsiderAgent, "attack": insider} if insider and agent_id == "a3" else {})) for index, agent_id in enumerate(("a0", "a1", "a2", "a3"))]
     flood = InsiderFlood(broker_url, tmp_path, "a3") if insider else None
-    stop = threading.Event()
-    threads = [threading.Thread(target=agent.run, daemon=True) for agent in agents] + ([threading.Thread(target=flood.run, args=(stop,), daemon=True)] if flood else [])
-    for thread in threads:
-        thread.start()
-    try:
-        summary = coordinator.run()
-    finally:
-        stop.set()
-    for thread in threads:
-        thread.join(timeout=60)
+    rounds = _drive(coordinator, agents, flood.run if flood else None)
     if flood:
         flood.close()
-    return coordinator, summary.rounds, flood
+    return coordinator, rounds, flood
 
 
 def _movement(state: dict, start: dict) -> float:
