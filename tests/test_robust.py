@@ -221,3 +221,18 @@ def test_robust_config_is_checked_and_round_trips(tmp_path) -> None:
         assert problem in str(error.value)
     with pytest.raises(ConfigError, match="robust.combiner: one of"):
         CoordinatorConfig.from_dict({**base, "robust": {"combiner": "krum"}})
+
+
+def test_the_ranks_only_one_device_holds_move_by_its_trust() -> None:
+    """Rows 4–7 of A (and columns of B) are d3's alone: no majority can clamp them, so a partly trusted d3 moves them
+    only by its trust; the rows everyone holds are clamped as usual."""
+    strategy, state, updates, starts, _ = fleet("hetlora", [4, 4, 4, 8], None, seed=2)
+    reputation = Reputation(memory=0.8, quarantine_after=0)
+    reputation.observe(1, {"d3": 0.0}, ["d3"])  # disagreed last round
+    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+    assert guarded.trust["d3"] == pytest.approx(0.2)
+    key = MODULES[0] + A_SUFFIX
+    sent, start = updates[3].tensors[key], starts[3][key]
+    rebuilt = next(u for u in guarded.updates if u.agent_id == "d3").tensors[key]
+    np.testing.assert_allclose(rebuilt[4:] - start[4:], 0.2 * (sent[4:] - start[4:]), rtol=1e-4, atol=1e-7)
+    assert all(guarded.trust[agent] == 1.0 for agent in ("d0", "d1", "d2"))

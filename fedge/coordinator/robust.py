@@ -22,9 +22,10 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
    movement and the mean of the other holders' clamped values, over the coordinates a majority holds. A sign-flipped or off-direction
    update disagrees with the majority even where its values look ordinary one coordinate at a time. A device
    keeps its full weight down to a_i = median_j a_j / ``outlier_factor``; below that its weight falls in
-   proportion, to zero at a_i ≤ 0. The factor applies to all of its coordinates: the layers and ranks that only it
-   (or it and one other device) trains cannot be clamped by a majority, so trust earned where there is one is what
-   lets it steer them. Without a positive median agreement there is no consensus to judge by and nobody loses weight.
+   proportion, to zero at a_i ≤ 0. The factor applies to all of its coordinates, and on the blocks fewer than three
+   devices hold (the layers and ranks only it, or it and one other device, trains), which no majority can clamp,
+   its movement is scaled by the factor as well: trust earned where there is a majority is what lets a device steer
+   the rest. Without a positive median agreement there is no consensus to judge by and nobody loses weight.
 4. **A weight cap that shrinks with the number of contributors**: no device carries more than
    min(``max_weight_share``, ``share_factor``/n) of the aggregate (share_factor 1.5: 0.375 of four, 0.15 of ten),
    so a device that claims many examples cannot buy the aggregate, nor pull the median.
@@ -33,8 +34,9 @@ The factor is remembered across rounds (``trust_memory``, ``fedge.coordinator.re
 regains its weight over several rounds. The strategy aggregates x_i⁰ + m̃_i (the bounded, combined movement) with
 the capped, trust-scaled weights; a
 device whose weight reaches zero is left out. A device is named an outlier in a round when its movement was scaled
-down or its weight factor fell below 1 / ``outlier_factor``; after ``quarantine_after`` outlier rounds in a row (2)
-it gets no more work for the rest of the run (0: never). Its reason is in every later round's record.
+down or its weight factor fell below 1 / ``outlier_factor``. With ``quarantine_after`` = N (0, off, by default: on
+non-IID shards an honest device's late-round updates can disagree as much), N outlier rounds in a row and it gets
+no more work for the rest of the run, its reason in every later round's record.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class RobustRules:
     share_factor: float = 1.5  # no device carries more than share_factor / n of the weight (and max_weight_share)
     outlier_factor: float = 2.0  # agreement under the median / this lowers a device's weight (module docstring)
     trust_memory: float = 0.8  # λ: how slowly a device that disagreed regains its weight (fedge.coordinator.reputation)
-    quarantine_after: int = 2  # outlier rounds in a row before a device gets no more work (0: never)
+    quarantine_after: int = 0  # outlier rounds in a row before a device gets no more work (0: never)
 
     def problems(self) -> list[str]:
         errors = []
@@ -117,8 +119,9 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
     weights = capped_weights(list(weights), cap)  # before the combiner too: a claimed count buys no pull on the median
     trust: list[float] = [1.0] * len(updates)
     agreement: dict[str, float] = {}
+    unchecked: list[tuple[int, str, tuple[slice, ...]]] = []
     if len(updates) >= MIN_MAJORITY and coordinatewise and rules.combiner in ("winsorized_mean", "coordinate_median"):
-        cosines = winsorize(moved, rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5)
+        cosines, unchecked = winsorize(moved, rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5)
         agreement = {update.agent_id: cosine for update, cosine in zip(updates, cosines) if cosine is not None}
         trust = trust_factors(cosines, rules.outlier_factor)
     elif len(updates) >= MIN_MAJORITY and rules.combiner == "geometric_median":
@@ -128,6 +131,9 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
         trust = [min(1.0, value) for value in agreement.values()]
     if remembered is not None:
         trust = [remembered(update.agent_id, factor) for update, factor in zip(updates, trust)]
+    for owner, key, cell in unchecked:  # no majority holds these: only a fully trusted device moves them in full
+        if trust[owner] < 1.0:
+            moved[owner][key][cell] *= np.float32(trust[owner])
     final = capped_weights([weight * factor for weight, factor in zip(weights, trust)], cap)
     total = sum(final) or 1.0
     outliers = tuple(sorted(set(scaled) | {update.agent_id for update, factor in zip(updates, trust) if factor < 1.0 / rules.outlier_factor}))
@@ -191,17 +197,20 @@ def bound_norms(moved: list[State], agents: list[str], multiple: float) -> dict[
     return scaled
 
 
-def winsorize(moved: list[State], trim_fraction: float) -> list[float | None]:
-    """Clamp every coordinate held by n ≥ 3 devices into its (k+1)-th smallest … (k+1)-th largest value, in place;
-    returns each device's agreement: the cosine between its movement before clamping and the mean of the other
-    holders' clamped values, over those coordinates (None for a device that holds none of them)."""
+def winsorize(moved: list[State], trim_fraction: float) -> tuple[list[float | None], list[tuple[int, str, tuple[slice, ...]]]]:
+    """Clamp every coordinate held by n ≥ 3 devices into its (k+1)-th smallest … (k+1)-th largest value, in place.
+    Returns each device's agreement, the cosine between its movement before clamping and the mean of the other
+    holders' clamped values over those coordinates (None for a device that holds none of them), and the blocks
+    (device, key, cell) held by fewer than three devices, which nothing could clamp."""
     dots, norms, reference_norms = (np.zeros(len(moved)) for _ in range(3))
+    unchecked = []
     for key in sorted({key for m in moved for key in m}):
         holders = [index for index, m in enumerate(moved) if key in m]
         for cell, members in cells([moved[index][key].shape for index in holders]):
             owners = [holders[member] for member in members]
             count = len(owners)
             if count < MIN_MAJORITY:
+                unchecked += [(owner, key, cell) for owner in owners]
                 continue
             trim = min(max(1, int(trim_fraction * count)), (count - 1) // 2)
             stack = np.stack([moved[owner][key][cell] for owner in owners]).reshape(count, -1)
@@ -214,7 +223,7 @@ def winsorize(moved: list[State], trim_fraction: float) -> list[float | None]:
             reference_norms[owners] += (total @ total - 2 * (clamped @ total) + np.square(clamped, dtype=np.float64).sum(axis=1)) / (count - 1) ** 2
             for owner, values in zip(owners, clamped):
                 moved[owner][key][cell] = values.reshape(moved[owner][key][cell].shape)
-    return [float(dot / np.sqrt(norm * ref)) if norm > 0 and ref > 0 else None for dot, norm, ref in zip(dots, norms, reference_norms)]
+    return [float(dot / np.sqrt(norm * ref)) if norm > 0 and ref > 0 else None for dot, norm, ref in zip(dots, norms, reference_norms)], unchecked
 
 
 def cells(shapes: list[tuple[int, ...]]) -> list[tuple[tuple[slice, ...], list[int]]]:

@@ -13,7 +13,8 @@ message to a run.
 
 Replays across a restart: a receiver that restarts passes the time it started as ``not_before_ns``, so nothing
 captured before then opens, and may ``restore`` the counters it had saved (``counters``), which also covers a sender
-whose clock ran up to ``max_future_s`` ahead.
+whose clock ran up to ``max_future_s`` ahead. The shared stream is exempt from ``not_before_ns``: a state sealed once
+before a device restarted is still what its fresh assignment names, and the assignment is what binds it.
 
 One stream is special: a message sealed on ``SHARED_STREAM`` is signed for ``SHARED_TOPIC`` rather than the topic it
 travels on, so the coordinator signs a state once and publishes the same bytes to every device that shares it. Only
@@ -133,7 +134,7 @@ class Verifier:
         counter, stream = meta["n"], (meta["from"], meta["s"])
         if counter <= self._last.get(stream, 0):
             raise ReplayError(f"counter {counter} from {meta['from']!r} ({meta['s']}) is not newer than the last accepted")
-        if counter <= self._not_before:
+        if counter <= self._not_before and meta["s"] != SHARED_STREAM:  # a shared message is bound to fresh work instead
             raise ReplayError(f"message from {meta['from']!r} was sealed before this receiver started: a replay")
         now = self._clock()
         if now - counter > self._max_age_ns or counter - now > self._max_future_ns:

@@ -276,12 +276,12 @@ def _movement(state: dict, start: dict) -> float:
 def test_an_enrolled_insider_that_floods_and_poisons_cannot_steer_the_model(mosquitto, tiny_backbone, tmp_path):
     """The last of four enrolled agents signs updates scaled ×−200 and floods its own topics with signed hellos,
     heartbeats and never-finishing chunked messages. The honest devices' updates all arrive and count; the insider is
-    named an outlier and quarantined; its flood is rate-limited and held to its own budget; and the final model
+    named an outlier and (quarantine_after: 2) quarantined; its flood is rate-limited and held to its own budget; and the final model
     stays near the model of the same fleet all honest (the insider's data is lost, nothing more), where today's
     rules (a weighted mean) let it run away."""
     write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
     _, clean_rounds, _ = _run_with_insider(tmp_path, mosquitto.url, tiny_backbone, "honest", None)
-    coordinator, rounds, flood = _run_with_insider(tmp_path, mosquitto.url, tiny_backbone, "insider", "scale")
+    coordinator, rounds, flood = _run_with_insider(tmp_path, mosquitto.url, tiny_backbone, "insider", "scale", RobustRules(quarantine_after=2))
     assert flood.sent > 200
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
     for record in rounds[1:]:
