@@ -65,6 +65,12 @@ def test_trial_config_errors_are_collected():
     assert "strategies.hetlora.round_mode: one of" in text and "strategies.hetlora.colour: unknown key" in text and "slowdown:" in text and "virtual_fleet[0]" in text
     assert "fedprox" in text and "solver" in text and "at least two" in text and "colour: unknown key" in text and "device_eval" in text
     assert "privacy.clip_norm" in text and "privacy.noise_multiplier" in text
+    with pytest.raises(ConfigError) as error:
+        TrialConfig.from_dict({"strategies": ["hetlora"], "fleet": ["cpu-8gb", "cpu-16gb", "cpu-8gb"], "robust": {"combiner": "krum"}, "insiders": {"count": 2, "attack": "virus"}})
+    text = str(error.value)
+    assert "robust.combiner: one of" in text and "insiders.attack: one of sign_flip" in text and "insiders.count: at least 1 and fewer than half the fleet (3 devices)" in text
+    trial = TrialConfig.from_dict({"strategies": ["hetlora"], "fleet": ["cpu-8gb", "cpu-16gb", "cpu-8gb"], "insiders": {"count": 1, "attack": "bias"}})
+    assert trial.insider_count == 1
 
 
 def test_an_instruct_trial_on_the_operators_own_files(tiny_backbone, tmp_path):

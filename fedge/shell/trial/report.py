@@ -219,7 +219,9 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
             "Scores: the coordinator's global model on the held-out set (pretrained = round 0, final, best) and its loss per scored token; \"devices\": the mean over devices of the model each holds after the round (the only figure for CE-LoRA, which has no global model). "
             "Bytes are whole encoded messages (fp16 tensors + header) per device per round." + (f" {', '.join(one_rank)} cannot mix ranks: every device trained rank {trial.same_rank} on the layers the planner gave it." if one_rank else "")
             + (f" Centralised: one adapter on the pooled shards, {trial.local_steps * len(trial.fleet)} steps per round (as many examples as the fleet's round)." if central else "")
-            + (_privacy_sentence(trial) if trial.privacy else ""), ""]
+            + (_privacy_sentence(trial) if trial.privacy else "")
+            + (f" Insiders: the first {trial.insider_count} devices were compromised ({trial.insiders['attack']}, fedge.shell.trial.insider)." if trial.insider_count else "")
+            + (f" Robust rules: {trial.robust}." if trial.robust else ""), ""]
     if rows:
         text += ["## Plans (first seed)", "", "Devices are catalogue entries simulated on this host: the planner used each real device's memory limit, speed and links; the bases it chose, the wall times and the scores are this host's CPU runs.", "", *[f"- {row['strategy']}: " + ", ".join(f"{device} {plan}" for device, plan in sorted(row["ranks"].items())) for row in rows], ""]
     text += ["## Data", ""]
