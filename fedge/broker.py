@@ -65,6 +65,7 @@ class EmbeddedBroker:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._stamp = self._enrolment_stamp()
+        self._watching: asyncio.Task | None = None
 
     @property
     def url(self) -> str:
@@ -97,7 +98,7 @@ class EmbeddedBroker:
             self._ready.set()
             return
         if self.fleet_dir is not None:
-            self._loop.create_task(self._watch())
+            self._watching = self._loop.create_task(self._watch())
         self._ready.set()
         self._loop.run_forever()
 
@@ -158,13 +159,19 @@ class EmbeddedBroker:
     def stop(self) -> None:
         if self._loop is None or self._broker is None:
             return
-        future = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
         try:
             future.result(timeout=10)
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread:
                 self._thread.join(timeout=10)
+
+    async def _shutdown(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+            await asyncio.gather(self._watching, return_exceptions=True)
+        await self._broker.shutdown()
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
