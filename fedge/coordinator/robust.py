@@ -9,17 +9,19 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
    scaled down to that bound (c = ``norm_multiple``, default 3): a ×200 update moves no further than an honest one.
 2. **A robust combiner** on what the strategy averages, where its coordinates mean the same on every device
    (``Strategy.coordinatewise``; FLoRA's stacked factors do not, so it gets 1 and 4 only):
-   - ``winsorized_mean`` (default): at every coordinate held by n ≥ 3 devices, values below the (k+1)-th smallest
-     or above the (k+1)-th largest are clamped to them, k = max(1, ⌊β·n⌋) (β = ``trim_fraction``, 0.2), at most
-     ⌊(n−1)/2⌋. The strategy then averages the clamped values, so a scaled or constant minority contributes values
-     inside the honest range. (With n = 4 this is the coordinate-wise median.)
+   - ``winsorized_mean`` (default): at every coordinate held by n ≥ 3 trusted devices (3 below), values below
+     their (k+1)-th smallest or above their (k+1)-th largest are clamped to them, k = max(1, ⌊β·n⌋)
+     (β = ``trim_fraction``, 0.2), at most ⌊(n−1)/2⌋; an untrusted device's values are clamped into that range
+     too, and play no part in setting it. The strategy then averages the clamped values, so a minority contributes
+     values inside the honest range and cannot drag it. (With n = 4 this is the coordinate-wise median.)
    - ``coordinate_median``: the same with k = ⌊(n−1)/2⌋.
    - ``geometric_median``: Weiszfeld's iteration finds z = argmin Σ w_i ‖m_i − z‖; each device's weight is scaled
      by min(1, median_j ‖m_j − z‖ / ‖m_i − z‖) (the geometric median is the mean under weights ∝ 1/‖m_i − z‖), so
      far-off devices count little. Movements of every rank are compared zero-padded to the largest shape.
    - ``mean``: none (the norm bound and the weight cap still hold).
-3. **Trust from agreement** (the coordinate-wise combiners): a_i = cos(m_i, m̄_−i), the cosine between a device's
-   movement and the mean of the other holders' clamped values, over the coordinates a majority holds. A sign-flipped or off-direction
+3. **Trust from agreement** (the coordinate-wise combiners, measured before anything is clamped):
+   a_i = cos(m_i, m̄_−i), the cosine between a device's movement and the mean of the other holders' values clamped
+   among all holders, over the coordinates n ≥ 3 devices hold. A sign-flipped or off-direction
    update disagrees with the majority even where its values look ordinary one coordinate at a time. A device
    keeps its full weight down to a_i = median_j a_j / ``outlier_factor``; below that its weight falls in
    proportion, to zero at a_i ≤ 0. The factor applies to all of its coordinates, and on the blocks fewer than three
@@ -120,8 +122,10 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
     trust: list[float] = [1.0] * len(updates)
     agreement: dict[str, float] = {}
     unchecked: list[tuple[int, str, tuple[slice, ...]]] = []
-    if len(updates) >= MIN_MAJORITY and coordinatewise and rules.combiner in ("winsorized_mean", "coordinate_median"):
-        cosines, unchecked = winsorize(moved, rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5)
+    coordinatewise = len(updates) >= MIN_MAJORITY and coordinatewise and rules.combiner in ("winsorized_mean", "coordinate_median")
+    trim_fraction = rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5
+    if coordinatewise:
+        cosines = agreements(moved, trim_fraction)
         agreement = {update.agent_id: cosine for update, cosine in zip(updates, cosines) if cosine is not None}
         trust = trust_factors(cosines, rules.outlier_factor)
     elif len(updates) >= MIN_MAJORITY and rules.combiner == "geometric_median":
@@ -131,6 +135,8 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
         trust = [min(1.0, value) for value in agreement.values()]
     if remembered is not None:
         trust = [remembered(update.agent_id, factor) for update, factor in zip(updates, trust)]
+    if coordinatewise:
+        unchecked = winsorize(moved, trim_fraction, [factor >= 1.0 / rules.outlier_factor for factor in trust])
     for owner, key, cell in unchecked:  # no majority holds these: only a fully trusted device moves them in full
         if trust[owner] < 1.0:
             moved[owner][key][cell] *= np.float32(trust[owner])
@@ -197,33 +203,56 @@ def bound_norms(moved: list[State], agents: list[str], multiple: float) -> dict[
     return scaled
 
 
-def winsorize(moved: list[State], trim_fraction: float) -> tuple[list[float | None], list[tuple[int, str, tuple[slice, ...]]]]:
-    """Clamp every coordinate held by n ≥ 3 devices into its (k+1)-th smallest … (k+1)-th largest value, in place.
-    Returns each device's agreement, the cosine between its movement before clamping and the mean of the other
-    holders' clamped values over those coordinates (None for a device that holds none of them), and the blocks
-    (device, key, cell) held by fewer than three devices, which nothing could clamp."""
-    dots, norms, reference_norms = (np.zeros(len(moved)) for _ in range(3))
-    unchecked = []
+def _majority_cells(moved: list[State], among: Sequence[bool]):
+    """(key, cell, holders, judges) for every block of every key: the devices holding it, and those of them ``among``
+    allows to set its range."""
     for key in sorted({key for m in moved for key in m}):
         holders = [index for index, m in enumerate(moved) if key in m]
         for cell, members in cells([moved[index][key].shape for index in holders]):
             owners = [holders[member] for member in members]
-            count = len(owners)
-            if count < MIN_MAJORITY:
-                unchecked += [(owner, key, cell) for owner in owners]
-                continue
-            trim = min(max(1, int(trim_fraction * count)), (count - 1) // 2)
-            stack = np.stack([moved[owner][key][cell] for owner in owners]).reshape(count, -1)
-            bounds = np.partition(stack, (trim, count - 1 - trim), axis=0)
-            clamped = np.clip(stack, bounds[trim], bounds[count - 1 - trim])
-            # Each device against the others' clamped values: r_i = (S − c_i) / (n − 1), S = Σ_j c_j.
-            total = clamped.sum(axis=0, dtype=np.float64)
-            dots[owners] += (stack @ total - np.einsum("ij,ij->i", stack, clamped, dtype=np.float64)) / (count - 1)
-            norms[owners] += np.square(stack, dtype=np.float64).sum(axis=1)
-            reference_norms[owners] += (total @ total - 2 * (clamped @ total) + np.square(clamped, dtype=np.float64).sum(axis=1)) / (count - 1) ** 2
-            for owner, values in zip(owners, clamped):
-                moved[owner][key][cell] = values.reshape(moved[owner][key][cell].shape)
-    return [float(dot / np.sqrt(norm * ref)) if norm > 0 and ref > 0 else None for dot, norm, ref in zip(dots, norms, reference_norms)], unchecked
+            yield key, cell, owners, [owner for owner in owners if among[owner]]
+
+
+def _clamp_range(stack: np.ndarray, trim_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    count = stack.shape[0]
+    trim = min(max(1, int(trim_fraction * count)), (count - 1) // 2)
+    bounds = np.partition(stack, (trim, count - 1 - trim), axis=0)
+    return bounds[trim], bounds[count - 1 - trim]
+
+
+def agreements(moved: list[State], trim_fraction: float) -> list[float | None]:
+    """Each device's agreement: the cosine between its movement and the mean of the other holders' clamped values,
+    over the blocks n ≥ 3 devices hold (None for a device that holds none of them). Nothing is changed."""
+    dots, norms, reference_norms = (np.zeros(len(moved)) for _ in range(3))
+    for key, cell, owners, _ in _majority_cells(moved, [True] * len(moved)):
+        count = len(owners)
+        if count < MIN_MAJORITY:
+            continue
+        stack = np.stack([moved[owner][key][cell] for owner in owners]).reshape(count, -1)
+        clamped = np.clip(stack, *_clamp_range(stack, trim_fraction))
+        # Each device against the others' clamped values: r_i = (S − c_i) / (n − 1), S = Σ_j c_j.
+        total = clamped.sum(axis=0, dtype=np.float64)
+        dots[owners] += (stack @ total - np.einsum("ij,ij->i", stack, clamped, dtype=np.float64)) / (count - 1)
+        norms[owners] += np.square(stack, dtype=np.float64).sum(axis=1)
+        reference_norms[owners] += (total @ total - 2 * (clamped @ total) + np.square(clamped, dtype=np.float64).sum(axis=1)) / (count - 1) ** 2
+    return [float(dot / np.sqrt(norm * ref)) if norm > 0 and ref > 0 else None for dot, norm, ref in zip(dots, norms, reference_norms)]
+
+
+def winsorize(moved: list[State], trim_fraction: float, trusted: Sequence[bool]) -> list[tuple[int, str, tuple[slice, ...]]]:
+    """Clamp every holder's values of each block into the (k+1)-th smallest … (k+1)-th largest of its ``trusted``
+    holders' values, where n ≥ 3 trusted devices hold it, in place (an outlier's values play no part in the range,
+    so they cannot drag the honest ones toward them). Returns the blocks (device, key, cell) fewer than three
+    trusted devices hold, which nothing could clamp."""
+    unchecked = []
+    for key, cell, owners, judges in _majority_cells(moved, trusted):
+        if len(judges) < MIN_MAJORITY:
+            unchecked += [(owner, key, cell) for owner in owners]
+            continue
+        low, high = _clamp_range(np.stack([moved[judge][key][cell] for judge in judges]).reshape(len(judges), -1), trim_fraction)
+        for owner in owners:
+            block = moved[owner][key][cell]
+            moved[owner][key][cell] = np.clip(block.reshape(-1), low, high).reshape(block.shape)
+    return unchecked
 
 
 def cells(shapes: list[tuple[int, ...]]) -> list[tuple[tuple[slice, ...], list[int]]]:
