@@ -6,7 +6,8 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
 
 1. **Norm bound from the round's majority.** ρ_i = ‖m_i‖ / √(size of m_i) is a movement's RMS (so a rank-16
    device is not judged longer than a rank-4 one for having more numbers). Any m_i with ρ_i > c·median_j ρ_j is
-   scaled down to that bound (c = ``norm_multiple``, default 3): a ×200 update moves no further than an honest one.
+   scaled down to that bound (c = ``norm_multiple``, default 3): a ×200 update moves no further than an honest one,
+   and the factor it was scaled by also caps its trust (3) this round.
 2. **A robust combiner** on what the strategy averages, where its coordinates mean the same on every device
    (``Strategy.coordinatewise``; FLoRA's stacked factors do not, so it gets 1 and 4 only):
    - ``winsorized_mean`` (default): at every coordinate held by n ≥ 3 trusted devices (3 below), values below
@@ -133,6 +134,7 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
         typical = statistics.median(distances) or 1.0
         agreement = {update.agent_id: typical / max(distance, 1e-3 * typical) for update, distance in zip(updates, distances)}
         trust = [min(1.0, value) for value in agreement.values()]
+    trust = [min(factor, scaled.get(update.agent_id, 1.0)) for update, factor in zip(updates, trust)]  # far past the majority's bound: evidence in proportion
     if remembered is not None:
         trust = [remembered(update.agent_id, factor) for update, factor in zip(updates, trust)]
     if coordinatewise:
