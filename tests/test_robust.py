@@ -236,3 +236,22 @@ def test_the_ranks_only_one_device_holds_move_by_its_trust() -> None:
     rebuilt = next(u for u in guarded.updates if u.agent_id == "d3").tensors[key]
     np.testing.assert_allclose(rebuilt[4:] - start[4:], 0.2 * (sent[4:] - start[4:]), rtol=1e-4, atol=1e-7)
     assert all(guarded.trust[agent] == 1.0 for agent in ("d0", "d1", "d2"))
+
+
+def test_the_weight_cap_leaves_zero_weights_at_zero_and_never_divides_by_them() -> None:
+    from fedge.coordinator.aggregation_guard import capped_weights
+
+    weights = capped_weights([0.0, 0.0, 0.0, 0.0, 3000.0, 10.0, 10.0, 10.0, 10.0, 10.0], 0.15)  # five devices' trust taken away
+    assert all(np.isfinite(weights)) and weights[:4] == [0.0] * 4 and weights[4] == pytest.approx(weights[5])  # too few left for the cap: equal shares
+    weights = capped_weights([0.0, 0.0, 3000.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0], 0.15)
+    assert weights[:2] == [0.0, 0.0] and max(weights) / sum(weights) == pytest.approx(0.15) and all(np.isfinite(weights))
+
+
+def test_most_devices_losing_their_trust_still_leaves_a_finite_aggregate() -> None:
+    strategy, state, updates, starts, honest = fleet("hetlora", [8] * 10, "scale", attackers=2)
+    reputation = Reputation(memory=0.8, quarantine_after=0)
+    for agent in ("d0", "d1", "d2", "d3", "d8", "d9"):
+        reputation.observe(1, {agent: 0.0}, [agent])
+    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+    assert all(np.isfinite(list(guarded.shares.values()))) and sum(guarded.shares.values()) == pytest.approx(1.0)
+    assert {u.agent_id for u in guarded.updates} and all(np.isfinite(v).all() for v in strategy.aggregate(state, guarded.updates, 2).values())
