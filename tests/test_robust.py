@@ -254,4 +254,5 @@ def test_most_devices_losing_their_trust_still_leaves_a_finite_aggregate() -> No
         reputation.observe(1, {agent: 0.0}, [agent])
     guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
     assert all(np.isfinite(list(guarded.shares.values()))) and sum(guarded.shares.values()) == pytest.approx(1.0)
+    assert max(guarded.shares[agent] for agent in ("d0", "d1", "d2", "d3", "d8", "d9")) < 0.1  # distrusted devices are never lifted to the cap
     assert {u.agent_id for u in guarded.updates} and all(np.isfinite(v).all() for v in strategy.aggregate(state, guarded.updates, 2).values())

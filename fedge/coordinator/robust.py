@@ -29,9 +29,11 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
    devices hold (the layers and ranks only it, or it and one other device, trains), which no majority can clamp,
    its movement is scaled by the factor as well: trust earned where there is a majority is what lets a device steer
    the rest. Without a positive median agreement there is no consensus to judge by and nobody loses weight.
-4. **A weight cap that shrinks with the number of contributors**: no device carries more than
-   min(``max_weight_share``, ``share_factor``/n) of the aggregate (share_factor 1.5: 0.375 of four, 0.15 of ten),
-   so a device that claims many examples cannot buy the aggregate, nor pull the median.
+4. **A weight cap that shrinks with the number of contributors**: no device's example count carries more than
+   min(``max_weight_share``, ``share_factor``/n) of the total (share_factor 1.5: 0.375 of four, 0.15 of ten),
+   so a device that claims many examples cannot buy the aggregate, nor pull the median. The cap applies to the
+   counts, before trust scales them: trust only ever takes weight away, so a device whose share grows because
+   others lost theirs has not bought it (and a device left with almost no weight is never lifted to the cap).
 
 The factor is remembered across rounds (``trust_memory``, ``fedge.coordinator.reputation``): a device that disagreed
 regains its weight over several rounds. The strategy aggregates x_i⁰ + m̃_i (the bounded, combined movement) with
@@ -142,7 +144,7 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
     for owner, key, cell in unchecked:  # no majority holds these: only a fully trusted device moves them in full
         if trust[owner] < 1.0:
             moved[owner][key][cell] *= np.float32(trust[owner])
-    final = capped_weights([weight * factor for weight, factor in zip(weights, trust)], cap)
+    final = [weight * factor for weight, factor in zip(weights, trust)]  # capped once, before: trust only takes weight away
     total = sum(final) or 1.0
     outliers = tuple(sorted(set(scaled) | {update.agent_id for update, factor in zip(updates, trust) if factor < 1.0 / rules.outlier_factor}))
     rebuilt = [replace(update, num_examples=weight, tensors=rebuild(update, start, m)) for update, start, m, weight in zip(updates, starts, moved, final) if weight > 0]
