@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from fedge.coordinator.aggregation_guard import capped_weights
+from fedge.coordinator.aggregation_guard import capped_weights, update_norm
 from fedge.strategies import ClientUpdate
 from fedge.strategies.base import B_SUFFIX, State
 
@@ -121,13 +121,13 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
     moved = [movement(update, start) for update, start in zip(updates, starts)]
     scaled = bound_norms(moved, [update.agent_id for update in updates], rules.norm_multiple)
     cap = min(max_share, rules.share_factor / len(updates)) if len(updates) >= MIN_MAJORITY else max_share
-    weights = capped_weights(list(weights), cap)  # before the combiner too: a claimed count buys no pull on the median
+    weights = capped_weights(list(weights), cap)  # on the claimed counts, before the combiner: they buy no pull on the median
     trust: list[float] = [1.0] * len(updates)
     agreement: dict[str, float] = {}
     unchecked: list[tuple[int, str, tuple[slice, ...]]] = []
-    coordinatewise = len(updates) >= MIN_MAJORITY and coordinatewise and rules.combiner in ("winsorized_mean", "coordinate_median")
+    clamps = len(updates) >= MIN_MAJORITY and coordinatewise and rules.combiner in ("winsorized_mean", "coordinate_median")
     trim_fraction = rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5
-    if coordinatewise:
+    if clamps:
         cosines = agreements(moved, trim_fraction)
         agreement = {update.agent_id: cosine for update, cosine in zip(updates, cosines) if cosine is not None}
         trust = trust_factors(cosines, rules.outlier_factor)
@@ -139,7 +139,7 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
     trust = [min(factor, scaled.get(update.agent_id, 1.0)) for update, factor in zip(updates, trust)]  # far past the majority's bound: evidence in proportion
     if remembered is not None:
         trust = [remembered(update.agent_id, factor) for update, factor in zip(updates, trust)]
-    if coordinatewise:
+    if clamps:
         unchecked = winsorize(moved, trim_fraction, [factor >= 1.0 / rules.outlier_factor for factor in trust])
     for owner, key, cell in unchecked:  # no majority holds these: only a fully trusted device moves them in full
         if trust[owner] < 1.0:
@@ -186,16 +186,12 @@ def rebuild(update: ClientUpdate, start: State, moved: State) -> State:
     return out
 
 
-def movement_norm(moved: State) -> float:
-    return float(np.sqrt(sum(float(np.square(value, dtype=np.float64).sum()) for value in moved.values())))
-
-
 def bound_norms(moved: list[State], agents: list[str], multiple: float) -> dict[str, float]:
     """Scale movements whose RMS exceeds ``multiple`` × the median RMS down to it, in place; the factor per device."""
     if multiple <= 0 or len(moved) < MIN_MAJORITY:
         return {}
     sizes = [sum(value.size for value in m.values()) for m in moved]
-    rms = [movement_norm(m) / np.sqrt(size) if size else 0.0 for m, size in zip(moved, sizes)]
+    rms = [update_norm(m) / np.sqrt(size) if size else 0.0 for m, size in zip(moved, sizes)]
     bound = multiple * statistics.median(rms)
     scaled = {}
     for agent, m, value in zip(agents, moved, rms):
