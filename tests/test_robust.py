@@ -12,7 +12,7 @@ import pytest
 
 from fedge.coordinator.config import ConfigError, CoordinatorConfig
 from fedge.coordinator.reputation import Reputation
-from fedge.coordinator.robust import RobustRules, cells, guard_updates
+from fedge.coordinator.robust import RobustRules, cells, guard_updates, others_median
 from fedge.strategies import ClientInfo, ClientUpdate, make_strategy
 from fedge.strategies.base import A_SUFFIX, B_SUFFIX
 from fedge.wire import LoraSpec
@@ -71,6 +71,8 @@ def poisoned(attack: str, tensors: dict, start: dict, rng: np.random.Generator) 
             move = -move
         elif attack == "scale":
             move = 200 * move
+        elif attack == "scaled_flip":
+            move = -200 * move
         elif attack == "constant":
             move = np.full_like(move, 0.2)
         out[key] = start.get(key, 0) + move
@@ -156,6 +158,19 @@ def test_two_attackers_of_ten(attack: str) -> None:
     assert set(guarded.outliers) == {"d8", "d9"}
 
 
+def test_two_scaled_attackers_among_six_holders_of_the_deep_ranks_do_not_turn_the_honest_holders_into_outliers() -> None:
+    """Rows 8–15 are held by six devices, two of them the attackers (sign flip ×200, bounded to 3× the median):
+    a reference that only trims one value at each end would follow the attackers there and make the four honest
+    holders look like the outliers."""
+    ranks = [16, 8, 8, 8, 16, 8, 16, 16, 16, 16]
+    strategy, state, updates, starts, honest = fleet("hetlora", ranks, "scaled_flip", attackers=2, seed=4, noise=4.0)
+    clean, _ = aggregate(strategy, state, updates, starts, None, keep=honest)
+    defended, guarded = aggregate(strategy, state, updates, starts, RobustRules())
+    assert set(guarded.outliers) == {"d8", "d9"} and guarded.shares["d8"] == guarded.shares["d9"] == 0.0
+    assert all(guarded.trust[agent] == 1.0 for agent in honest)
+    assert cosine(movement_of(strategy, state, defended), movement_of(strategy, state, clean)) > 0.8
+
+
 def test_geometric_median_gives_the_far_device_little_weight() -> None:
     strategy, state, updates, starts, honest = fleet("hetlora", [4, 8, 8, 8], "sign_flip")
     clean, _ = aggregate(strategy, state, updates, starts, None, keep=honest)
@@ -169,6 +184,14 @@ def test_flora_factors_are_bounded_by_norm_only() -> None:
     strategy, state, updates, starts, _ = fleet("flora", [8, 8, 8, 8], "scale")
     _, guarded = aggregate(strategy, state, updates, starts, RobustRules())
     assert set(guarded.scaled) == {"d3"} and guarded.agreement == {}
+
+
+@pytest.mark.parametrize("count", [3, 4, 5, 10])
+def test_others_median_is_the_median_of_every_other_row(count: int) -> None:
+    rng = np.random.default_rng(count)
+    for values in (rng.normal(size=(count, 50)), rng.integers(0, 3, size=(count, 50)).astype(float)):  # ties too
+        expected = np.stack([np.median(np.delete(values, row, axis=0), axis=0) for row in range(count)])
+        np.testing.assert_allclose(others_median(values), expected)
 
 
 def test_cells_follow_the_ranks_each_device_holds() -> None:
@@ -223,18 +246,20 @@ def test_robust_config_is_checked_and_round_trips(tmp_path) -> None:
         CoordinatorConfig.from_dict({**base, "robust": {"combiner": "krum"}})
 
 
-def test_the_ranks_only_one_device_holds_move_by_its_trust() -> None:
+@pytest.mark.parametrize(("past_trust", "moves_by"), [(0.5, 0.6), (0.0, 0.0)])
+def test_the_ranks_only_one_device_holds_move_by_its_trust_and_not_at_all_for_an_outlier(past_trust: float, moves_by: float) -> None:
     """Rows 4–7 of A (and columns of B) are d3's alone: no majority can clamp them, so a partly trusted d3 moves them
-    only by its trust; the rows everyone holds are clamped as usual."""
+    only by its trust (0.8 · 0.5 + 0.2 = 0.6), and a d3 still an outlier (trust 0.2, under 1 / outlier_factor) does
+    not move them at all; the rows everyone holds are clamped as usual."""
     strategy, state, updates, starts, _ = fleet("hetlora", [4, 4, 4, 8], None, seed=2)
     reputation = Reputation(memory=0.8, quarantine_after=0)
-    reputation.observe(1, {"d3": 0.0}, ["d3"])  # disagreed last round
+    reputation.observe(1, {"d3": past_trust}, ["d3"])  # disagreed last round
     guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
-    assert guarded.trust["d3"] == pytest.approx(0.2)
+    assert guarded.trust["d3"] == pytest.approx(0.8 * past_trust + 0.2)
     key = MODULES[0] + A_SUFFIX
     sent, start = updates[3].tensors[key], starts[3][key]
     rebuilt = next(u for u in guarded.updates if u.agent_id == "d3").tensors[key]
-    np.testing.assert_allclose(rebuilt[4:] - start[4:], 0.2 * (sent[4:] - start[4:]), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(rebuilt[4:] - start[4:], moves_by * (sent[4:] - start[4:]), rtol=1e-4, atol=1e-7)
     assert all(guarded.trust[agent] == 1.0 for agent in ("d0", "d1", "d2"))
 
 

@@ -21,14 +21,17 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
      far-off devices count little. Movements of every rank are compared zero-padded to the largest shape.
    - ``mean``: none (the norm bound and the weight cap still hold).
 3. **Trust from agreement** (the coordinate-wise combiners, measured before anything is clamped):
-   a_i = cos(m_i, m̄_−i), the cosine between a device's movement and the mean of the other holders' values clamped
-   among all holders, over the coordinates n ≥ 3 devices hold. A sign-flipped or off-direction
+   a_i = cos(m_i, med_−i), the cosine between a device's movement and the coordinate-wise median of the other
+   holders' movements, over the coordinates n ≥ 3 devices hold. The median, not a mean, so that attackers who are
+   many among a block's holders (two of the six devices that train the deepest ranks) cannot turn the reference
+   toward them and make the honest holders look like the outliers. A sign-flipped or off-direction
    update disagrees with the majority even where its values look ordinary one coordinate at a time. A device
    keeps its full weight down to a_i = median_j a_j / ``outlier_factor``; below that its weight falls in
    proportion, to zero at a_i ≤ 0. The factor applies to all of its coordinates, and on the blocks fewer than three
-   devices hold (the layers and ranks only it, or it and one other device, trains), which no majority can clamp,
-   its movement is scaled by the factor as well: trust earned where there is a majority is what lets a device steer
-   the rest. Without a positive median agreement there is no consensus to judge by and nobody loses weight.
+   trusted devices hold (the layers and ranks only it, or it and one other device, trains), which no majority can
+   clamp, its movement is scaled by the factor as well, and dropped while it is an outlier (factor under
+   1 / ``outlier_factor``): trust earned where there is a majority is what lets a device steer the rest. Without
+   a positive median agreement there is no consensus to judge by and nobody loses weight.
 4. **A weight cap that shrinks with the number of contributors**: no device's example count carries more than
    min(``max_weight_share``, ``share_factor``/n) of the total (share_factor 1.5: 0.375 of four, 0.15 of ten),
    so a device that claims many examples cannot buy the aggregate, nor pull the median. The cap applies to the
@@ -128,7 +131,7 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
     clamps = len(updates) >= MIN_MAJORITY and coordinatewise and rules.combiner in ("winsorized_mean", "coordinate_median")
     trim_fraction = rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5
     if clamps:
-        cosines = agreements(moved, trim_fraction)
+        cosines = agreements(moved)
         agreement = {update.agent_id: cosine for update, cosine in zip(updates, cosines) if cosine is not None}
         trust = trust_factors(cosines, rules.outlier_factor)
     elif len(updates) >= MIN_MAJORITY and rules.combiner == "geometric_median":
@@ -141,9 +144,9 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
         trust = [remembered(update.agent_id, factor) for update, factor in zip(updates, trust)]
     if clamps:
         unchecked = winsorize(moved, trim_fraction, [factor >= 1.0 / rules.outlier_factor for factor in trust])
-    for owner, key, cell in unchecked:  # no majority holds these: only a fully trusted device moves them in full
+    for owner, key, cell in unchecked:  # no majority holds these: a device moves them by its trust, an outlier not at all
         if trust[owner] < 1.0:
-            moved[owner][key][cell] *= np.float32(trust[owner])
+            moved[owner][key][cell] *= np.float32(trust[owner] if trust[owner] >= 1.0 / rules.outlier_factor else 0.0)
     final = [weight * factor for weight, factor in zip(weights, trust)]  # capped once, before: trust only takes weight away
     total = sum(final) or 1.0
     outliers = tuple(sorted(set(scaled) | {update.agent_id for update, factor in zip(updates, trust) if factor < 1.0 / rules.outlier_factor}))
@@ -153,7 +156,7 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
 
 
 def trust_factors(cosines: list[float | None], outlier_factor: float) -> list[float]:
-    """Each device's weight factor from its agreement a_i (the cosine of its movement with the winsorized mean, on
+    """Each device's weight factor from its agreement a_i (the cosine of its movement with the others' median, on
     the coordinates a majority holds): 1 down to a bound b = median(a) / ``outlier_factor``, then a_i / b, 0 at
     a_i ≤ 0. Without a positive median there is no consensus to judge by, and everyone keeps 1."""
     known = [cosine for cosine in cosines if cosine is not None]
@@ -220,22 +223,31 @@ def _clamp_range(stack: np.ndarray, trim_fraction: float) -> tuple[np.ndarray, n
     return bounds[trim], bounds[count - 1 - trim]
 
 
-def agreements(moved: list[State], trim_fraction: float) -> list[float | None]:
-    """Each device's agreement: the cosine between its movement and the mean of the other holders' clamped values,
-    over the blocks n ≥ 3 devices hold (None for a device that holds none of them). Nothing is changed."""
+def agreements(moved: list[State]) -> list[float | None]:
+    """Each device's agreement: the cosine between its movement and the coordinate-wise median of the other holders'
+    movements, over the blocks n ≥ 3 devices hold (None for a device that holds none of them). Nothing is changed."""
     dots, norms, reference_norms = (np.zeros(len(moved)) for _ in range(3))
     for key, cell, owners, _ in _majority_cells(moved, [True] * len(moved)):
         count = len(owners)
         if count < MIN_MAJORITY:
             continue
         stack = np.stack([moved[owner][key][cell] for owner in owners]).reshape(count, -1)
-        clamped = np.clip(stack, *_clamp_range(stack, trim_fraction))
-        # Each device against the others' clamped values: r_i = (S − c_i) / (n − 1), S = Σ_j c_j.
-        total = clamped.sum(axis=0, dtype=np.float64)
-        dots[owners] += (stack @ total - np.einsum("ij,ij->i", stack, clamped, dtype=np.float64)) / (count - 1)
+        reference = others_median(stack)
+        dots[owners] += np.einsum("ij,ij->i", stack, reference, dtype=np.float64)
         norms[owners] += np.square(stack, dtype=np.float64).sum(axis=1)
-        reference_norms[owners] += (total @ total - 2 * (clamped @ total) + np.square(clamped, dtype=np.float64).sum(axis=1)) / (count - 1) ** 2
+        reference_norms[owners] += np.square(reference, dtype=np.float64).sum(axis=1)
     return [float(dot / np.sqrt(norm * ref)) if norm > 0 and ref > 0 else None for dot, norm, ref in zip(dots, norms, reference_norms)]
+
+
+def others_median(stack: np.ndarray) -> np.ndarray:
+    """Row i: the coordinate-wise median of every row but i, for all i at once. With s the sorted column and m = n − 1
+    values left, the j-th smallest of the others is s[j + 1] if row i's value is ≤ s[j], else s[j] (ties give the
+    same multiset either way), and the median needs j = ⌊(m − 1)/2⌋ and ⌊m/2⌋ only."""
+    left = stack.shape[0] - 1
+    middle = sorted({(left - 1) // 2, left // 2})
+    ordered = np.partition(stack, sorted({*middle, *(j + 1 for j in middle)}), axis=0)
+    ranked = [np.where(stack <= ordered[j], ordered[j + 1], ordered[j]) for j in middle]
+    return ranked[0] if len(ranked) == 1 else (ranked[0] + ranked[1]) / 2
 
 
 def winsorize(moved: list[State], trim_fraction: float, trusted: Sequence[bool]) -> list[tuple[int, str, tuple[slice, ...]]]:
