@@ -12,7 +12,7 @@ import pytest
 
 from fedge.coordinator.config import ConfigError, CoordinatorConfig
 from fedge.coordinator.reputation import Reputation
-from fedge.coordinator.robust import RobustRules, cells, guard_updates, others_median
+from fedge.coordinator.robust import RobustRules, cells, guard_updates, others_median, trust_factors
 from fedge.strategies import ClientInfo, ClientUpdate, make_strategy
 from fedge.strategies.base import A_SUFFIX, B_SUFFIX
 from fedge.wire import LoraSpec
@@ -231,6 +231,28 @@ def test_a_remembered_outlier_keeps_a_small_weight_on_the_layers_only_it_and_one
     strategy, state, updates, starts, honest = fleet("hetlora", [8, 8, 8, 8], None, seed=1)
     second = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
     assert second.trust["d3"] == pytest.approx(0.2) and second.shares["d3"] < 0.1
+
+
+def test_a_round_without_consensus_is_no_evidence_either_way() -> None:
+    """Late in a run honest non-IID movements barely agree; such a round must not hand a caught attacker its
+    weight back (nor take an honest device's away)."""
+    assert trust_factors([-0.3, 0.02, 0.1, 0.3], 2.0, [False, True, True, True]) == pytest.approx([0.0, 0.4, 1.0, 1.0])  # the judges' median: 0.1
+    assert trust_factors([-0.3, 0.02, -0.04, -0.1], 2.0, [False, True, True, True]) == [None] * 4
+    reputation = Reputation(memory=0.8, quarantine_after=0)
+    reputation.observe(1, {"d3": 0.0, "d0": 1.0}, ["d3"])
+    assert reputation.remembered("d3", None) == 0.0 and reputation.remembered("d0", None) == 1.0
+
+
+def test_a_caught_attacker_stays_out_of_the_reference_while_honest_devices_barely_agree() -> None:
+    """Round 2 of a run: d3 was caught sign-flipping in round 1, and the honest devices' movements are mostly their
+    own noise. d3 is judged against the honest devices' median, not its own pull on it, and regains nothing."""
+    reputation = Reputation(memory=0.8, quarantine_after=0)
+    reputation.observe(1, {"d0": 1.0, "d1": 1.0, "d2": 1.0, "d3": 0.0}, ["d3"])
+    for seed in (7, 11):  # judged with d3 in the reference, an honest device lost all its weight in these two
+        strategy, state, updates, starts, honest = fleet("hetlora", [8, 8, 8, 8], "sign_flip", seed=seed, noise=6.0)
+        guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+        assert guarded.trust["d3"] == 0.0 and guarded.shares["d3"] == 0.0
+        assert all(guarded.trust[agent] > 0.5 for agent in honest)
 
 
 def test_robust_config_is_checked_and_round_trips(tmp_path) -> None:

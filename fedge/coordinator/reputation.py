@@ -3,7 +3,8 @@
 Trust is a device's weight factor from the robust rules (``fedge.coordinator.robust``), remembered with
 ``memory`` λ: after a round whose factor was f, the device's trust is t ← min(f, λ·t + (1 − λ)·f). A device that
 disagreed with the majority once regains its weight over several rounds instead of at once, so an attacker cannot
-alternate poisoned rounds with honest-looking ones at full weight; the round's own evidence always caps it.
+alternate poisoned rounds with honest-looking ones at full weight; the round's own evidence always caps it. A round
+that gave no evidence (no consensus to judge by) leaves trust where it was.
 A device named an outlier in ``quarantine_after`` rounds in a row that it contributed to is quarantined for the rest
 of the run (0: never). Rounds it sat out neither extend nor break its streak.
 """
@@ -24,10 +25,11 @@ class Reputation:
         self.streaks: dict[str, int] = {}
         self.held: dict[str, str] = {}
 
-    def remembered(self, agent_id: str, factor: float) -> float:
-        """The trust a device would have after this round's factor (what its weight is scaled by)."""
+    def remembered(self, agent_id: str, factor: float | None) -> float:
+        """The trust a device would have after this round's factor (what its weight is scaled by); a round that gave
+        no evidence (None) leaves it where it was."""
         previous = self.trust.get(agent_id, 1.0)
-        return min(factor, self.memory * previous + (1 - self.memory) * factor)
+        return previous if factor is None else min(factor, self.memory * previous + (1 - self.memory) * factor)
 
     def observe(self, round_number: int, trust: Mapping[str, float], outliers: Iterable[str]) -> list[str]:
         """Commit one round: the trust each contributor ended with, and its outlier streak; returns the devices

@@ -21,17 +21,19 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
      far-off devices count little. Movements of every rank are compared zero-padded to the largest shape.
    - ``mean``: none (the norm bound and the weight cap still hold).
 3. **Trust from agreement** (the coordinate-wise combiners, measured before anything is clamped):
-   a_i = cos(m_i, med_−i), the cosine between a device's movement and the coordinate-wise median of the other
-   holders' movements, over the coordinates n ≥ 3 devices hold. The median, not a mean, so that attackers who are
-   many among a block's holders (two of the six devices that train the deepest ranks) cannot turn the reference
-   toward them and make the honest holders look like the outliers. A sign-flipped or off-direction
-   update disagrees with the majority even where its values look ordinary one coordinate at a time. A device
-   keeps its full weight down to a_i = median_j a_j / ``outlier_factor``; below that its weight falls in
-   proportion, to zero at a_i ≤ 0. The factor applies to all of its coordinates, and on the blocks fewer than three
-   trusted devices hold (the layers and ranks only it, or it and one other device, trains), which no majority can
-   clamp, its movement is scaled by the factor as well, and dropped while it is an outlier (factor under
-   1 / ``outlier_factor``): trust earned where there is a majority is what lets a device steer the rest. Without
-   a positive median agreement there is no consensus to judge by and nobody loses weight.
+   a_i = cos(m_i, med_−i), the cosine between a device's movement and the coordinate-wise median of the judges'
+   movements (its own left out), over the coordinates n ≥ 3 judges hold. The judges are the devices trusted so far:
+   first those whose remembered trust is at least 1 / ``outlier_factor``, then, in a second look, those still
+   trusted after the first. A median, not a mean, and judges, not everyone, so that attackers who are many among a
+   block's holders (two of the six devices that train the deepest ranks) cannot turn the reference toward them and
+   make the honest holders look like the outliers. A sign-flipped or off-direction update disagrees with the
+   majority even where its values look ordinary one coordinate at a time. A device keeps its full weight down to
+   a_i = median_judges a / ``outlier_factor``; below that its weight falls in proportion, to zero at a_i ≤ 0.
+   Without a positive median there is no consensus to judge by, and the round is no evidence: nobody loses
+   weight, and nobody regains it. The factor applies to all of a device's coordinates, and on the blocks fewer
+   than three trusted devices hold (the layers and ranks only it, or it and one other device, trains), which no
+   majority can clamp, its movement is scaled by the factor as well, and dropped while it is an outlier (factor
+   under 1 / ``outlier_factor``): trust earned where there is a majority is what lets a device steer the rest.
 4. **A weight cap that shrinks with the number of contributors**: no device's example count carries more than
    min(``max_weight_share``, ``share_factor``/n) of the total (share_factor 1.5: 0.375 of four, 0.15 of ten),
    so a device that claims many examples cannot buy the aggregate, nor pull the median. The cap applies to the
@@ -116,55 +118,68 @@ class Guarded:
 
 
 def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], starts: Sequence[State], rules: RobustRules, max_share: float, coordinatewise: bool = True,
-                  remembered: Callable[[str, float], float] | None = None) -> Guarded:
+                  remembered: Callable[[str, float | None], float] | None = None) -> Guarded:
     """Apply the rules (module docstring) to one aggregation's updates; ``weights`` are their example counts (or
     staleness-discounted counts), ``starts`` the tensors each device started from (missing keys start at zero),
-    ``remembered`` turns a device's factor this round into its trust given its past (``Reputation.remembered``).
-    Devices whose weight ends at zero are left out of ``updates`` (their share is 0)."""
+    ``remembered`` turns a device's factor this round (None: no evidence) into its trust given its past
+    (``Reputation.remembered``). Devices whose weight ends at zero are left out of ``updates`` (their share is 0)."""
     moved = [movement(update, start) for update, start in zip(updates, starts)]
-    scaled = bound_norms(moved, [update.agent_id for update in updates], rules.norm_multiple)
+    agents = [update.agent_id for update in updates]
+    scaled = bound_norms(moved, agents, rules.norm_multiple)
     cap = min(max_share, rules.share_factor / len(updates)) if len(updates) >= MIN_MAJORITY else max_share
     weights = capped_weights(list(weights), cap)  # on the claimed counts, before the combiner: they buy no pull on the median
-    trust: list[float] = [1.0] * len(updates)
+    floor = 1.0 / rules.outlier_factor
+
+    def remember(agent: str, factor: float | None) -> float:
+        evidence = factor if agent not in scaled else scaled[agent] if factor is None else min(factor, scaled[agent])  # far past the bound: evidence in proportion
+        if remembered is None:
+            return 1.0 if evidence is None else evidence
+        return remembered(agent, evidence)
+
     agreement: dict[str, float] = {}
     unchecked: list[tuple[int, str, tuple[slice, ...]]] = []
     clamps = len(updates) >= MIN_MAJORITY and coordinatewise and rules.combiner in ("winsorized_mean", "coordinate_median")
     trim_fraction = rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5
+    trust = [remember(agent, None) for agent in agents]
     if clamps:
-        cosines = agreements(moved)
-        agreement = {update.agent_id: cosine for update, cosine in zip(updates, cosines) if cosine is not None}
-        trust = trust_factors(cosines, rules.outlier_factor)
+        judges = [factor >= floor for factor in trust]
+        for _ in range(2):  # judged against those trusted before, then against those still trusted after the first look
+            looked = agreements(moved, judges)
+            if all(cosine is None for cosine in looked):  # too few judges left to hold any block: the first look stands
+                break
+            trust = [remember(agent, factor) for agent, factor in zip(agents, trust_factors(looked, rules.outlier_factor, judges))]
+            agreement = {agent: cosine for agent, cosine in zip(agents, looked) if cosine is not None}
+            if judges == (judges := [factor >= floor for factor in trust]):
+                break
+        unchecked = winsorize(moved, trim_fraction, [factor >= floor for factor in trust])
     elif len(updates) >= MIN_MAJORITY and rules.combiner == "geometric_median":
         distances = median_distances(moved, weights)
         typical = statistics.median(distances) or 1.0
-        agreement = {update.agent_id: typical / max(distance, 1e-3 * typical) for update, distance in zip(updates, distances)}
-        trust = [min(1.0, value) for value in agreement.values()]
-    trust = [min(factor, scaled.get(update.agent_id, 1.0)) for update, factor in zip(updates, trust)]  # far past the majority's bound: evidence in proportion
-    if remembered is not None:
-        trust = [remembered(update.agent_id, factor) for update, factor in zip(updates, trust)]
-    if clamps:
-        unchecked = winsorize(moved, trim_fraction, [factor >= 1.0 / rules.outlier_factor for factor in trust])
+        agreement = {agent: typical / max(distance, 1e-3 * typical) for agent, distance in zip(agents, distances)}
+        trust = [remember(agent, min(1.0, value)) for agent, value in agreement.items()]
     for owner, key, cell in unchecked:  # no majority holds these: a device moves them by its trust, an outlier not at all
         if trust[owner] < 1.0:
-            moved[owner][key][cell] *= np.float32(trust[owner] if trust[owner] >= 1.0 / rules.outlier_factor else 0.0)
+            moved[owner][key][cell] *= np.float32(trust[owner] if trust[owner] >= floor else 0.0)
     final = [weight * factor for weight, factor in zip(weights, trust)]  # capped once, before: trust only takes weight away
     total = sum(final) or 1.0
-    outliers = tuple(sorted(set(scaled) | {update.agent_id for update, factor in zip(updates, trust) if factor < 1.0 / rules.outlier_factor}))
+    outliers = tuple(sorted(set(scaled) | {agent for agent, factor in zip(agents, trust) if factor < floor}))
     rebuilt = [replace(update, num_examples=weight, tensors=rebuild(update, start, m)) for update, start, m, weight in zip(updates, starts, moved, final) if weight > 0]
-    shares = {update.agent_id: weight / total for update, weight in zip(updates, final)}
-    return Guarded(rebuilt, shares, scaled, agreement, {update.agent_id: factor for update, factor in zip(updates, trust)}, outliers)
+    shares = {agent: weight / total for agent, weight in zip(agents, final)}
+    return Guarded(rebuilt, shares, scaled, agreement, dict(zip(agents, trust)), outliers)
 
 
-def trust_factors(cosines: list[float | None], outlier_factor: float) -> list[float]:
+def trust_factors(cosines: list[float | None], outlier_factor: float, judges: Sequence[bool]) -> list[float | None]:
     """Each device's weight factor from its agreement a_i (the cosine of its movement with the others' median, on
-    the coordinates a majority holds): 1 down to a bound b = median(a) / ``outlier_factor``, then a_i / b, 0 at
-    a_i ≤ 0. Without a positive median there is no consensus to judge by, and everyone keeps 1."""
-    known = [cosine for cosine in cosines if cosine is not None]
+    the coordinates a majority holds): 1 down to a bound b = median(a) / ``outlier_factor`` (the median over the
+    ``judges``, those trusted to set the reference), then a_i / b, 0 at a_i ≤ 0. None where there is no evidence:
+    for a device with no agreement, and for everyone when the judges' median is not positive (no consensus to judge
+    by: nobody loses weight, and nobody regains it)."""
+    known = [cosine for cosine, judge in zip(cosines, judges) if cosine is not None and judge] or [cosine for cosine in cosines if cosine is not None]
     typical = statistics.median(known) if known else 0.0
     if typical <= 0:
-        return [1.0] * len(cosines)
+        return [None] * len(cosines)
     bound = typical / outlier_factor
-    return [1.0 if cosine is None else min(1.0, max(0.0, cosine / bound)) for cosine in cosines]
+    return [None if cosine is None else min(1.0, max(0.0, cosine / bound)) for cosine in cosines]
 
 
 def movement(update: ClientUpdate, start: State) -> State:
@@ -223,16 +238,18 @@ def _clamp_range(stack: np.ndarray, trim_fraction: float) -> tuple[np.ndarray, n
     return bounds[trim], bounds[count - 1 - trim]
 
 
-def agreements(moved: list[State]) -> list[float | None]:
-    """Each device's agreement: the cosine between its movement and the coordinate-wise median of the other holders'
-    movements, over the blocks n ≥ 3 devices hold (None for a device that holds none of them). Nothing is changed."""
+def agreements(moved: list[State], judges: Sequence[bool]) -> list[float | None]:
+    """Each device's agreement: the cosine between its movement and the coordinate-wise median of the ``judges``'
+    movements (a judge's own left out), over the blocks n ≥ 3 judges hold (None for a device that holds none of
+    them). Nothing is changed."""
     dots, norms, reference_norms = (np.zeros(len(moved)) for _ in range(3))
-    for key, cell, owners, _ in _majority_cells(moved, [True] * len(moved)):
-        count = len(owners)
-        if count < MIN_MAJORITY:
+    for key, cell, owners, judging in _majority_cells(moved, judges):
+        if len(judging) < MIN_MAJORITY:
             continue
-        stack = np.stack([moved[owner][key][cell] for owner in owners]).reshape(count, -1)
-        reference = others_median(stack)
+        stack = np.stack([moved[owner][key][cell] for owner in owners]).reshape(len(owners), -1)
+        among = [owners.index(judge) for judge in judging]
+        reference = np.broadcast_to(np.median(stack[among], axis=0), stack.shape).copy()
+        reference[among] = others_median(stack[among])
         dots[owners] += np.einsum("ij,ij->i", stack, reference, dtype=np.float64)
         norms[owners] += np.square(stack, dtype=np.float64).sum(axis=1)
         reference_norms[owners] += np.square(reference, dtype=np.float64).sum(axis=1)
