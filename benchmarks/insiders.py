@@ -16,11 +16,12 @@ A third reference run per fleet says what the honest devices reach alone: the si
 quarantined after their first round (``quarantine_after: 1``), so the rest of the run never sees them. No defence
 can do better than that by much, since the insiders' own data is lost with their updates.
 
-It prints each run's final held-out accuracy and its difference from the clean run under today's rules (the goal:
-every attacked run within 2 points of it, and the default's clean run within 1), and writes ``insiders.json``
-beside the runs.
+It prints each run's final held-out accuracy, its difference from the clean run under today's rules (the goal:
+every attacked run within 2 points of it, and the default's clean run within 1) and, for the default's attacked
+runs, from the honest devices alone (what a defence that lost nothing but the insiders' data would reach), and
+writes ``insiders.json`` beside the runs. ``--report FILE`` prints the table again from a saved ``insiders.json``.
 
-    python benchmarks/insiders.py [--quick] [--fleets 4,10] [--attacks sign_flip,scale,constant,bias] [--out DIR]
+    python benchmarks/insiders.py [--quick] [--fleets 4,10] [--attacks sign_flip,scale,constant,bias] [--out DIR] [--report FILE]
 
 ``--quick`` runs the four-device fleet only, one round, the sign flip only, on less data: the plumbing, not the
 figures.
@@ -75,26 +76,28 @@ def one_run(base: TrialConfig, size: int, insiders: int, attack: str | None, rul
 
 
 def report(results: list[dict]) -> Table:
-    table = Table(title="Final held-out accuracy with compromised devices (difference from the clean run under today's rules, in points)")
-    for header in ("fleet", "attack", "today", "Δ today", "default", "Δ default", "outliers named (default)"):
+    table = Table(title="Final held-out accuracy with compromised devices (differences in points: from the clean run under today's rules, "
+                        "and from the honest devices alone)")
+    for header in ("fleet", "attack", "today", "Δ clean", "default", "Δ clean", "Δ honest alone", "outliers named (default)"):
         table.add_column(header, justify="left" if header in ("attack", "outliers named (default)") else "right")
     for size in sorted({r["fleet"] for r in results}):
         rows = {(r["attack"], r["rules"]): r for r in results if r["fleet"] == size}
-        clean = rows.get(("clean", "today"))
+        clean, alone = rows.get(("clean", "today")), rows.get(("sign_flip", "without"))
 
-        def cells(run: dict | None) -> list[str]:
+        def cells(run: dict | None, *references: dict | None) -> list[str]:
             if run is None:
-                return ["—", "—"]
-            return [f"{run['accuracy']:.3f}", "—" if clean is None else f"{100 * (run['accuracy'] - clean['accuracy']):+.1f}"]
+                return ["—"] * (1 + len(references))
+            return [f"{run['accuracy']:.3f}", *("—" if reference is None else f"{100 * (run['accuracy'] - reference['accuracy']):+.1f}" for reference in references)]
 
         insiders = max((r["insiders"] for r in rows.values()), default=0)
         for attack in ["clean", *ATTACKS]:
             today, default = rows.get((attack, "today")), rows.get((attack, "default"))
             if today or default:
                 label = f"{attack} ({insiders} of {size})" if attack != "clean" else "clean"
-                table.add_row(str(size), label, *cells(today), *cells(default), ", ".join((default or {}).get("outliers", [])) or "none")
-        if (reference := rows.get(("sign_flip", "without"))) is not None:
-            table.add_row(str(size), f"honest devices alone ({insiders} left out after round 1)", "—", "—", *cells(reference), "")
+                table.add_row(str(size), label, *cells(today, clean), *cells(default, clean, None if attack == "clean" else alone),
+                              ", ".join("-".join(agent.split("-")[:2]) for agent in (default or {}).get("outliers", [])) or "none")
+        if alone is not None:
+            table.add_row(str(size), f"honest devices alone ({insiders} left out after round 1)", "—", "—", *cells(alone, clean), "—", "")
     return table
 
 
@@ -106,7 +109,11 @@ def main() -> None:
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--rules", default="today,default")
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary directory)")
+    parser.add_argument("--report", default=None, help="print the table of a saved insiders.json and stop")
     args = parser.parse_args()
+    if args.report:
+        console.print(report(json.loads(Path(args.report).read_text())))
+        return
     base = TrialConfig.from_yaml(args.trial)
     base = replace(base, strategies=(StrategyRun("hetlora"),), seeds=base.seeds[:1])
     fleets, attacks, rules = [int(size) for size in args.fleets.split(",")], args.attacks.split(","), args.rules.split(",")

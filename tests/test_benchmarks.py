@@ -64,5 +64,5 @@ def test_planner_scale_benchmark_quick_mode_prints_the_cost_per_device_against_t
 @pytest.mark.broker
 def test_insiders_benchmark_quick_mode_runs_a_trial_with_a_compromised_device_under_both_rules():
     out = _quick("insiders.py", timeout=1200)
-    assert "sign_flip (1 of 4)" in out and "clean" in out and "Δ default" in out
+    assert "sign_flip (1 of 4)" in out and "clean" in out and "Δ honest alone" in out
     assert "fleet of 4, sign_flip, default rules" in out and "outliers named ['agent-0-laptop-rtx3060-6gb']" in out  # the insider is named

@@ -255,6 +255,23 @@ def test_a_caught_attacker_stays_out_of_the_reference_while_honest_devices_barel
         assert all(guarded.trust[agent] > 0.5 for agent in honest)
 
 
+def test_a_look_that_would_distrust_most_devices_is_no_evidence(monkeypatch) -> None:
+    """Three devices trusted before, five that lost weight earlier and now barely agree with them: judged by the
+    three's median, most of the fleet would be outliers. The rules assume attackers are a minority, so the look
+    changes nobody's trust."""
+    import fedge.coordinator.robust as robust
+
+    strategy, state, updates, starts, _ = fleet("hetlora", [8] * 8, None, seed=6)
+    reputation = Reputation(memory=0.8, quarantine_after=0)
+    reputation.observe(1, {**{f"d{i}": 1.0 for i in range(3)}, **{f"d{i}": 0.4 for i in range(3, 8)}}, [f"d{i}" for i in range(3, 8)])
+    monkeypatch.setattr(robust, "agreements", lambda moved, judges: [0.4, 0.5, 0.45, 0.05, 0.0, -0.05, 0.02, 0.03])
+    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+    assert guarded.trust == {**{f"d{i}": 1.0 for i in range(3)}, **{f"d{i}": 0.4 for i in range(3, 8)}}
+    monkeypatch.setattr(robust, "agreements", lambda moved, judges: [0.4, 0.5, 0.45, 0.3, 0.35, 0.4, -0.2, 0.03])  # a minority: judged
+    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+    assert guarded.trust["d6"] == 0.0 and guarded.trust["d7"] == pytest.approx(0.03 / 0.225) and guarded.trust["d3"] == pytest.approx(0.52)
+
+
 def test_robust_config_is_checked_and_round_trips(tmp_path) -> None:
     base = {"eval_data": "x.jsonl", "insecure": True}
     config = CoordinatorConfig.from_dict({**base, "robust": {"combiner": "geometric_median", "quarantine_after": 3}})

@@ -28,9 +28,11 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
    block's holders (two of the six devices that train the deepest ranks) cannot turn the reference toward them and
    make the honest holders look like the outliers. A sign-flipped or off-direction update disagrees with the
    majority even where its values look ordinary one coordinate at a time. A device keeps its full weight down to
-   a_i = median_judges a / ``outlier_factor``; below that its weight falls in proportion, to zero at a_i ≤ 0.
-   Without a positive median there is no consensus to judge by, and the round is no evidence: nobody loses
-   weight, and nobody regains it. The factor applies to all of a device's coordinates, and on the blocks fewer
+   a_i = median a / ``outlier_factor`` (the median over the devices trusted before the round); below that its
+   weight falls in proportion, to zero at a_i ≤ 0. Without a positive median, or when a look would distrust most
+   of the devices judged (the rules assume the attackers are a minority; late in a run honest non-IID movements
+   can barely agree), there is no consensus to judge by and the look is no evidence: nobody loses weight, and
+   nobody regains it. The factor applies to all of a device's coordinates, and on the blocks fewer
    than three trusted devices hold (the layers and ranks only it, or it and one other device, trains), which no
    majority can clamp, its movement is scaled by the factor as well, and dropped while it is an outlier (factor
    under 1 / ``outlier_factor``): trust earned where there is a majority is what lets a device steer the rest.
@@ -142,12 +144,14 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
     trim_fraction = rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5
     trust = [remember(agent, None) for agent in agents]
     if clamps:
-        judges = [factor >= floor for factor in trust]
+        trusted_before = judges = [factor >= floor for factor in trust]
         for _ in range(2):  # judged against those trusted before, then against those still trusted after the first look
             looked = agreements(moved, judges)
-            if all(cosine is None for cosine in looked):  # too few judges left to hold any block: the first look stands
+            factors = trust_factors(looked, rules.outlier_factor, trusted_before)
+            judged = [factor for factor in factors if factor is not None]
+            if 2 * sum(factor >= floor for factor in judged) < len(judged):  # distrusting most devices is no consensus
                 break
-            trust = [remember(agent, factor) for agent, factor in zip(agents, trust_factors(looked, rules.outlier_factor, judges))]
+            trust = [remember(agent, factor) for agent, factor in zip(agents, factors)]
             agreement = {agent: cosine for agent, cosine in zip(agents, looked) if cosine is not None}
             if judges == (judges := [factor >= floor for factor in trust]):
                 break
@@ -171,7 +175,7 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
 def trust_factors(cosines: list[float | None], outlier_factor: float, judges: Sequence[bool]) -> list[float | None]:
     """Each device's weight factor from its agreement a_i (the cosine of its movement with the others' median, on
     the coordinates a majority holds): 1 down to a bound b = median(a) / ``outlier_factor`` (the median over the
-    ``judges``, those trusted to set the reference), then a_i / b, 0 at a_i ≤ 0. None where there is no evidence:
+    ``judges``, the devices trusted before the round), then a_i / b, 0 at a_i ≤ 0. None where there is no evidence:
     for a device with no agreement, and for everyone when the judges' median is not positive (no consensus to judge
     by: nobody loses weight, and nobody regains it)."""
     known = [cosine for cosine, judge in zip(cosines, judges) if cosine is not None and judge] or [cosine for cosine in cosines if cosine is not None]
