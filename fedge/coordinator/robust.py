@@ -148,11 +148,11 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
         for _ in range(2):  # judged against those trusted before, then against those still trusted after the first look
             looked = agreements(moved, judges)
             factors = trust_factors(looked, rules.outlier_factor, trusted_before)
+            agreement = {agent: cosine for agent, cosine in zip(agents, looked) if cosine is not None}
             judged = [factor for factor in factors if factor is not None]
             if 2 * sum(factor >= floor for factor in judged) < len(judged):  # distrusting most devices is no consensus
                 break
             trust = [remember(agent, factor) for agent, factor in zip(agents, factors)]
-            agreement = {agent: cosine for agent, cosine in zip(agents, looked) if cosine is not None}
             if judges == (judges := [factor >= floor for factor in trust]):
                 break
         unchecked = winsorize(moved, trim_fraction, [factor >= floor for factor in trust])
