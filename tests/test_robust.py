@@ -12,7 +12,7 @@ import pytest
 
 from fedge.coordinator.config import ConfigError, CoordinatorConfig
 from fedge.coordinator.reputation import Reputation
-from fedge.coordinator.robust import RobustRules, cells, guard_updates, others_median, trust_factors
+from fedge.coordinator.robust import RobustRules, agreements, cells, guard_updates, trust_factors
 from fedge.strategies import ClientInfo, ClientUpdate, make_strategy
 from fedge.strategies.base import A_SUFFIX, B_SUFFIX
 from fedge.wire import LoraSpec
@@ -171,6 +171,18 @@ def test_two_scaled_attackers_among_six_holders_of_the_deep_ranks_do_not_turn_th
     assert cosine(movement_of(strategy, state, defended), movement_of(strategy, state, clean)) > 0.8
 
 
+def test_past_the_reference_cap_a_random_sample_of_judges_still_finds_the_attackers(monkeypatch) -> None:
+    """Thousands of devices: a random sample of the judges (here 8 of 20) sets each block's reference and range."""
+    import fedge.coordinator.robust as robust
+
+    monkeypatch.setattr(robust, "MAX_REFERENCE", 8)
+    strategy, state, updates, starts, honest = fleet("hetlora", [8] * 20, "sign_flip", attackers=4, seed=8)
+    clean, _ = aggregate(strategy, state, updates, starts, None, keep=honest)
+    defended, guarded = aggregate(strategy, state, updates, starts, RobustRules())
+    assert set(guarded.outliers) == {"d16", "d17", "d18", "d19"}
+    assert cosine(movement_of(strategy, state, defended), movement_of(strategy, state, clean)) > 0.9
+
+
 def test_geometric_median_gives_the_far_device_little_weight() -> None:
     strategy, state, updates, starts, honest = fleet("hetlora", [4, 8, 8, 8], "sign_flip")
     clean, _ = aggregate(strategy, state, updates, starts, None, keep=honest)
@@ -186,12 +198,20 @@ def test_flora_factors_are_bounded_by_norm_only() -> None:
     assert set(guarded.scaled) == {"d3"} and guarded.agreement == {}
 
 
-@pytest.mark.parametrize("count", [3, 4, 5, 10])
-def test_others_median_is_the_median_of_every_other_row(count: int) -> None:
+@pytest.mark.parametrize("count", [4, 5, 6, 10])
+def test_agreement_is_the_cosine_with_the_other_judges_clamped_mean(count: int) -> None:
     rng = np.random.default_rng(count)
-    for values in (rng.normal(size=(count, 50)), rng.integers(0, 3, size=(count, 50)).astype(float)):  # ties too
-        expected = np.stack([np.median(np.delete(values, row, axis=0), axis=0) for row in range(count)])
-        np.testing.assert_allclose(others_median(values), expected)
+    moved = [{"k": rng.normal(size=(4, 6)).astype(np.float32)} for _ in range(count)]
+    judges = [index != 1 for index in range(count)]  # device 1 is not trusted: judged, but no part of any reference
+    members = [index for index in range(count) if judges[index]]
+    values = np.stack([moved[index]["k"].ravel() for index in members]).astype(np.float64)
+    trim = min(max(1, int(0.2 * len(members))), (len(members) - 2) // 2)
+    ordered = np.sort(values, axis=0)
+    clamped = np.clip(values, ordered[trim], ordered[len(members) - 1 - trim])
+    for index, cosine in enumerate(agreements(moved, judges, 0.2)):
+        others = [row for row, member in enumerate(members) if member != index]
+        reference, own = clamped[others].mean(axis=0), moved[index]["k"].ravel()
+        assert cosine == pytest.approx(own @ reference / np.linalg.norm(own) / np.linalg.norm(reference), abs=1e-5)
 
 
 def test_cells_follow_the_ranks_each_device_holds() -> None:
@@ -264,10 +284,10 @@ def test_a_look_that_would_distrust_most_devices_is_no_evidence(monkeypatch) -> 
     strategy, state, updates, starts, _ = fleet("hetlora", [8] * 8, None, seed=6)
     reputation = Reputation(memory=0.8, quarantine_after=0)
     reputation.observe(1, {**{f"d{i}": 1.0 for i in range(3)}, **{f"d{i}": 0.4 for i in range(3, 8)}}, [f"d{i}" for i in range(3, 8)])
-    monkeypatch.setattr(robust, "agreements", lambda moved, judges: [0.4, 0.5, 0.45, 0.05, 0.0, -0.05, 0.02, 0.03])
+    monkeypatch.setattr(robust, "agreements", lambda moved, judges, trim: [0.4, 0.5, 0.45, 0.05, 0.0, -0.05, 0.02, 0.03])
     guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
     assert guarded.trust == {**{f"d{i}": 1.0 for i in range(3)}, **{f"d{i}": 0.4 for i in range(3, 8)}}
-    monkeypatch.setattr(robust, "agreements", lambda moved, judges: [0.4, 0.5, 0.45, 0.3, 0.35, 0.4, -0.2, 0.03])  # a minority: judged
+    monkeypatch.setattr(robust, "agreements", lambda moved, judges, trim: [0.4, 0.5, 0.45, 0.3, 0.35, 0.4, -0.2, 0.03])  # a minority: judged
     guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
     assert guarded.trust["d6"] == 0.0 and guarded.trust["d7"] == pytest.approx(0.03 / 0.225) and guarded.trust["d3"] == pytest.approx(0.52)
 

@@ -21,21 +21,25 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
      far-off devices count little. Movements of every rank are compared zero-padded to the largest shape.
    - ``mean``: none (the norm bound and the weight cap still hold).
 3. **Trust from agreement** (the coordinate-wise combiners, measured before anything is clamped):
-   a_i = cos(m_i, med_−i), the cosine between a device's movement and the coordinate-wise median of the judges'
-   movements (its own left out), over the coordinates n ≥ 3 judges hold. The judges are the devices trusted so far:
-   first those whose remembered trust is at least 1 / ``outlier_factor``, then, in a second look, those still
-   trusted after the first. A median, not a mean, and judges, not everyone, so that attackers who are many among a
-   block's holders (two of the six devices that train the deepest ranks) cannot turn the reference toward them and
-   make the honest holders look like the outliers. A sign-flipped or off-direction update disagrees with the
-   majority even where its values look ordinary one coordinate at a time. A device keeps its full weight down to
-   a_i = median a / ``outlier_factor`` (the median over the devices trusted before the round); below that its
-   weight falls in proportion, to zero at a_i ≤ 0. Without a positive median, or when a look would distrust most
-   of the devices judged (the rules assume the attackers are a minority; late in a run honest non-IID movements
-   can barely agree), there is no consensus to judge by and the look is no evidence: nobody loses weight, and
-   nobody regains it. The factor applies to all of a device's coordinates, and on the blocks fewer
-   than three trusted devices hold (the layers and ranks only it, or it and one other device, trains), which no
-   majority can clamp, its movement is scaled by the factor as well, and dropped while it is an outlier (factor
-   under 1 / ``outlier_factor``): trust earned where there is a majority is what lets a device steer the rest.
+   a_i = cos(m_i, r_i), the cosine between a device's movement and r_i, the mean of the judges' values (its own
+   left out) clamped into the judges' winsorizing range (k = max(1, ⌊β·n⌋), at most ⌊(n − 2)/2⌋ of n judges), over
+   the coordinates n ≥ 3 judges hold. The judges are the devices trusted before the round (remembered trust at
+   least 1 / ``outlier_factor``), so an attacker caught once is no part of anyone's reference. A second look
+   leaves out those the first one caught, and a device keeps the better of its two looks: in the first round,
+   attackers who are many among a block's holders (two of the six devices that train the deepest ranks) can pull
+   that block's reference away from the honest holders, and the second look clears them, while it can never
+   condemn a device the first look trusted (no cascade). A sign-flipped or off-direction update disagrees with
+   the majority even where its values look ordinary one coordinate at a time. A device keeps its full weight down
+   to a_i = median a / ``outlier_factor`` (the median over the devices trusted before the round); below that its
+   weight falls in proportion, to zero at a_i ≤ 0. Without a positive median, or when the first look would
+   distrust most of the devices judged (the rules assume the attackers are a minority; late in a run honest
+   non-IID movements can barely agree), there is no consensus to judge by and the round is no evidence: nobody
+   loses weight, and nobody regains it. The factor applies to all of a device's coordinates, and on the blocks
+   fewer than three trusted devices hold (the layers and ranks only it, or it and one other device, trains),
+   which no majority can clamp, its movement is scaled by the factor as well, and dropped while it is an outlier
+   (factor under 1 / ``outlier_factor``): trust earned where there is a majority is what lets a device steer the
+   rest. Past ``MAX_REFERENCE`` (1,024) judges, a fresh random sample of them sets each block's reference and
+   range, so the rules stay linear in the fleet.
 4. **A weight cap that shrinks with the number of contributors**: no device's example count carries more than
    min(``max_weight_share``, ``share_factor``/n) of the total (share_factor 1.5: 0.375 of four, 0.15 of ten),
    so a device that claims many examples cannot buy the aggregate, nor pull the median. The cap applies to the
@@ -66,6 +70,7 @@ from fedge.strategies.base import B_SUFFIX, State
 COMBINERS = ("winsorized_mean", "coordinate_median", "geometric_median", "mean")
 WEISZFELD_ITERATIONS = 20
 MIN_MAJORITY = 3  # fewer contributors than this have no majority to bound against
+MAX_REFERENCE = 1024  # more judges than this: a fresh random sample of them sets a block's reference and range
 
 
 @dataclass(frozen=True)
@@ -144,17 +149,7 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
     trim_fraction = rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5
     trust = [remember(agent, None) for agent in agents]
     if clamps:
-        trusted_before = judges = [factor >= floor for factor in trust]
-        for _ in range(2):  # judged against those trusted before, then against those still trusted after the first look
-            looked = agreements(moved, judges)
-            factors = trust_factors(looked, rules.outlier_factor, trusted_before)
-            agreement = {agent: cosine for agent, cosine in zip(agents, looked) if cosine is not None}
-            judged = [factor for factor in factors if factor is not None]
-            if 2 * sum(factor >= floor for factor in judged) < len(judged):  # distrusting most devices is no consensus
-                break
-            trust = [remember(agent, factor) for agent, factor in zip(agents, factors)]
-            if judges == (judges := [factor >= floor for factor in trust]):
-                break
+        trust, agreement = judged_trust(moved, agents, trust, remember, rules.outlier_factor, trim_fraction)
         unchecked = winsorize(moved, trim_fraction, [factor >= floor for factor in trust])
     elif len(updates) >= MIN_MAJORITY and rules.combiner == "geometric_median":
         distances = median_distances(moved, weights)
@@ -172,8 +167,31 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
     return Guarded(rebuilt, shares, scaled, agreement, dict(zip(agents, trust)), outliers)
 
 
+def judged_trust(moved: list[State], agents: list[str], prior: list[float], remember: Callable[[str, float | None], float], outlier_factor: float,
+                 trim_fraction: float) -> tuple[list[float], dict[str, float]]:
+    """Each device's trust and agreement after this round's looks (module docstring, 3): judged first by those
+    trusted before the round, then again without those the first look caught."""
+    floor = 1.0 / outlier_factor
+    trusted_before = [factor >= floor for factor in prior]
+    looked = agreements(moved, trusted_before, trim_fraction)
+    factors = trust_factors(looked, outlier_factor, trusted_before)
+    agreement = {agent: cosine for agent, cosine in zip(agents, looked) if cosine is not None}
+    judged = [factor for factor in factors if factor is not None]
+    if 2 * sum(factor >= floor for factor in judged) < len(judged):  # distrusting most devices is no consensus
+        return prior, agreement
+    trust = [remember(agent, factor) for agent, factor in zip(agents, factors)]
+    if (judges := [factor >= floor for factor in trust]) != trusted_before:
+        # A second look without those the first one caught: a device judged against a reference they had pulled
+        # away may be cleared by it, never condemned (each device keeps the better of its two looks).
+        again = agreements(moved, judges, trim_fraction)
+        for index, (agent, factor) in enumerate(zip(agents, trust_factors(again, outlier_factor, trusted_before))):
+            if factor is not None and (cleared := remember(agent, factor)) > trust[index]:
+                trust[index], agreement[agent] = cleared, again[index]
+    return trust, agreement
+
+
 def trust_factors(cosines: list[float | None], outlier_factor: float, judges: Sequence[bool]) -> list[float | None]:
-    """Each device's weight factor from its agreement a_i (the cosine of its movement with the others' median, on
+    """Each device's weight factor from its agreement a_i (the cosine of its movement with the other judges' clamped mean, on
     the coordinates a majority holds): 1 down to a bound b = median(a) / ``outlier_factor`` (the median over the
     ``judges``, the devices trusted before the round), then a_i / b, 0 at a_i ≤ 0. None where there is no evidence:
     for a device with no agreement, and for everyone when the judges' median is not positive (no consensus to judge
@@ -235,40 +253,51 @@ def _majority_cells(moved: list[State], among: Sequence[bool]):
             yield key, cell, owners, [owner for owner in owners if among[owner]]
 
 
-def _clamp_range(stack: np.ndarray, trim_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def _sampled(judges: list[int]) -> list[int]:
+    """The judges, or, past ``MAX_REFERENCE`` of them, a random sample that size, drawn afresh each time (so that
+    no device can arrange to be in it); the reference and range it sets are estimates of the full ones."""
+    if len(judges) <= MAX_REFERENCE:
+        return judges
+    return sorted(np.random.default_rng().choice(judges, MAX_REFERENCE, replace=False).tolist())
+
+
+def _clamp_range(stack: np.ndarray, trim_fraction: float, keep_one_out: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The (k+1)-th smallest and largest value of every column, k = max(1, ⌊β·n⌋), at most ⌊(n − 1)/2⌋ (the median),
+    or with ``keep_one_out`` at most ⌊(n − 2)/2⌋, so that a reference left without one of its n values is not the
+    median of the rest (three judges: no clamping, each judge against the mean of the other two)."""
     count = stack.shape[0]
-    trim = min(max(1, int(trim_fraction * count)), (count - 1) // 2)
+    trim = min(max(1, int(trim_fraction * count)), (count - 2) // 2 if keep_one_out else (count - 1) // 2)
+    if trim == 0:
+        return stack.min(axis=0), stack.max(axis=0)
     bounds = np.partition(stack, (trim, count - 1 - trim), axis=0)
     return bounds[trim], bounds[count - 1 - trim]
 
 
-def agreements(moved: list[State], judges: Sequence[bool]) -> list[float | None]:
-    """Each device's agreement: the cosine between its movement and the coordinate-wise median of the ``judges``'
-    movements (a judge's own left out), over the blocks n ≥ 3 judges hold (None for a device that holds none of
-    them). Nothing is changed."""
+def agreements(moved: list[State], judges: Sequence[bool], trim_fraction: float) -> list[float | None]:
+    """Each device's agreement: the cosine between its movement and the mean of the ``judges``' values (a judge's
+    own left out) after clamping them into the judges' winsorizing range, over the blocks n ≥ 3 judges hold (None
+    for a device that holds none of them). Past ``MAX_REFERENCE`` judges a random sample of them stands in (its
+    members' own values are then left in: one of 1,024 hardly moves the mean). Nothing is changed."""
     dots, norms, reference_norms = (np.zeros(len(moved)) for _ in range(3))
     for key, cell, owners, judging in _majority_cells(moved, judges):
         if len(judging) < MIN_MAJORITY:
             continue
         stack = np.stack([moved[owner][key][cell] for owner in owners]).reshape(len(owners), -1)
-        among = [owners.index(judge) for judge in judging]
-        reference = np.broadcast_to(np.median(stack[among], axis=0), stack.shape).copy()
-        reference[among] = others_median(stack[among])
-        dots[owners] += np.einsum("ij,ij->i", stack, reference, dtype=np.float64)
-        norms[owners] += np.square(stack, dtype=np.float64).sum(axis=1)
-        reference_norms[owners] += np.square(reference, dtype=np.float64).sum(axis=1)
+        position = {owner: row for row, owner in enumerate(owners)}
+        sample = [position[judge] for judge in _sampled(judging)]
+        count = len(sample)
+        clamped = np.clip(stack[sample], *_clamp_range(stack[sample], trim_fraction, keep_one_out=True))
+        total = clamped.sum(axis=0, dtype=np.float64).astype(np.float32)
+        with_total, total_norm = (stack @ total).astype(np.float64), float(np.dot(total, total))
+        dot, reference_norm = with_total / count, np.full(len(owners), total_norm / count**2)
+        if count == len(judging):  # each judge against the others: r_i = (S − c_i) / (n − 1)
+            own = np.einsum("ij,ij->i", stack[sample], clamped, dtype=np.float64)
+            dot[sample] = (with_total[sample] - own) / (count - 1)
+            reference_norm[sample] = (total_norm - 2 * (clamped @ total) + np.einsum("ij,ij->i", clamped, clamped, dtype=np.float64)) / (count - 1) ** 2
+        dots[owners] += dot
+        norms[owners] += np.einsum("ij,ij->i", stack, stack, dtype=np.float64)
+        reference_norms[owners] += reference_norm
     return [float(dot / np.sqrt(norm * ref)) if norm > 0 and ref > 0 else None for dot, norm, ref in zip(dots, norms, reference_norms)]
-
-
-def others_median(stack: np.ndarray) -> np.ndarray:
-    """Row i: the coordinate-wise median of every row but i, for all i at once. With s the sorted column and m = n − 1
-    values left, the j-th smallest of the others is s[j + 1] if row i's value is ≤ s[j], else s[j] (ties give the
-    same multiset either way), and the median needs j = ⌊(m − 1)/2⌋ and ⌊m/2⌋ only."""
-    left = stack.shape[0] - 1
-    middle = sorted({(left - 1) // 2, left // 2})
-    ordered = np.partition(stack, sorted({*middle, *(j + 1 for j in middle)}), axis=0)
-    ranked = [np.where(stack <= ordered[j], ordered[j + 1], ordered[j]) for j in middle]
-    return ranked[0] if len(ranked) == 1 else (ranked[0] + ranked[1]) / 2
 
 
 def winsorize(moved: list[State], trim_fraction: float, trusted: Sequence[bool]) -> list[tuple[int, str, tuple[slice, ...]]]:
@@ -281,7 +310,8 @@ def winsorize(moved: list[State], trim_fraction: float, trusted: Sequence[bool])
         if len(judges) < MIN_MAJORITY:
             unchecked += [(owner, key, cell) for owner in owners]
             continue
-        low, high = _clamp_range(np.stack([moved[judge][key][cell] for judge in judges]).reshape(len(judges), -1), trim_fraction)
+        sample = _sampled(judges)
+        low, high = _clamp_range(np.stack([moved[judge][key][cell] for judge in sample]).reshape(len(sample), -1), trim_fraction)
         for owner in owners:
             block = moved[owner][key][cell]
             moved[owner][key][cell] = np.clip(block.reshape(-1), low, high).reshape(block.shape)
