@@ -245,11 +245,11 @@ def test_a_remembered_outlier_keeps_a_small_weight_on_the_layers_only_it_and_one
     its share small."""
     strategy, state, updates, starts, honest = fleet("hetlora", [8, 8, 8, 8], "sign_flip")
     reputation = Reputation(memory=0.8, quarantine_after=0)
-    first = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+    first = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
     assert first.trust["d3"] == 0.0 and first.shares["d3"] == 0.0 and "d3" not in {u.agent_id for u in first.updates}
     reputation.observe(1, first.trust, first.outliers)
     strategy, state, updates, starts, honest = fleet("hetlora", [8, 8, 8, 8], None, seed=1)
-    second = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+    second = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
     assert second.trust["d3"] == pytest.approx(0.2) and second.shares["d3"] < 0.1
 
 
@@ -270,7 +270,7 @@ def test_a_caught_attacker_stays_out_of_the_reference_while_honest_devices_barel
     reputation.observe(1, {"d0": 1.0, "d1": 1.0, "d2": 1.0, "d3": 0.0}, ["d3"])
     for seed in (7, 11):  # judged with d3 in the reference, an honest device lost all its weight in these two
         strategy, state, updates, starts, honest = fleet("hetlora", [8, 8, 8, 8], "sign_flip", seed=seed, noise=6.0)
-        guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+        guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
         assert guarded.trust["d3"] == 0.0 and guarded.shares["d3"] == 0.0
         assert all(guarded.trust[agent] > 0.5 for agent in honest)
 
@@ -285,11 +285,48 @@ def test_a_look_that_would_distrust_most_devices_is_no_evidence(monkeypatch) -> 
     reputation = Reputation(memory=0.8, quarantine_after=0)
     reputation.observe(1, {**{f"d{i}": 1.0 for i in range(3)}, **{f"d{i}": 0.4 for i in range(3, 8)}}, [f"d{i}" for i in range(3, 8)])
     monkeypatch.setattr(robust, "agreements", lambda moved, judges, trim: [0.4, 0.5, 0.45, 0.05, 0.0, -0.05, 0.02, 0.03])
-    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
     assert guarded.trust == {**{f"d{i}": 1.0 for i in range(3)}, **{f"d{i}": 0.4 for i in range(3, 8)}}
     monkeypatch.setattr(robust, "agreements", lambda moved, judges, trim: [0.4, 0.5, 0.45, 0.3, 0.35, 0.4, -0.2, 0.03])  # a minority: judged
-    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
     assert guarded.trust["d6"] == 0.0 and guarded.trust["d7"] == pytest.approx(0.03 / 0.225) and guarded.trust["d3"] == pytest.approx(0.52)
+
+
+def test_remembered_agreement_keeps_an_honest_device_through_one_bad_round_but_not_a_turned_one(monkeypatch) -> None:
+    """d1 agreed well for rounds and now, on its skewed shard, barely does (a = −0.03): its history keeps it. d3
+    agreed as well, then turns (a = −0.4, as far against the majority as the bound is with it): caught at once.
+    d2 is new and never agrees (a constant direction, a ≈ 0): judged by that in its first round."""
+    import fedge.coordinator.robust as robust
+
+    strategy, state, updates, starts, _ = fleet("hetlora", [8] * 6, None, seed=7)
+    reputation = Reputation(memory=0.8, quarantine_after=0)
+    reputation.observe(1, {f"d{i}": 1.0 for i in (0, 1, 3, 4, 5)}, [], {f"d{i}": 0.6 for i in (0, 1, 3, 4, 5)})
+    monkeypatch.setattr(robust, "agreements", lambda moved, judges, trim: [0.4, -0.03, 0.01, -0.4, 0.35, 0.3])
+    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
+    assert guarded.trust["d0"] == guarded.trust["d1"] == guarded.trust["d4"] == guarded.trust["d5"] == 1.0
+    assert guarded.trust["d3"] == 0.0 and guarded.trust["d2"] < 0.1 and set(guarded.outliers) == {"d2", "d3"}
+    alone = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True)  # judged on this round alone, d1 would go too
+    assert alone.trust["d1"] == 0.0
+    reputation.observe(2, guarded.trust, guarded.outliers, guarded.agreement)
+    resumed = Reputation(memory=0.8, quarantine_after=0)
+    resumed.replay([{"round": 1, "robust": {"trust": {"d1": 1.0}, "outliers": [], "agreement": {"d1": 0.6}}},
+                    {"round": 2, "robust": {"trust": guarded.trust, "outliers": list(guarded.outliers), "agreement": guarded.agreement}}])
+    assert resumed.agreement["d1"] == pytest.approx(reputation.agreement["d1"]) == pytest.approx(0.8 * 0.6 + 0.2 * -0.03)
+
+
+def test_too_few_trusted_devices_to_judge_anything_and_everyone_judges(monkeypatch) -> None:
+    """Two of four devices lost their trust: no block has three judges left, so the round is judged as a first
+    round is, by everyone, and a distrusted honest device can earn its way back."""
+    import fedge.coordinator.robust as robust
+
+    strategy, state, updates, starts, _ = fleet("hetlora", [8] * 4, None, seed=9)
+    reputation = Reputation(memory=0.8, quarantine_after=0)
+    reputation.observe(1, {"d0": 1.0, "d1": 0.0, "d2": 1.0, "d3": 0.0}, ["d1", "d3"])
+    seen = []
+    monkeypatch.setattr(robust, "agreements", lambda moved, judges, trim: seen.append(list(judges)) or ([None] * 4 if judges.count(True) < 3 else [0.5, 0.45, 0.5, -0.5]))
+    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
+    assert seen[:2] == [[True, False, True, False], [True, True, True, True]]
+    assert guarded.trust["d1"] == pytest.approx(0.2) and guarded.trust["d3"] == 0.0
 
 
 def test_robust_config_is_checked_and_round_trips(tmp_path) -> None:
@@ -313,7 +350,7 @@ def test_the_ranks_only_one_device_holds_move_by_its_trust_and_not_at_all_for_an
     strategy, state, updates, starts, _ = fleet("hetlora", [4, 4, 4, 8], None, seed=2)
     reputation = Reputation(memory=0.8, quarantine_after=0)
     reputation.observe(1, {"d3": past_trust}, ["d3"])  # disagreed last round
-    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
     assert guarded.trust["d3"] == pytest.approx(0.8 * past_trust + 0.2)
     key = MODULES[0] + A_SUFFIX
     sent, start = updates[3].tensors[key], starts[3][key]
@@ -336,7 +373,7 @@ def test_most_devices_losing_their_trust_still_leaves_a_finite_aggregate() -> No
     reputation = Reputation(memory=0.8, quarantine_after=0)
     for agent in ("d0", "d1", "d2", "d3", "d8", "d9"):
         reputation.observe(1, {agent: 0.0}, [agent])
-    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation.remembered)
+    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
     assert all(np.isfinite(list(guarded.shares.values()))) and sum(guarded.shares.values()) == pytest.approx(1.0)
     assert max(guarded.shares[agent] for agent in ("d0", "d1", "d2", "d3", "d8", "d9")) < 0.1  # distrusted devices are never lifted to the cap
     assert {u.agent_id for u in guarded.updates} and all(np.isfinite(v).all() for v in strategy.aggregate(state, guarded.updates, 2).values())

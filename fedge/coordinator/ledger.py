@@ -33,6 +33,7 @@ class RoundLedger:
     robust: dict[str, dict] = field(default_factory=dict)  # what the robust rules did, per aggregation
     outliers: set[str] = field(default_factory=set)
     trust: dict[str, float] = field(default_factory=dict)  # each contributor's weight factor after the robust rules
+    agreement: dict[str, float] = field(default_factory=dict)  # each contributor's agreement this round (its cosine with the judges')
     resent: int = 0  # updates that arrived again after they were taken (a lost receipt)
 
     def accept(self, update: AdapterUpdate, size: int, norm: float) -> None:
@@ -78,7 +79,8 @@ class RoundLedger:
             "left_out": {agent: self.left_out[agent] for agent in sorted(self.left_out) if agent not in self.contributed},
             "update_norms": {agent: round(norm, 4) for agent, norm in sorted(self.norms.items())},
             **({"aggregate_refused": list(self.aggregate_refused)} if self.aggregate_refused else {}),
-            "robust": {"outliers": sorted(self.outliers), "trust": {agent: round(value, 4) for agent, value in sorted(self.trust.items())}, "aggregations": self.robust},
+            "robust": {"outliers": sorted(self.outliers), "trust": {agent: round(value, 4) for agent, value in sorted(self.trust.items())},
+                       "agreement": {agent: round(value, 4) for agent, value in sorted(self.agreement.items())}, "aggregations": self.robust},
             "server_aggregate_s": round(self.aggregate_s, 4),
             "bytes_up": dict(self.bytes_up),
             "bytes_down": dict(self.bytes_down),

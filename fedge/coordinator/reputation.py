@@ -1,7 +1,10 @@
 """What the coordinator remembers of each device's updates across rounds: its trust, and whether it is quarantined.
 
-Trust is a device's weight factor from the robust rules (``fedge.coordinator.robust``), remembered with
-``memory`` λ: after a round whose factor was f, the device's trust is t ← min(f, λ·t + (1 − λ)·f). A device that
+Agreement (the cosine a device's movement had with the others', ``fedge.coordinator.robust``) is remembered with
+``memory`` λ too: ā ← λ·ā + (1 − λ)·a, starting at a device's first a, so that one round an honest device on a
+skewed shard spends at odds with the rest does not undo its history, while a device that never agrees (a constant
+direction: a ≈ 0 every round) is judged by that from its first round. Trust is a device's weight factor from the
+robust rules, remembered with λ: after a round whose factor was f, the device's trust is t ← min(f, λ·t + (1 − λ)·f). A device that
 disagreed with the majority once regains its weight over several rounds instead of at once, so an attacker cannot
 alternate poisoned rounds with honest-looking ones at full weight; the round's own evidence always caps it. A round
 that gave no evidence (no consensus to judge by) leaves trust where it was.
@@ -22,6 +25,7 @@ class Reputation:
         self.memory = memory
         self.quarantine_after = quarantine_after
         self.trust: dict[str, float] = {}
+        self.agreement: dict[str, float] = {}
         self.streaks: dict[str, int] = {}
         self.held: dict[str, str] = {}
 
@@ -31,10 +35,16 @@ class Reputation:
         previous = self.trust.get(agent_id, 1.0)
         return previous if factor is None else min(factor, self.memory * previous + (1 - self.memory) * factor)
 
-    def observe(self, round_number: int, trust: Mapping[str, float], outliers: Iterable[str]) -> list[str]:
-        """Commit one round: the trust each contributor ended with, and its outlier streak; returns the devices
-        quarantined by it."""
+    def recalled(self, agent_id: str, agreement: float) -> float:
+        """A device's remembered agreement ā after this round's a."""
+        previous = self.agreement.get(agent_id)
+        return agreement if previous is None else self.memory * previous + (1 - self.memory) * agreement
+
+    def observe(self, round_number: int, trust: Mapping[str, float], outliers: Iterable[str], agreement: Mapping[str, float] | None = None) -> list[str]:
+        """Commit one round: the trust each contributor ended with, its agreement, and its outlier streak; returns the
+        devices quarantined by it."""
         outliers = set(outliers)
+        self.agreement.update({agent: self.recalled(agent, value) for agent, value in (agreement or {}).items()})
         self.trust.update(trust)
         newly = []
         for agent_id in trust:
@@ -53,4 +63,4 @@ class Reputation:
         """Rebuild trust and streaks from committed round records (a resumed run), oldest first."""
         for record in records:
             robust = record.get("robust") or {}
-            self.observe(record.get("round", 0), robust.get("trust", {}), robust.get("outliers", ()))
+            self.observe(record.get("round", 0), robust.get("trust", {}), robust.get("outliers", ()), robust.get("agreement", {}))

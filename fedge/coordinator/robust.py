@@ -28,10 +28,15 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
    leaves out those the first one caught, and a device keeps the better of its two looks: in the first round,
    attackers who are many among a block's holders (two of the six devices that train the deepest ranks) can pull
    that block's reference away from the honest holders, and the second look clears them, while it can never
-   condemn a device the first look trusted (no cascade). A sign-flipped or off-direction update disagrees with
-   the majority even where its values look ordinary one coordinate at a time. A device keeps its full weight down
-   to a_i = median a / ``outlier_factor`` (the median over the devices trusted before the round); below that its
-   weight falls in proportion, to zero at a_i ≤ 0. Without a positive median, or when the first look would
+   condemn a device the first look trusted (no cascade); when too few devices are trusted to judge any block,
+   everyone judges, as in a first round. A sign-flipped or off-direction update disagrees with the majority even
+   where its values look ordinary one coordinate at a time. A device is judged by its remembered agreement
+   ā_i ← λ·ā_i + (1 − λ)·a_i (``fedge.coordinator.reputation``; ā_i = a_i in its first round), so that one round an
+   honest device on a skewed shard spends at odds with the rest does not undo its history: it keeps its full
+   weight down to ā_i = median ā / ``outlier_factor`` (the median over the devices trusted before the round);
+   below that its weight falls in proportion, to zero at ā_i ≤ 0. A device whose a_i this round is at or below
+   −median a / ``outlier_factor`` (as far against the majority as the bound is with it) gets zero at once,
+   whatever its history: one that turns is caught in the round it turns. Without a positive median, or when the first look would
    distrust most of the devices judged (the rules assume the attackers are a minority; late in a run honest
    non-IID movements can barely agree), there is no consensus to judge by and the round is no evidence: nobody
    loses weight, and nobody regains it. The factor applies to all of a device's coordinates, and on the blocks
@@ -60,6 +65,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -102,6 +108,16 @@ class RobustRules:
         return errors
 
 
+class Memory(Protocol):
+    """What the rules need of a device's past (``fedge.coordinator.reputation.Reputation``)."""
+
+    def remembered(self, agent_id: str, factor: float | None) -> float:
+        """Its trust after this round's factor (None: no evidence)."""
+
+    def recalled(self, agent_id: str, agreement: float) -> float:
+        """Its remembered agreement ā after this round's a."""
+
+
 @dataclass(frozen=True)
 class Guarded:
     """The updates to aggregate (bounded, combined, weights in ``num_examples``) and what was done, per device."""
@@ -125,11 +141,11 @@ class Guarded:
 
 
 def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], starts: Sequence[State], rules: RobustRules, max_share: float, coordinatewise: bool = True,
-                  remembered: Callable[[str, float | None], float] | None = None) -> Guarded:
+                  memory: Memory | None = None) -> Guarded:
     """Apply the rules (module docstring) to one aggregation's updates; ``weights`` are their example counts (or
     staleness-discounted counts), ``starts`` the tensors each device started from (missing keys start at zero),
-    ``remembered`` turns a device's factor this round (None: no evidence) into its trust given its past
-    (``Reputation.remembered``). Devices whose weight ends at zero are left out of ``updates`` (their share is 0)."""
+    ``memory`` holds the devices' past trust and agreement (none: every device judged on this round alone).
+    Devices whose weight ends at zero are left out of ``updates`` (their share is 0)."""
     moved = [movement(update, start) for update, start in zip(updates, starts)]
     agents = [update.agent_id for update in updates]
     scaled = bound_norms(moved, agents, rules.norm_multiple)
@@ -139,9 +155,9 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
 
     def remember(agent: str, factor: float | None) -> float:
         evidence = factor if agent not in scaled else scaled[agent] if factor is None else min(factor, scaled[agent])  # far past the bound: evidence in proportion
-        if remembered is None:
+        if memory is None:
             return 1.0 if evidence is None else evidence
-        return remembered(agent, evidence)
+        return memory.remembered(agent, evidence)
 
     agreement: dict[str, float] = {}
     unchecked: list[tuple[int, str, tuple[slice, ...]]] = []
@@ -149,7 +165,8 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
     trim_fraction = rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5
     trust = [remember(agent, None) for agent in agents]
     if clamps:
-        trust, agreement = judged_trust(moved, agents, trust, remember, rules.outlier_factor, trim_fraction)
+        recall = memory.recalled if memory is not None else lambda agent, cosine: cosine
+        trust, agreement = judged_trust(moved, agents, trust, remember, recall, rules.outlier_factor, trim_fraction)
         unchecked = winsorize(moved, trim_fraction, [factor >= floor for factor in trust])
     elif len(updates) >= MIN_MAJORITY and rules.combiner == "geometric_median":
         distances = median_distances(moved, weights)
@@ -167,14 +184,24 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
     return Guarded(rebuilt, shares, scaled, agreement, dict(zip(agents, trust)), outliers)
 
 
-def judged_trust(moved: list[State], agents: list[str], prior: list[float], remember: Callable[[str, float | None], float], outlier_factor: float,
-                 trim_fraction: float) -> tuple[list[float], dict[str, float]]:
+def judged_trust(moved: list[State], agents: list[str], prior: list[float], remember: Callable[[str, float | None], float], recall: Callable[[str, float], float],
+                 outlier_factor: float, trim_fraction: float) -> tuple[list[float], dict[str, float]]:
     """Each device's trust and agreement after this round's looks (module docstring, 3): judged first by those
     trusted before the round, then again without those the first look caught."""
     floor = 1.0 / outlier_factor
     trusted_before = [factor >= floor for factor in prior]
-    looked = agreements(moved, trusted_before, trim_fraction)
-    factors = trust_factors(looked, outlier_factor, trusted_before)
+
+    def look(judges: list[bool]) -> tuple[list[float | None], list[float | None]]:
+        cosines = agreements(moved, judges, trim_fraction)
+        factors = trust_factors([None if cosine is None else recall(agent, cosine) for agent, cosine in zip(agents, cosines)], outlier_factor, trusted_before)
+        known = [cosine for cosine, judge in zip(cosines, trusted_before) if cosine is not None and judge]
+        bound = statistics.median(known) / outlier_factor if known else 0.0
+        # This round alone, as far against the majority as the bound is with it: no history buys that back.
+        return cosines, [0.0 if cosine is not None and bound > 0 and cosine <= -bound else factor for cosine, factor in zip(cosines, factors)]
+
+    looked, factors = look(trusted_before)
+    if all(cosine is None for cosine in looked) and not all(trusted_before):  # too few trusted to judge any block: everyone judges, as in a first round
+        looked, factors = look([True] * len(agents))
     agreement = {agent: cosine for agent, cosine in zip(agents, looked) if cosine is not None}
     judged = [factor for factor in factors if factor is not None]
     if 2 * sum(factor >= floor for factor in judged) < len(judged):  # distrusting most devices is no consensus
@@ -183,8 +210,8 @@ def judged_trust(moved: list[State], agents: list[str], prior: list[float], reme
     if (judges := [factor >= floor for factor in trust]) != trusted_before:
         # A second look without those the first one caught: a device judged against a reference they had pulled
         # away may be cleared by it, never condemned (each device keeps the better of its two looks).
-        again = agreements(moved, judges, trim_fraction)
-        for index, (agent, factor) in enumerate(zip(agents, trust_factors(again, outlier_factor, trusted_before))):
+        again, factors = look(judges)
+        for index, (agent, factor) in enumerate(zip(agents, factors)):
             if factor is not None and (cleared := remember(agent, factor)) > trust[index]:
                 trust[index], agreement[agent] = cleared, again[index]
     return trust, agreement

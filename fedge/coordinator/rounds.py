@@ -204,10 +204,11 @@ def guarded(c: Coordinator, updates: list[ClientUpdate], weights: list[float], w
     for update in updates:
         expected, record = c.collection.expected[update.agent_id], c.registry.get(update.agent_id)
         starts.append(c.strategy.update_start(expected.started_from, ClientInfo(update.agent_id, expected.spec, record.base_version if record else 0)))
-    result = guard_updates(updates, weights, starts, c.config.robust, c.config.max_weight_share, c.strategy.coordinatewise, c.reputation.remembered)
+    result = guard_updates(updates, weights, starts, c.config.robust, c.config.max_weight_share, c.strategy.coordinatewise, c.reputation)
     c.collection.ledger.robust[what] = result.to_record(c.config.robust)
     c.collection.ledger.outliers.update(result.outliers)
     c.collection.ledger.trust.update(result.trust)
+    c.collection.ledger.agreement.update(result.agreement)
     if result.outliers:
         log.warning("%s: outliers %s (%s)", what, ", ".join(result.outliers), ", ".join(f"{agent} scaled ×{factor:.3g}" for agent, factor in result.scaled.items()) or "deviation over the bound")
     return result.updates
@@ -254,7 +255,7 @@ def commit(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], sta
     explain_left_out(c)
     c.recorder.run_dir.save_replay_counters(c.receiver.replay_counters())
     ledger = c.collection.ledger
-    quarantined = c.reputation.observe(round_number, ledger.trust, ledger.outliers)
+    quarantined = c.reputation.observe(round_number, ledger.trust, ledger.outliers, ledger.agreement)
     fanout = c.sender.take_cost()
     c.recorder.commit(round_number, arrays, {
         "strategy": c.strategy.name,
