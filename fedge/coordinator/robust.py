@@ -35,8 +35,8 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
    honest device on a skewed shard spends at odds with the rest does not undo its history: it keeps its full
    weight down to ā_i = median ā / ``outlier_factor`` (the median over the devices trusted before the round);
    below that its weight falls in proportion, to zero at ā_i ≤ 0. A device whose a_i this round is at or below
-   −median a / ``outlier_factor`` (as far against the majority as the bound is with it) gets zero at once,
-   whatever its history: one that turns is caught in the round it turns. Without a positive median, or when the first look would
+   −median a (as far against the majority as the majority is with itself) gets zero at once, whatever its
+   history: one that turns to a sign flip is caught in the round it turns. Without a positive median, or when the first look would
    distrust most of the devices judged (the rules assume the attackers are a minority; late in a run honest
    non-IID movements can barely agree), there is no consensus to judge by and the round is no evidence: nobody
    loses weight, and nobody regains it. The factor applies to all of a device's coordinates, and on the blocks
@@ -195,9 +195,9 @@ def judged_trust(moved: list[State], agents: list[str], prior: list[float], reme
         cosines = agreements(moved, judges, trim_fraction)
         factors = trust_factors([None if cosine is None else recall(agent, cosine) for agent, cosine in zip(agents, cosines)], outlier_factor, trusted_before)
         known = [cosine for cosine, judge in zip(cosines, trusted_before) if cosine is not None and judge]
-        bound = statistics.median(known) / outlier_factor if known else 0.0
-        # This round alone, as far against the majority as the bound is with it: no history buys that back.
-        return cosines, [0.0 if cosine is not None and bound > 0 and cosine <= -bound else factor for cosine, factor in zip(cosines, factors)]
+        typical = statistics.median(known) if known else 0.0
+        # This round alone, as far against the majority as the majority is with itself: no history buys that back.
+        return cosines, [0.0 if cosine is not None and typical > 0 and cosine <= -typical else factor for cosine, factor in zip(cosines, factors)]
 
     looked, factors = look(trusted_before)
     if all(cosine is None for cosine in looked) and not all(trusted_before):  # too few trusted to judge any block: everyone judges, as in a first round
