@@ -20,31 +20,33 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
      by min(1, median_j ‖m_j − z‖ / ‖m_i − z‖) (the geometric median is the mean under weights ∝ 1/‖m_i − z‖), so
      far-off devices count little. Movements of every rank are compared zero-padded to the largest shape.
    - ``mean``: none (the norm bound and the weight cap still hold).
-3. **Trust from agreement** (the coordinate-wise combiners, measured before anything is clamped):
-   a_i = cos(m_i, r_i), the cosine between a device's movement and r_i, the mean of the judges' values (its own
-   left out) clamped into the judges' winsorizing range (k = max(1, ⌊β·n⌋), at most ⌊(n − 2)/2⌋ of n judges), over
-   the coordinates n ≥ 3 judges hold. The judges are the devices trusted before the round (remembered trust at
-   least 1 / ``outlier_factor``), so an attacker caught once is no part of anyone's reference. A second look
-   leaves out those the first one caught, and a device keeps the better of its two looks: in the first round,
-   attackers who are many among a block's holders (two of the six devices that train the deepest ranks) can pull
-   that block's reference away from the honest holders, and the second look clears them, while it can never
-   condemn a device the first look trusted (no cascade); when too few devices are trusted to judge any block,
-   everyone judges, as in a first round. A sign-flipped or off-direction update disagrees with the majority even
-   where its values look ordinary one coordinate at a time. A device is judged by its remembered agreement
-   ā_i ← λ·ā_i + (1 − λ)·a_i (``fedge.coordinator.reputation``; ā_i = a_i in its first round), so that one round an
-   honest device on a skewed shard spends at odds with the rest does not undo its history: it keeps its full
-   weight down to ā_i = median ā / ``outlier_factor`` (the median over the devices trusted before the round);
-   below that its weight falls in proportion, to zero at ā_i ≤ 0. A device whose a_i this round is at or below
-   −median a (as far against the majority as the majority is with itself) gets zero at once, whatever its
-   history: one that turns to a sign flip is caught in the round it turns. Without a positive median, or when the first look would
-   distrust most of the devices judged (the rules assume the attackers are a minority; late in a run honest
-   non-IID movements can barely agree), there is no consensus to judge by and the round is no evidence: nobody
-   loses weight, and nobody regains it. The factor applies to all of a device's coordinates, and on the blocks
-   fewer than three trusted devices hold (the layers and ranks only it, or it and one other device, trains),
-   which no majority can clamp, its movement is scaled by the factor as well, and dropped while it is an outlier
-   (factor under 1 / ``outlier_factor``): trust earned where there is a majority is what lets a device steer the
-   rest. Past ``MAX_REFERENCE`` (1,024) judges, a fresh random sample of them sets each block's reference and
-   range, so the rules stay linear in the fleet.
+3. **Trust from agreement** (the coordinate-wise combiners, measured before anything is clamped). A sign-flipped
+   or off-direction update disagrees with the majority even where its values look ordinary one coordinate at a time.
+   - *Agreement*: a_i = cos(m_i, r_i), r_i the mean of the judges' values (its own left out) clamped into the
+     judges' winsorizing range (k = max(1, ⌊β·n⌋), at most ⌊(n − 2)/2⌋ of n judges), over the coordinates n ≥ 3
+     judges hold.
+   - *Judges*: the devices trusted before the round (remembered trust at least 1 / ``outlier_factor``), so an
+     attacker caught once is part of nobody's reference. A second look leaves out those the first one caught, and
+     each device keeps the better of its two looks: in a first round, attackers who are many among a block's
+     holders (two of the six devices that train the deepest ranks) can pull its reference away from the honest
+     holders, and the second look clears them; it never condemns a device the first look trusted (no cascade).
+     When too few devices are trusted to judge any block, everyone judges, as in a first round.
+   - *Factor*: a device is judged by its remembered agreement ā_i ← λ·ā_i + (1 − λ)·a_i
+     (``fedge.coordinator.reputation``; ā_i = a_i in its first round), so one round an honest device on a skewed
+     shard spends at odds with the rest does not undo its history. It keeps its full weight down to
+     ā_i = median ā / ``outlier_factor`` (the median over the devices trusted before the round); below that its
+     weight falls in proportion, to zero at ā_i ≤ 0. An a_i at or below −median a this round (as far against
+     the majority as the majority is with itself) takes all of it at once, whatever the history: a device that
+     turns to a sign flip is caught in the round it turns.
+   - *No consensus*: without a positive median, or when the first look would distrust most of the devices judged
+     (the rules assume the attackers are a minority; late in a run honest non-IID movements can barely agree),
+     the round is no evidence: nobody loses weight, and nobody regains it.
+   - *Reach*: the factor applies to all of a device's coordinates. On the blocks fewer than three trusted devices
+     hold (the layers and ranks only it, or it and one other device, trains), which no majority can clamp, its
+     movement is scaled by the factor as well, and dropped while it is an outlier (factor under
+     1 / ``outlier_factor``): trust earned where there is a majority is what lets a device steer the rest.
+   - *Scale*: past ``MAX_REFERENCE`` (1,024) judges, a fresh random sample of them sets each block's reference
+     and range, so the rules stay linear in the fleet.
 4. **A weight cap that shrinks with the number of contributors**: no device's example count carries more than
    min(``max_weight_share``, ``share_factor``/n) of the total (share_factor 1.5: 0.375 of four, 0.15 of ten),
    so a device that claims many examples cannot buy the aggregate, nor pull the median. The cap applies to the
@@ -53,8 +55,7 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
 
 The factor is remembered across rounds (``trust_memory``, ``fedge.coordinator.reputation``): a device that disagreed
 regains its weight over several rounds. The strategy aggregates x_i⁰ + m̃_i (the bounded, combined movement) with
-the capped, trust-scaled weights; a
-device whose weight reaches zero is left out. A device is named an outlier in a round when its movement was scaled
+the capped, trust-scaled weights; a device whose weight reaches zero is left out. A device is named an outlier in a round when its movement was scaled
 down or its weight factor fell below 1 / ``outlier_factor``. With ``quarantine_after`` = N (0, off, by default: on
 non-IID shards an honest device's late-round updates can disagree as much), N outlier rounds in a row and it gets
 no more work for the rest of the run, its reason in every later round's record.
@@ -125,7 +126,7 @@ class Guarded:
     updates: list[ClientUpdate]
     shares: dict[str, float]  # each device's final share of the aggregate
     scaled: dict[str, float] = field(default_factory=dict)  # devices whose movement was scaled down, by the factor
-    agreement: dict[str, float] = field(default_factory=dict)  # cosine with the robust aggregate (geometric median: typical / own distance)
+    agreement: dict[str, float] = field(default_factory=dict)  # this round's a_i (geometric median: typical / own distance)
     trust: dict[str, float] = field(default_factory=dict)  # the weight factor each device ended with
     outliers: tuple[str, ...] = ()
 
