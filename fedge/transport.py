@@ -94,6 +94,15 @@ class Queued:
     size: int
 
 
+def acknowledged(handle: mqtt.MQTTMessageInfo) -> bool:
+    """Whether the broker acknowledged a queued frame. paho raises for a frame it could not queue (the connection
+    was down, or its queue full): that frame was not acknowledged, and asking must not end a run."""
+    try:
+        return handle.is_published()
+    except (RuntimeError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class Received:
     """One whole incoming message (or the protocol error that refused it); ``raw`` for raw subscriptions;
@@ -313,7 +322,7 @@ class MqttTransport:
                 handle.wait_for_publish(max(deadline - time.monotonic(), 0.001))
             except (RuntimeError, ValueError):
                 pass  # dropped with the connection or refused: counted below
-            missing += not handle.is_published()
+            missing += not acknowledged(handle)
         return missing
 
     def publish_raw(self, topic: str, payload: bytes, retain: bool = False, timeout_s: float = 30.0) -> None:
@@ -338,12 +347,12 @@ class MqttTransport:
             for frame, info in infos:
                 try:
                     info.wait_for_publish(max(deadline - time.monotonic(), 0.001))
-                    acknowledged = info.is_published()
+                    delivered = info.is_published()
                 except ValueError as error:
                     raise TransportError(f"publish to {topic} refused: {error}") from error
                 except RuntimeError:  # the connection dropped under this frame: send it again
-                    acknowledged = False
-                if not acknowledged:
+                    delivered = False
+                if not delivered:
                     if time.monotonic() >= deadline:
                         raise TransportError(f"broker did not acknowledge {topic} within {timeout_s:.0f} s")
                     pending.append(frame)

@@ -30,3 +30,20 @@ def test_the_protocol_may_be_named_in_the_url_and_secrets_are_kept_out_of_record
     assert "s3cret" not in repr(config)
     assert redact_url("mqtt://edge:s3cret@h:1?protocol=5") == "mqtt://edge:***@h:1?protocol=5"
     assert redact_url("mqtt://h:1") == "mqtt://h:1"
+
+
+def test_frames_queued_while_the_broker_is_away_count_as_unacknowledged_and_never_raise():
+    """paho raises from ``is_published`` for a frame it could not queue (no connection): a coordinator asking how
+    much of a device's work is out, during a broker restart, must get a count, not an exception that ends the run."""
+    import paho.mqtt.client as mqtt
+
+    from fedge.transport import MqttTransport, Queued, acknowledged
+
+    refused = mqtt.MQTTMessageInfo(1)
+    refused.rc = mqtt.MQTT_ERR_NO_CONN
+    with pytest.raises(RuntimeError):
+        refused.is_published()
+    assert acknowledged(refused) is False
+    transport = MqttTransport(BrokerConfig.from_url("mqtt://127.0.0.1:9"), client_id="never-connected")
+    queued = transport.enqueue_frames("fedge/x", [b"one", b"two"])
+    assert transport.wait_sent([queued, Queued([refused], 3)], timeout_s=0.05) == 3

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from fedge.coordinator.boundary import RefusalLog
 from fedge.delivery import read_chunk
-from fedge.transport import BrokerConfig, MqttTransport, TransportError
+from fedge.transport import BrokerConfig, MqttTransport, TransportError, acknowledged
 from fedge.wire import BackbonePart, BackboneRequest, Limits, topics
 from fedge.wire.sealing import Codec
 from fedge.quantization.package import BackbonePackage
@@ -97,7 +97,7 @@ class BackboneServer:
     def _send(self, topic: str, part: BackbonePart) -> None:
         while len(self._in_flight) >= self.max_in_flight:
             oldest = self._in_flight.popleft()
-            if not oldest.is_published():
+            if not acknowledged(oldest):
                 try:
                     oldest.wait_for_publish(timeout=30)
                 except (RuntimeError, ValueError):

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 
-from fedge.transport import MqttTransport, Queued
+from fedge.transport import MqttTransport, Queued, acknowledged
 from fedge.wire import Assignment, GlobalState, Receipt, Reject, topics
 from fedge.wire.codec import encode_message
 
@@ -103,7 +103,7 @@ class Sender:
     def undelivered(self, agent_id: str) -> int:
         """Frames of the device's current work the broker has not acknowledged yet."""
         work = self._work.get(agent_id)
-        return 0 if work is None else sum(not handle.is_published() for item in work.queued for handle in item.handles)
+        return 0 if work is None else sum(not acknowledged(handle) for item in work.queued for handle in item.handles)
 
     def resend(self, agent_id: str, why: str, reported_at: float | None = None) -> bool:
         """Send a device its current work again, if it was delivered and its deadline has not passed; with
