@@ -34,7 +34,6 @@ class RoundLedger:
     outliers: set[str] = field(default_factory=set)
     trust: dict[str, float] = field(default_factory=dict)  # each contributor's weight factor after the robust rules
     agreement: dict[str, float] = field(default_factory=dict)  # each contributor's agreement this round (its cosine with the judges')
-    resent: int = 0  # updates that arrived again after they were taken (a lost receipt)
 
     def accept(self, update: AdapterUpdate, size: int, norm: float) -> None:
         self.contributed[update.agent_id] = update

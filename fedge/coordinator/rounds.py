@@ -262,7 +262,7 @@ def commit(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], sta
         "round_mode": c.config.round_mode,
         **ledger.to_record(),
         "refused_messages": c.receiver.refusals.take(),
-        "losses": {**c.receiver.take_losses(), "resent_updates": ledger.resent},
+        "losses": {**c.receiver.take_losses(), "resent_updates": c.sender.take_answered_again()},
         "fanout": {"cpu_s": fanout.cpu_s, "distinct_states": fanout.distinct_states},
         "capacity": predicted_vs_measured(c.collection),
         **({"quarantined": {agent: c.reputation.reason(agent) for agent in quarantined}} if quarantined else {}),

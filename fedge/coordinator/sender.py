@@ -53,6 +53,7 @@ class Sender:
         self._final: dict[Hashable, bytes] = {}  # final states by view, encoded once
         self._cpu_s = 0.0
         self._distinct = 0
+        self._answered_again = 0  # receipts sent again since the last record: updates resent after a lost receipt
 
     def send_work(self, assignment: Assignment, state_key: Hashable | None = None, make_state: Callable[[], GlobalState] | None = None) -> int:
         """Queue a device's assignment and, unless it is prepare-only, the shared state ``make_state`` builds
@@ -92,9 +93,16 @@ class Sender:
         """Queued without waiting for the broker: a reject never holds up the round."""
         self.transport.enqueue(topics.downlink(agent_id), Reject(agent_id, reason, detail[:500], round_number, ref))
 
-    def receipt(self, agent_id: str, round_number: int, ref: str) -> None:
-        """Queued like a reject: the device stops resending update ``ref``."""
+    def receipt(self, agent_id: str, round_number: int, ref: str, again: bool = False) -> None:
+        """Queued like a reject: the device stops resending update ``ref``; ``again`` for an update that came back
+        after it was taken (its receipt was lost), counted until ``take_answered_again``."""
+        self._answered_again += again
         self.transport.enqueue(topics.downlink(agent_id), Receipt(agent_id, round_number, ref))
+
+    def take_answered_again(self) -> int:
+        """Updates resent after a lost receipt since the last call, whenever they came (in a round or between)."""
+        count, self._answered_again = self._answered_again, 0
+        return count
 
     def current(self, agent_id: str) -> Assignment | None:
         work = self._work.get(agent_id)

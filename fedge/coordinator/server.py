@@ -285,9 +285,7 @@ class Coordinator:
     def _on_update(self, update: AdapterUpdate, arrival: Arrival) -> None:
         collection, record = self.collection, self.registry.get(update.agent_id)
         if record is not None and record.last_update == update.message_id:  # its receipt was lost: answered again, taken once
-            if collection is not None:
-                collection.ledger.resent += 1
-            return self.sender.receipt(update.agent_id, update.round, update.message_id)
+            return self.sender.receipt(update.agent_id, update.round, update.message_id, again=True)
         expected = collection.expected.get(update.agent_id) if collection is not None else None
         try:
             validate_update(update, expected.expectation if expected else None, collection is not None and update.agent_id in collection.received, arrival.arrived)
