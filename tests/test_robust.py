@@ -12,7 +12,7 @@ import pytest
 
 from fedge.coordinator.config import ConfigError, CoordinatorConfig
 from fedge.coordinator.reputation import Reputation
-from fedge.coordinator.robust import RobustRules, agreements, cells, guard_updates, trust_factors
+from fedge.coordinator.robust import RobustRules, agreements, bound_norms, cells, guard_updates, movement, trust_factors
 from fedge.strategies import ClientInfo, ClientUpdate, make_strategy
 from fedge.strategies.base import A_SUFFIX, B_SUFFIX
 from fedge.wire import LoraSpec
@@ -75,6 +75,8 @@ def poisoned(attack: str, tensors: dict, start: dict, rng: np.random.Generator) 
             move = -200 * move
         elif attack == "constant":
             move = np.full_like(move, 0.2)
+        elif attack == "random_signs":  # each attacker its own fixed ±1 pattern, five times its honest movement's RMS
+            move = 5 * float(np.sqrt(np.mean(np.square(move)))) * rng.choice((-1.0, 1.0), size=move.shape).astype(np.float32)
         out[key] = start.get(key, 0) + move
     return out
 
@@ -199,19 +201,31 @@ def test_flora_factors_are_bounded_by_norm_only() -> None:
 
 
 @pytest.mark.parametrize("count", [4, 5, 6, 10])
-def test_agreement_is_the_cosine_with_the_other_judges_clamped_mean(count: int) -> None:
+def test_agreement_is_the_cosine_with_the_other_judges_mean_clamped_into_their_central_band(count: int) -> None:
     rng = np.random.default_rng(count)
     moved = [{"k": rng.normal(size=(4, 6)).astype(np.float32)} for _ in range(count)]
     judges = [index != 1 for index in range(count)]  # device 1 is not trusted: judged, but no part of any reference
     members = [index for index in range(count) if judges[index]]
     values = np.stack([moved[index]["k"].ravel() for index in members]).astype(np.float64)
-    trim = min(max(1, int(0.2 * len(members))), (len(members) - 2) // 2)
+    trim = (len(members) - 2) // 2
     ordered = np.sort(values, axis=0)
     clamped = np.clip(values, ordered[trim], ordered[len(members) - 1 - trim])
-    for index, cosine in enumerate(agreements(moved, judges, 0.2)):
+    for index, cosine in enumerate(agreements(moved, judges)):
         others = [row for row, member in enumerate(members) if member != index]
         reference, own = clamped[others].mean(axis=0), moved[index]["k"].ravel()
         assert cosine == pytest.approx(own @ reference / np.linalg.norm(own) / np.linalg.norm(reference), abs=1e-5)
+
+
+def test_two_insiders_pushing_random_directions_do_not_find_each_other_in_their_reference() -> None:
+    """Two of six send their own random ±1 directions, large (bounded to three times the median RMS): wherever they
+    push a coordinate the same way they are its two largest values. Clamped only into the combiner's range (one
+    value trimmed per end) each would find the other in its reference and agree about as much as honest devices
+    do; in the judges' central band they agree under half as much as the least of them."""
+    strategy, state, updates, starts, honest = fleet("hetlora", [8] * 6, "random_signs", attackers=2, seed=3, noise=1.0)
+    moved = [movement(update, start) for update, start in zip(updates, starts)]
+    bound_norms(moved, [update.agent_id for update in updates], 3.0)
+    cosines = agreements(moved, [True] * 6)
+    assert max(cosines[4:]) < 0.5 * min(cosines[:4])
 
 
 def test_cells_follow_the_ranks_each_device_holds() -> None:
@@ -284,10 +298,10 @@ def test_a_look_that_would_distrust_most_devices_is_no_evidence(monkeypatch) -> 
     strategy, state, updates, starts, _ = fleet("hetlora", [8] * 8, None, seed=6)
     reputation = Reputation(memory=0.8, quarantine_after=0)
     reputation.observe(1, {**{f"d{i}": 1.0 for i in range(3)}, **{f"d{i}": 0.4 for i in range(3, 8)}}, [f"d{i}" for i in range(3, 8)])
-    monkeypatch.setattr(robust, "agreements", lambda moved, judges, trim: [0.4, 0.5, 0.45, 0.05, 0.0, -0.05, 0.02, 0.03])
+    monkeypatch.setattr(robust, "agreements", lambda moved, judges: [0.4, 0.5, 0.45, 0.05, 0.0, -0.05, 0.02, 0.03])
     guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
     assert guarded.trust == {**{f"d{i}": 1.0 for i in range(3)}, **{f"d{i}": 0.4 for i in range(3, 8)}}
-    monkeypatch.setattr(robust, "agreements", lambda moved, judges, trim: [0.4, 0.5, 0.45, 0.3, 0.35, 0.4, -0.2, 0.03])  # a minority: judged
+    monkeypatch.setattr(robust, "agreements", lambda moved, judges: [0.4, 0.5, 0.45, 0.3, 0.35, 0.4, -0.2, 0.03])  # a minority: judged
     guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
     assert guarded.trust["d6"] == 0.0 and guarded.trust["d7"] == pytest.approx(0.03 / 0.225) and guarded.trust["d3"] == pytest.approx(0.52)
 
@@ -301,7 +315,7 @@ def test_remembered_agreement_keeps_an_honest_device_through_one_bad_round_but_n
     strategy, state, updates, starts, _ = fleet("hetlora", [8] * 6, None, seed=7)
     reputation = Reputation(memory=0.8, quarantine_after=0)
     reputation.observe(1, {f"d{i}": 1.0 for i in (0, 1, 3, 4, 5)}, [], {f"d{i}": 0.6 for i in (0, 1, 3, 4, 5)})
-    monkeypatch.setattr(robust, "agreements", lambda moved, judges, trim: [0.4, -0.03, 0.01, -0.4, 0.35, 0.3])
+    monkeypatch.setattr(robust, "agreements", lambda moved, judges: [0.4, -0.03, 0.01, -0.4, 0.35, 0.3])
     guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
     assert guarded.trust["d0"] == guarded.trust["d1"] == guarded.trust["d4"] == guarded.trust["d5"] == 1.0
     assert guarded.trust["d3"] == 0.0 and guarded.trust["d2"] < 0.1 and set(guarded.outliers) == {"d2", "d3"}
@@ -323,7 +337,7 @@ def test_too_few_trusted_devices_to_judge_anything_and_everyone_judges(monkeypat
     reputation = Reputation(memory=0.8, quarantine_after=0)
     reputation.observe(1, {"d0": 1.0, "d1": 0.0, "d2": 1.0, "d3": 0.0}, ["d1", "d3"])
     seen = []
-    monkeypatch.setattr(robust, "agreements", lambda moved, judges, trim: seen.append(list(judges)) or ([None] * 4 if judges.count(True) < 3 else [0.5, 0.45, 0.5, -0.5]))
+    monkeypatch.setattr(robust, "agreements", lambda moved, judges: seen.append(list(judges)) or ([None] * 4 if judges.count(True) < 3 else [0.5, 0.45, 0.5, -0.5]))
     guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
     assert seen[:2] == [[True, False, True, False], [True, True, True, True]]
     assert guarded.trust["d1"] == pytest.approx(0.2) and guarded.trust["d3"] == 0.0

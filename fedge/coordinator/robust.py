@@ -23,8 +23,11 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
 3. **Trust from agreement** (the coordinate-wise combiners, measured before anything is clamped). A sign-flipped
    or off-direction update disagrees with the majority even where its values look ordinary one coordinate at a time.
    - *Agreement*: a_i = cos(m_i, r_i), r_i the mean of the judges' values (its own left out) clamped into the
-     judges' winsorizing range (k = max(1, ⌊β·n⌋), at most ⌊(n − 2)/2⌋ of n judges), over the coordinates n ≥ 3
-     judges hold.
+     judges' central band (the (k+1)-th smallest … (k+1)-th largest, k = ⌊(n − 2)/2⌋ of n judges: the middle
+     two values for even n), over the coordinates n ≥ 3 judges hold. The band, not the combiner's range in 2:
+     two insiders who push a coordinate the same way are its two largest values, which a range trimming one value
+     per end leaves whole, so each finds the other in its reference; two of ten sending random directions at a
+     few times the honest size seemed to agree as much as honest devices did (a ≈ 0.3; in the band, a ≈ 0).
    - *Judges*: the devices trusted before the round (remembered trust at least 1 / ``outlier_factor``), so an
      attacker caught once is part of nobody's reference. A second look leaves out those the first one caught, and
      each device keeps the better of its two looks: in a first round, attackers who are many among a block's
@@ -167,7 +170,7 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
     trust = [remember(agent, None) for agent in agents]
     if clamps:
         recall = memory.recalled if memory is not None else lambda agent, cosine: cosine
-        trust, agreement = judged_trust(moved, agents, trust, remember, recall, rules.outlier_factor, trim_fraction)
+        trust, agreement = judged_trust(moved, agents, trust, remember, recall, rules.outlier_factor)
         unchecked = winsorize(moved, trim_fraction, [factor >= floor for factor in trust])
     elif len(updates) >= MIN_MAJORITY and rules.combiner == "geometric_median":
         distances = median_distances(moved, weights)
@@ -186,14 +189,14 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
 
 
 def judged_trust(moved: list[State], agents: list[str], prior: list[float], remember: Callable[[str, float | None], float], recall: Callable[[str, float], float],
-                 outlier_factor: float, trim_fraction: float) -> tuple[list[float], dict[str, float]]:
+                 outlier_factor: float) -> tuple[list[float], dict[str, float]]:
     """Each device's trust and agreement after this round's looks (module docstring, 3): judged first by those
     trusted before the round, then again without those the first look caught."""
     floor = 1.0 / outlier_factor
     trusted_before = [factor >= floor for factor in prior]
 
     def look(judges: list[bool]) -> tuple[list[float | None], list[float | None]]:
-        cosines = agreements(moved, judges, trim_fraction)
+        cosines = agreements(moved, judges)
         factors = trust_factors([None if cosine is None else recall(agent, cosine) for agent, cosine in zip(agents, cosines)], outlier_factor, trusted_before)
         known = [cosine for cosine, judge in zip(cosines, trusted_before) if cosine is not None and judge]
         typical = statistics.median(known) if known else 0.0
@@ -289,21 +292,22 @@ def _sampled(judges: list[int]) -> list[int]:
     return sorted(np.random.default_rng().choice(judges, MAX_REFERENCE, replace=False).tolist())
 
 
-def _clamp_range(stack: np.ndarray, trim_fraction: float, keep_one_out: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The (k+1)-th smallest and largest value of every column, k = max(1, ⌊β·n⌋), at most ⌊(n − 1)/2⌋ (the median),
-    or with ``keep_one_out`` at most ⌊(n − 2)/2⌋, so that a reference left without one of its n values is not the
-    median of the rest (three judges: no clamping, each judge against the mean of the other two)."""
+def _clamp_range(stack: np.ndarray, trim_fraction: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The (k+1)-th smallest and largest value of every column: the combiner's range, k = max(1, ⌊β·n⌋) at most
+    ⌊(n − 1)/2⌋ (the median), or with ``trim_fraction`` None the reference's central band, k = ⌊(n − 2)/2⌋, so
+    that a reference left without one of its n values is not the median of the rest (three judges: no clamping,
+    each judge against the mean of the other two)."""
     count = stack.shape[0]
-    trim = min(max(1, int(trim_fraction * count)), (count - 2) // 2 if keep_one_out else (count - 1) // 2)
+    trim = (count - 2) // 2 if trim_fraction is None else min(max(1, int(trim_fraction * count)), (count - 1) // 2)
     if trim == 0:
         return stack.min(axis=0), stack.max(axis=0)
     bounds = np.partition(stack, (trim, count - 1 - trim), axis=0)
     return bounds[trim], bounds[count - 1 - trim]
 
 
-def agreements(moved: list[State], judges: Sequence[bool], trim_fraction: float) -> list[float | None]:
+def agreements(moved: list[State], judges: Sequence[bool]) -> list[float | None]:
     """Each device's agreement: the cosine between its movement and the mean of the ``judges``' values (a judge's
-    own left out) after clamping them into the judges' winsorizing range, over the blocks n ≥ 3 judges hold (None
+    own left out) after clamping them into the judges' central band, over the blocks n ≥ 3 judges hold (None
     for a device that holds none of them). Past ``MAX_REFERENCE`` judges a random sample of them stands in (its
     members' own values are then left in: one of 1,024 hardly moves the mean). Nothing is changed."""
     dots, norms, reference_norms = (np.zeros(len(moved)) for _ in range(3))
@@ -314,7 +318,7 @@ def agreements(moved: list[State], judges: Sequence[bool], trim_fraction: float)
         position = {owner: row for row, owner in enumerate(owners)}
         sample = [position[judge] for judge in _sampled(judging)]
         count = len(sample)
-        clamped = np.clip(stack[sample], *_clamp_range(stack[sample], trim_fraction, keep_one_out=True))
+        clamped = np.clip(stack[sample], *_clamp_range(stack[sample], None))
         total = clamped.sum(axis=0, dtype=np.float64).astype(np.float32)
         with_total, total_norm = (stack @ total).astype(np.float64), float(np.dot(total, total))
         dot, reference_norm = with_total / count, np.full(len(owners), total_norm / count**2)
