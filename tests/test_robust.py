@@ -373,6 +373,24 @@ def test_the_ranks_only_one_device_holds_move_by_its_trust_and_not_at_all_for_an
     assert all(guarded.trust[agent] == 1.0 for agent in ("d0", "d1", "d2"))
 
 
+def test_an_outlier_neither_steers_nor_holds_back_a_block_it_shares_with_one_trusted_device() -> None:
+    """Rows 4–7 are d2's and d3's alone: no majority clamps them. d3, still an outlier (trust 0.2), takes d2's
+    movement there, so the block ends where d2 alone would take it (a zeroed movement would have held it back by
+    d3's share); HetLoRA weighs d3 by its trust."""
+    strategy, state, updates, starts, _ = fleet("hetlora", [4, 4, 8, 8], None, seed=5)
+    reputation = Reputation(memory=0.8, quarantine_after=0)
+    reputation.observe(1, {"d3": 0.0}, ["d3"])
+    guarded = guard_updates(updates, [u.num_examples for u in updates], starts, RobustRules(), 0.5, True, reputation)
+    assert guarded.trust["d3"] == pytest.approx(0.2) and all(guarded.trust[agent] == 1.0 for agent in ("d0", "d1", "d2"))
+    rebuilt = {u.agent_id: u for u in guarded.updates}
+    for suffix, rows in ((A_SUFFIX, np.s_[4:8]), (B_SUFFIX, np.s_[:, 4:8])):
+        key = MODULES[0] + suffix
+        moved_by_d2 = updates[2].tensors[key][rows] - starts[2][key][rows]
+        np.testing.assert_allclose(rebuilt["d3"].tensors[key][rows] - starts[3][key][rows], moved_by_d2, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(rebuilt["d2"].tensors[key][rows], updates[2].tensors[key][rows])
+    assert rebuilt["d3"].trust == pytest.approx(0.2) and rebuilt["d0"].trust == 1.0
+
+
 def test_the_weight_cap_leaves_zero_weights_at_zero_and_never_divides_by_them() -> None:
     from fedge.coordinator.aggregation_guard import capped_weights
 

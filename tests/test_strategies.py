@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -231,6 +233,14 @@ def test_hetlora_pads_and_weights_by_update_norm(params):
         weights = norms / norms.sum()
         b, a = padded_mean(holders, weights, mod)
         assert close(new[mod + A_SUFFIX], a) and close(new[mod + B_SUFFIX], b)
+    trusts = [0.5 ** index for index in range(len(fleet.updates))]  # the robust rules' factors scale each norm
+    distrusted = make_strategy("hetlora").aggregate(fleet.state, [replace(u, trust=t) for u, t in zip(fleet.updates, trusts)], round_number=1)
+    for mod in MODULES:
+        holders = [(u, t) for u, t in zip(fleet.updates, trusts) if mod + A_SUFFIX in u.tensors]
+        if holders:
+            norms = np.array([t * np.linalg.norm(u.spec.scaling * u.tensors[mod + B_SUFFIX].astype(np.float64) @ u.tensors[mod + A_SUFFIX]) for u, t in holders])
+            b, a = padded_mean([u for u, _ in holders], norms / norms.sum(), mod)
+            assert close(distrusted[mod + A_SUFFIX], a) and close(distrusted[mod + B_SUFFIX], b)
 
 
 @given(fleets, st.sampled_from(["ridge", "cosine"]))

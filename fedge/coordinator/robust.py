@@ -45,9 +45,12 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
      (the rules assume the attackers are a minority; late in a run honest non-IID movements can barely agree),
      the round is no evidence: nobody loses weight, and nobody regains it.
    - *Reach*: the factor applies to all of a device's coordinates. On the blocks fewer than three trusted devices
-     hold (the layers and ranks only it, or it and one other device, trains), which no majority can clamp, its
-     movement is scaled by the factor as well, and dropped while it is an outlier (factor under
-     1 / ``outlier_factor``): trust earned where there is a majority is what lets a device steer the rest.
+     hold (the layers and ranks only it, or it and one other device, trains), which no majority can clamp, a
+     device of trust t < 1 moves them t·m_i + (1 − t)·m̄, m̄ the mean movement of the block's other trusted
+     holders as the strategy weighs them (none: m̄ = 0, the block stays put), and an outlier (t under
+     1 / ``outlier_factor``) takes m̄ itself: trust earned where there is a majority is what lets a device steer
+     the rest, and a distrusted device's weight does not hold back the honest holder it shares a block with (as
+     a zeroed movement did: an insider on the laptop damped what the Jetson learnt in the deep layers by a sixth).
    - *Scale*: past ``MAX_REFERENCE`` (1,024) judges, a fresh random sample of them sets each block's reference
      and range, so the rules stay linear in the fleet.
 4. **A weight cap that shrinks with the number of contributors**: no device's example count carries more than
@@ -164,7 +167,7 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
         return memory.remembered(agent, evidence)
 
     agreement: dict[str, float] = {}
-    unchecked: list[tuple[int, str, tuple[slice, ...]]] = []
+    unchecked: list[tuple[str, tuple[slice, ...], list[int]]] = []
     clamps = len(updates) >= MIN_MAJORITY and coordinatewise and rules.combiner in ("winsorized_mean", "coordinate_median")
     trim_fraction = rules.trim_fraction if rules.combiner == "winsorized_mean" else 0.5
     trust = [remember(agent, None) for agent in agents]
@@ -177,13 +180,12 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
         typical = statistics.median(distances) or 1.0
         agreement = {agent: typical / max(distance, 1e-3 * typical) for agent, distance in zip(agents, distances)}
         trust = [remember(agent, min(1.0, value)) for agent, value in agreement.items()]
-    for owner, key, cell in unchecked:  # no majority holds these: a device moves them by its trust, an outlier not at all
-        if trust[owner] < 1.0:
-            moved[owner][key][cell] *= np.float32(trust[owner] if trust[owner] >= floor else 0.0)
+    for key, cell, owners in unchecked:
+        settle_unchecked(moved, key, cell, owners, [weight * factor for weight, factor in zip(weights, trust)], trust, floor)
     final = [weight * factor for weight, factor in zip(weights, trust)]  # capped once, before: trust only takes weight away
     total = sum(final) or 1.0
     outliers = tuple(sorted(set(scaled) | {agent for agent, factor in zip(agents, trust) if factor < floor}))
-    rebuilt = [replace(update, num_examples=weight, tensors=rebuild(update, start, m)) for update, start, m, weight in zip(updates, starts, moved, final) if weight > 0]
+    rebuilt = [replace(update, num_examples=weight, tensors=rebuild(update, start, m), trust=factor) for update, start, m, weight, factor in zip(updates, starts, moved, final, trust) if weight > 0]
     shares = {agent: weight / total for agent, weight in zip(agents, final)}
     return Guarded(rebuilt, shares, scaled, agreement, dict(zip(agents, trust)), outliers)
 
@@ -332,15 +334,15 @@ def agreements(moved: list[State], judges: Sequence[bool]) -> list[float | None]
     return [float(dot / np.sqrt(norm * ref)) if norm > 0 and ref > 0 else None for dot, norm, ref in zip(dots, norms, reference_norms)]
 
 
-def winsorize(moved: list[State], trim_fraction: float, trusted: Sequence[bool]) -> list[tuple[int, str, tuple[slice, ...]]]:
+def winsorize(moved: list[State], trim_fraction: float, trusted: Sequence[bool]) -> list[tuple[str, tuple[slice, ...], list[int]]]:
     """Clamp every holder's values of each block into the (k+1)-th smallest … (k+1)-th largest of its ``trusted``
     holders' values, where n ≥ 3 trusted devices hold it, in place (an outlier's values play no part in the range,
-    so they cannot drag the honest ones toward them). Returns the blocks (device, key, cell) fewer than three
+    so they cannot drag the honest ones toward them). Returns the blocks (key, cell, holders) fewer than three
     trusted devices hold, which nothing could clamp."""
     unchecked = []
     for key, cell, owners, judges in _majority_cells(moved, trusted):
         if len(judges) < MIN_MAJORITY:
-            unchecked += [(owner, key, cell) for owner in owners]
+            unchecked.append((key, cell, owners))
             continue
         sample = _sampled(judges)
         low, high = _clamp_range(np.stack([moved[judge][key][cell] for judge in sample]).reshape(len(sample), -1), trim_fraction)
@@ -348,6 +350,21 @@ def winsorize(moved: list[State], trim_fraction: float, trusted: Sequence[bool])
             block = moved[owner][key][cell]
             moved[owner][key][cell] = np.clip(block.reshape(-1), low, high).reshape(block.shape)
     return unchecked
+
+
+def settle_unchecked(moved: list[State], key: str, cell: tuple[slice, ...], owners: list[int], pulls: Sequence[float], trust: Sequence[float], floor: float) -> None:
+    """One block no majority holds (module docstring, 3, *Reach*): each holder of trust t < 1 moves it
+    t·m + (1 − t)·m̄, m̄ the ``pulls``-weighted mean of the other holders trusted at least ``floor`` (none: 0), and
+    one under ``floor`` takes m̄ itself. In place."""
+    own = {owner: moved[owner][key][cell].copy() for owner in owners}
+    for owner in owners:
+        if trust[owner] >= 1.0:
+            continue
+        others = [other for other in owners if other != owner and trust[other] >= floor and pulls[other] > 0]
+        total = sum(pulls[other] for other in others)
+        settled = sum(pulls[other] / total * own[other] for other in others) if others else 0.0
+        keep = trust[owner] if trust[owner] >= floor else 0.0
+        moved[owner][key][cell] = keep * own[owner] + (1 - keep) * settled
 
 
 def cells(shapes: list[tuple[int, ...]]) -> list[tuple[tuple[slice, ...], list[int]]]:

@@ -68,6 +68,7 @@ class ClientUpdate:
     spec: LoraSpec
     tensors: dict[str, np.ndarray]
     label_histogram: tuple[int, ...] = ()
+    trust: float = 1.0  # the robust rules' weight factor (fedge.coordinator.robust), already in num_examples
 
 
 @dataclass(frozen=True)
