@@ -77,11 +77,11 @@ from typing import Protocol
 import numpy as np
 
 from fedge.coordinator.aggregation_guard import capped_weights, update_norm
+from fedge.coordinator.geometric_median import median_distances
 from fedge.strategies import ClientUpdate
 from fedge.strategies.base import B_SUFFIX, State
 
 COMBINERS = ("winsorized_mean", "coordinate_median", "geometric_median", "mean")
-WEISZFELD_ITERATIONS = 20
 MIN_MAJORITY = 3  # fewer contributors than this have no majority to bound against
 MAX_REFERENCE = 1024  # more judges than this: a fresh random sample of them sets a block's reference and range
 
@@ -378,27 +378,3 @@ def cells(shapes: list[tuple[int, ...]]) -> list[tuple[tuple[slice, ...], list[i
         if members:
             out.append((tuple(slice(edges[axis][index], end) for axis, (index, end) in enumerate(zip(block, ends))), members))
     return out
-
-
-def median_distances(moved: list[State], weights: list[float]) -> list[float]:
-    """‖m_i − z‖ for z the weighted geometric median of the movements (Weiszfeld), zero-padded to common shapes."""
-    shapes = {key: tuple(max(m[key].shape[axis] for m in moved if key in m) for axis in range(next(m[key].ndim for m in moved if key in m))) for key in {key for m in moved for key in m}}
-    padded = [{key: _padded(m.get(key), shape) for key, shape in shapes.items()} for m in moved]
-    median = {key: sum(w * p[key] for w, p in zip(weights, padded)) / sum(weights) for key in shapes}
-    for _ in range(WEISZFELD_ITERATIONS):
-        distances = [_distance(p, median) for p in padded]
-        floor = 1e-9 + 1e-6 * max(distances)
-        pulls = [w / max(d, floor) for w, d in zip(weights, distances)]
-        median = {key: sum(pull * p[key] for pull, p in zip(pulls, padded)) / sum(pulls) for key in shapes}
-    return [_distance(p, median) for p in padded]
-
-
-def _padded(value: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
-    out = np.zeros(shape, dtype=np.float32)
-    if value is not None:
-        out[tuple(slice(0, extent) for extent in value.shape)] = value
-    return out
-
-
-def _distance(a: State, b: State) -> float:
-    return float(np.sqrt(sum(float(np.square(a[key] - b[key], dtype=np.float64).sum()) for key in a)))
