@@ -49,3 +49,22 @@ def test_round_mode_options_are_checked_and_groups_keep_the_synchronous_schedule
     with pytest.raises(ConfigError, match="round_mode: one of sync, async, semi-sync"):
         CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "insecure": True, "round_mode": "eventually"})
     assert CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "insecure": True, "round_mode": "semi-sync"}).aggregation_period_s == 60.0
+
+
+def test_the_server_optimizer_is_checked_and_round_trips():
+    from fedge.shell.trial.config import TrialConfig
+    from fedge.strategies.server_optimizer import ServerOptimizer
+
+    base = {"eval_data": "x.jsonl", "insecure": True}
+    config = CoordinatorConfig.from_dict({**base, "server_optimizer": {"name": "fedyogi", "learning_rate": 0.01}})
+    assert config.server_optimizer == ServerOptimizer("fedyogi", 0.01) and CoordinatorConfig.from_dict(config.to_dict()).server_optimizer == config.server_optimizer
+    with pytest.raises(ConfigError) as error:
+        CoordinatorConfig.from_dict({**base, "server_optimizer": {"name": "adamw", "momentum": 0.9, "tau": "small"}})
+    for problem in ("server_optimizer.momentum: unknown key", "server_optimizer.tau: expected a number"):
+        assert problem in str(error.value)
+    with pytest.raises(ConfigError, match="server_optimizer: flora keeps no global state"):
+        CoordinatorConfig.from_dict({**base, "strategy": "flora", "server_optimizer": {"name": "fedadam"}})
+    trial = TrialConfig.from_dict({"fleet": ["cpu-16gb", "cpu-8gb"], "strategies": ["hetlora", {"name": "hetlora", "server_optimizer": {"name": "fedavgm", "beta1": 0.5}}]})
+    assert [run.label for run in trial.strategies] == ["hetlora", "hetlora fedavgm beta1=0.5"]
+    with pytest.raises(ConfigError, match="strategies.ce-lora.server_optimizer: ce-lora keeps no global state"):
+        TrialConfig.from_dict({"fleet": ["cpu-16gb", "cpu-8gb"], "strategies": [{"name": "ce-lora", "server_optimizer": {"name": "fedyogi"}}]})

@@ -8,6 +8,7 @@ import pytest
 
 from fedge.coordinator.record import RunRecorder
 from fedge.coordinator.reports import RunDirectory
+from fedge.strategies.server_optimizer import ServerOptimizer
 
 
 class _Scores:
@@ -62,3 +63,27 @@ def test_a_round_committed_but_not_scored_is_scored_on_resume(tmp_path):
     assert records[1]["contributors"] == ["a0", "a1"] and records[1]["accuracy"] == pytest.approx(1.0)
     with pytest.raises(RuntimeError, match="--resume"):
         RunRecorder(RunDirectory(tmp_path), _Scores(), {}).starting_point(resume=False)
+
+
+def test_the_server_optimisers_moments_are_committed_with_each_round_and_resumed(tmp_path):
+    """FedAvgM's velocity after round 2 is what a resumed run steps round 3 with: the same state as a run that never
+    stopped."""
+    momentum = ServerOptimizer("fedavgm", learning_rate=1.0, beta1=0.5)
+    whole = RunRecorder(RunDirectory(tmp_path / "whole"), _Scores(), {}, momentum)
+    crashed = RunRecorder(RunDirectory(tmp_path / "crashed"), _Scores(), {}, momentum)
+    states = {"whole": _state(0.0), "crashed": _state(0.0)}
+    for recorder, name in ((whole, "whole"), (crashed, "crashed")):
+        recorder.record_start(states[name])
+        for round_number in (1, 2):
+            states[name] = recorder.moments.step(states[name], {"w": states[name]["w"] + 1.0})
+            recorder.commit(round_number, states[name], {"contributors": ["a0"]})
+    np.testing.assert_allclose(states["whole"]["w"], 2.5)  # 1, then 1 + (0.5·1 + 1)
+    resumed = RunRecorder(RunDirectory(tmp_path / "crashed"), _Scores(), {}, momentum)
+    start, arrays = resumed.starting_point(resume=True)
+    assert start == 3 and np.array_equal(arrays["w"], states["whole"]["w"])
+    after_resume = resumed.moments.step(arrays, {"w": arrays["w"] + 1.0})
+    uninterrupted = whole.moments.step(states["whole"], {"w": states["whole"]["w"] + 1.0})
+    np.testing.assert_allclose(after_resume["w"], uninterrupted["w"])
+    np.testing.assert_allclose(uninterrupted["w"], 2.5 + 0.5 * 1.5 + 1.0)
+    for recorder in (whole, resumed):
+        recorder.flush()

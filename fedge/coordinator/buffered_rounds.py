@@ -81,8 +81,8 @@ def run_buffered(c: Coordinator, start_round: int, arrays: dict[str, np.ndarray]
 
 def aggregate_buffer(c: Coordinator, buffer: UpdateBuffer, arrays: dict[str, np.ndarray], version: int) -> tuple[dict[str, np.ndarray], dict[str, int], float]:
     """The buffer's updates aggregated with staleness-discounted weights, the state moved by the buffer's mean
-    discount (``fedge.coordinator.buffered``): the new state, each contributor's staleness and the discount; the
-    state unchanged when the buffer is empty or the result not finite."""
+    discount (``fedge.coordinator.buffered``) and stepped by the server optimiser: the new state, each contributor's
+    staleness and the discount; the state unchanged when the buffer is empty or the result not finite."""
     weights, discount = buffer.weights(), buffer.discount()
     entries = buffer.take()
     staleness = {update.agent_id: stale for update, stale in entries}
@@ -93,4 +93,4 @@ def aggregate_buffer(c: Coordinator, buffer: UpdateBuffer, arrays: dict[str, np.
     for update, _ in entries:
         c.collection.received.pop(update.agent_id, None)
     aggregated = aggregate(c, arrays, updates, version, f"the buffer of round {version}")
-    return (arrays if aggregated is None else moved_by(arrays, aggregated, discount)), staleness, discount
+    return (arrays if aggregated is None else c.recorder.moments.step(arrays, moved_by(arrays, aggregated, discount))), staleness, discount

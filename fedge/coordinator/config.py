@@ -11,6 +11,7 @@ from fedge.coordinator.buffered import ROUND_MODES
 from fedge.coordinator.fleet import planner_options
 from fedge.coordinator.plans import Pin, PlannerOptions
 from fedge.coordinator.robust import RobustRules
+from fedge.strategies.server_optimizer import ServerOptimizer
 from fedge.strategies import Strategy, StrategyError, make_strategy
 from fedge.task import instruct
 from fedge.task.kinds import task_problems
@@ -60,6 +61,7 @@ class CoordinatorConfig:
     max_weight_share: float = 0.5  # the largest share of an aggregate's weight one device's examples may carry
     max_update_norm: float = 1e4  # updates whose tensors' L2 norm exceeds this are refused (see update_norms per round)
     robust: RobustRules = RobustRules()  # norm bound, robust combiner, shrinking weight cap, quarantine: fedge.coordinator.robust
+    server_optimizer: ServerOptimizer = ServerOptimizer()  # FedAvgM, FedAdam or FedYogi on each round's aggregate change: fedge.strategies.server_optimizer
     privacy: dict = field(default_factory=dict)  # {clip_norm, noise_multiplier, delta}: DP on the devices (fedge.privacy)
     sites: tuple[str, ...] = ()  # identities of site aggregators (`fedge coordinator --role site`) among the devices
     upstream: str | None = None  # --role site: this site's credentials in the central fleet
@@ -141,6 +143,9 @@ class CoordinatorConfig:
         if "robust" in values:
             values["robust"], robust_errors = parse_robust(values["robust"])
             errors += robust_errors
+        if "server_optimizer" in values:
+            values["server_optimizer"], optimizer_errors = parse_server_optimizer(values["server_optimizer"])
+            errors += optimizer_errors
         errors += round_mode_problems(values, planner)
         for key in ("rounds", "min_clients", "expected_clients", "local_steps", "batch_size"):
             if key in values and (not isinstance(values[key], int) or values[key] < 1):
@@ -184,21 +189,32 @@ def parse_task(raw) -> tuple[TaskSpec, list[str]]:
 
 def parse_robust(raw) -> tuple[RobustRules, list[str]]:
     """The ``robust:`` mapping (keys of ``RobustRules``) and its problems."""
-    if isinstance(raw, RobustRules):
+    return _parse_section(raw, RobustRules, "robust", strings={"combiner"}, integers={"quarantine_after"})
+
+
+def parse_server_optimizer(raw) -> tuple[ServerOptimizer, list[str]]:
+    """The ``server_optimizer:`` mapping (keys of ``ServerOptimizer``) and its problems."""
+    return _parse_section(raw, ServerOptimizer, "server_optimizer", strings={"name"})
+
+
+def _parse_section(raw, schema: type, section: str, strings: set[str], integers: frozenset[str] | set[str] = frozenset()):
+    """A mapping of ``schema``'s fields (numbers unless named in ``strings`` or ``integers``) as a ``schema``, and
+    its problems (the schema's own ``problems()`` included)."""
+    if isinstance(raw, schema):
         return raw, raw.problems()
-    known = {f.name: f.type for f in fields(RobustRules)}
+    known = [f.name for f in fields(schema)]
     if not isinstance(raw, dict):
-        return RobustRules(), [f"robust: a mapping of {', '.join(known)}"]
-    errors = [f"robust.{key}: unknown key" for key in sorted(set(raw) - set(known))]
+        return schema(), [f"{section}: a mapping of {', '.join(known)}"]
+    errors = [f"{section}.{key}: unknown key" for key in sorted(set(raw) - set(known))]
     values = {key: value for key, value in raw.items() if key in known}
     for key, value in values.items():
-        wanted = (str,) if key == "combiner" else (int,) if key == "quarantine_after" else (int, float)
+        wanted = (str,) if key in strings else (int,) if key in integers else (int, float)
         if not isinstance(value, wanted) or isinstance(value, bool):
-            errors.append(f"robust.{key}: expected {'a string' if wanted == (str,) else 'a number'}")
+            errors.append(f"{section}.{key}: expected {'a string' if wanted == (str,) else 'a number'}")
     if errors:
-        return RobustRules(), errors
-    rules = RobustRules(**values)
-    return rules, rules.problems()
+        return schema(), errors
+    parsed = schema(**values)
+    return parsed, parsed.problems()
 
 
 _PRIVACY_KEYS = {"clip_norm", "noise_multiplier", "delta"}
@@ -249,6 +265,9 @@ def _strategy_problems(values: dict, devices: dict[str, Pin]) -> list[str]:
     except StrategyError as error:
         return [f"strategy: {error}"]
     planner = values.get("planner") or {}
+    optimizer = values.get("server_optimizer")
+    if isinstance(optimizer, ServerOptimizer) and optimizer.name != "none" and not strategy.carries_state:
+        return [f"server_optimizer: {name} keeps no global state from round to round to step; use none"]
     if planner.get("groups") and not strategy.supports_groups:
         return [f"planner.groups: {name} cannot run HierFedLoRA groups; use fedit, ffa-lora, hetlora, flexlora, lora-fair or full"]
     if strategy.mixed_ranks:

@@ -15,16 +15,18 @@ import numpy as np
 from fedge.coordinator.evaluator import Evaluator
 from fedge.coordinator.reports import RunDirectory
 from fedge.privacy import DEFAULT_DELTA, epsilon
+from fedge.strategies.server_optimizer import ServerMoments, ServerOptimizer
 from fedge.wire import Evaluation
 
 log = logging.getLogger(__name__)
 
 
 class RunRecorder:
-    def __init__(self, run_dir: RunDirectory, evaluator: Evaluator, privacy: dict):
+    def __init__(self, run_dir: RunDirectory, evaluator: Evaluator, privacy: dict, optimizer: ServerOptimizer = ServerOptimizer()):
         self.run_dir = run_dir
         self.evaluator = evaluator
         self.privacy = privacy
+        self.moments = ServerMoments(optimizer)  # the server optimiser's, committed with each round's state
         self.startup: dict[str, float] = {}  # registration, planning and preparation times, recorded with the next round
         self.rounds_started = time.time()  # when the first round began (records' elapsed_s)
         self._writes: list[Future] = []
@@ -51,6 +53,7 @@ class RunRecorder:
                 log.info("round %d was committed but not evaluated before the run stopped; evaluating it now", round_number)
                 self._score_and_write(round_number, self.run_dir.load_global(round_number), record)
         self._contributions.update(agent for record in self.run_dir.rounds() for agent in record.get("contributors", ()))
+        self.moments = ServerMoments(self.moments.optimizer, self.run_dir.load_moments(latest[0]))
         return latest[0] + 1, latest[1]
 
     def record_start(self, arrays: dict[str, np.ndarray]) -> None:
@@ -66,6 +69,8 @@ class RunRecorder:
         record = {**record, **self._privacy_spent(record.get("contributors", ())), "elapsed_s": round(time.time() - self.rounds_started, 2), **self.startup}
         self.startup = {}
         self.run_dir.save_pending_record(round_number, record)
+        if self.moments.optimizer.name != "none":
+            self.run_dir.save_moments(round_number, self.moments.to_tensors())
         self.run_dir.save_global(round_number, arrays)
         self._score_and_write(round_number, arrays, record)
 

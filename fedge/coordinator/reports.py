@@ -132,6 +132,19 @@ class RunDirectory:
         save_file({key: np.ascontiguousarray(value, dtype=np.float32) for key, value in arrays.items()}, partial)
         partial.replace(target)  # atomic: a crash never leaves a half-written checkpoint
 
+    def save_moments(self, round_number: int, tensors: dict[str, np.ndarray]) -> None:
+        """The server optimiser's moments after ``round_number``, saved before its global (so every committed global
+        has them)."""
+        target = self.path / "globals" / f"moments_{round_number:03d}.safetensors"
+        partial = target.with_suffix(".partial")
+        save_file({key: np.ascontiguousarray(value) for key, value in tensors.items()}, partial)
+        partial.replace(target)
+
+    def load_moments(self, round_number: int) -> dict[str, np.ndarray]:
+        """The moments saved with ``round_number`` (none saved: empty, the optimiser starts afresh)."""
+        path = self.path / "globals" / f"moments_{round_number:03d}.safetensors"
+        return load_file(path) if path.exists() else {}
+
     def latest_global(self) -> tuple[int, dict[str, np.ndarray]] | None:
         """The last completed round and its global factors, or None for a fresh run."""
         found = [(int(m.group(1)), p) for p in (self.path / "globals").glob("round_*.safetensors") if (m := _ROUND_FILE.search(p.name))]

@@ -99,7 +99,7 @@ def run_round(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], 
     for group in groups:
         if not group.done:  # the deadline: use what arrived
             close_exchange(c, group, round_number, deadline, last=True)
-    arrays = combine(c, arrays, groups, round_number)
+    arrays = c.recorder.moments.step(arrays, combine(c, arrays, groups, round_number))
     log.info("round %d closed after %.1f s: %d updates from %d participants", round_number, time.time() - started, len(c.collection.ledger.contributed), len(c.collection.ledger.participants))
     grouping = {"groups": [{"index": g.index, "members": [r.agent_id for r in g.members], "frequency": g.frequency, "exchanges": g.exchange} for g in groups]} if len(groups) > 1 else {}
     commit(c, round_number, arrays, started, grouping)

@@ -93,7 +93,7 @@ class Coordinator:
         test = kind_of(config.task.kind).items(read_rows(config.eval_data), config.task, config.eval_data)
         layers = list(range(shape.num_layers - depth, shape.num_layers))
         evaluator = Evaluator(lambda: GlobalModel(backbone, rank, layers, list(options.target_modules), config.task, test, config.seed), strategy, config.task.metric or "accuracy")
-        self.recorder = RunRecorder(run_dir, evaluator, config.privacy)
+        self.recorder = RunRecorder(run_dir, evaluator, config.privacy, config.server_optimizer)
         self.collection: Collection | None = None  # the open round's (the last round's, between rounds)
         self.preparing: set[str] = set()  # devices preparing for the first round that have not said ready
         self.reputation = Reputation(config.robust.trust_memory, config.robust.quarantine_after)

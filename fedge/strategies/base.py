@@ -179,6 +179,7 @@ class Strategy(ABC):
     supports_groups: ClassVar[bool] = True  # HierFedLoRA: group states can be combined like clients of the global rank
     needs_label_histograms: ClassVar[bool] = False  # True: devices are asked for their label counts (privacy: only then)
     coordinatewise: ClassVar[bool] = True  # the sent tensors' coordinates mean the same on every client (robust combiners apply)
+    carries_state: ClassVar[bool] = True  # its global tensors carry over from round to round (a server optimiser can step them)
 
     def __init__(self, seed: int = 0):
         self.seed = seed

@@ -28,6 +28,7 @@ class CELoRA(Strategy):
     recipe = ClientRecipe(adapter="tri", trains=("A", "B", "C"), sends=("C",), shared_a=True)
     has_global_model = False
     supports_groups = False  # personalised cores have no group state
+    carries_state = False  # each device's core is mixed for it: no one global state to step
     needs_label_histograms = True  # the cores are mixed by label-distribution similarity
 
     def __init__(self, seed: int = 0, beta: float = 0.5, temperature: float = 0.1):

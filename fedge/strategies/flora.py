@@ -19,6 +19,7 @@ class FLoRA(Strategy):
     recipe = ClientRecipe(reinit_each_round=True)
     supports_groups = False  # group-level base changes would split the frozen weights between groups
     coordinatewise = False  # each client's A is its own random draw: factors are compared only by norm
+    carries_state = False  # the factors start afresh every round (the aggregate goes into the base)
 
     def initial_state(self, lora: State, base_weights: State) -> State:
         state = super().initial_state(lora, base_weights)

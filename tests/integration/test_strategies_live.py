@@ -25,7 +25,7 @@ from tests.integration.helpers import credentials, enrolled_fleet, rows, shard
 pytestmark = pytest.mark.broker
 
 
-def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path, evaluate_on_agents: bool = False) -> tuple[Coordinator, list[EdgeAgent]]:
+def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path, evaluate_on_agents: bool = False, **settings) -> tuple[Coordinator, list[EdgeAgent]]:
     write_jsonl(tmp_path / "test.jsonl", shard(5, 16))
     same_rank = not STRATEGIES[strategy].mixed_ranks
     config = CoordinatorConfig.from_dict({
@@ -35,6 +35,7 @@ def _run(strategy: str, broker_url: str, backbone: Path, tmp_path: Path, evaluat
         "final_eval_wait_s": 30 if evaluate_on_agents else 0,
         "planner": {"max_depth": 3, "ranks": [4] if same_rank else [2, 4], "rank_profile": "uniform" if same_rank else "legend"},
         "devices": {"cpu-8gb": {"rank": 4 if same_rank else 2, "depth": 1}, "cpu-16gb": {"rank": 4, "depth": 3}},
+        **settings,
     })
     coordinator = Coordinator(config)
     held_out = rows(shard(5, 16)) if evaluate_on_agents else None
@@ -127,3 +128,16 @@ def test_hierfedlora_groups_exchange_at_their_own_frequency_and_combine(mosquitt
     frequent = max(plan["groups"], key=lambda group: group["frequency"])
     stored = sorted(path.parent.name for path in (tmp_path / "run" / "updates").glob(f"*/{frequent['members'][0]}.safetensors"))
     assert len(stored) == 2 * frequent["frequency"]
+
+
+def test_a_server_optimizer_steps_each_rounds_aggregate_and_commits_its_moments(mosquitto, tiny_backbone, tmp_path):
+    """FedAdam at η = 1e-4: after one round |m| / (√v + τ) < 1, so no coordinate of the global moves more than η
+    (the plain aggregate moves them far more), and the moments are saved beside every committed global."""
+    coordinator, _ = _run("hetlora", mosquitto.url, tiny_backbone, tmp_path, server_optimizer={"name": "fedadam", "learning_rate": 1e-4})
+    run_dir = coordinator.run_dir
+    start, first = run_dir.load_global(0), run_dir.load_global(1)
+    moved = max(float(np.abs(first[key].astype(np.float64) - start[key]).max()) for key in start)
+    assert 0 < moved <= 1.01e-4
+    for round_number in (1, 2):
+        moments = load_file(run_dir.path / "globals" / f"moments_{round_number:03d}.safetensors")
+        assert {name for name in moments} == {f"{kind}::{key}" for key in start for kind in ("m", "v")}

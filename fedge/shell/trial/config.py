@@ -2,7 +2,8 @@
 
     name: default
     strategies: [fedit, ffa-lora, hetlora, {name: lora-fair, options: {solver: cosine}},
-                 {name: hetlora, round_mode: async, buffer_size: 2}]   # round-mode keys as in the coordinator config
+                 {name: hetlora, round_mode: async, buffer_size: 2},   # round-mode keys as in the coordinator config
+                 {name: hetlora, server_optimizer: {name: fedadam, learning_rate: 0.01}}]   # fedge.strategies.server_optimizer
     fleet: [laptop-rtx3060-6gb, jetson-orin-nano-8gb, cpu-16gb, cpu-8gb]   # catalogue devices, one agent each
     slowdown: {cpu-8gb: 10}   # these devices' agents take 10× as long per training step (emulated)
     virtual_fleet: [{device: cpu-8gb, count: 600, examples: 400}, {device: jetson-orin-nano-8gb, count: 400}]
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from fedge.coordinator.config import ConfigError, parse_robust, parse_task, privacy_problems, round_mode_problems
+from fedge.coordinator.config import ConfigError, parse_robust, parse_server_optimizer, parse_task, privacy_problems, round_mode_problems
 from fedge.strategies import STRATEGIES, StrategyError, make_strategy
 from fedge.shell.trial.data import KINDS, TrialData, default_task
 from fedge.shell.trial.insider import ATTACKS
@@ -47,12 +48,15 @@ class StrategyRun:
     name: str
     options: dict = field(default_factory=dict)
     rounds: dict = field(default_factory=dict)  # the coordinator's round-mode keys (ROUND_KEYS) for this run
+    server_optimizer: dict = field(default_factory=dict)  # the coordinator's server_optimizer for this run (none: plain aggregate)
 
     @property
     def label(self) -> str:
         mode = self.rounds.get("round_mode", "sync")
+        optimizer = self.server_optimizer.get("name", "none")
         return self.name + "".join(f" {key}={value}" for key, value in sorted(self.options.items())) + (f" {mode}" if mode != "sync" else "") + "".join(
-            f" {key}={value}" for key, value in sorted(self.rounds.items()) if key != "round_mode")
+            f" {key}={value}" for key, value in sorted(self.rounds.items()) if key != "round_mode") + (f" {optimizer}" if optimizer != "none" else "") + "".join(
+            f" {key}={value}" for key, value in sorted(self.server_optimizer.items()) if key != "name")
 
 
 @dataclass(frozen=True)
@@ -119,10 +123,14 @@ class TrialConfig:
         strategies = []
         for entry in raw.pop("strategies", None) or []:
             if isinstance(entry, dict):
-                errors += [f"strategies.{entry.get('name')}.{key}: unknown key" for key in sorted(set(entry) - {"name", "options", *ROUND_KEYS})]
-            run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {}, {key: entry[key] for key in ROUND_KEYS if key in entry})
+                errors += [f"strategies.{entry.get('name')}.{key}: unknown key" for key in sorted(set(entry) - {"name", "options", "server_optimizer", *ROUND_KEYS})]
+            run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {}, {key: entry[key] for key in ROUND_KEYS if key in entry}, entry.get("server_optimizer") or {})
             errors += [f"strategies.{run.name}.{problem}" for problem in round_mode_problems(run.rounds, raw.get("planner") or {})]
+            optimizer, optimizer_errors = parse_server_optimizer(run.server_optimizer)
+            errors += [f"strategies.{run.name}.{problem}" for problem in optimizer_errors]
             try:
+                if optimizer.name != "none" and not make_strategy(run.name, **run.options).carries_state:
+                    errors.append(f"strategies.{run.name}.server_optimizer: {run.name} keeps no global state from round to round to step")
                 make_strategy(run.name, **run.options)
                 strategies.append(run)
             except StrategyError as error:

@@ -47,6 +47,7 @@ def coordinator_config(trial: TrialConfig, run: StrategyRun, seed: int, data: Pa
         "round_deadline_s": trial.round_deadline_s, "final_eval_wait_s": 120 if devices_evaluate(trial, run) else 0,
         **({"privacy": trial.privacy} if trial.privacy else {}),
         **({"robust": trial.robust} if trial.robust else {}),
+        **({"server_optimizer": run.server_optimizer} if run.server_optimizer else {}),
         **run.rounds,
     }
 
