@@ -51,7 +51,7 @@ def test_round_mode_options_are_checked_and_groups_keep_the_synchronous_schedule
     assert CoordinatorConfig.from_dict({"eval_data": "t.jsonl", "insecure": True, "round_mode": "semi-sync"}).aggregation_period_s == 60.0
 
 
-def test_the_server_optimizer_is_checked_and_round_trips():
+def test_the_server_optimizer_and_fedprox_are_checked_and_round_trip():
     from fedge.shell.trial.config import TrialConfig
     from fedge.strategies.server_optimizer import ServerOptimizer
 
@@ -64,7 +64,12 @@ def test_the_server_optimizer_is_checked_and_round_trips():
         assert problem in str(error.value)
     with pytest.raises(ConfigError, match="server_optimizer: flora keeps no global state"):
         CoordinatorConfig.from_dict({**base, "strategy": "flora", "server_optimizer": {"name": "fedadam"}})
-    trial = TrialConfig.from_dict({"fleet": ["cpu-16gb", "cpu-8gb"], "strategies": ["hetlora", {"name": "hetlora", "server_optimizer": {"name": "fedavgm", "beta1": 0.5}}]})
-    assert [run.label for run in trial.strategies] == ["hetlora", "hetlora fedavgm beta1=0.5"]
+    trial = TrialConfig.from_dict({"fleet": ["cpu-16gb", "cpu-8gb"], "strategies": ["hetlora", {"name": "hetlora", "server_optimizer": {"name": "fedavgm", "beta1": 0.5}, "proximal_mu": 0.01}]})
+    assert [run.label for run in trial.strategies] == ["hetlora", "hetlora fedavgm beta1=0.5 fedprox μ=0.01"]
+    with pytest.raises(ConfigError, match="strategies.hetlora.proximal_mu: FedProx's μ, from 0"):
+        TrialConfig.from_dict({"fleet": ["cpu-16gb", "cpu-8gb"], "strategies": [{"name": "hetlora", "proximal_mu": -1}]})
+    assert CoordinatorConfig.from_dict({**base, "proximal_mu": 0.01}).proximal_mu == 0.01
+    with pytest.raises(ConfigError, match="proximal_mu: FedProx's μ, from 0"):
+        CoordinatorConfig.from_dict({**base, "proximal_mu": 1e6})
     with pytest.raises(ConfigError, match="strategies.ce-lora.server_optimizer: ce-lora keeps no global state"):
         TrialConfig.from_dict({"fleet": ["cpu-16gb", "cpu-8gb"], "strategies": [{"name": "ce-lora", "server_optimizer": {"name": "fedyogi"}}]})

@@ -17,7 +17,7 @@ from fedge.task import instruct
 from fedge.task.kinds import task_problems
 from fedge.task.wordnet import WORDNET_TASK
 from fedge.transport import redact_url
-from fedge.wire import TaskSpec
+from fedge.wire import MAX_PROXIMAL_MU, TaskSpec
 from fedge.quantization.backbone import DEFAULT_BACKBONE, QUANTIZATIONS
 
 _RUN_LEVEL = ("strategy", "target_modules", "batch_size", "local_steps")  # planner options set at the top level
@@ -62,6 +62,7 @@ class CoordinatorConfig:
     max_update_norm: float = 1e4  # updates whose tensors' L2 norm exceeds this are refused (see update_norms per round)
     robust: RobustRules = RobustRules()  # norm bound, robust combiner, shrinking weight cap, quarantine: fedge.coordinator.robust
     server_optimizer: ServerOptimizer = ServerOptimizer()  # FedAvgM, FedAdam or FedYogi on each round's aggregate change: fedge.strategies.server_optimizer
+    proximal_mu: float = 0.0  # FedProx on the devices: μ/2·‖w − w₀‖² added to the loss of the weights they train (0: off)
     privacy: dict = field(default_factory=dict)  # {clip_norm, noise_multiplier, delta}: DP on the devices (fedge.privacy)
     sites: tuple[str, ...] = ()  # identities of site aggregators (`fedge coordinator --role site`) among the devices
     upstream: str | None = None  # --role site: this site's credentials in the central fleet
@@ -139,6 +140,8 @@ class CoordinatorConfig:
             errors.append("max_weight_share: a fraction in (0, 1]")
         if not values.get("max_update_norm", 1.0) > 0:
             errors.append("max_update_norm: must be positive")
+        if not isinstance(values.get("proximal_mu", 0.0), (int, float)) or not 0 <= values.get("proximal_mu", 0.0) <= MAX_PROXIMAL_MU:
+            errors.append(f"proximal_mu: FedProx's μ, from 0 (off) to {MAX_PROXIMAL_MU:g}")
         errors += privacy_problems(values.get("privacy") or {})
         if "robust" in values:
             values["robust"], robust_errors = parse_robust(values["robust"])

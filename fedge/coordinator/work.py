@@ -53,6 +53,7 @@ class WorkOrders:
             prepare_only=prepare_only,
             clip_norm=float(config.privacy.get("clip_norm", 0.0)),
             noise_multiplier=float(config.privacy.get("noise_multiplier", 0.0)),
+            proximal_mu=config.proximal_mu,
         )
 
     def _client(self, record: AgentRecord) -> ClientInfo:

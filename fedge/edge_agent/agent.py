@@ -37,7 +37,7 @@ from fedge.task.data import Record, label_counts
 from fedge.task.prefix import FrozenPrefix, PrefixCache
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.trust.enrolment import Credentials
-from fedge.wire import PREPARED_ROUNDS, AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Receipt, Reject
+from fedge.wire import MAX_PROXIMAL_MU, PREPARED_ROUNDS, AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Receipt, Reject
 from fedge.wire import topics
 from fedge.trust.downlink import DownlinkCodec
 from fedge.edge_agent.fetch import BackboneFetcher, package_cache
@@ -243,6 +243,8 @@ class EdgeAgent:
             self._apply(session, state.tensors)
             if assignment.clip_norm < 0 or assignment.noise_multiplier < 0:
                 raise ValueError("the assignment's clip_norm and noise_multiplier must not be negative")
+            if not 0 <= assignment.proximal_mu <= MAX_PROXIMAL_MU:
+                raise ValueError(f"the assignment's proximal_mu must be from 0 to {MAX_PROXIMAL_MU:g}")
         except (ValueError, RuntimeError, OSError, StrategyError) as error:
             log.error("%s: cannot take round %d: %s", self.agent_id, state.round, error)
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
@@ -250,13 +252,14 @@ class EdgeAgent:
         received = upload(session.model, session.lora, session.recipe) if assignment.clip_norm > 0 else None
         if state.round > 1:
             self._report_accuracy(session, state.run_id, state.round - 1)  # the model round r-1 left this device
-        log.info("%s: round %d, training %d steps (ranks %s on the top %d layers)", self.agent_id, state.round, assignment.local_steps, "/".join(map(str, assignment.lora.ranks)), len(assignment.lora.layers))
+        log.info("%s: round %d, training %d steps (ranks %s on the top %d layers%s)", self.agent_id, state.round, assignment.local_steps, "/".join(map(str, assignment.lora.ranks)), len(assignment.lora.layers),
+                 f"; FedProx μ = {assignment.proximal_mu:g}" if assignment.proximal_mu else "")
         try:
             optimizer = session.recipe.optimizer or assignment.optimizer
             groups = galore_groups(session.model, session.lora) if optimizer == "galore" else None
             result = train_local(
                 session.task, session.cache, session.sampler, assignment.local_steps, assignment.batch_size,
-                assignment.learning_rate, optimizer, groups, session.loss_scaling,
+                assignment.learning_rate, optimizer, groups, session.loss_scaling, proximal_mu=assignment.proximal_mu,
                 on_step=self._step_hook(f"{self.agent_id}: round {state.round}", assignment.local_steps), stop_at=assignment.work_until(time.time()),
             )
         except (ValueError, RuntimeError, torch.OutOfMemoryError) as error:

@@ -97,6 +97,7 @@ def train_local(
     loss_scaling: bool = False,
     on_step: Callable[[int, float], None] | None = None,
     stop_at: float | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """``steps`` optimizer steps (AdamW, plain SGD, or GaLore-AdamW over ``galore_groups``) over the sampler's next
     batches of the cached data; rows not cached yet are cached first. Returns the mean loss, the time per step and
@@ -107,7 +108,11 @@ def train_local(
 
     With ``loss_scaling`` (fp16 activations) the loss is scaled up before backward so small gradients do not
     underflow, and a step whose gradients overflowed is skipped while the scale backs off (``torch.amp.GradScaler``);
-    the trained parameters themselves must be fp32 (peft's LoRA factors are)."""
+    the trained parameters themselves must be fp32 (peft's LoRA factors are).
+
+    With ``proximal_mu`` μ > 0 (FedProx, Li et al. 2020) each step minimises loss + μ/2·‖w − w₀‖², w the trainable
+    weights and w₀ their values when this call began (the round's starting point): the device's drift from the
+    global state costs, which damps client drift on non-IID shards. The reported loss is the task's alone."""
     model = task.model
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -115,6 +120,7 @@ def train_local(
     if loss_scaling and any(p.dtype != torch.float32 for p in params):
         raise ValueError("loss scaling needs fp32 trainable parameters; train a 16-bit base's weights from an fp32 base")
     step_rule = make_optimizer(optimizer, params, learning_rate, galore_groups)
+    anchors = [param.detach().clone() for param in params] if proximal_mu > 0 else []
     device = str(params[0].device)
     scaler = torch.amp.GradScaler(params[0].device.type, enabled=loss_scaling)
     batches = [sampler.take(batch_size) for _ in range(steps)]
@@ -133,7 +139,8 @@ def train_local(
             break
         loss = task.loss(cache, rows)
         step_rule.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        objective = loss + proximal_mu / 2 * sum(torch.sum(torch.square(param - anchor)) for param, anchor in zip(params, anchors)) if anchors else loss
+        scaler.scale(objective).backward()
         scale = scaler.get_scale()
         scaler.step(step_rule)
         scaler.update()

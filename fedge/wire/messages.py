@@ -115,6 +115,9 @@ class Hello:
     message_id: str = field(default_factory=new_message_id)
 
 
+MAX_PROXIMAL_MU = 100.0  # the largest FedProx μ an agent trains with (a larger one is refused, not clamped)
+
+
 @dataclass(frozen=True)
 class Assignment:
     """One round's work for one agent, with what the planner predicts it costs (checked by the agent first)."""
@@ -141,6 +144,7 @@ class Assignment:
     clip_norm: float = 0.0  # differential privacy (fedge.privacy): clip the round's change to this L2 norm (0: off)
     noise_multiplier: float = 0.0  # ... and add N(0, (noise_multiplier * clip_norm)^2) to every value sent
     state_digest: str = ""  # the sha256 of the shared global state this round starts from ("": one addressed to this device)
+    proximal_mu: float = 0.0  # FedProx: train on loss + μ/2·‖w − w₀‖² over the trainable weights w (w₀: as received); 0: off
     message_id: str = field(default_factory=new_message_id)
 
     def work_until(self, now: float) -> float:

@@ -4,6 +4,7 @@ process (the tiny random backbone: plumbing and wire contents, never learning cl
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -130,10 +131,13 @@ def test_hierfedlora_groups_exchange_at_their_own_frequency_and_combine(mosquitt
     assert len(stored) == 2 * frequent["frequency"]
 
 
-def test_a_server_optimizer_steps_each_rounds_aggregate_and_commits_its_moments(mosquitto, tiny_backbone, tmp_path):
+def test_a_server_optimizer_steps_each_rounds_aggregate_and_commits_its_moments(mosquitto, tiny_backbone, tmp_path, caplog):
     """FedAdam at η = 1e-4: after one round |m| / (√v + τ) < 1, so no coordinate of the global moves more than η
-    (the plain aggregate moves them far more), and the moments are saved beside every committed global."""
-    coordinator, _ = _run("hetlora", mosquitto.url, tiny_backbone, tmp_path, server_optimizer={"name": "fedadam", "learning_rate": 1e-4})
+    (the plain aggregate moves them far more), and the moments are saved beside every committed global. FedProx's
+    μ reaches the devices with their work."""
+    caplog.set_level(logging.INFO, logger="fedge.edge_agent.agent")
+    coordinator, _ = _run("hetlora", mosquitto.url, tiny_backbone, tmp_path, server_optimizer={"name": "fedadam", "learning_rate": 1e-4}, proximal_mu=0.05)
+    assert sum("FedProx μ = 0.05" in record.getMessage() for record in caplog.records) == 4  # two devices, two rounds
     run_dir = coordinator.run_dir
     start, first = run_dir.load_global(0), run_dir.load_global(1)
     moved = max(float(np.abs(first[key].astype(np.float64) - start[key]).max()) for key in start)

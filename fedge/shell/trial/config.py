@@ -3,7 +3,8 @@
     name: default
     strategies: [fedit, ffa-lora, hetlora, {name: lora-fair, options: {solver: cosine}},
                  {name: hetlora, round_mode: async, buffer_size: 2},   # round-mode keys as in the coordinator config
-                 {name: hetlora, server_optimizer: {name: fedadam, learning_rate: 0.01}}]   # fedge.strategies.server_optimizer
+                 {name: hetlora, server_optimizer: {name: fedadam, learning_rate: 0.01}, proximal_mu: 0.01}]
+                 # a server optimiser (fedge.strategies.server_optimizer) and FedProx's μ on the devices, per run
     fleet: [laptop-rtx3060-6gb, jetson-orin-nano-8gb, cpu-16gb, cpu-8gb]   # catalogue devices, one agent each
     slowdown: {cpu-8gb: 10}   # these devices' agents take 10× as long per training step (emulated)
     virtual_fleet: [{device: cpu-8gb, count: 600, examples: 400}, {device: jetson-orin-nano-8gb, count: 400}]
@@ -32,7 +33,7 @@ from fedge.coordinator.config import ConfigError, parse_robust, parse_server_opt
 from fedge.strategies import STRATEGIES, StrategyError, make_strategy
 from fedge.shell.trial.data import KINDS, TrialData, default_task
 from fedge.shell.trial.insider import ATTACKS
-from fedge.wire import TaskSpec
+from fedge.wire import MAX_PROXIMAL_MU, TaskSpec
 from fedge.profiles import load_catalogue_profile
 from fedge.quantization.backbone import DEFAULT_BACKBONE
 
@@ -49,6 +50,7 @@ class StrategyRun:
     options: dict = field(default_factory=dict)
     rounds: dict = field(default_factory=dict)  # the coordinator's round-mode keys (ROUND_KEYS) for this run
     server_optimizer: dict = field(default_factory=dict)  # the coordinator's server_optimizer for this run (none: plain aggregate)
+    proximal_mu: float = 0.0  # FedProx's μ on the devices for this run (0: off)
 
     @property
     def label(self) -> str:
@@ -56,7 +58,7 @@ class StrategyRun:
         optimizer = self.server_optimizer.get("name", "none")
         return self.name + "".join(f" {key}={value}" for key, value in sorted(self.options.items())) + (f" {mode}" if mode != "sync" else "") + "".join(
             f" {key}={value}" for key, value in sorted(self.rounds.items()) if key != "round_mode") + (f" {optimizer}" if optimizer != "none" else "") + "".join(
-            f" {key}={value}" for key, value in sorted(self.server_optimizer.items()) if key != "name")
+            f" {key}={value}" for key, value in sorted(self.server_optimizer.items()) if key != "name") + (f" fedprox μ={self.proximal_mu}" if self.proximal_mu else "")
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,11 @@ class TrialConfig:
         strategies = []
         for entry in raw.pop("strategies", None) or []:
             if isinstance(entry, dict):
-                errors += [f"strategies.{entry.get('name')}.{key}: unknown key" for key in sorted(set(entry) - {"name", "options", "server_optimizer", *ROUND_KEYS})]
-            run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {}, {key: entry[key] for key in ROUND_KEYS if key in entry}, entry.get("server_optimizer") or {})
+                errors += [f"strategies.{entry.get('name')}.{key}: unknown key" for key in sorted(set(entry) - {"name", "options", "server_optimizer", "proximal_mu", *ROUND_KEYS})]
+            run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {}, {key: entry[key] for key in ROUND_KEYS if key in entry},
+                                                                                 entry.get("server_optimizer") or {}, entry.get("proximal_mu", 0.0))
+            if not isinstance(run.proximal_mu, (int, float)) or not 0 <= run.proximal_mu <= MAX_PROXIMAL_MU:
+                errors.append(f"strategies.{run.name}.proximal_mu: FedProx's μ, from 0 (off) to {MAX_PROXIMAL_MU:g}")
             errors += [f"strategies.{run.name}.{problem}" for problem in round_mode_problems(run.rounds, raw.get("planner") or {})]
             optimizer, optimizer_errors = parse_server_optimizer(run.server_optimizer)
             errors += [f"strategies.{run.name}.{problem}" for problem in optimizer_errors]

@@ -48,6 +48,7 @@ def coordinator_config(trial: TrialConfig, run: StrategyRun, seed: int, data: Pa
         **({"privacy": trial.privacy} if trial.privacy else {}),
         **({"robust": trial.robust} if trial.robust else {}),
         **({"server_optimizer": run.server_optimizer} if run.server_optimizer else {}),
+        **({"proximal_mu": run.proximal_mu} if run.proximal_mu else {}),
         **run.rounds,
     }
 
