@@ -355,16 +355,19 @@ def winsorize(moved: list[State], trim_fraction: float, trusted: Sequence[bool])
 def settle_unchecked(moved: list[State], key: str, cell: tuple[slice, ...], owners: list[int], pulls: Sequence[float], trust: Sequence[float], floor: float) -> None:
     """One block no majority holds (module docstring, 3, *Reach*): each holder of trust t < 1 moves it
     t·m + (1 − t)·m̄, m̄ the ``pulls``-weighted mean of the other holders trusted at least ``floor`` (none: 0), and
-    one under ``floor`` takes m̄ itself. In place."""
-    own = {owner: moved[owner][key][cell].copy() for owner in owners}
+    one under ``floor`` takes m̄ itself. In place, linear in the holders."""
+    counted = {owner for owner in owners if trust[owner] >= floor and pulls[owner] > 0}
+    total = sum(pulls[owner] for owner in counted)
+    weighted = sum(pulls[owner] * moved[owner][key][cell].astype(np.float64) for owner in counted) if counted else 0.0
     for owner in owners:
         if trust[owner] >= 1.0:
             continue
-        others = [other for other in owners if other != owner and trust[other] >= floor and pulls[other] > 0]
-        total = sum(pulls[other] for other in others)
-        settled = sum(pulls[other] / total * own[other] for other in others) if others else 0.0
+        block = moved[owner][key][cell]
+        own_pull = pulls[owner] if owner in counted else 0.0
+        others = total - own_pull
+        settled = (weighted - own_pull * block) / others if others > 0 else 0.0
         keep = trust[owner] if trust[owner] >= floor else 0.0
-        moved[owner][key][cell] = keep * own[owner] + (1 - keep) * settled
+        moved[owner][key][cell] = keep * block + (1 - keep) * settled
 
 
 def cells(shapes: list[tuple[int, ...]]) -> list[tuple[tuple[slice, ...], list[int]]]:
