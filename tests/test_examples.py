@@ -10,7 +10,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_every_example_is_covered_here():
-    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["coordinator.yaml", "fleet.yaml", "trial-async.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial-private.yaml", "trial.yaml"]
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["coordinator.yaml", "fleet.yaml", "trial-async.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial-optimizers.yaml", "trial-private.yaml", "trial.yaml"]
 
 
 def test_coordinator_example_is_a_valid_config():
@@ -39,6 +39,9 @@ def test_trial_example_loads():
     assert private.privacy["noise_multiplier"] > 0 and private.fleet == trial.fleet and private.data == trial.data
     modes = TrialConfig.from_yaml(EXAMPLES / "trial-async.yaml")
     assert [run.rounds.get("round_mode", "sync") for run in modes.strategies] == ["sync", "async", "semi-sync"] and modes.slowdown == {"cpu-8gb": 10}
+    optimizers = TrialConfig.from_yaml(EXAMPLES / "trial-optimizers.yaml")
+    assert {run.server_optimizer.get("name", "none") for run in optimizers.strategies} == {"none", "fedavgm", "fedadam", "fedyogi"} and any(run.proximal_mu for run in optimizers.strategies)
+    assert optimizers.fleet == trial.fleet and optimizers.data == trial.data and optimizers.seeds == trial.seeds
 
 
 def test_task_trial_examples_load_with_their_data(tmp_path):
