@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedge.strategies.base import delta_key
-from fedge.strategies.server_optimizer import ServerMoments, ServerOptimizer
+from fedge.strategies.server_optimizer import DEFAULT_RATES, ServerMoments, ServerOptimizer
 
 KEY = "model.layers.0.self_attn.q_proj.lora_A.weight"
 
@@ -90,4 +90,5 @@ def test_moments_saved_and_restored_continue_the_same_trajectory() -> None:
 def test_bad_settings_are_named() -> None:
     problems = ServerOptimizer("adamw", learning_rate=0, beta1=1.0, beta2=-0.1, tau=0).problems()
     assert len(problems) == 5 and problems[0] == "server_optimizer.name: one of none, fedavgm, fedadam, fedyogi"
-    assert ServerOptimizer("fedadam", 0.01).problems() == []
+    assert ServerOptimizer("fedadam", 0.01).problems() == [] and ServerOptimizer("fedadam", 0.01).rate == 0.01
+    assert ServerOptimizer("fedyogi").rate == DEFAULT_RATES["fedyogi"] and ServerOptimizer("fedavgm").rate == DEFAULT_RATES["fedavgm"]

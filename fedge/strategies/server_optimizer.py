@@ -24,13 +24,14 @@ import numpy as np
 from fedge.strategies.base import State, base_changes
 
 SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadam", "fedyogi")
+DEFAULT_RATES = {"none": 1.0, "fedavgm": 1.0, "fedadam": 1e-2, "fedyogi": 1e-2}  # η where the config sets none
 _SEPARATOR = "::"
 
 
 @dataclass(frozen=True)
 class ServerOptimizer:
     name: str = "none"
-    learning_rate: float = 1.0  # η
+    learning_rate: float | None = None  # η (None: the rule's DEFAULT_RATES)
     beta1: float = 0.9  # β₁: momentum (fedavgm) or the first moment's decay
     beta2: float = 0.99  # β₂: the second moment's decay (fedadam, fedyogi)
     tau: float = 1e-3  # τ: adaptivity; a larger τ steps more like SGD with momentum
@@ -39,7 +40,7 @@ class ServerOptimizer:
         errors = []
         if self.name not in SERVER_OPTIMIZERS:
             errors.append(f"server_optimizer.name: one of {', '.join(SERVER_OPTIMIZERS)}")
-        if not self.learning_rate > 0:
+        if self.learning_rate is not None and not self.learning_rate > 0:
             errors.append("server_optimizer.learning_rate: a positive step size η")
         if not 0 <= self.beta1 < 1:
             errors.append("server_optimizer.beta1: a fraction in [0, 1)")
@@ -48,6 +49,11 @@ class ServerOptimizer:
         if not self.tau > 0:
             errors.append("server_optimizer.tau: positive")
         return errors
+
+    @property
+    def rate(self) -> float:
+        """η: as set, or the rule's default."""
+        return DEFAULT_RATES.get(self.name, 1.0) if self.learning_rate is None else self.learning_rate
 
 
 class ServerMoments:
@@ -78,7 +84,7 @@ class ServerMoments:
         return out
 
     def _move(self, key: str, change: np.ndarray) -> np.ndarray:
-        rule, eta, beta1, beta2, tau = (getattr(self.optimizer, name) for name in ("name", "learning_rate", "beta1", "beta2", "tau"))
+        rule, eta, beta1, beta2, tau = (getattr(self.optimizer, name) for name in ("name", "rate", "beta1", "beta2", "tau"))
         first = self._kept(self.first, key, change, 0.0)
         if rule == "fedavgm":
             first = beta1 * first + change
