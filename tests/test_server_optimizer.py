@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedge.strategies.base import delta_key
-from fedge.strategies.server_optimizer import DEFAULT_RATES, ServerMoments, ServerOptimizer
+from fedge.strategies.server_optimizer import RULE_DEFAULTS, ServerMoments, ServerOptimizer
 
 KEY = "model.layers.0.self_attn.q_proj.lora_A.weight"
 
@@ -25,7 +25,7 @@ def stepped(optimizer: ServerOptimizer, start: np.ndarray, changes: list[np.ndar
 
 
 def by_formula(optimizer: ServerOptimizer, start: np.ndarray, changes: list[np.ndarray]) -> list[np.ndarray]:
-    eta, beta1, beta2, tau = optimizer.learning_rate, optimizer.beta1, optimizer.beta2, optimizer.tau
+    eta, beta1, beta2, tau = optimizer.rate, optimizer.momentum, optimizer.beta2, optimizer.tau
     x, m, v, out = start.astype(np.float32).astype(np.float64), np.zeros_like(start), np.full_like(start, tau**2), []
     for change in changes:
         delta = (x.astype(np.float32) + change).astype(np.float32).astype(np.float64) - x
@@ -91,4 +91,5 @@ def test_bad_settings_are_named() -> None:
     problems = ServerOptimizer("adamw", learning_rate=0, beta1=1.0, beta2=-0.1, tau=0).problems()
     assert len(problems) == 5 and problems[0] == "server_optimizer.name: one of none, fedavgm, fedadam, fedyogi"
     assert ServerOptimizer("fedadam", 0.01).problems() == [] and ServerOptimizer("fedadam", 0.01).rate == 0.01
-    assert ServerOptimizer("fedyogi").rate == DEFAULT_RATES["fedyogi"] and ServerOptimizer("fedavgm").rate == DEFAULT_RATES["fedavgm"]
+    assert (ServerOptimizer("fedyogi").rate, ServerOptimizer("fedyogi").momentum) == RULE_DEFAULTS["fedyogi"] and (ServerOptimizer("fedavgm").rate, ServerOptimizer("fedavgm").momentum) == RULE_DEFAULTS["fedavgm"]
+    assert ServerOptimizer("fedavgm", beta1=0.0).momentum == 0.0

@@ -210,9 +210,10 @@ def _parse_section(raw, schema: type, section: str, strings: set[str], integers:
         return schema(), [f"{section}: a mapping of {', '.join(known)}"]
     errors = [f"{section}.{key}: unknown key" for key in sorted(set(raw) - set(known))]
     values = {key: value for key, value in raw.items() if key in known}
+    unset = {f.name for f in fields(schema) if f.default is None}  # None there means "the default"
     for key, value in values.items():
         wanted = (str,) if key in strings else (int,) if key in integers else (int, float)
-        if not isinstance(value, wanted) or isinstance(value, bool):
+        if (not isinstance(value, wanted) or isinstance(value, bool)) and not (value is None and key in unset):
             errors.append(f"{section}.{key}: expected {'a string' if wanted == (str,) else 'a number'}")
     if errors:
         return schema(), errors

@@ -24,15 +24,16 @@ import numpy as np
 from fedge.strategies.base import State, base_changes
 
 SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadam", "fedyogi")
-DEFAULT_RATES = {"none": 1.0, "fedavgm": 1.0, "fedadam": 1e-2, "fedyogi": 1e-2}  # η where the config sets none
+# η and β₁ where the config sets none, tuned on examples/trial-optimizers.yaml (README, "Server optimisers and FedProx")
+RULE_DEFAULTS = {"none": (1.0, 0.0), "fedavgm": (1.0, 0.5), "fedadam": (3e-2, 0.9), "fedyogi": (3e-2, 0.9)}
 _SEPARATOR = "::"
 
 
 @dataclass(frozen=True)
 class ServerOptimizer:
     name: str = "none"
-    learning_rate: float | None = None  # η (None: the rule's DEFAULT_RATES)
-    beta1: float = 0.9  # β₁: momentum (fedavgm) or the first moment's decay
+    learning_rate: float | None = None  # η (None: the rule's RULE_DEFAULTS)
+    beta1: float | None = None  # β₁: momentum (fedavgm) or the first moment's decay (None: the rule's RULE_DEFAULTS)
     beta2: float = 0.99  # β₂: the second moment's decay (fedadam, fedyogi)
     tau: float = 1e-3  # τ: adaptivity; a larger τ steps more like SGD with momentum
 
@@ -42,7 +43,7 @@ class ServerOptimizer:
             errors.append(f"server_optimizer.name: one of {', '.join(SERVER_OPTIMIZERS)}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             errors.append("server_optimizer.learning_rate: a positive step size η")
-        if not 0 <= self.beta1 < 1:
+        if self.beta1 is not None and not 0 <= self.beta1 < 1:
             errors.append("server_optimizer.beta1: a fraction in [0, 1)")
         if not 0 <= self.beta2 < 1:
             errors.append("server_optimizer.beta2: a fraction in [0, 1)")
@@ -53,7 +54,12 @@ class ServerOptimizer:
     @property
     def rate(self) -> float:
         """η: as set, or the rule's default."""
-        return DEFAULT_RATES.get(self.name, 1.0) if self.learning_rate is None else self.learning_rate
+        return RULE_DEFAULTS.get(self.name, (1.0, 0.0))[0] if self.learning_rate is None else self.learning_rate
+
+    @property
+    def momentum(self) -> float:
+        """β₁: as set, or the rule's default."""
+        return RULE_DEFAULTS.get(self.name, (1.0, 0.0))[1] if self.beta1 is None else self.beta1
 
 
 class ServerMoments:
@@ -84,7 +90,7 @@ class ServerMoments:
         return out
 
     def _move(self, key: str, change: np.ndarray) -> np.ndarray:
-        rule, eta, beta1, beta2, tau = (getattr(self.optimizer, name) for name in ("name", "rate", "beta1", "beta2", "tau"))
+        rule, eta, beta1, beta2, tau = (getattr(self.optimizer, name) for name in ("name", "rate", "momentum", "beta2", "tau"))
         first = self._kept(self.first, key, change, 0.0)
         if rule == "fedavgm":
             first = beta1 * first + change
