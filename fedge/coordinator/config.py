@@ -140,8 +140,7 @@ class CoordinatorConfig:
             errors.append("max_weight_share: a fraction in (0, 1]")
         if not values.get("max_update_norm", 1.0) > 0:
             errors.append("max_update_norm: must be positive")
-        if not isinstance(values.get("proximal_mu", 0.0), (int, float)) or not 0 <= values.get("proximal_mu", 0.0) <= MAX_PROXIMAL_MU:
-            errors.append(f"proximal_mu: FedProx's μ, from 0 (off) to {MAX_PROXIMAL_MU:g}")
+        errors += proximal_mu_problems(values.get("proximal_mu", 0.0))
         errors += privacy_problems(values.get("privacy") or {})
         if "robust" in values:
             values["robust"], robust_errors = parse_robust(values["robust"])
@@ -198,6 +197,20 @@ def parse_robust(raw) -> tuple[RobustRules, list[str]]:
 def parse_server_optimizer(raw) -> tuple[ServerOptimizer, list[str]]:
     """The ``server_optimizer:`` mapping (keys of ``ServerOptimizer``) and its problems."""
     return _parse_section(raw, ServerOptimizer, "server_optimizer", strings={"name"})
+
+
+def proximal_mu_problems(value) -> list[str]:
+    """FedProx's μ must be a number an agent will train with."""
+    if not isinstance(value, (int, float)) or not 0 <= value <= MAX_PROXIMAL_MU:
+        return [f"proximal_mu: FedProx's μ, from 0 (off) to {MAX_PROXIMAL_MU:g}"]
+    return []
+
+
+def server_optimizer_problems(optimizer: ServerOptimizer, strategy: Strategy) -> list[str]:
+    """A server optimiser needs a strategy whose global state carries over from round to round."""
+    if optimizer.name != "none" and not strategy.carries_state:
+        return [f"server_optimizer: {strategy.name} keeps no global state from round to round to step; use none"]
+    return []
 
 
 def _parse_section(raw, schema: type, section: str, strings: set[str], integers: frozenset[str] | set[str] = frozenset()):
@@ -270,8 +283,8 @@ def _strategy_problems(values: dict, devices: dict[str, Pin]) -> list[str]:
         return [f"strategy: {error}"]
     planner = values.get("planner") or {}
     optimizer = values.get("server_optimizer")
-    if isinstance(optimizer, ServerOptimizer) and optimizer.name != "none" and not strategy.carries_state:
-        return [f"server_optimizer: {name} keeps no global state from round to round to step; use none"]
+    if isinstance(optimizer, ServerOptimizer) and (problems := server_optimizer_problems(optimizer, strategy)):
+        return problems
     if planner.get("groups") and not strategy.supports_groups:
         return [f"planner.groups: {name} cannot run HierFedLoRA groups; use fedit, ffa-lora, hetlora, flexlora, lora-fair or full"]
     if strategy.mixed_ranks:

@@ -180,9 +180,9 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
         typical = statistics.median(distances) or 1.0
         agreement = {agent: typical / max(distance, 1e-3 * typical) for agent, distance in zip(agents, distances)}
         trust = [remember(agent, min(1.0, value)) for agent, value in agreement.items()]
-    for key, cell, owners in unchecked:
-        settle_unchecked(moved, key, cell, owners, [weight * factor for weight, factor in zip(weights, trust)], trust, floor)
     final = [weight * factor for weight, factor in zip(weights, trust)]  # capped once, before: trust only takes weight away
+    for key, cell, owners in unchecked:
+        settle_unchecked(moved, key, cell, owners, final, trust, floor)
     total = sum(final) or 1.0
     outliers = tuple(sorted(set(scaled) | {agent for agent, factor in zip(agents, trust) if factor < floor}))
     rebuilt = [replace(update, num_examples=weight, tensors=rebuild(update, start, m), trust=factor) for update, start, m, weight, factor in zip(updates, starts, moved, final, trust) if weight > 0]

@@ -29,11 +29,12 @@ from pathlib import Path
 
 import yaml
 
-from fedge.coordinator.config import ConfigError, parse_robust, parse_server_optimizer, parse_task, privacy_problems, round_mode_problems
+from fedge.coordinator.config import (ConfigError, parse_robust, parse_server_optimizer, parse_task, privacy_problems, proximal_mu_problems, round_mode_problems,
+                                      server_optimizer_problems)
 from fedge.strategies import STRATEGIES, StrategyError, make_strategy
 from fedge.shell.trial.data import KINDS, TrialData, default_task
 from fedge.shell.trial.insider import ATTACKS
-from fedge.wire import MAX_PROXIMAL_MU, TaskSpec
+from fedge.wire import TaskSpec
 from fedge.profiles import load_catalogue_profile
 from fedge.quantization.backbone import DEFAULT_BACKBONE
 
@@ -128,18 +129,14 @@ class TrialConfig:
                 errors += [f"strategies.{entry.get('name')}.{key}: unknown key" for key in sorted(set(entry) - {"name", "options", "server_optimizer", "proximal_mu", *ROUND_KEYS})]
             run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {}, {key: entry[key] for key in ROUND_KEYS if key in entry},
                                                                                  entry.get("server_optimizer") or {}, entry.get("proximal_mu", 0.0))
-            if not isinstance(run.proximal_mu, (int, float)) or not 0 <= run.proximal_mu <= MAX_PROXIMAL_MU:
-                errors.append(f"strategies.{run.name}.proximal_mu: FedProx's μ, from 0 (off) to {MAX_PROXIMAL_MU:g}")
-            errors += [f"strategies.{run.name}.{problem}" for problem in round_mode_problems(run.rounds, raw.get("planner") or {})]
             optimizer, optimizer_errors = parse_server_optimizer(run.server_optimizer)
-            errors += [f"strategies.{run.name}.{problem}" for problem in optimizer_errors]
+            problems = proximal_mu_problems(run.proximal_mu) + round_mode_problems(run.rounds, raw.get("planner") or {}) + optimizer_errors
             try:
-                if optimizer.name != "none" and not make_strategy(run.name, **run.options).carries_state:
-                    errors.append(f"strategies.{run.name}.server_optimizer: {run.name} keeps no global state from round to round to step")
-                make_strategy(run.name, **run.options)
+                problems += server_optimizer_problems(optimizer, make_strategy(run.name, **run.options))
                 strategies.append(run)
             except StrategyError as error:
                 errors.append(f"strategies: {error}")
+            errors += [f"strategies.{run.name}.{problem}" for problem in problems]
         if not strategies and not errors:
             errors.append(f"strategies: list at least one of {', '.join(STRATEGIES)}")
         fleet = tuple(raw.pop("fleet", None) or ())
