@@ -78,11 +78,12 @@ def test_an_instruct_trial_on_the_operators_own_files(tiny_backbone, tmp_path):
 
     words = "food animal plant time body place person substance".split()
     dialogues = [Dialogue((("user", f"{a} {b}"), ("assistant", f"{b} {a}")), 0) for a in words for b in words]
-    write_dialogues(tmp_path / "train.jsonl", dialogues[:48])
+    write_dialogues(tmp_path / "laptop.jsonl", dialogues[:20])  # each device its own file
+    write_dialogues(tmp_path / "pi.jsonl", dialogues[20:48])
     write_dialogues(tmp_path / "test.jsonl", dialogues[48:])
     trial = {
         "name": "own", "backbone": str(tiny_backbone), "strategies": ["hetlora"], "fleet": ["cpu-16gb", "cpu-8gb"], "rounds": 1, "local_steps": 2, "batch_size": 4,
-        "data": {"source": "files", "train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl")},
+        "data": {"source": "files", "train": [str(tmp_path / "laptop.jsonl"), str(tmp_path / "pi.jsonl")], "test": str(tmp_path / "test.jsonl")},
         "task": {"kind": "instruct", "max_tokens": 16, "eval_samples": 4, "max_new_tokens": 4, "metric": "exact_match"},
         "planner": {"max_depth": 2, "ranks": [2]}, "target_accuracy": 0.5,
     }
@@ -91,7 +92,7 @@ def test_an_instruct_trial_on_the_operators_own_files(tiny_backbone, tmp_path):
     result = subprocess.run([sys.executable, "-m", "fedge.shell.cli", "trial", str(tmp_path / "trial.yaml"), "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["splits"]["0"]["agents"] == {"agent-0-cpu-16gb": 24, "agent-1-cpu-8gb": 24} and report["splits"]["0"]["test_examples"] == 16
+    assert report["splits"]["0"]["agents"] == {"agent-0-cpu-16gb": 20, "agent-1-cpu-8gb": 28} and report["splits"]["0"]["test_examples"] == 16
     assert "pretrained exact_match" in (out / "report.md").read_text() and report["rows"][0]["final_loss"] > 0
     config = yaml.safe_load((out / "seed_0" / "hetlora" / "coordinator.yaml").read_text())
     assert config["task"]["kind"] == "instruct" and config["task"]["metric"] == "exact_match"

@@ -20,6 +20,8 @@
     target_accuracy: 0.7  # in the task's headline metric (accuracy, token F1 or exact match)
     device_eval: auto     # devices report their own accuracy: auto = only where there is no global model (CE-LoRA)
     centralised: true     # also train on the pooled shards, the reference the federated curves are drawn against
+    baseline: hetlora     # what every other run is compared with, seed by seed (a run's label, or centralised);
+                          # default: the first strategy. List three or more seeds for intervals and tests.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class TrialConfig:
     virtual_fleet: tuple[dict, ...] = ()  # [{device, count, examples}]: a larger fleet on a virtual clock (fedge.shell.trial.virtual)
     robust: dict = field(default_factory=dict)  # the coordinator's robust rules for every run (fedge.coordinator.robust)
     insiders: dict = field(default_factory=dict)  # {count, attack}: the first `count` devices are compromised
+    baseline: str = ""  # the run label (or "centralised") the report compares every other run with; "": the first strategy
 
     @property
     def insider_count(self) -> int:
@@ -113,7 +116,10 @@ class TrialConfig:
         data_keys = {f.name for f in fields(TrialData)}
         data_raw = raw.pop("data", {}) or {}
         errors += [f"data.{key}: unknown key" for key in sorted(set(data_raw) - data_keys)]
-        data = TrialData(**{key: value for key, value in data_raw.items() if key in data_keys})
+        data_values = {key: value for key, value in data_raw.items() if key in data_keys}
+        if isinstance(data_values.get("train"), list):
+            data_values["train"] = tuple(data_values["train"])
+        data = TrialData(**data_values)
         errors += data.problems()
         task = None
         if "task" in raw:
@@ -163,6 +169,8 @@ class TrialConfig:
                     raise ValueError("count and examples must be positive; no other keys")
             except (KeyError, ValueError, TypeError) as error:
                 errors.append(f"virtual_fleet[{index}]: {{device, count, examples}} with a catalogue device: {error}")
+        errors += baseline_problems(raw.get("baseline", ""), [run.label for run in strategies], bool(raw.get("centralised")))
+        errors += data.fleet_problems(len(fleet))
         known = set(cls.__dataclass_fields__) - {"strategies", "fleet"}
         errors += [f"{key}: unknown key" for key in sorted(set(raw) - known)]
         if errors:
@@ -187,3 +195,11 @@ def insider_problems(insiders: dict, fleet_size: int) -> list[str]:
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count < fleet_size / 2:
         errors.append(f"insiders.count: at least 1 and fewer than half the fleet ({fleet_size} devices)")
     return errors
+
+
+def baseline_problems(baseline: object, labels: list[str], centralised: bool) -> list[str]:
+    if baseline in ("", None) or baseline in labels:
+        return []
+    if baseline == "centralised":
+        return [] if centralised else ["baseline: centralised needs centralised: true"]
+    return [f"baseline: {baseline!r} is not one of this trial's runs ({', '.join(labels + ['centralised'])})"]

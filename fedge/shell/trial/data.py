@@ -5,8 +5,9 @@ Sources (``data.source`` in the trial YAML):
 - ``fortunes``: the Debian ``fortunes`` categories (classify), up to ``train_per_label``/``test_per_label`` each;
 - ``chatterbot``: the ``chatterbot-corpus`` question/answer pairs (instruct), a ``test_fraction`` of every topic
   held out and the rest dealt to devices by topic, so each device sees only some topics;
-- ``files``: the operator's own ``train`` and ``test`` JSON lines in the task's format.
-Classify examples are dealt with Dirichlet(``alpha``) label proportions; conversations from files are dealt at random.
+- ``files``: the operator's own ``train`` and ``test`` JSON lines in the task's format; ``train`` is one file dealt
+  to the devices, or a list with one file per fleet device, in the fleet's order (each device keeps its own data).
+Classify examples are dealt with Dirichlet(``alpha``) label proportions; conversations from one file at random.
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ class TrialData:
     alpha: float = 0.5
     min_examples: int = 16
     test_fraction: float = 0.1
-    train: str = ""
+    train: str | tuple[str, ...] = ""  # files: one file to deal, or one per fleet device
     test: str = ""
+
+    @property
+    def per_device(self) -> bool:
+        """Whether each device has its own training file (``train`` is a list)."""
+        return isinstance(self.train, (list, tuple))
 
     def problems(self) -> list[str]:
         found = []
@@ -45,11 +51,19 @@ class TrialData:
             found.append("data.train and data.test: JSON lines files, required with source: files")
         if self.source != "files" and (self.train or self.test):
             found.append("data.train and data.test: only with source: files")
+        if not isinstance(self.train, str) and (not self.per_device or not self.train or not all(isinstance(path, str) and path for path in self.train)):
+            found.append("data.train: a file, or a list of files (one per fleet device)")
         if not 0 < self.test_fraction < 1:
             found.append("data.test_fraction: in (0, 1)")
         if self.alpha <= 0 or min(self.train_per_label, self.test_per_label, self.min_examples) < 1:
             found.append("data.alpha > 0; train_per_label, test_per_label and min_examples >= 1")
         return found
+
+    def fleet_problems(self, devices: int) -> list[str]:
+        """Problems that need the fleet's size: a list of training files must have one per device."""
+        if self.per_device and len(self.train) != devices:
+            return [f"data.train: {len(self.train)} files for {devices} fleet devices (one each, in the fleet's order)"]
+        return []
 
 
 def default_task(source: str) -> TaskSpec | None:
@@ -79,16 +93,25 @@ def prepare_data(data: TrialData, task: TaskSpec, agents: list[str], seed: int, 
         write_dialogues(directory / "train_pooled.jsonl", [dialogue for shard in shards for dialogue in shard])
         split = {"agents": {agent: info for agent, info in zip(agents, description)}}
     else:
-        train, test = _labelled(data, task, seed)
-        shards = dirichlet_split(train, len(agents), data.alpha, seed, data.min_examples)
+        shards, test = _labelled_shards(data, task, len(agents), seed)
         for agent_id, shard in zip(agents, shards):
             write_jsonl(directory / f"{agent_id}.jsonl", shard, task.labels)
         write_jsonl(directory / "test.jsonl", test, task.labels)
-        write_jsonl(directory / "train_pooled.jsonl", train, task.labels)
-        split = {"alpha": data.alpha, "labels": list(task.labels), "agents": {agent: label_histogram(shard, len(task.labels)) for agent, shard in zip(agents, shards)}}
+        write_jsonl(directory / "train_pooled.jsonl", [example for shard in shards for example in shard], task.labels)
+        split = {"alpha": None if data.per_device else data.alpha, "labels": list(task.labels), "agents": {agent: label_histogram(shard, len(task.labels)) for agent, shard in zip(agents, shards)}}
     split |= {"source": data.source, "seed": seed, "test_examples": len(test)}
     (directory / "split.json").write_text(json.dumps(split, indent=2))
     return split
+
+
+def _labelled_shards(data: TrialData, task: TaskSpec, devices: int, seed: int) -> tuple[list[list[Example]], list[Example]]:
+    """Each device's examples and the held-out set: the devices' own files as they are, else a Dirichlet deal."""
+    from fedge.task.classify import examples_of
+
+    if data.per_device:
+        return [examples_of(read_rows(path), task, path) for path in data.train], examples_of(read_rows(data.test), task, data.test)
+    train, test = _labelled(data, task, seed)
+    return dirichlet_split(train, devices, data.alpha, seed, data.min_examples), test
 
 
 def _labelled(data: TrialData, task: TaskSpec, seed: int) -> tuple[list[Example], list[Example]]:
@@ -124,8 +147,11 @@ def _conversations(data: TrialData, task: TaskSpec, devices: int, seed: int) -> 
         return shards, test, [sorted({dialogue.extra["topic"] for dialogue in shard}) for shard in shards]
     from fedge.task.instruct import dialogues_of
 
-    train = dialogues_of(read_rows(data.train), task, data.train)
     test = dialogues_of(read_rows(data.test), task, data.test)
+    if data.per_device:
+        shards = [dialogues_of(read_rows(path), task, path) for path in data.train]
+        return shards, test, [len(shard) for shard in shards]
+    train = dialogues_of(read_rows(data.train), task, data.train)
     random.Random(seed).shuffle(train)
     shards = [train[index::devices] for index in range(devices)]
     return shards, test, [len(shard) for shard in shards]
