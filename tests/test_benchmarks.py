@@ -32,6 +32,10 @@ def test_backbone_delivery_benchmark_quick_mode_prints_goodput_and_resume():
 def test_aggregation_benchmark_quick_mode_times_every_strategy():
     out = _quick("aggregation.py")
     assert "flexlora" in out.lower() and "hetlora" in out.lower()
+    scale = out[out.index("Server step at scale"):]
+    flexlora = next(line for line in scale.splitlines() if "flexlora" in line)
+    gap = float(flexlora.split("│")[5])
+    assert gap < 1e-3 and "fedex-lora" in scale  # the range finder matches the exact truncation
 
 
 @pytest.mark.slow

@@ -259,17 +259,17 @@ def average_factors(state: State, module: str, weighted: Sequence[tuple[ClientUp
     cols = state[module + A_SUFFIX].shape[1]
     b_sum, a_sum = np.zeros((rows, rank)), np.zeros((rank, cols))
     for update, weight in weighted:
-        b, a = folded(update, module)
+        b, a = update.tensors[module + B_SUFFIX], update.tensors[module + A_SUFFIX]
         if a.shape[0] > rank:
             raise StrategyError(f"{update.agent_id} sent rank {a.shape[0]} on {module}; the global adapter holds rank {rank}")
-        b_sum += weight * pad_cols(b, rank)
-        a_sum += weight * pad_rows(a, rank)
+        b_sum[:, : b.shape[1]] += b * (weight * update.spec.scaling)  # zero-padded to rank R; summed in float64
+        a_sum[: a.shape[0]] += a * weight
     return b_sum, a_sum
 
 
 def product_terms(updates: Sequence[tuple[ClientUpdate, float]], module: str) -> list[tuple[float, np.ndarray, np.ndarray]]:
-    """(p_i, s_i B_i, A_i) terms whose Σ p_i s_i B_i A_i is the exact aggregate."""
-    return [(weight, *folded(update, module)) for update, weight in updates]
+    """(p_i·s_i, B_i, A_i) terms whose Σ p_i s_i B_i A_i is the exact aggregate (the factors as sent, not copied)."""
+    return [(weight * update.spec.scaling, update.tensors[module + B_SUFFIX], update.tensors[module + A_SUFFIX]) for update, weight in updates]
 
 
 def with_factors(state: State, module: str, b: np.ndarray, a: np.ndarray) -> None:
