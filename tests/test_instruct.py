@@ -130,3 +130,20 @@ def test_a_long_text_is_cut_before_it_is_tokenized(tmp_path):
     task = TaskSpec("classify", ("a", "b"), "Text: {text} Label:", 32)
     (row,) = _prompts(CountingTokenizer(), [Example("word " * 200_000, 0)], task, 1)
     assert len(row) == 31 and CountingTokenizer.longest <= 32 * MAX_CHARS_PER_TOKEN + len(task.prompt)
+
+
+def test_a_templates_default_system_prompt_is_dropped_and_the_budget_message_counts_the_template(tuner, caplog):
+    from fedge.task.instruction import PLAIN_TEMPLATE, template_cost
+
+    tokenizer = tuner.tokenizer
+    tokenizer.chat_template = "{% if messages[0]['role'] != 'system' %}System: food of animal of plant of time of body{{ '\\n' }}{% endif %}" + PLAIN_TEMPLATE
+    ids, _, _ = render(tokenizer, DIALOGUES[0], "")
+    assert tokenizer.decode(ids).startswith("[UNK] : User : food") and "body" not in tokenizer.decode(ids)  # an empty system message ("System" is unknown to the tiny vocabulary)
+    cost = template_cost(tokenizer, "")
+    assert cost.dropped_system_tokens == 9 and "default system prompt (9 tokens) is dropped" in cost.describe()
+    own, _, _ = render(tokenizer, DIALOGUES[0], "time of body")
+    assert tokenizer.decode(own).startswith("[UNK] : time of body User") and template_cost(tokenizer, "time of body").dropped_system_tokens == 0
+    long = Dialogue((("user", " ".join(["food"] * 80)), ("assistant", "plant")), 3)
+    with caplog.at_level("WARNING"):
+        encode(tokenizer, [*DIALOGUES, long], TASK)
+    assert f"1 of 3 conversations have no answer within task.max_tokens 64 and are left out (the chat template adds {cost.added_tokens} tokens" in caplog.text

@@ -1,7 +1,9 @@
 """Instruction tuning with a causal LM: the loss on the assistant's tokens, and greedy answers scored for evaluation.
 
 Conversations are rendered with the tokenizer's chat template (a plain ``Role: text`` template where it has none).
-Each assistant turn's text is the span between the template rendered up to the turn with its generation prompt and
+A template that adds its own default system prompt where a conversation has none (SmolLM2's: 22 tokens) gets an
+empty system message instead, so the default does not eat every conversation's token budget; ``task.prompt`` sets
+a system message of the operator's own. Each assistant turn's text is the span between the template rendered up to the turn with its generation prompt and
 rendered through the turn, so it includes the end-of-turn marker the model must learn to stop with; only those
 tokens carry loss. The full-vocabulary output layer runs on the answer positions alone, in chunks whose logits are
 recomputed during backward, so its memory is one chunk's logits whatever the batch (``fedge.profiles.memory`` counts it).
@@ -40,12 +42,55 @@ class EncodedDialogues(EncodedRows):
         return EncodedDialogues(self.input_ids.to(device), self.lengths.to(device), self.targets.to(device), self.prompts, self.references)
 
 
-def render(tokenizer, dialogue: Dialogue, system: str) -> tuple[list[int], list[bool], list[int]]:
-    """(token ids, which of them belong to an answer, the prompt before the last answer) of one conversation."""
+@dataclass(frozen=True)
+class TemplateCost:
+    """What the chat template adds to a one-exchange conversation, in tokens, and the default system prompt it would
+    have added (dropped) where the conversation has no system message."""
+
+    added_tokens: int
+    dropped_system_tokens: int
+
+    def describe(self) -> str:
+        dropped = f"; its default system prompt ({self.dropped_system_tokens} tokens) is dropped, task.prompt sets one" if self.dropped_system_tokens else ""
+        return f"the chat template adds {self.added_tokens} tokens to a one-exchange conversation{dropped}"
+
+
+def _template(tokenizer) -> str | None:
+    return None if tokenizer.chat_template else PLAIN_TEMPLATE
+
+
+def _token_count(tokenizer, messages: list[dict]) -> int:
+    return len(tokenizer.encode(tokenizer.apply_chat_template(messages, chat_template=_template(tokenizer), tokenize=False), add_special_tokens=False))
+
+
+def template_cost(tokenizer, system: str) -> TemplateCost:
+    """The template's tokens around a probe exchange, with the system message ``render`` would give it."""
+    exchange = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    contents = sum(len(tokenizer.encode(text, add_special_tokens=False)) for text in ("x", "y"))
+    opening = system_message(tokenizer, system)
+    default = _token_count(tokenizer, exchange) - _token_count(tokenizer, [{"role": "system", "content": ""}, *exchange]) if opening == {"role": "system", "content": ""} else 0
+    return TemplateCost(_token_count(tokenizer, ([opening] if opening else []) + exchange) - contents, default)
+
+
+def system_message(tokenizer, system: str) -> dict | None:
+    """The system message to open conversations that have none: the task's prompt; else an empty one where the
+    template would put a longer default of its own there; else none."""
+    if system:
+        return {"role": "system", "content": system}
+    exchange = [{"role": "user", "content": "x"}]
+    if _token_count(tokenizer, exchange) > _token_count(tokenizer, [{"role": "system", "content": ""}, *exchange]):
+        return {"role": "system", "content": ""}
+    return None
+
+
+def render(tokenizer, dialogue: Dialogue, system: str, opening: dict | None = None) -> tuple[list[int], list[bool], list[int]]:
+    """(token ids, which of them belong to an answer, the prompt before the last answer) of one conversation;
+    ``opening`` is ``system_message(tokenizer, system)`` where the caller has it already."""
     messages = [{"role": role, "content": content} for role, content in dialogue.messages]
-    if system and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system})
-    template = None if tokenizer.chat_template else PLAIN_TEMPLATE
+    opening = opening if opening is not None else system_message(tokenizer, system)
+    if opening and messages[0]["role"] != "system":
+        messages.insert(0, opening)
+    template = _template(tokenizer)
 
     def text(upto: int, generation_prompt: bool) -> str:
         return tokenizer.apply_chat_template(messages[:upto], chat_template=template, tokenize=False, add_generation_prompt=generation_prompt)
@@ -76,8 +121,9 @@ def render(tokenizer, dialogue: Dialogue, system: str) -> tuple[list[int], list[
 def encode(tokenizer, dialogues: list[Dialogue], task: TaskSpec) -> EncodedDialogues:
     """Conversations cut to the task's token budget; a conversation with no answer token inside it is left out."""
     rows, targets, prompts, references = [], [], [], []
+    opening = system_message(tokenizer, task.prompt)
     for dialogue in dialogues:
-        ids, answer, prompt = render(tokenizer, dialogue, task.prompt)
+        ids, answer, prompt = render(tokenizer, dialogue, task.prompt, opening)
         ids, answer = ids[: task.max_tokens], answer[: task.max_tokens]
         if not any(answer[1:]):
             continue
@@ -86,9 +132,10 @@ def encode(tokenizer, dialogues: list[Dialogue], task: TaskSpec) -> EncodedDialo
         prompts.append(prompt[-task.max_tokens :])
         references.append(dialogue.messages[-1][1])
     if len(rows) < len(dialogues):
-        log.warning("%d of %d conversations have no answer within task.max_tokens %d and are left out", len(dialogues) - len(rows), len(dialogues), task.max_tokens)
+        log.warning("%d of %d conversations have no answer within task.max_tokens %d and are left out (%s)", len(dialogues) - len(rows), len(dialogues), task.max_tokens,
+                    template_cost(tokenizer, task.prompt).describe())
     if not rows:
-        raise ValueError(f"no conversation has an answer within task.max_tokens {task.max_tokens}")
+        raise ValueError(f"no conversation has an answer within task.max_tokens {task.max_tokens} ({template_cost(tokenizer, task.prompt).describe()})")
     input_ids, lengths = pad_rows(rows, tokenizer)
     target_ids = torch.full_like(input_ids, IGNORE)
     for index, row in enumerate(targets):
