@@ -65,8 +65,11 @@ class RunSummary:
 
 
 class Coordinator:
-    def __init__(self, config: CoordinatorConfig, resume: bool = False):
+    def __init__(self, config: CoordinatorConfig, resume: bool = False, more_runs: bool = False):
+        """``more_runs``: another run follows for the same devices (a field trial's next arm), so the final states
+        ask them to stay connected."""
         self.config = config
+        self.more_runs = more_runs
         fleet = FleetKeys(config.enrolment) if config.enrolment else None
         credentials = coordinator_credentials(config.enrolment) if config.enrolment else None
         broker = BrokerConfig.from_url(config.broker, max_frame_bytes=config.max_frame_kb * 1024, ca_certs=config.ca_certs)
@@ -199,7 +202,7 @@ class Coordinator:
     def finish(self, arrays: dict[str, np.ndarray]) -> None:
         """Send every planned agent the final state, wait for their evaluations, save the adapter and close."""
         work, rounds = self.work, self.config.rounds
-        queued = [self.sender.send_final(r.agent_id, work.view_key(r), lambda r=r: work.state(r, arrays, rounds, final=True)) for r in self.registry.with_plans()]
+        queued = [self.sender.send_final(r.agent_id, work.view_key(r), lambda r=r: work.state(r, arrays, rounds, final=True, more_runs=self.more_runs)) for r in self.registry.with_plans()]
         unsent = self.transport.wait_sent(queued, timeout_s=30)
         if unsent:
             log.warning("%d frames of the final states were not acknowledged within 30 s", unsent)

@@ -63,11 +63,12 @@ class WorkOrders:
         """Devices with equal keys get the same view of a state, so it is built, encoded and signed once for them."""
         return self.strategy.view_key(self._client(record))
 
-    def state(self, record: AgentRecord, arrays: dict[str, np.ndarray], round_number: int, final: bool) -> GlobalState:
+    def state(self, record: AgentRecord, arrays: dict[str, np.ndarray], round_number: int, final: bool, more_runs: bool = False) -> GlobalState:
         """The strategy's view for this device (its own layers, ranks and scaling, and base changes it lacks), naming
-        no device: every device with the same ``view_key`` gets the same state."""
+        no device: every device with the same ``view_key`` gets the same state. ``more_runs``: on a final state,
+        another run follows for the same devices."""
         view = self.strategy.client_view(arrays, self._client(record))
-        return GlobalState(self.config.run_id, round_number, "", final, {}, view)
+        return GlobalState(self.config.run_id, round_number, "", final, {}, view, more_runs=final and more_runs)
 
     def expectation(self, record: AgentRecord, round_number: int, deadline: float, arrays: dict[str, np.ndarray]) -> Expectation:
         spec = self.lora_spec(record)

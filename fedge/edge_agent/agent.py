@@ -6,7 +6,9 @@
     GlobalState(round r) -> verify + load the backbone once, apply the state, [Evaluation(r-1)], train, send AdapterUpdate(r)
                             then, while waiting, cache the frozen-prefix states of the rows round r+1 will train on;
                             no Receipt (or Reject) for the update in time: send it again (fedge.edge_agent.resend)
-    GlobalState(final)   -> apply it, [Evaluation(final round)], save the adapter if asked, stop
+    GlobalState(final)   -> apply it, [Evaluation(final round)], save the adapter if asked, stop; with
+                            ``more_runs`` (a field trial's next arm follows) start over instead: the backbone
+                            rebuilt pristine, ready for the next run's coordinator to ask for a hello
 
 An agent given evaluation data reports the held-out accuracy of the model it holds after each state it takes.
 With credentials (``fedge enroll``) it signs everything it sends and acts only on what the coordinator signed for it
@@ -216,8 +218,12 @@ class EdgeAgent:
                 self._report_accuracy(self._session, state.run_id, state.round)
                 if self.save_dir is not None:
                     save_adapter(self._session.model, self.save_dir)
-            log.info("%s: run finished", self.agent_id)
-            self._done = True
+            if state.more_runs:
+                log.info("%s: run %s finished; staying for the next run", self.agent_id, state.run_id)
+                self._start_over()
+            else:
+                log.info("%s: run finished", self.agent_id)
+                self._done = True
             return
         if state.message_id in self._handled_states:
             log.info("%s: redelivered global state for round %d ignored", self.agent_id, state.round)
@@ -271,6 +277,17 @@ class EdgeAgent:
         self._send_update(assignment, session, result, received)
         upcoming = torch.cat(session.sampler.upcoming(assignment.local_steps, assignment.batch_size))
         session.ahead = session.cache.missing(upcoming)  # cached between messages while the coordinator aggregates
+
+    def _start_over(self) -> None:
+        """Between runs: forget the run (its assignment, backbone with its frozen-weight changes, pending update) so
+        the next one starts from the pristine backbone, and accept the next run's coordinator."""
+        self._assignment, self._session = None, None
+        self._base_changes = {}
+        self._handled_states.clear()
+        self._resender = Resender(self._resender.wait_s)
+        if self.codec is not None:
+            self.codec.run = ""  # the next run's assignment binds it again
+        self._state = "idle"
 
     def _step_hook(self, label: str, steps: int):
         progress = StepProgress(label, steps)

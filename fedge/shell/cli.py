@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     coordinator.add_argument("--config", required=True, help="coordinator YAML (see examples/coordinator.yaml)")
     coordinator.add_argument("--resume", action="store_true", help="continue a run from its last completed round")
     coordinator.add_argument("--role", choices=("root", "site"), default="root", help="site: aggregate a site's devices on its own broker and forward one update per round to the central coordinator (config: upstream)")
+    coordinator.add_argument("--arms", help="a field trial: run these arms (strategies, optimisers, round modes; see fedge.shell.trial.field) one after another over the connected agents and write a trial report")
+    coordinator.add_argument("--out", help="with --arms: the report's directory (default runs/field-NAME)")
     coordinator.set_defaults(func=commands.cmd_coordinator)
 
     plan = sub.add_parser("plan", help="plan bits, ranks, depth, batch and steps for a fleet")

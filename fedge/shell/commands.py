@@ -152,6 +152,10 @@ def cmd_coordinator(args) -> int:
     config = CoordinatorConfig.from_yaml(args.config)  # config and data are checked before the heavy imports
     kind_of(config.task.kind).items(read_rows(config.eval_data), config.task, config.eval_data)
 
+    if args.arms:
+        return _field_trial(args, config)
+    if args.out:
+        raise ValueError("--out goes with --arms (a field trial's report); a run's directory is run_dir in the config")
     if args.role == "site":
         if args.resume:
             raise ValueError("--role site cannot --resume: restart the site; the central coordinator resends its work")
@@ -164,6 +168,16 @@ def cmd_coordinator(args) -> int:
         summary = Coordinator(config, resume=args.resume).run()
     final = summary.rounds[-1]
     console.print(f"final {final.get('metric', 'accuracy')} {final['accuracy']:.3f} after round {final['round']}; run directory {summary.run_dir}")
+    return 0
+
+
+def _field_trial(args, config) -> int:
+    from fedge.shell.trial.field import FieldTrial, run_field_trial
+
+    if args.resume or args.role != "root":
+        raise ValueError("--arms runs every arm from the start on the root coordinator: no --resume, no --role site")
+    trial = FieldTrial.from_yaml(args.arms, config)
+    run_field_trial(config, trial, Path(args.out or f"runs/field-{trial.name}"), console)
     return 0
 
 

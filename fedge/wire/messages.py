@@ -166,9 +166,10 @@ class AdapterUpdate:
 
 @dataclass(frozen=True)
 class GlobalState:
-    """The adapter a device starts the round from (its own rank and layers); ``final`` ends the run. A state that
-    devices with the same view share names no agent (``agent_id`` ""): it is sealed once on the shared stream and
-    each device takes it only when its own assignment names its digest (``fedge.trust.downlink``)."""
+    """The adapter a device starts the round from (its own rank and layers); ``final`` ends the run, and
+    ``more_runs`` on a final state says another run follows (a field trial's next arm): the device stays connected
+    for it. A state that devices with the same view share names no agent (``agent_id`` ""): it is sealed once on the
+    shared stream and each device takes it only when its own assignment names its digest (``fedge.trust.downlink``)."""
 
     run_id: str
     round: int
@@ -176,6 +177,7 @@ class GlobalState:
     final: bool
     metrics: dict[str, float]
     tensors: dict[str, np.ndarray]
+    more_runs: bool = False
     message_id: str = field(default_factory=new_message_id)
 
 

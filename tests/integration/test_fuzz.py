@@ -153,6 +153,7 @@ class Attacker:
             # forged downlinks: a final state, an infeasible verdict, an assignment, a global state to train on
             for kind, message in {
                 "forged_final": GlobalState("fuzz", 1, agent_id, True, {}, {}),
+                "forged_final_more_runs": GlobalState("fuzz", 1, agent_id, True, {}, {}, more_runs=True),
                 "forged_infeasible": Reject(agent_id, "infeasible", "stop"),
                 "forged_bad_profile": Reject(agent_id, "bad_profile", "stop"),
                 "forged_label_request": Reject(agent_id, "label_counts_wanted", "tell me"),

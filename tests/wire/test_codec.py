@@ -20,6 +20,7 @@ MESSAGES = [
     Assignment("run", 2, "a1", BackboneSpec("smollm2", "ab" * 32, "nf4", 168_000_000, "https://models.lan/pkg/"), LoraSpec(("q_proj", "v_proj"), (26, 27, 28, 29), (4, 4, 8, 8), 2.0), TaskSpec("classify", ("positive", "negative"), "Review: {text}\nSentiment:", 64), 10, 16, 2e-3, 1.7e9, 7, prepare_only=True),
     AdapterUpdate("run", 2, "a1", 120, {"loss": 0.5}, TENSORS),
     GlobalState("run", 2, "a1", False, {"accuracy": 0.8}, TENSORS),
+    GlobalState("run", 5, "", True, {}, TENSORS, more_runs=True),
     Reject("a1", "wrong_round", "late", 2, "abc"),
     Receipt("a1", 2, "ab" * 16),
     Heartbeat("a1", "training", 1.7e9, 4),

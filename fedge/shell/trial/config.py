@@ -129,22 +129,8 @@ class TrialConfig:
                 errors.append(f"task.kind: the {data.source} data is for the {KINDS[data.source]} task kind")
         elif data.source == "files":
             errors.append("task: required with data.source: files (kind, and labels and prompt for classify)")
-        strategies = []
-        for entry in raw.pop("strategies", None) or []:
-            if isinstance(entry, dict):
-                errors += [f"strategies.{entry.get('name')}.{key}: unknown key" for key in sorted(set(entry) - {"name", "options", "server_optimizer", "proximal_mu", *ROUND_KEYS})]
-            run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {}, {key: entry[key] for key in ROUND_KEYS if key in entry},
-                                                                                 entry.get("server_optimizer") or {}, entry.get("proximal_mu", 0.0))
-            optimizer, optimizer_errors = parse_server_optimizer(run.server_optimizer)
-            problems = proximal_mu_problems(run.proximal_mu) + round_mode_problems(run.rounds, raw.get("planner") or {}) + optimizer_errors
-            try:
-                problems += server_optimizer_problems(optimizer, make_strategy(run.name, **run.options))
-                strategies.append(run)
-            except StrategyError as error:
-                errors.append(f"strategies: {error}")
-            errors += [f"strategies.{run.name}.{problem}" for problem in problems]
-        if not strategies and not errors:
-            errors.append(f"strategies: list at least one of {', '.join(STRATEGIES)}")
+        strategies, strategy_errors = parse_strategies(raw.pop("strategies", None), raw.get("planner") or {})
+        errors += strategy_errors
         fleet = tuple(raw.pop("fleet", None) or ())
         for device in fleet:
             try:
@@ -180,7 +166,34 @@ class TrialConfig:
             values["seeds"] = tuple(values["seeds"])
         if "virtual_fleet" in values:
             values["virtual_fleet"] = tuple(values["virtual_fleet"] or ())
-        return cls(strategies=tuple(strategies), fleet=fleet, data=data, task=task, **values)
+        return cls(strategies=strategies, fleet=fleet, data=data, task=task, **values)
+
+
+def parse_strategies(entries: object, planner: dict) -> tuple[tuple[StrategyRun, ...], list[str]]:
+    """A trial's ``strategies`` list: each a strategy's name, or a mapping with its options, round-mode keys, server
+    optimiser and FedProx μ; returns the runs and the problems found."""
+    if entries is not None and not isinstance(entries, list):
+        return (), ["strategies: a list of strategy names or mappings"]
+    runs, errors = [], []
+    for entry in entries or []:
+        if not isinstance(entry, (str, dict)):
+            errors.append(f"strategies: {entry!r} is neither a strategy name nor a mapping")
+            continue
+        if isinstance(entry, dict):
+            errors += [f"strategies.{entry.get('name')}.{key}: unknown key" for key in sorted(set(entry) - {"name", "options", "server_optimizer", "proximal_mu", *ROUND_KEYS})]
+        run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {}, {key: entry[key] for key in ROUND_KEYS if key in entry},
+                                                                             entry.get("server_optimizer") or {}, entry.get("proximal_mu", 0.0))
+        optimizer, optimizer_errors = parse_server_optimizer(run.server_optimizer)
+        problems = proximal_mu_problems(run.proximal_mu) + round_mode_problems(run.rounds, planner) + optimizer_errors
+        try:
+            problems += server_optimizer_problems(optimizer, make_strategy(run.name, **run.options))
+            runs.append(run)
+        except StrategyError as error:
+            errors.append(f"strategies: {error}")
+        errors += [f"strategies.{run.name}.{problem}" for problem in problems]
+    if not runs and not errors:
+        errors.append(f"strategies: list at least one of {', '.join(STRATEGIES)}")
+    return tuple(runs), errors
 
 
 def insider_problems(insiders: dict, fleet_size: int) -> list[str]:

@@ -22,6 +22,7 @@ from fedge.task.split import dirichlet_split, label_histogram
 from fedge.wire import TaskSpec
 
 SOURCES = ("wordnet", "fortunes", "chatterbot", "files")
+FIELD_SOURCE = "each device's own"  # a field trial's data (fedge.shell.trial.field): never dealt, so not a source to choose
 KINDS = {"wordnet": "classify", "fortunes": "classify", "chatterbot": "instruct"}
 
 

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from fedge.privacy import DEFAULT_DELTA, epsilon
 from fedge.shell.trial.config import TrialConfig
+from fedge.shell.trial.data import FIELD_SOURCE
 from fedge.shell.trial.intervals import CONFIDENCE, Comparison, Interval, compare, interval
 from fedge.shell.trial.plots import CENTRALISED, plot_curves
 from fedge.shell.trial.runs import RunResult, load_run
@@ -139,7 +140,10 @@ def _privacy_sentence(trial: TrialConfig) -> str:
             f"{privacy['noise_multiplier']} × that; a device in all {trial.rounds} rounds spent ε = {spent:.2f} at δ = {delta:g} (fedge.privacy).")
 
 
-def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], centralised: dict[int, list[dict]], out_dir: Path, wall_s: float) -> Report:
+def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], centralised: dict[int, list[dict]], out_dir: Path, wall_s: float,
+                 notes: list[str] = ()) -> Report:
+    """The report of a trial's finished ``runs`` ({strategy, name, seed, run_dir, exit}); ``notes``: anything the
+    reader must know that the records do not say (a field trial's arms that planned other devices)."""
     failed = [run for run in runs if run["exit"] != 0]
     results = [load_run(run["strategy"], run["seed"], Path(run["run_dir"])) for run in runs if run["exit"] == 0]
     rows = summarise(results, trial.target_accuracy)
@@ -183,9 +187,11 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
             + (f" Insiders: the first {trial.insider_count} devices were compromised ({trial.insiders['attack']}, fedge.shell.trial.insider)." if trial.insider_count else "")
             + (f" Robust rules: {trial.robust}." if trial.robust else ""), ""]
     if rows:
-        text += ["## Plans (first seed)", "", "Devices are catalogue entries simulated on this host: the planner used each real device's memory limit, speed and links; the bases it chose, the wall times and the scores are this host's CPU runs.", "", *[f"- {row['strategy']}: " + ", ".join(f"{device} {plan}" for device, plan in sorted(row["ranks"].items())) for row in rows], ""]
+        where = ("The devices connected to the coordinator, as they reported themselves." if trial.data.source == FIELD_SOURCE else
+                 "Devices are catalogue entries simulated on this host: the planner used each real device's memory limit, speed and links; the bases it chose, the wall times and the scores are this host's CPU runs.")
+        text += ["## Plans (first seed)", "", where, "", *[f"- {row['strategy']}: " + ", ".join(f"{device} {plan}" for device, plan in sorted(row["ranks"].items())) for row in rows], ""]
     text += comparison_section(trial, comparisons, metric)
-    text += ["## Data", ""]
+    text += ["## Data", ""] + (["Every device trained on its own data (a field trial: nothing was dealt).", ""] if not splits else [])
     for seed, split in splits.items():
         if "labels" in split:
             dealt = "each device's own file" if split["alpha"] is None else f"Dirichlet α={split['alpha']}"
@@ -194,6 +200,8 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
             text += [f"Seed {seed}, {split['source']}, {split['test_examples']} held-out conversations; each device's share:", ""]
         text += [f"- {agent}: {share}" for agent, share in split["agents"].items()] + [""]
     text += virtual_section(trial, runs, out_dir)
+    if notes:
+        text += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     if failed:
         text += ["## Failed runs", "", *[f"- {run['strategy']} seed {run['seed']}: exit {run['exit']} (logs in {run['run_dir']}/logs)" for run in failed], ""]
     text += [f"![{metric} per round]({images[0].name})", "", f"![{metric} against bytes]({images[1].name})", "", f"![{metric} against time]({images[2].name})", ""] if images else []

@@ -1,0 +1,123 @@
+"""A field trial on a real fleet: a trial's arms (strategies, server optimisers, FedProx, round modes), each run by
+the coordinator over the agents connected to it, one after another, seed by seed. Every arm of a seed starts from
+the same pretrained model with the same seed and waits for the same devices; the agents run their usual
+``fedge agent`` command on their own data, and the final state of every arm but the last asks them to stay for the
+next (``GlobalState.more_runs``). The report is ``fedge trial``'s, from the arms' own records.
+
+    # arms.yaml: everything else (broker, fleet, task, rounds, steps, planner, robust rules) is the coordinator
+    # config's; each arm sets its own algorithm, so an arm that names no server optimiser runs without one
+    name: my-fleet
+    strategies: [hetlora, flexlora, {name: hetlora, server_optimizer: {name: fedavgm}, proximal_mu: 0.01}]
+    seeds: [0, 1, 2]
+    baseline: hetlora        # what the report compares every other arm with, seed by seed
+    target_accuracy: 0.6
+
+    fedge coordinator --config coordinator.yaml --arms arms.yaml --out runs/field
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from fedge.coordinator.config import ConfigError, CoordinatorConfig
+from fedge.shell.trial.config import ROUND_KEYS, StrategyRun, TrialConfig, baseline_problems, parse_strategies
+from fedge.shell.trial.data import FIELD_SOURCE, TrialData
+from fedge.shell.trial.report import write_report
+
+ARM_DEFAULTS = {name: next(f.default for f in fields(CoordinatorConfig) if f.name == name) for name in ROUND_KEYS}  # an arm names its own round mode
+
+
+@dataclass(frozen=True)
+class FieldTrial:
+    """The arms file: which runs, over which seeds, compared with which baseline."""
+
+    strategies: tuple[StrategyRun, ...]
+    name: str = "field"
+    seeds: tuple[int, ...] = (0,)
+    baseline: str = ""
+    target_accuracy: float = 0.7
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, config: CoordinatorConfig) -> FieldTrial:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping")
+        strategies, errors = parse_strategies(raw.get("strategies"), config.planner)
+        errors += [f"{key}: unknown key (arms set name, strategies, seeds, baseline and target_accuracy; the rest is the coordinator config's)"
+                   for key in sorted(set(raw) - {f.name for f in fields(cls)})]
+        seeds = raw.get("seeds", [0])
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds) or len(set(seeds)) < len(seeds):
+            errors.append("seeds: a list of distinct whole numbers ≥ 0")
+        target = raw.get("target_accuracy", cls.target_accuracy)
+        if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 <= target <= 1:
+            errors.append("target_accuracy: a score from 0 to 1")
+        if not isinstance(raw.get("name", cls.name), str) or not raw.get("name", cls.name):
+            errors.append("name: a non-empty string")
+        errors += baseline_problems(raw.get("baseline", ""), [run.label for run in strategies], centralised=False)
+        if errors:
+            raise ConfigError(f"invalid arms file {path}:\n  " + "\n  ".join(errors))
+        return cls(strategies, raw.get("name", cls.name), tuple(seeds), raw.get("baseline", ""), float(target))
+
+
+def arm_config(config: CoordinatorConfig, trial: FieldTrial, run: StrategyRun, seed: int, run_dir: Path) -> CoordinatorConfig:
+    """The coordinator config of one arm: the base config with the arm's algorithm, seed, run id and directory."""
+    slug = run.label.replace(" ", "_").replace("=", "-")
+    return CoordinatorConfig.from_dict({
+        **config.to_dict(), **ARM_DEFAULTS, **run.rounds,
+        "run_id": f"{trial.name}-{slug}-{seed}"[:128], "run_dir": str(run_dir / "coordinator"), "seed": seed,
+        "strategy": run.name, "strategy_options": run.options, "server_optimizer": run.server_optimizer, "proximal_mu": run.proximal_mu,
+    })
+
+
+def run_field_trial(config: CoordinatorConfig, trial: FieldTrial, out_dir: Path, console: Console) -> Path:
+    """Run every (seed, arm) over the connected agents in turn and write the report; returns the report's path."""
+    from fedge.coordinator.server import Coordinator
+
+    started = time.time()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arms = [(seed, run) for seed in trial.seeds for run in trial.strategies]
+    runs, fleets = [], {}
+    for index, (seed, run) in enumerate(arms):
+        run_dir = out_dir / f"seed_{seed}" / run.label.replace(" ", "_").replace("=", "-")
+        console.print(f"[bold]arm {index + 1}/{len(arms)}[/]: {run.label}, seed {seed} ({time.time() - started:.0f} s into the trial)")
+        arm_started = time.time()
+        try:
+            Coordinator(arm_config(config, trial, run, seed, run_dir), more_runs=index < len(arms) - 1).run()
+            status = 0
+        except RuntimeError as error:  # too few agents came, or too few could train: the next arm may still run
+            console.print(f"[red]{run.label} seed {seed}: {error}[/]")
+            status = 1
+        (run_dir / "wall_s").write_text(f"{time.time() - arm_started:.1f}\n")
+        fleets[(seed, run.label)] = planned_devices(run_dir)
+        runs.append({"strategy": run.label, "name": run.name, "seed": seed, "run_dir": str(run_dir), "exit": status})
+    first = next((devices for devices in fleets.values() if devices), {})
+    notes = [f"{label} seed {seed}: planned {', '.join(sorted(devices)) or 'no device'}, not the first arm's {', '.join(sorted(first))}"
+             for (seed, label), devices in fleets.items() if devices and devices != first]
+    report = write_report(report_trial(config, trial, first), runs, {}, {}, out_dir, time.time() - started, notes)
+    console.print(report.table)
+    console.print(f"report: [bold]{report.path}[/] (plots beside it); field trial wall time {time.time() - started:.0f} s")
+    return report.path
+
+
+def planned_devices(run_dir: Path) -> dict[str, str]:
+    """Device id -> profile of every device an arm planned (empty when it never planned)."""
+    plan = run_dir / "coordinator" / "plan.json"
+    if not plan.exists():
+        return {}
+    return {device["device_id"]: device["profile_name"] for device in json.loads(plan.read_text())["devices"] if device["feasible"]}
+
+
+def report_trial(config: CoordinatorConfig, trial: FieldTrial, devices: dict[str, str]) -> TrialConfig:
+    """The report's description of the field trial, in ``fedge trial``'s terms."""
+    return TrialConfig(
+        strategies=trial.strategies, fleet=tuple(f"{device} ({profile})" if profile else device for device, profile in sorted(devices.items())), name=trial.name,
+        backbone=config.backbone, seeds=trial.seeds, rounds=config.rounds, local_steps=config.local_steps, batch_size=config.batch_size,
+        learning_rate=config.learning_rate, data=TrialData(source=FIELD_SOURCE), task=config.task, planner=config.planner,
+        target_accuracy=trial.target_accuracy, baseline=trial.baseline, privacy=config.privacy,
+    )
