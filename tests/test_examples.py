@@ -10,7 +10,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_every_example_is_covered_here():
-    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["coordinator.yaml", "fleet.yaml", "trial-async.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial-optimizers.yaml", "trial-private.yaml", "trial.yaml"]
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["arms.yaml", "coordinator.yaml", "fleet.yaml", "trial-async.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial-optimizers.yaml", "trial-private.yaml", "trial.yaml"]
 
 
 def test_coordinator_example_is_a_valid_config():
@@ -19,6 +19,17 @@ def test_coordinator_example_is_a_valid_config():
     config = CoordinatorConfig.from_yaml(EXAMPLES / "coordinator.yaml")
     assert config.strategy == "hetlora" and config.devices["laptop-rtx3060-6gb"].quantization == "nf4"
     config.planner_options()
+
+
+def test_arms_example_is_a_field_trial_for_the_coordinator_example():
+    from fedge.coordinator.config import CoordinatorConfig
+    from fedge.shell.trial.field import FieldTrial, arm_config
+
+    config = CoordinatorConfig.from_yaml(EXAMPLES / "coordinator.yaml")
+    trial = FieldTrial.from_yaml(EXAMPLES / "arms.yaml", config)
+    assert [run.label for run in trial.strategies] == ["hetlora", "flexlora", "hetlora fedavgm", "hetlora fedprox μ=0.01"] and trial.seeds == (0, 1, 2)
+    momentum = arm_config(config, trial, trial.strategies[2], 1, Path("runs/field/seed_1/hetlora_fedavgm"))
+    assert momentum.server_optimizer.name == "fedavgm" and momentum.seed == 1 and momentum.run_id == "field-hetlora_fedavgm-1" and momentum.rounds == config.rounds
 
 
 def test_fleet_example_loads_and_plans():

@@ -1,5 +1,7 @@
 """HierFedLoRA grouping: near-IID groups and each group's aggregation frequency and depth."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -56,4 +58,46 @@ def test_fast_groups_aggregate_more_often_and_slow_groups_train_fewer_layers():
     assert gpus.members == ("d0", "d1") and cpus.members == ("d2", "d3")
     assert gpus.label_distance == 0 and cpus.label_distance == 0
     assert gpus.frequency > cpus.frequency == 1
-    assert cpus.depth < gpus.depth == 6
+    assert cpus.depth < gpus.depth
+
+
+def _ungrouped_round(members, options) -> float:
+    from dataclasses import replace
+
+    return max(plan.round_seconds for plan in plan_fleet(members, load_model_shape("smollm2-135m-instruct"), replace(options, groups=0)).feasible())
+
+
+def test_gpu_laptops_are_not_grouped_with_a_raspberry_pi_and_a_grouped_round_is_no_slower():
+    names = ["laptop-rtx4060-8gb", "laptop-rtx4060-8gb", "laptop-rtx3060-6gb", "raspberry-pi-5-8gb", "cpu-8gb", "cpu-16gb"]
+    histograms = _skewed_histograms(devices=6, seed=3)
+    members = [FleetMember(f"d{i}", load_catalogue_profile(name), 300, histograms[f"d{i}"]) for i, name in enumerate(names)]
+    options = PlannerOptions(groups=2, max_depth=8)
+    plan = plan_fleet(members, load_model_shape("smollm2-135m-instruct"), options)
+    laptops, slow = sorted(plan.groups, key=lambda g: "d0" not in g.members)
+    assert set(laptops.members) == {"d0", "d1", "d2"} and set(slow.members) == {"d3", "d4", "d5"}  # capability first
+    assert max(group.round_seconds for group in plan.groups) <= _ungrouped_round(members, options) * (1 + 1e-9)
+    assert laptops.depth > slow.depth and laptops.frequency * laptops.depth > slow.frequency * slow.depth
+
+
+def test_the_example_fleets_grouped_round_is_no_slower_than_ungrouped():
+    from fedge.coordinator.fleet import load_fleet
+
+    fleet = load_fleet(Path(__file__).resolve().parent.parent / "examples" / "fleet.yaml")
+    plan = plan_fleet(fleet.members, load_model_shape(fleet.model), fleet.options)
+    assert len(plan.groups) == 2 and max(group.round_seconds for group in plan.groups) <= _ungrouped_round(fleet.members, fleet.options) * (1 + 1e-9)
+    by_device = {plan.device_id: plan for plan in plan.feasible()}
+    for group in plan.groups:  # every member trains its group's depth with the steps of its own plan
+        assert all(by_device[member].depth == group.depth for member in group.members)
+        speeds = [by_device[member].step_seconds / group.depth for member in group.members]
+        assert max(speeds) / min(speeds) < 10  # no GPU beside a CPU-class device
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_devices_of_one_speed_are_still_balanced_by_label(seed):
+    histograms = _skewed_histograms(devices=12, seed=seed)
+    speeds = {device: 1.0 for device in histograms}
+    traded = form_groups(histograms, 3, speeds)
+    assert sorted(len(g) for g in traded) == [4, 4, 4] and sorted(sum(traded, [])) == sorted(histograms)
+    order = sorted(histograms, key=lambda d: (-sum(histograms[d]), d))  # the tiers before any trade
+    untraded = [order[:4], order[4:8], order[8:]]
+    assert np.mean([label_distance(histograms, g) for g in traded]) < np.mean([label_distance(histograms, g) for g in untraded])

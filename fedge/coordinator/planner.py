@@ -131,12 +131,13 @@ def _grouping_inputs(fleet: FleetPlan, members: list[FleetMember], devices: dict
     histograms = {m.device_id: m.label_histogram for m in members if m.device_id in plans and m.label_histogram}
 
     def member_seconds(device_id: str, depth: int) -> float:
-        return options.local_steps * devices[device_id].step_seconds(_setup_at_depth(devices[device_id], plans[device_id], depth))
+        return plans[device_id].local_steps * devices[device_id].step_seconds(_setup_at_depth(devices[device_id], plans[device_id], depth))
 
     def deepest(device_id: str) -> int:
         return devices[device_id].largest_setup(options.depth_cap(devices[device_id].shape)).depth
 
-    return histograms, GroupSchedule(options.groups, options.straggler_bound, options.max_group_frequency, member_seconds, deepest)
+    ungrouped_round = max((plans[device_id].round_seconds for device_id in histograms), default=0.0)
+    return histograms, GroupSchedule(options.groups, ungrouped_round, options.max_group_frequency, member_seconds, deepest, lambda device_id: plans[device_id].local_steps)
 
 
 def _setup_at_depth(device: DeviceCosting, plan: DevicePlan, depth: int) -> TrainingSetup:
@@ -146,7 +147,8 @@ def _setup_at_depth(device: DeviceCosting, plan: DevicePlan, depth: int) -> Trai
 
 
 def _at_group_depths(fleet: FleetPlan, groups: list[GroupPlan], devices: dict[str, DeviceCosting], options: PlannerOptions) -> list[DevicePlan]:
-    """Every grouped device re-planned at its group's depth D_g (with the full local steps the schedule assumed)."""
+    """Every grouped device re-planned at its group's depth D_g, with the batch and local steps of its own plan (as
+    the schedule assumed)."""
     depth_of = {device_id: group.depth for group in groups for device_id in group.members}
     rank_sum = sum(max(plan.ranks) for plan in fleet.feasible())
     out = []
@@ -156,7 +158,7 @@ def _at_group_depths(fleet: FleetPlan, groups: list[GroupPlan], devices: dict[st
             continue
         device = devices[plan.device_id]
         setup = _setup_at_depth(device, plan, depth_of[plan.device_id])
-        out.append(replace(device.plan(setup, options.local_steps, rank_sum), device_id=plan.device_id))
+        out.append(replace(device.plan(setup, plan.local_steps, rank_sum), device_id=plan.device_id))
     return out
 
 
