@@ -175,3 +175,22 @@ def test_labels_of_several_tokens_cost_one_sequence_per_label_and_their_output_l
     assert activation_elements(shape, choices) == 4 * activation_elements(shape, words)
     assert output_layer_bytes(shape, words) == 0 and output_layer_bytes(shape, choices) > 0
     assert step_flops(shape, choices) > 4 * step_flops(shape, words)  # four sequences, plus the labels' vocabulary logits
+
+
+def test_full_weight_training_is_costed_for_its_gradients_projector_and_projected_moments():
+    from fedge.coordinator.costing import DeviceCosting
+    from fedge.coordinator.plans import PlannerOptions
+    from fedge.profiles import load_catalogue_profile
+    from fedge.profiles.memory import galore_state_bytes
+
+    shape = load_model_shape("smollm2-135m-instruct")
+    setup = TrainingSetup("fp32", (28, 29), (8, 8), ("q_proj", "v_proj"), 4, 48, "galore")
+    q, v = shape.module_dims("q_proj"), shape.module_dims("v_proj")
+    expected = 2 * 4 * sum(a * b + min(a, b) * 8 + 2 * 8 * max(a, b) for a, b in (q, v))
+    assert galore_state_bytes(shape, setup) == expected
+    calibration = load_calibration("cpu")
+    full, lora = predict_memory(shape, setup, calibration), predict_memory(shape, TrainingSetup("fp32", (28, 29), (8, 8), ("q_proj", "v_proj"), 4, 48), calibration)
+    assert full.adapter_state == expected and full.adapter_state > 5 * lora.adapter_state  # d·k gradients, not r·(d+k) factors
+    options = PlannerOptions(strategy="full", max_depth=2, ranks=(8,)).for_model(shape)
+    costing = DeviceCosting(load_catalogue_profile("cpu-16gb"), 100, None, shape, options, {"cpu": calibration})
+    assert costing.largest_setup(2).optimizer == "galore"

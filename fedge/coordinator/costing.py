@@ -88,7 +88,8 @@ class DeviceCosting:
         uniform = uniform or self.options.rank_profile == "uniform"
         ranks = (top_rank,) * depth if uniform else rank_profile(depth, top_rank, min(self.options.ranks))
         cached = self.cached_rows(quantization, batch)
-        return TrainingSetup(quantization, layers, ranks, self.options.target_modules, batch, self.options.seq_len, self.options.optimizer, checkpointing, cached, self.num_examples, self.options.answer_share, self.options.sequences_per_example)
+        optimizer = "galore" if self.options.strategy == "full" else self.options.optimizer  # full-weight training runs GaLore (fedge.strategies.full)
+        return TrainingSetup(quantization, layers, ranks, self.options.target_modules, batch, self.options.seq_len, optimizer, checkpointing, cached, self.num_examples, self.options.answer_share, self.options.sequences_per_example)
 
     def cached_rows(self, quantization: str, batch: int) -> int:
         """The examples whose frozen-prefix states fit the cache's bound (at least a batch)."""

@@ -40,7 +40,7 @@ from fedge.profiles.model_shape import ModelShape
 
 WEIGHT_BYTES = {"nf4": 0.5 + 1 / 64 + 4 / (64 * 256), "int8": 1.0, "bf16": 2.0, "fp16": 2.0, "fp32": 4.0}
 ACTIVATION_BYTES = {"nf4": 2, "int8": 2, "bf16": 2, "fp16": 2, "fp32": 4}
-OPTIMIZER_STATE_BYTES = {"adamw": 8, "sgd": 0}
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "sgd": 0, "galore": 0}  # GaLore's state is costed per matrix (galore_state_bytes)
 LOSS_CHUNK_TOKENS = 256  # the trainer's chunk of answer positions (fedge.task.instruction)
 LOGIT_BYTES = 14  # per live logit of a chunk: recomputed logits and their fp32 copy, softmax, gradient (4+4+4+2)
 ADAPTER_BYTES = 4 + 4  # fp32 weight + fp32 gradient
@@ -103,6 +103,18 @@ def base_weight_bytes(shape: ModelShape, quantization: str) -> int:
         rows = shape.num_layers * sum(shape.module_dims(module)[0] for module in shape.linear_modules)
         return int(linear + 4 * rows + 4 * shape.other_params)
     return int(shape.total_params * WEIGHT_BYTES[quantization])
+
+
+def galore_state_bytes(shape: ModelShape, setup: TrainingSetup) -> int:
+    """Full-weight training with GaLore (strategy ``full``): every trained matrix's fp32 gradient (d·k), its
+    projector (the shorter side × r) and Adam's two moments in the projected space (r × the longer side), fp32. The
+    weights themselves are in ``base_weights``."""
+    total = 0
+    for rank in setup.ranks:
+        for module in setup.target_modules:
+            rows, cols = shape.module_dims(module)
+            total += 4 * (rows * cols + min(rows, cols) * rank + 2 * rank * max(rows, cols))
+    return total
 
 
 def lora_params(shape: ModelShape, setup: TrainingSetup) -> int:
@@ -204,7 +216,7 @@ def predict_memory(shape: ModelShape, setup: TrainingSetup, calibration: Calibra
         overhead += calibration.bitsandbytes_overhead_bytes
     return MemoryBreakdown(
         base_weights=base_weight_bytes(shape, setup.quantization),
-        adapter_state=lora_params(shape, setup) * (ADAPTER_BYTES + OPTIMIZER_STATE_BYTES[setup.optimizer]),
+        adapter_state=galore_state_bytes(shape, setup) if setup.optimizer == "galore" else lora_params(shape, setup) * (ADAPTER_BYTES + OPTIMIZER_STATE_BYTES[setup.optimizer]),
         activations=activation_bytes(shape, setup, calibration) + output_layer_bytes(shape, setup),
         cached_prefix=setup.cached_examples * setup.seq_len * shape.hidden_size * element,
         overhead=int(overhead),
