@@ -105,3 +105,12 @@ def test_range_finder_options_are_checked(options):
         make_strategy("flexlora", **options)
     with pytest.raises(StrategyError):
         make_strategy("fedex-lora", exact_residual_rank=0)
+
+
+def test_the_round_record_is_told_where_the_server_step_was_not_exact():
+    global_a, terms = fleet_round(clients=40, seed=4)
+    updates = _updates(terms)
+    assert "randomized range finder on 1 of 1 modules (stacked rank up to 300)" in make_strategy("flexlora").notes(_state(global_a), updates)["svd"]
+    assert make_strategy("flexlora").notes(_state(global_a), updates[:4]) == {}
+    assert "not exact on 1 of 1 modules" in make_strategy("fedex-lora", exact_residual_rank=64).notes(_state(global_a), updates)["residual"]
+    assert make_strategy("fedex-lora").notes(_state(global_a), updates) == {}  # 300 + 16 is within the default 512

@@ -284,6 +284,10 @@ def test_ce_lora_sends_only_cores_and_personalises():
     view = strategy.client_view(same, ClientInfo("t1", twin[0].spec))
     assert all(np.allclose(view[key], twin[0].tensors[key], atol=1e-6) for key in view)
     assert strategy.global_parts(new) is None
+    assert strategy.notes(fleet.state, twin) == {}  # both terms present
+    silent = [twin[0], ClientUpdate("quiet", 10, twin[1].spec, twin[1].tensors, ())]  # an instruct task, or a device that declined
+    assert strategy.notes(fleet.state, silent) == {"data_term": "missing: no label histogram from quiet; the cores were mixed by parameter similarity alone (β = 1 instead of 0.5)"}
+    assert np.allclose(strategy.similarity(silent), make_strategy("ce-lora", beta=1.0).similarity(silent))
 
 
 @given(fleets)

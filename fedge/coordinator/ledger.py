@@ -19,6 +19,20 @@ MAX_LATENCIES = 100_000  # samples of arrival-to-handling waits kept per round
 
 
 @dataclass
+class AggregationLog:
+    """The server's aggregations in a round: their time, the ones refused (not finite), and what the strategy
+    approximated or left out in each (``Strategy.notes``)."""
+
+    seconds: float = 0.0
+    refused: list[str] = field(default_factory=list)
+    notes: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def to_record(self) -> dict:
+        return {"server_aggregate_s": round(self.seconds, 4), **({"aggregate_refused": list(self.refused)} if self.refused else {}),
+                **({"strategy_notes": dict(self.notes)} if self.notes else {})}
+
+
+@dataclass
 class RoundLedger:
     participants: list[str]
     contributed: dict[str, AdapterUpdate] = field(default_factory=dict)
@@ -27,8 +41,7 @@ class RoundLedger:
     norms: dict[str, float] = field(default_factory=dict)
     bytes_up: dict[str, int] = field(default_factory=dict)
     bytes_down: dict[str, int] = field(default_factory=dict)
-    aggregate_refused: list[str] = field(default_factory=list)
-    aggregate_s: float = 0.0
+    aggregations: AggregationLog = field(default_factory=AggregationLog)
     waits: list[float] = field(default_factory=list)
     robust: dict[str, dict] = field(default_factory=dict)  # what the robust rules did, per aggregation
     outliers: set[str] = field(default_factory=set)
@@ -77,10 +90,9 @@ class RoundLedger:
             "rejected": dict(self.refused),
             "left_out": {agent: self.left_out[agent] for agent in sorted(self.left_out) if agent not in self.contributed},
             "update_norms": {agent: round(norm, 4) for agent, norm in sorted(self.norms.items())},
-            **({"aggregate_refused": list(self.aggregate_refused)} if self.aggregate_refused else {}),
             "robust": {"outliers": sorted(self.outliers), "trust": {agent: round(value, 4) for agent, value in sorted(self.trust.items())},
                        "agreement": {agent: round(value, 4) for agent, value in sorted(self.agreement.items())}, "aggregations": self.robust},
-            "server_aggregate_s": round(self.aggregate_s, 4),
+            **self.aggregations.to_record(),
             "bytes_up": dict(self.bytes_up),
             "bytes_down": dict(self.bytes_down),
             "client_metrics": {agent: update.metrics for agent, update in self.contributed.items()},

@@ -217,13 +217,17 @@ def guarded(c: Coordinator, updates: list[ClientUpdate], weights: list[float], w
 def aggregate(c: Coordinator, state: dict[str, np.ndarray], updates: list[ClientUpdate], round_number: int, what: str) -> dict[str, np.ndarray] | None:
     """The strategy's aggregate, timed; None (and recorded) when it is not finite: a poisoned aggregate is never
     committed, the state it would replace stays."""
+    log_of = c.collection.ledger.aggregations
     aggregating = time.perf_counter()
     aggregated = c.strategy.aggregate(state, updates, round_number)
-    c.collection.ledger.aggregate_s += time.perf_counter() - aggregating
+    log_of.seconds += time.perf_counter() - aggregating
+    notes = c.strategy.notes(state, updates)
+    if notes:
+        log_of.notes[what] = notes
     if all_finite(aggregated):
         return aggregated
     log.error("round aggregate of %s is not finite; refused, the previous state stays", what)
-    c.collection.ledger.aggregate_refused.append(what)
+    log_of.refused.append(what)
     return None
 
 

@@ -213,6 +213,11 @@ class Strategy(ABC):
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         """The next state; a module no update touched keeps its value."""
 
+    def notes(self, state: State, updates: Sequence[ClientUpdate]) -> dict[str, str]:
+        """What ``aggregate`` approximates or leaves out on these updates, for the round's record (none: exact as
+        documented)."""
+        return {}
+
     def client_view(self, state: State, client: ClientInfo) -> State:
         """The factors a client starts from: its own layers, cut to its ranks, B divided by its scaling."""
         view = {}

@@ -64,6 +64,16 @@ class CELoRA(Strategy):
             return self.beta * param + (1 - self.beta) * data
         return param
 
+    def notes(self, state: State, updates: Sequence[ClientUpdate]) -> dict[str, str]:
+        """The data term drops out when any device sent no label histogram (an instruct task, or a device that
+        declined) or their label sets differ: said in the record, not silently."""
+        histograms = [np.asarray(update.label_histogram, dtype=np.float64) for update in updates]
+        if all(h.size and h.sum() > 0 for h in histograms) and len({h.size for h in histograms}) <= 1:
+            return {}
+        without = [update.agent_id for update, h in zip(updates, histograms) if not (h.size and h.sum() > 0)]
+        why = f"no label histogram from {', '.join(without)}" if without else "the devices' label histograms differ in length"
+        return {"data_term": f"missing: {why}; the cores were mixed by parameter similarity alone (β = 1 instead of {self.beta:g})"}
+
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         merged = dict(state)
         sims = self.similarity(updates)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientInfo, ClientUpdate, GlobalParts, State, Strategy, StrategyError, average_factors, base_changes, product_terms, trained_modules, with_factors
 from fedge.strategies.base_change import changes_since, record_change
 from fedge.strategies.factored import compress, stack
-from fedge.strategies.sketch import StackBuffer, leading_svd, sketch_settings
+from fedge.strategies.sketch import StackBuffer, leading_svd, sketch_settings, sketched_modules
 
 
 class FedExLoRA(Strategy):
@@ -41,6 +41,10 @@ class FedExLoRA(Strategy):
             record_change(merged, module, round_number, residual)
             with_factors(merged, module, b_bar, a_bar)
         return merged
+
+    def notes(self, state: State, updates: Sequence[ClientUpdate]) -> dict[str, str]:
+        cut, modules, largest = sketched_modules(state, updates, lambda rank: self.exact_residual_rank - rank)
+        return {"residual": f"not exact on {cut} of {modules} modules: cut to its top R directions (stacked rank up to {largest} + R, over exact_residual_rank {self.exact_residual_rank})"} if cut else {}
 
     def client_view(self, state: State, client: ClientInfo) -> State:
         return {**changes_since(state, client), **super().client_view(state, client)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedge.strategies.base import A_SUFFIX, ClientUpdate, State, Strategy, pad_cols, pad_rows, product_terms, trained_modules, with_factors
-from fedge.strategies.sketch import StackBuffer, sketch_settings, top_svd
+from fedge.strategies.sketch import StackBuffer, sketch_settings, sketched_modules, top_svd
 
 
 class FlexLoRA(Strategy):
@@ -30,4 +30,8 @@ class FlexLoRA(Strategy):
                 b, a = pad_cols(b, start.shape[0]), pad_rows(a, start.shape[0])
             with_factors(merged, module, b, a)
         return merged
+
+    def notes(self, state: State, updates: Sequence[ClientUpdate]) -> dict[str, str]:
+        sketched, modules, largest = sketched_modules(state, updates, lambda rank: self.sketch.exact_below * (rank + self.sketch.oversampling))
+        return {"svd": f"randomized range finder on {sketched} of {modules} modules (stacked rank up to {largest})"} if sketched else {}
 

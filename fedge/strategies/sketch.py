@@ -13,12 +13,12 @@ seed, so the same updates always give the same global (a resumed run repeats its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedge.strategies.base import StrategyError
+from fedge.strategies.base import A_SUFFIX, StrategyError, trained_modules
 from fedge.strategies.factored import ThinSVD, stack, svd
 
 
@@ -35,6 +35,12 @@ class SketchSettings:
 
     def worth_it(self, stacked_rank: int, rank: int) -> bool:
         return stacked_rank > self.exact_below * (rank + self.oversampling)
+
+
+def sketched_modules(state: dict[str, np.ndarray], updates, exact_up_to: Callable[[int], int]) -> tuple[int, int, int]:
+    """(modules whose stacked rank Σ r_i is above ``exact_up_to(R)``, modules trained, the largest stacked rank)."""
+    stacked = [(sum(update.tensors[module + A_SUFFIX].shape[0] for update, _ in weighted), state[module + A_SUFFIX].shape[0]) for module, weighted in trained_modules(state, updates, A_SUFFIX)]
+    return sum(total > exact_up_to(rank) for total, rank in stacked), len(stacked), max((total for total, _ in stacked), default=0)
 
 
 def sketch_settings(seed: int, power_iterations: object, oversampling: object) -> SketchSettings:
