@@ -133,3 +133,15 @@ def test_each_device_keeps_its_own_file(tmp_path):
     split = prepare_data(data, task, ["first", "second"], 0, tmp_path / "out")
     assert split["agents"] == {"first": [3, 0], "second": [0, 5]} and split["alpha"] is None and split["test_examples"] == 2
     assert len((tmp_path / "out" / "train_pooled.jsonl").read_text().splitlines()) == 8
+
+
+def test_a_run_may_set_the_devices_learning_rate(tmp_path):
+    from fedge.shell.trial.runner import coordinator_config
+
+    trial = TrialConfig.from_dict({"strategies": ["hetlora", {"name": "hetlora", "learning_rate": 0.004}], "fleet": ["cpu-8gb", "cpu-16gb"], "learning_rate": 0.002})
+    plain, faster = trial.strategies
+    assert faster.label == "hetlora lr=0.004" and plain.label == "hetlora"
+    configs = [coordinator_config(trial, run, 0, tmp_path, tmp_path / "run", "mqtt://127.0.0.1:1883", tmp_path / "fleet") for run in trial.strategies]
+    assert [config["learning_rate"] for config in configs] == [0.002, 0.004]
+    with pytest.raises(ConfigError, match="strategies.hetlora.learning_rate: the devices' learning rate"):
+        TrialConfig.from_dict({"strategies": [{"name": "hetlora", "learning_rate": "fast"}], "fleet": ["cpu-8gb", "cpu-16gb"]})

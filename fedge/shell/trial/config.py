@@ -3,8 +3,9 @@
     name: default
     strategies: [fedit, ffa-lora, hetlora, {name: lora-fair, options: {solver: cosine}},
                  {name: hetlora, round_mode: async, buffer_size: 2},   # round-mode keys as in the coordinator config
-                 {name: hetlora, server_optimizer: {name: fedadam, learning_rate: 0.01}, proximal_mu: 0.01}]
-                 # a server optimiser (fedge.strategies.server_optimizer) and FedProx's μ on the devices, per run
+                 {name: hetlora, server_optimizer: {name: fedadam, learning_rate: 0.01}, proximal_mu: 0.01, learning_rate: 0.004}]
+                 # a server optimiser (fedge.strategies.server_optimizer), FedProx's μ and the devices' learning
+                 # rate, per run
     fleet: [laptop-rtx3060-6gb, jetson-orin-nano-8gb, cpu-16gb, cpu-8gb]   # catalogue devices, one agent each
     slowdown: {cpu-8gb: 10}   # these devices' agents take 10× as long per training step (emulated)
     virtual_fleet: [{device: cpu-8gb, count: 600, examples: 400}, {device: jetson-orin-nano-8gb, count: 400}]
@@ -54,6 +55,7 @@ class StrategyRun:
     rounds: dict = field(default_factory=dict)  # the coordinator's round-mode keys (ROUND_KEYS) for this run
     server_optimizer: dict = field(default_factory=dict)  # the coordinator's server_optimizer for this run (none: plain aggregate)
     proximal_mu: float = 0.0  # FedProx's μ on the devices for this run (0: off)
+    learning_rate: float = 0.0  # the devices' learning rate for this run (0: the trial's)
 
     @property
     def label(self) -> str:
@@ -61,7 +63,8 @@ class StrategyRun:
         optimizer = self.server_optimizer.get("name", "none")
         return self.name + "".join(f" {key}={value}" for key, value in sorted(self.options.items())) + (f" {mode}" if mode != "sync" else "") + "".join(
             f" {key}={value}" for key, value in sorted(self.rounds.items()) if key != "round_mode") + (f" {optimizer}" if optimizer != "none" else "") + "".join(
-            f" {key}={value}" for key, value in sorted(self.server_optimizer.items()) if key != "name") + (f" fedprox μ={self.proximal_mu}" if self.proximal_mu else "")
+            f" {key}={value}" for key, value in sorted(self.server_optimizer.items()) if key != "name") + (f" fedprox μ={self.proximal_mu}" if self.proximal_mu else "") + (
+            f" lr={self.learning_rate}" if self.learning_rate else "")
 
 
 @dataclass(frozen=True)
@@ -180,11 +183,13 @@ def parse_strategies(entries: object, planner: dict) -> tuple[tuple[StrategyRun,
             errors.append(f"strategies: {entry!r} is neither a strategy name nor a mapping")
             continue
         if isinstance(entry, dict):
-            errors += [f"strategies.{entry.get('name')}.{key}: unknown key" for key in sorted(set(entry) - {"name", "options", "server_optimizer", "proximal_mu", *ROUND_KEYS})]
+            errors += [f"strategies.{entry.get('name')}.{key}: unknown key" for key in sorted(set(entry) - {"name", "options", "server_optimizer", "proximal_mu", "learning_rate", *ROUND_KEYS})]
         run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {}, {key: entry[key] for key in ROUND_KEYS if key in entry},
-                                                                             entry.get("server_optimizer") or {}, entry.get("proximal_mu", 0.0))
+                                                                             entry.get("server_optimizer") or {}, entry.get("proximal_mu", 0.0), entry.get("learning_rate", 0.0))
         optimizer, optimizer_errors = parse_server_optimizer(run.server_optimizer)
         problems = proximal_mu_problems(run.proximal_mu) + round_mode_problems(run.rounds, planner) + optimizer_errors
+        if not isinstance(run.learning_rate, (int, float)) or isinstance(run.learning_rate, bool) or not 0 <= run.learning_rate <= 1:
+            problems.append("learning_rate: the devices' learning rate for this run, in (0, 1] (0 or unset: the trial's)")
         try:
             problems += server_optimizer_problems(optimizer, make_strategy(run.name, **run.options))
             runs.append(run)

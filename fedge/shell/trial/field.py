@@ -7,7 +7,7 @@ next (``GlobalState.more_runs``). The report is ``fedge trial``'s, from the arms
     # arms.yaml: everything else (broker, fleet, task, rounds, steps, planner, robust rules) is the coordinator
     # config's; each arm sets its own algorithm, so an arm that names no server optimiser runs without one
     name: my-fleet
-    strategies: [hetlora, flexlora, {name: hetlora, server_optimizer: {name: fedavgm}, proximal_mu: 0.01}]
+    strategies: [hetlora, flexlora, {name: hetlora, server_optimizer: {name: fedavgm}, proximal_mu: 0.01, learning_rate: 0.004}]
     seeds: [0, 1, 2]
     baseline: hetlora        # what the report compares every other arm with, seed by seed
     target_accuracy: 0.6
@@ -72,6 +72,7 @@ def arm_config(config: CoordinatorConfig, trial: FieldTrial, run: StrategyRun, s
         **config.to_dict(), **ARM_DEFAULTS, **run.rounds,
         "run_id": f"{trial.name}-{slug}-{seed}"[:128], "run_dir": str(run_dir / "coordinator"), "seed": seed,
         "strategy": run.name, "strategy_options": run.options, "server_optimizer": run.server_optimizer, "proximal_mu": run.proximal_mu,
+        "learning_rate": run.learning_rate or config.learning_rate,
     })
 
 

@@ -42,7 +42,7 @@ def coordinator_config(trial: TrialConfig, run: StrategyRun, seed: int, data: Pa
     return {
         "run_id": f"{trial.name}-{run.name}-{seed}", "run_dir": str(run_dir), "broker": broker_url, "enrolment": str(fleet_dir), "backbone": trial.backbone,
         "eval_data": str(data / "test.jsonl"), "task": {**asdict(trial.task_spec), "labels": list(trial.task_spec.labels)}, "rounds": trial.rounds, "min_clients": len(trial.fleet), "expected_clients": len(trial.fleet),
-        "local_steps": trial.local_steps, "batch_size": trial.batch_size, "learning_rate": trial.learning_rate, "seed": seed,
+        "local_steps": trial.local_steps, "batch_size": trial.batch_size, "learning_rate": run.learning_rate or trial.learning_rate, "seed": seed,
         "strategy": run.name, "strategy_options": run.options, "planner": planner,
         "round_deadline_s": trial.round_deadline_s, "final_eval_wait_s": 120 if devices_evaluate(trial, run) else 0,
         **({"privacy": trial.privacy} if trial.privacy else {}),
