@@ -182,9 +182,10 @@ def restart_lora(model, seed: int) -> None:
         layer.reset_lora_parameters(ADAPTER, True)
 
 
-def galore_groups(model, spec: LoraSpec) -> list[dict]:
-    """Optimizer groups for GaLore: each trained matrix projected to its layer's planned rank."""
+def galore_groups(model, spec: LoraSpec, scale: float = 0.25) -> list[dict]:
+    """Optimizer groups for GaLore: each trained matrix projected to its layer's planned rank, the projected update
+    scaled by ``scale``."""
     groups: dict[int, list[torch.nn.Parameter]] = {}
     for name, module in _targets(model, spec):
         groups.setdefault(spec.layer_ranks[layer_of(name)], []).append(module.weight)
-    return [{"params": params, "rank": rank, "update_proj_gap": 50, "scale": 0.25, "proj_type": "std"} for rank, params in sorted(groups.items())]
+    return [{"params": params, "rank": rank, "update_proj_gap": 50, "scale": scale, "proj_type": "std"} for rank, params in sorted(groups.items())]

@@ -40,7 +40,7 @@ class WorkOrders:
             task=config.task,
             local_steps=plan.local_steps,
             batch_size=plan.batch_size,
-            learning_rate=config.learning_rate,
+            learning_rate=self.strategy.device_learning_rate(config.learning_rate),
             deadline_unix=deadline,
             seed=config.seed + round_number,
             optimizer=self.options.optimizer,
@@ -54,6 +54,7 @@ class WorkOrders:
             clip_norm=float(config.privacy.get("clip_norm", 0.0)),
             noise_multiplier=float(config.privacy.get("noise_multiplier", 0.0)),
             proximal_mu=config.proximal_mu,
+            galore_scale=self.strategy.galore_scale,
         )
 
     def _client(self, record: AgentRecord) -> ClientInfo:

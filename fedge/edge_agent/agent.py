@@ -29,7 +29,7 @@ import torch
 
 from fedge.edge_agent.memory import available_bytes
 from fedge.edge_agent.resend import RECEIPT_WAIT_S, Resender
-from fedge.edge_agent.trainer import BatchSampler, Slowed, StepProgress, TaskModel, TrainResult, train_local
+from fedge.edge_agent.trainer import BatchSampler, Slowed, StepProgress, TaskModel, TrainResult, make_optimizer, train_local
 from fedge.heartbeat import start_heartbeat
 from fedge.adapters import apply_view, attach, galore_groups, restart_lora, save_adapter, upload
 from fedge.privacy import privatise
@@ -39,7 +39,7 @@ from fedge.task.data import Record, label_counts
 from fedge.task.prefix import FrozenPrefix, PrefixCache
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.trust.enrolment import Credentials
-from fedge.wire import MAX_PROXIMAL_MU, PREPARED_ROUNDS, AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Receipt, Reject
+from fedge.wire import MAX_GALORE_SCALE, MAX_PROXIMAL_MU, PREPARED_ROUNDS, AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Receipt, Reject
 from fedge.wire import topics
 from fedge.trust.downlink import DownlinkCodec
 from fedge.edge_agent.fetch import BackboneFetcher, package_cache
@@ -63,6 +63,7 @@ class _Session:
     loss_scaling: bool = False  # fp16 activations: scale the loss so gradients do not underflow
     held_out: PrefixCache | None = None  # evaluation data, when the agent was given some
     ahead: list[int] = field(default_factory=list)  # rows the next round trains on, still to cache while idle
+    step_rule: torch.optim.Optimizer | None = None  # kept across rounds where the strategy keeps its optimizer state
 
 
 class EdgeAgent:
@@ -251,6 +252,8 @@ class EdgeAgent:
                 raise ValueError("the assignment's clip_norm and noise_multiplier must not be negative")
             if not 0 <= assignment.proximal_mu <= MAX_PROXIMAL_MU:
                 raise ValueError(f"the assignment's proximal_mu must be from 0 to {MAX_PROXIMAL_MU:g}")
+            if not 0 < assignment.galore_scale <= MAX_GALORE_SCALE:
+                raise ValueError(f"the assignment's galore_scale must be above 0 and at most {MAX_GALORE_SCALE:g}")
         except (ValueError, RuntimeError, OSError, StrategyError) as error:
             log.error("%s: cannot take round %d: %s", self.agent_id, state.round, error)
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
@@ -262,11 +265,12 @@ class EdgeAgent:
                  f"; FedProx μ = {assignment.proximal_mu:g}" if assignment.proximal_mu else "")
         try:
             optimizer = session.recipe.optimizer or assignment.optimizer
-            groups = galore_groups(session.model, session.lora) if optimizer == "galore" else None
+            groups = galore_groups(session.model, session.lora, assignment.galore_scale) if optimizer == "galore" else None
+            kept = self._kept_optimizer(session, optimizer, groups, assignment) if session.recipe.keeps_optimizer else None
             result = train_local(
                 session.task, session.cache, session.sampler, assignment.local_steps, assignment.batch_size,
                 assignment.learning_rate, optimizer, groups, session.loss_scaling, proximal_mu=assignment.proximal_mu,
-                on_step=self._step_hook(f"{self.agent_id}: round {state.round}", assignment.local_steps), stop_at=assignment.work_until(time.time()),
+                on_step=self._step_hook(f"{self.agent_id}: round {state.round}", assignment.local_steps), stop_at=assignment.work_until(time.time()), step_rule=kept,
             )
         except (ValueError, RuntimeError, torch.OutOfMemoryError) as error:
             log.error("%s: training round %d failed: %s", self.agent_id, state.round, error)
@@ -277,6 +281,19 @@ class EdgeAgent:
         self._send_update(assignment, session, result, received)
         upcoming = torch.cat(session.sampler.upcoming(assignment.local_steps, assignment.batch_size))
         session.ahead = session.cache.missing(upcoming)  # cached between messages while the coordinator aggregates
+
+    @staticmethod
+    def _kept_optimizer(session: _Session, optimizer: str, groups: list[dict] | None, assignment: Assignment) -> torch.optim.Optimizer:
+        """The session's optimizer, built on its first round and kept (its moments and projectors with it), with
+        this round's learning rate and GaLore scale."""
+        if session.step_rule is None:
+            params = [param for param in session.model.parameters() if param.requires_grad]
+            session.step_rule = make_optimizer(optimizer, params, assignment.learning_rate, groups)
+        for group in session.step_rule.param_groups:
+            group["lr"] = assignment.learning_rate
+            if "scale" in group:
+                group["scale"] = assignment.galore_scale
+        return session.step_rule
 
     def _start_over(self) -> None:
         """Between runs: forget the run (its assignment, backbone with its frozen-weight changes, pending update) so

@@ -98,6 +98,7 @@ def train_local(
     on_step: Callable[[int, float], None] | None = None,
     stop_at: float | None = None,
     proximal_mu: float = 0.0,
+    step_rule: torch.optim.Optimizer | None = None,
 ) -> TrainResult:
     """``steps`` optimizer steps (AdamW, plain SGD, or GaLore-AdamW over ``galore_groups``) over the sampler's next
     batches of the cached data; rows not cached yet are cached first. Returns the mean loss, the time per step and
@@ -112,14 +113,16 @@ def train_local(
 
     With ``proximal_mu`` μ > 0 (FedProx, Li et al. 2020) each step minimises loss + μ/2·‖w − w₀‖², w the trainable
     weights and w₀ their values when this call began (the round's starting point): the device's drift from the
-    global state costs, which damps client drift on non-IID shards. The reported loss is the task's alone."""
+    global state costs, which damps client drift on non-IID shards. The reported loss is the task's alone.
+
+    ``step_rule``: an optimizer kept from earlier rounds (its state carries over) instead of a fresh one."""
     model = task.model
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
     if loss_scaling and any(p.dtype != torch.float32 for p in params):
         raise ValueError("loss scaling needs fp32 trainable parameters; train a 16-bit base's weights from an fp32 base")
-    step_rule = make_optimizer(optimizer, params, learning_rate, galore_groups)
+    step_rule = step_rule or make_optimizer(optimizer, params, learning_rate, galore_groups)
     anchors = [param.detach().clone() for param in params] if proximal_mu > 0 else []
     device = str(params[0].device)
     scaler = torch.amp.GradScaler(params[0].device.type, enabled=loss_scaling)

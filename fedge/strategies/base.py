@@ -49,6 +49,7 @@ class ClientRecipe:
     GaLore). ``trains``/``sends`` name factors among A, B, C, W. ``shared_a``: A starts from the run's shared seed
     (identical on every client and the server). ``reinit_each_round``: LoRA starts afresh (A random, B = 0) each round
     after the received base changes are merged (FLoRA).
+    ``keeps_optimizer``: the optimizer is built once per run and its state lives on across rounds (full).
     """
 
     adapter: str = "lora"
@@ -57,6 +58,7 @@ class ClientRecipe:
     shared_a: bool = False
     reinit_each_round: bool = False
     optimizer: str | None = None
+    keeps_optimizer: bool = False  # the device's optimizer state (moments, GaLore's projectors) carries over from round to round
 
 
 @dataclass(frozen=True)
@@ -181,8 +183,14 @@ class Strategy(ABC):
     coordinatewise: ClassVar[bool] = True  # the sent tensors' coordinates mean the same on every client (robust combiners apply)
     carries_state: ClassVar[bool] = True  # its global tensors carry over from round to round (a server optimiser can step them)
 
+    galore_scale: float = 0.25  # what devices multiply GaLore's projected update by (full-weight training only)
+
     def __init__(self, seed: int = 0):
         self.seed = seed
+
+    def device_learning_rate(self, run_rate: float) -> float:
+        """The learning rate devices train with under this strategy (the run's, unless the strategy has its own)."""
+        return run_rate
 
     def check_ranks(self, specs: Sequence[LoraSpec]) -> None:
         """Raise ``StrategyError`` if these adapters cannot be combined (e.g. mixed ranks for FedIT)."""

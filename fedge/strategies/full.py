@@ -1,6 +1,11 @@
 """Full-weight averaging: clients fine-tune the target weights themselves (with GaLore's low-rank gradient
 projection, so optimizer state stays small) and the server averages them, W = Σ p_i W_i per module over the clients
-that trained it. d·k numbers per module each way: the heavy baseline LoRA is compared against."""
+that trained it. d·k numbers per module each way: the heavy baseline LoRA is compared against.
+
+GaLore's state (Adam's projected moments and each matrix's projector, refreshed every ``update_proj_gap`` steps)
+lives on the device across rounds rather than restarting with every round's 8 or so steps. Full weights want their
+own step size: ``learning_rate`` (0: the run's) and ``galore_scale`` (GaLore's α on the projected update) are this
+strategy's options and travel in the assignment."""
 
 from __future__ import annotations
 
@@ -8,12 +13,24 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedge.strategies.base import FULL_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, lora_modules, trained_modules
+from fedge.strategies.base import FULL_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, StrategyError, lora_modules, trained_modules
+from fedge.wire import MAX_GALORE_SCALE
 
 
 class FullWeights(Strategy):
     name = "full"
-    recipe = ClientRecipe(adapter="full", trains=("W",), sends=("W",), optimizer="galore")
+    recipe = ClientRecipe(adapter="full", trains=("W",), sends=("W",), optimizer="galore", keeps_optimizer=True)
+
+    def __init__(self, seed: int = 0, learning_rate: float = 0.0, galore_scale: float = 0.25):
+        super().__init__(seed)
+        if not isinstance(learning_rate, (int, float)) or not 0 <= learning_rate <= 1:
+            raise StrategyError(f"learning_rate: the devices' step size for full weights, in (0, 1] (0: the run's), not {learning_rate!r}")
+        if not isinstance(galore_scale, (int, float)) or not 0 < galore_scale <= MAX_GALORE_SCALE:
+            raise StrategyError(f"galore_scale: GaLore's scale on the projected update, in (0, {MAX_GALORE_SCALE:g}], not {galore_scale!r}")
+        self.learning_rate, self.galore_scale = float(learning_rate), float(galore_scale)
+
+    def device_learning_rate(self, run_rate: float) -> float:
+        return self.learning_rate or run_rate
 
     def initial_state(self, lora: State, base_weights: State) -> State:
         state = super().initial_state(lora, base_weights)

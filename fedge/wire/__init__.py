@@ -8,6 +8,7 @@ from fedge.wire.codec import Limits, decode_message, encode_message
 from fedge.wire.envelope import Signer, Verifier
 from fedge.wire.errors import ChunkError, DecodeError, ForgedError, ProtocolError, ReplayError, SchemaError, TooLargeError
 from fedge.wire.messages import (
+    MAX_GALORE_SCALE,
     MAX_PROXIMAL_MU,
     PREPARED_ROUNDS,
     PROTOCOL_VERSION,
@@ -29,6 +30,7 @@ from fedge.wire.messages import (
 )
 
 __all__ = [
+    "MAX_GALORE_SCALE",
     "MAX_PROXIMAL_MU",
     "PREPARED_ROUNDS",
     "PROTOCOL_VERSION",

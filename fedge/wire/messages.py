@@ -116,6 +116,7 @@ class Hello:
 
 
 MAX_PROXIMAL_MU = 100.0  # the largest FedProx μ an agent trains with (a larger one is refused, not clamped)
+MAX_GALORE_SCALE = 16.0  # the largest GaLore scale an agent trains with
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class Assignment:
     noise_multiplier: float = 0.0  # ... and add N(0, (noise_multiplier * clip_norm)^2) to every value sent
     state_digest: str = ""  # the sha256 of the shared global state this round starts from ("": one addressed to this device)
     proximal_mu: float = 0.0  # FedProx: train on loss + μ/2·‖w − w₀‖² over the trainable weights w (w₀: as received); 0: off
+    galore_scale: float = 0.25  # GaLore's scale on the projected update (strategy full), in (0, MAX_GALORE_SCALE]
     message_id: str = field(default_factory=new_message_id)
 
     def work_until(self, now: float) -> float:

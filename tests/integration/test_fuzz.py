@@ -160,7 +160,7 @@ class Attacker:
                 "forged_unknown": Reject(agent_id, "unknown_agent", "say hello again"),
                 "forged_receipt": Receipt(agent_id, 1, "ab" * 16),
                 "forged_assignment": Assignment("fuzz", 9, agent_id, BackboneSpec("x", "0" * 64, "fp32"), LoraSpec(("q_proj",), (1,), (2,), 1.0), WORDNET_TASK, 1, 1, 1e-3, time.time() + 60, 0),
-                "forged_prepare": Assignment("fuzz", 1, agent_id, BackboneSpec("x", "0" * 64, "nf4", 10**12, "http://evil.example/"), LoraSpec(("q_proj",), (1,), (64,), 1.0), TaskSpec("instruct", (), "sys", 10**6, "token_f1", 10**6, 10**6), 10**6, 10**4, 1e3, time.time() + 60, 0, prefix_cache_bytes=-1, prepare_only=True, clip_norm=-1.0, noise_multiplier=1e9, proximal_mu=float("nan")),
+                "forged_prepare": Assignment("fuzz", 1, agent_id, BackboneSpec("x", "0" * 64, "nf4", 10**12, "http://evil.example/"), LoraSpec(("q_proj",), (1,), (64,), 1.0), TaskSpec("instruct", (), "sys", 10**6, "token_f1", 10**6, 10**6), 10**6, 10**4, 1e3, time.time() + 60, 0, prefix_cache_bytes=-1, prepare_only=True, clip_norm=-1.0, noise_multiplier=1e9, proximal_mu=float("nan"), galore_scale=-1.0),
                 "forged_state": GlobalState("fuzz", 2, agent_id, False, {}, tensors),
                 "forged_part": BackbonePart("ab" * 32, 0, b"x" * 100),
                 "forged_assignment_naming_a_state": Assignment("fuzz", 2, agent_id, BackboneSpec("x", "0" * 64, "fp32"), LoraSpec(("q_proj",), (1,), (2,), 1.0), WORDNET_TASK, 1, 1, 1e-3, time.time() + 60, 0, state_digest="ab" * 32),

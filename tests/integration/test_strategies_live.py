@@ -145,3 +145,12 @@ def test_a_server_optimizer_steps_each_rounds_aggregate_and_commits_its_moments(
     for round_number in (1, 2):
         moments = load_file(run_dir.path / "globals" / f"moments_{round_number:03d}.safetensors")
         assert {name for name in moments} == {f"{kind}::{key}" for key in start for kind in ("m", "v")}
+
+
+def test_full_weights_train_with_their_own_settings_and_keep_their_optimizer_through_the_run(mosquitto, tiny_backbone, tmp_path):
+    coordinator, agents = _run("full", mosquitto.url, tiny_backbone, tmp_path, strategy_options={"learning_rate": 5e-3, "galore_scale": 1.0})
+    for agent in agents:
+        assert agent._assignment.learning_rate == 5e-3 and agent._assignment.galore_scale == 1.0  # the strategy's, not the run's 2e-3
+        kept = agent._session.step_rule
+        assert {group["scale"] for group in kept.param_groups} == {1.0}
+        assert {int(state["step"]) for state in kept.state.values()} == {2 * 3}  # both rounds' 3 steps on one optimizer

@@ -57,7 +57,7 @@ def test_tensors_travel_as_fp16_by_default_and_fp32_on_request():
 
 def test_public_api_is_pinned():
     assert set(wire.__all__) == {
-        "MAX_PROXIMAL_MU", "PREPARED_ROUNDS", "PROTOCOL_VERSION", "AdapterUpdate", "Assignment", "BackbonePart", "BackboneRequest", "BackboneSpec", "ChunkError", "DecodeError", "DeviceProfile", "Evaluation",
+        "MAX_GALORE_SCALE", "MAX_PROXIMAL_MU", "PREPARED_ROUNDS", "PROTOCOL_VERSION", "AdapterUpdate", "Assignment", "BackbonePart", "BackboneRequest", "BackboneSpec", "ChunkError", "DecodeError", "DeviceProfile", "Evaluation",
         "ForgedError", "GlobalState", "Heartbeat", "Hello", "Limits", "LoraSpec", "Message", "ProtocolError", "Reassembler", "Receipt", "Reject",
         "ReplayError", "SchemaError", "Signer", "TaskSpec", "TooLargeError", "Verifier", "decode_message", "encode_message", "split_frames",
     }
