@@ -81,3 +81,25 @@ def test_a_site_broker_bridges_only_the_sites_own_topics_with_its_central_login(
     acl = (tmp_path / "m" / "acl").read_text()  # the site aggregator logs in as this broker's coordinator and uses the site's topics
     assert "user coordinator\ntopic write fedge/v1/agents/+/down\ntopic write fedge/v1/agents/site-a/up" in acl
     assert main(["enroll", "--fleet", str(site), "--mosquitto", str(tmp_path / "m2"), "--bridge-to", "mqtt://hub.example:1883"]) == 1
+
+
+def test_enrolling_inside_a_git_work_tree_warns_unless_git_ignores_the_fleet(tmp_path, capsys):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert main(["enroll", "--fleet", str(tmp_path / "keys"), "a1"]) == 0
+    assert "inside a git work tree, and git does not ignore it" in capsys.readouterr().out.replace("\n", " ")
+    (tmp_path / ".gitignore").write_text("keys/\n")
+    assert main(["enroll", "--fleet", str(tmp_path / "keys"), "a2"]) == 0
+    assert "git work tree" not in capsys.readouterr().out
+    assert main(["enroll", "--fleet", str(tmp_path.parent / f"{tmp_path.name}-outside"), "a1"]) == 0
+    assert "git work tree" not in capsys.readouterr().out  # not in a repository at all
+
+
+def test_this_repository_ignores_the_secrets_its_commands_write():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for path in ("fleet/enrolment.json", "fleet/devices/jetson-01.credentials.json", "broker/passwords", "broker/acl", "broker/server.key", "runs/demo/x"):
+        assert subprocess.run(["git", "-C", str(root), "check-ignore", "-q", path]).returncode == 0, path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -124,12 +125,28 @@ def cmd_enroll(args) -> int:
     if args.devices:
         for identity, path in zip(args.devices, enroll(fleet, args.devices)):
             console.print(f"enrolled {identity}: credentials in {path} (copy to the device, then delete here)")
+        _warn_if_tracked(fleet)
     enrolment = Enrolment.load(fleet)
     if args.mosquitto:
         for path in write_mosquitto_files(enrolment, Path(args.mosquitto), port=args.port, tls_host=args.tls_host, bridge=_bridge(args)):
             console.print(f"wrote {path}")
+        _warn_if_tracked(Path(args.mosquitto))
     console.print(f"{len(enrolment.active())} devices enrolled in {fleet} ({len(enrolment.devices) - len(enrolment.active())} revoked)")
     return 0
+
+
+def _warn_if_tracked(directory: Path) -> None:
+    """Secrets written inside a git work tree where git would not ignore them: say so before anyone commits them."""
+    try:
+        inside = subprocess.run(["git", "-C", str(directory), "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True, timeout=10)
+        if inside.returncode != 0 or inside.stdout.strip() != "true":
+            return
+        ignored = subprocess.run(["git", "-C", str(directory), "check-ignore", "-q", "."], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):  # no git here: nothing to warn about
+        return
+    if ignored.returncode != 0:
+        console.print(f"[yellow]warning: {directory} holds signing keys and broker passwords inside a git work tree, and git does not ignore it: "
+                      f"add it to .gitignore or keep the fleet outside the repository[/]")
 
 
 def _broker_config(args):
