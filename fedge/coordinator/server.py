@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -40,6 +41,7 @@ from fedge.coordinator.record import RunRecorder
 from fedge.coordinator.registry import Registry
 from fedge.coordinator.reports import RunDirectory
 from fedge.coordinator.rounds import run_round, wire_round
+from fedge.coordinator.run_lock import RunInUse, RunLock
 from fedge.coordinator.buffered_rounds import run_buffered
 from fedge.coordinator.sender import Sender
 from fedge.coordinator.validation import UpdateRejected, validate_update
@@ -101,6 +103,7 @@ class Coordinator:
         self.preparing: set[str] = set()  # devices preparing for the first round that have not said ready
         self.reputation = Reputation(config.robust.trust_memory, config.robust.quarantine_after)
         self._resume = resume
+        self.lock = RunLock(Path(config.run_dir))
 
     @property
     def strategy(self) -> Strategy:
@@ -115,10 +118,16 @@ class Coordinator:
         config = self.config
         if config.threads:
             torch.set_num_threads(config.threads)
+        try:
+            self.lock.acquire(config.run_id)  # RunInUse: another coordinator holds this run
+        except RunInUse:
+            self.recorder.close()
+            raise
         start_round, arrays = self.recorder.starting_point(self._resume)
         if start_round > config.rounds:
             log.info("the run in %s already completed its %d rounds; nothing to resume", self.run_dir.path, config.rounds)
             self.recorder.close()
+            self.lock.release()
             return RunSummary(run_dir=str(self.run_dir.path), rounds=self.run_dir.rounds())
         if start_round > 1:  # resumed: replays refused, trust and quarantines kept
             self.receiver.restore_replay_counters(self.run_dir.replay_counters())
@@ -220,6 +229,7 @@ class Coordinator:
         self.receiver.stop()
         self.work.backbones.server.close()
         self.transport.close()
+        self.lock.release()
 
     def run_round(self, round_number: int, arrays: dict[str, np.ndarray], deadline: float | None = None) -> dict[str, np.ndarray]:
         """One synchronous round (``fedge.coordinator.rounds``); a site runs one per central round."""
