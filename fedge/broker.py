@@ -12,6 +12,7 @@ once and cannot log in again.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import threading
@@ -49,6 +50,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+def _quiet_hangups(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """A client that hung up while amqtt was refusing its CONNECT (an MQTT 5 probe: amqtt speaks 3.1.1) leaves amqtt
+    closing a dead socket: one debug line, not a traceback. Anything else goes to asyncio's own handler."""
+    error = context.get("exception")
+    if isinstance(error, OSError) and error.errno in (errno.ENOTCONN, errno.ECONNRESET, errno.EPIPE):
+        log.debug("a client left while the broker answered it: %s", error)
+        return
+    loop.default_exception_handler(context)
+
+
 class EmbeddedBroker:
     """``with EmbeddedBroker(port=...) as broker:`` serves MQTT 3.1.1 on ``broker.url`` until the block ends."""
 
@@ -84,6 +95,7 @@ class EmbeddedBroker:
         from amqtt.broker import Broker
 
         self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(_quiet_hangups)
         asyncio.set_event_loop(self._loop)
         config = {"listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}}, "plugins": self._plugins()}
 

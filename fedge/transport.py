@@ -165,6 +165,7 @@ class MqttTransport:
         self.incomplete_messages = 0  # chunked messages dropped with frames still missing after chunk_timeout_s
         self._connected = threading.Event()
         self._fatal: str | None = None
+        self._ever_connected = False  # a disconnect before the first CONNACK means the broker refused the protocol
         self.protocol = "3.1.1" if config.protocol == "3.1.1" else "5"
         self._client = self._make_client()
 
@@ -208,9 +209,12 @@ class MqttTransport:
         if self._birth is not None:
             client.publish(self._birth[0], self._birth[1], qos=1, retain=True)
         self._connected.set()
+        self._ever_connected = True
         log.debug("connected to %s:%s", self.config.host, self.config.port)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.protocol == "5" and self.config.protocol == "auto" and self._fatal is None and not self._connected.is_set() and not self._ever_connected:
+            self._fatal = "protocol"  # the broker hung up on an MQTT 5 CONNECT without answering it: try 3.1.1 now
         self._connected.clear()
         if reason_code.is_failure:
             log.warning("lost the broker (%s); reconnecting with backoff", reason_code)

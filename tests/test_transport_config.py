@@ -47,3 +47,21 @@ def test_frames_queued_while_the_broker_is_away_count_as_unacknowledged_and_neve
     transport = MqttTransport(BrokerConfig.from_url("mqtt://127.0.0.1:9"), client_id="never-connected")
     queued = transport.enqueue_frames("fedge/x", [b"one", b"two"])
     assert transport.wait_sent([queued, Queued([refused], 3)], timeout_s=0.05) == 3
+
+
+def test_an_mqtt5_probe_of_the_embedded_broker_falls_back_without_a_traceback():
+    """amqtt speaks 3.1.1 only: a plain mqtt:// URL probes MQTT 5 first; the broker's side of the refused probe is
+    one debug line, not a traceback on the operator's screen."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging; logging.basicConfig(level=logging.INFO)\n"
+        "from fedge.broker import EmbeddedBroker\nfrom fedge.transport import BrokerConfig, MqttTransport\n"
+        "with EmbeddedBroker() as broker:\n"
+        "    client = MqttTransport(BrokerConfig.from_url(broker.url.split('?')[0]), client_id='probe')\n"
+        "    client.connect(); print('protocol', client.protocol); client.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "protocol 3.1.1" in done.stdout, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "Errno 107" not in done.stderr
