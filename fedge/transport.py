@@ -11,13 +11,13 @@ Authentication failures are fatal; network failures are retried by paho with bac
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from urllib.parse import parse_qs, unquote, urlparse
+from dataclasses import dataclass, replace
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -25,65 +25,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fedge.inbox import Inbox
+from fedge.broker_config import BrokerConfig, redact_url  # noqa: F401 (re-exported: where callers have always found them)
 from fedge.wire import DecodeError, Limits, Message, ProtocolError, Reassembler, split_frames, topics
-from fedge.wire.chunks import DEFAULT_MAX_FRAME_BYTES
 from fedge.wire.sealing import Codec, PlainCodec
 
 log = logging.getLogger(__name__)
 
 
-PROTOCOLS = ("auto", "5", "3.1.1")
 AUTO_PROBE_S = 3.0  # protocol "auto": how long an MQTT 5 CONNECT may go unanswered before trying 3.1.1
 
 
 class TransportError(RuntimeError):
     """The broker cannot be reached, refused us, or did not acknowledge in time."""
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    """Where the broker is and how to authenticate; built from ``mqtt://`` or ``mqtts://`` URLs."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False
-    ca_certs: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    keepalive_s: int = 30
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    protocol: str = "auto"  # "5", "3.1.1", or "auto": MQTT 5 unless the broker refuses it
-    session_expiry_s: int = 3600  # MQTT 5: how long the broker keeps a session (and its queued messages) after a drop
-
-    @classmethod
-    def from_url(cls, url: str, **overrides) -> BrokerConfig:
-        """``mqtt[s]://[user[:password]@]host[:port][?protocol=5|3.1.1|auto]``."""
-        parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-        if parsed.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"broker URL {url!r}: scheme must be mqtt or mqtts")
-        query = parse_qs(parsed.query)
-        if set(query) - {"protocol"} or query.get("protocol", ["auto"])[0] not in PROTOCOLS:
-            raise ValueError(f"broker URL {url!r}: the only option is protocol, one of {', '.join(PROTOCOLS)}")
-        tls = parsed.scheme == "mqtts"
-        fields = {
-            "host": parsed.hostname or "127.0.0.1",
-            "port": parsed.port or (8883 if tls else 1883),
-            "username": unquote(parsed.username) if parsed.username else None,
-            "password": unquote(parsed.password) if parsed.password else None,
-            "tls": tls,
-            "protocol": query.get("protocol", ["auto"])[0],
-        }
-        return cls(**{**fields, **overrides})
-
-
-def redact_url(url: str) -> str:
-    """A broker URL with any password removed."""
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.password is None:
-        return url
-    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()
 
 
 @dataclass(frozen=True)
@@ -174,7 +127,7 @@ class MqttTransport:
         if v5:
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         else:
-            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=False)
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=self.config.session_expiry_s == 0)
         config = self.config
         if config.username:
             client.username_pw_set(config.username, config.password)
@@ -187,6 +140,7 @@ class MqttTransport:
         client.max_queued_messages_set(0)  # unbounded: a publish never drops silently
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         client.on_socket_open = _without_nagle
         return client
@@ -211,6 +165,10 @@ class MqttTransport:
         self._connected.set()
         self._ever_connected = True
         log.debug("connected to %s:%s", self.config.host, self.config.port)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        if not self._ever_connected and self._fatal is None:  # later, during an outage, paho keeps retrying
+            self._fatal = f"nothing answers at {self.config.host}:{self.config.port} (is the broker running, and is that its address?)"
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.protocol == "5" and self.config.protocol == "auto" and self._fatal is None and not self._connected.is_set() and not self._ever_connected:
@@ -240,6 +198,7 @@ class MqttTransport:
             self._client = self._make_client()
             connected = self._start(max(timeout_s - (time.monotonic() - started), 1.0))
         if self._fatal:
+            self._client.loop_stop()
             raise TransportError("the broker refuses MQTT 5 (set protocol 3.1.1)" if self._fatal == "protocol" else self._fatal)
         if not connected:
             raise TransportError(f"no connection to {self.config.host}:{self.config.port} in {timeout_s:.0f} s")
@@ -393,3 +352,15 @@ class MqttTransport:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def check_broker(config: BrokerConfig, timeout_s: float = 10.0) -> BrokerConfig:
+    """Connect once and leave, before a long start-up: ``TransportError`` at once for a broker that is not there or
+    refuses the login, instead of after the heavy imports. Returns ``config`` with the protocol the broker spoke,
+    so the real connection does not probe again."""
+    probe = MqttTransport(replace(config, session_expiry_s=0), client_id=f"fedge-check-{secrets.token_hex(4)}")  # leaves no session behind
+    try:
+        probe.connect(timeout_s)
+    finally:
+        probe.close()
+    return replace(config, protocol=probe.protocol)

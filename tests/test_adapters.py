@@ -4,8 +4,6 @@ and frozen-weight changes on plain and 4-bit bases."""
 import time
 
 import numpy as np
-from dataclasses import replace
-
 import pytest
 import torch
 from galore_torch import GaLoreAdamW
@@ -116,22 +114,13 @@ def test_galore_really_projects_and_plain_groups_are_refused(tiny_backbone):
 def test_full_weights_keep_their_galore_state_across_rounds_and_take_their_own_scale(tiny_backbone):
     """The kept optimizer continues its step count and moments through a new round's weights (copied in place, as
     a received state is), where a fresh one starts from zero; the scale travels in the groups."""
-    from fedge.edge_agent.agent import EdgeAgent
-    from fedge.wire import Assignment, BackboneSpec
-    from fedge.task.wordnet import WORDNET_TASK as TASK
+    from fedge.edge_agent.trainer import reused_optimizer
 
     model, tokenizer = _load(tiny_backbone)
     model = attach(model, SPEC, recipe_for("full"), run_seed=0, seed=0)
     groups = galore_groups(model, SPEC, scale=1.5)
     assert {group["scale"] for group in groups} == {1.5}
-
-    class Session:  # what EdgeAgent._kept_optimizer reads and keeps
-        step_rule = None
-
-    session = Session()
-    session.model = model
-    assignment = Assignment("run", 1, "a", BackboneSpec("x", "0" * 64, "fp32"), SPEC, TASK, 3, 4, 1e-2, 0.0, 0, galore_scale=1.5)
-    kept = EdgeAgent._kept_optimizer(session, "galore", groups, assignment)
+    kept = reused_optimizer(None, "galore", model, 1e-2, groups, 1.5)
     classifier = Classifier(FrozenPrefix(model, min(SPEC.layers)), label_token_ids(tokenizer, LABELS))
     cache = classifier.runner.cache(encode(tokenizer, EXAMPLES, WORDNET_TASK))
     train_local(classifier, cache, BatchSampler(len(cache), 0), 3, 4, 1e-2, "galore", groups, step_rule=kept)
@@ -139,7 +128,7 @@ def test_full_weights_keep_their_galore_state_across_rounds_and_take_their_own_s
     steps_after_first = kept.state[weight]["step"]
     with torch.no_grad():
         weight.copy_(weight * 0.5)  # the averaged global state arrives, copied in place
-    again = EdgeAgent._kept_optimizer(session, "galore", groups, replace(assignment, round=2, learning_rate=5e-3, galore_scale=0.5))
+    again = reused_optimizer(kept, "galore", model, 5e-3, groups, 0.5)
     assert again is kept and {group["lr"] for group in again.param_groups} == {5e-3} and {group["scale"] for group in again.param_groups} == {0.5}
     train_local(classifier, cache, BatchSampler(len(cache), 1), 3, 4, 5e-3, "galore", groups, step_rule=again)
     assert kept.state[weight]["step"] == steps_after_first + 3 and "projector" in kept.state[weight]

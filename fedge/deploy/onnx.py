@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedge.deploy.run_files import exportable, run_task, task_spec
 from fedge.wire import TaskSpec
 
 MODEL_FILE, INT8_FILE, TASK_FILE = "model.onnx", "model.int8.onnx", "fedge_task.json"
 INT8_BLOCK = 128
 ONE_FILE_LIMIT = 1 << 31  # protobuf's 2 GiB: larger graphs keep their weights in an external data file
-PER_DEVICE_ONLY = ("ce-lora",)  # no global model: export a device's own adapter
-ADAPTER_ONLY = ("fedex-lora", "flora", "full")  # part of their model is outside any one adapter
 log = logging.getLogger(__name__)
 
 
@@ -39,17 +38,6 @@ class _Logits(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
-def run_task(run_dir: Path) -> tuple[dict, TaskSpec]:
-    """A run directory's saved config and its task."""
-    config = json.loads((run_dir / "config.json").read_text())
-    return config, _task_spec(config["task"])
-
-
-def _task_spec(task: dict) -> TaskSpec:
-    """A task as ``asdict`` wrote it to JSON (labels as a list)."""
-    return TaskSpec(**{**task, "labels": tuple(task.get("labels", ()))})
-
-
 def merged_model(run_dir: Path, adapter: Path | None = None):
     """The run's final global model, or the backbone with one device's ``adapter`` directory, merged; and the tokenizer."""
     from peft import PeftModel
@@ -59,15 +47,8 @@ def merged_model(run_dir: Path, adapter: Path | None = None):
     from fedge.quantization.backbone import load_backbone, locate_backbone
     from safetensors.numpy import load_file
 
-    config, _ = run_task(run_dir)
+    config, source = exportable(run_dir, adapter)
     strategy = config["strategy"]
-    if adapter is None and strategy in PER_DEVICE_ONLY:
-        raise ValueError(f"{strategy} has no global model: export one device's personalised model with --adapter DIR (the directory its `fedge agent --save DIR` wrote)")
-    if adapter is not None and strategy in ADAPTER_ONLY:
-        raise ValueError(f"{strategy} keeps frozen-weight changes outside a device's adapter: export the run's global model (no --adapter)")
-    source = adapter or run_dir / "adapter"
-    if not (source / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{source}: no adapter_config.json" + ("" if adapter else "; the run has not finished"))
     model, tokenizer = load_backbone(locate_backbone(config["backbone"]), "fp32")
     model = PeftModel.from_pretrained(model, source)
     if adapter is None:
@@ -114,7 +95,7 @@ def quantize_int8(source: Path, target: Path) -> Path:
 
 def export_task(out: Path) -> TaskSpec:
     """The task an export was written with."""
-    return _task_spec(json.loads((out / TASK_FILE).read_text()))
+    return task_spec(json.loads((out / TASK_FILE).read_text()))
 
 
 class OnnxCausalLM:

@@ -21,49 +21,32 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fedge.edge_agent.memory import available_bytes
+from fedge.edge_agent.memory import memory_shortfall
 from fedge.edge_agent.resend import RECEIPT_WAIT_S, Resender
-from fedge.edge_agent.trainer import BatchSampler, Slowed, StepProgress, TaskModel, TrainResult, make_optimizer, train_local
+from fedge.edge_agent.session import Session
+from fedge.edge_agent.trainer import BatchSampler, Slowed, StepProgress, TrainResult, reused_optimizer, train_local
 from fedge.heartbeat import start_heartbeat
 from fedge.adapters import apply_view, attach, galore_groups, restart_lora, save_adapter, upload
 from fedge.privacy import privatise
-from fedge.strategies import ClientRecipe, StrategyError, recipe_for
+from fedge.strategies import StrategyError, recipe_for
 from fedge.task.kinds import kind_of, task_problems
 from fedge.task.data import Record, label_counts
-from fedge.task.prefix import FrozenPrefix, PrefixCache
+from fedge.task.prefix import FrozenPrefix
 from fedge.transport import BrokerConfig, MqttTransport, Received, TransportError
 from fedge.trust.enrolment import Credentials
-from fedge.wire import MAX_GALORE_SCALE, MAX_PROXIMAL_MU, PREPARED_ROUNDS, AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, LoraSpec, Receipt, Reject
+from fedge.wire import MAX_GALORE_SCALE, MAX_PROXIMAL_MU, PREPARED_ROUNDS, AdapterUpdate, Assignment, DeviceProfile, Evaluation, GlobalState, Heartbeat, Hello, Receipt, Reject
 from fedge.wire import topics
 from fedge.trust.downlink import DownlinkCodec
 from fedge.edge_agent.fetch import BackboneFetcher, package_cache
 from fedge.quantization.backbone import BackboneSource, load_backbone, needs_loss_scaling, quantization_problem
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Session:
-    """A loaded backbone with what the strategy trains on it and the frozen-prefix caches of the local data."""
-
-    key: tuple
-    lora: LoraSpec
-    recipe: ClientRecipe
-    model: torch.nn.Module
-    task: TaskModel
-    cache: PrefixCache
-    sampler: BatchSampler
-    applied_rounds: set[int]  # rounds whose frozen-weight changes this backbone holds
-    loss_scaling: bool = False  # fp16 activations: scale the loss so gradients do not underflow
-    held_out: PrefixCache | None = None  # evaluation data, when the agent was given some
-    ahead: list[int] = field(default_factory=list)  # rows the next round trains on, still to cache while idle
-    step_rule: torch.optim.Optimizer | None = None  # kept across rounds where the strategy keeps its optimizer state
 
 
 class EdgeAgent:
@@ -102,7 +85,7 @@ class EdgeAgent:
         self._stopped = threading.Event()
         self._unreadable = 0
         self._assignment: Assignment | None = None
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._done = False
         self.refused: str | None = None  # set when the coordinator refuses this device outright
         self._handled_states: deque[str] = deque(maxlen=64)  # ids of global states already acted on
@@ -266,11 +249,12 @@ class EdgeAgent:
         try:
             optimizer = session.recipe.optimizer or assignment.optimizer
             groups = galore_groups(session.model, session.lora, assignment.galore_scale) if optimizer == "galore" else None
-            kept = self._kept_optimizer(session, optimizer, groups, assignment) if session.recipe.keeps_optimizer else None
+            if session.recipe.keeps_optimizer:  # moments and projectors carry over; this round's rate and scale
+                session.step_rule = reused_optimizer(session.step_rule, optimizer, session.model, assignment.learning_rate, groups, assignment.galore_scale)
             result = train_local(
                 session.task, session.cache, session.sampler, assignment.local_steps, assignment.batch_size,
                 assignment.learning_rate, optimizer, groups, session.loss_scaling, proximal_mu=assignment.proximal_mu,
-                on_step=self._step_hook(f"{self.agent_id}: round {state.round}", assignment.local_steps), stop_at=assignment.work_until(time.time()), step_rule=kept,
+                on_step=self._step_hook(f"{self.agent_id}: round {state.round}", assignment.local_steps), stop_at=assignment.work_until(time.time()), step_rule=session.step_rule,
             )
         except (ValueError, RuntimeError, torch.OutOfMemoryError) as error:
             log.error("%s: training round %d failed: %s", self.agent_id, state.round, error)
@@ -281,19 +265,6 @@ class EdgeAgent:
         self._send_update(assignment, session, result, received)
         upcoming = torch.cat(session.sampler.upcoming(assignment.local_steps, assignment.batch_size))
         session.ahead = session.cache.missing(upcoming)  # cached between messages while the coordinator aggregates
-
-    @staticmethod
-    def _kept_optimizer(session: _Session, optimizer: str, groups: list[dict] | None, assignment: Assignment) -> torch.optim.Optimizer:
-        """The session's optimizer, built on its first round and kept (its moments and projectors with it), with
-        this round's learning rate and GaLore scale."""
-        if session.step_rule is None:
-            params = [param for param in session.model.parameters() if param.requires_grad]
-            session.step_rule = make_optimizer(optimizer, params, assignment.learning_rate, groups)
-        for group in session.step_rule.param_groups:
-            group["lr"] = assignment.learning_rate
-            if "scale" in group:
-                group["scale"] = assignment.galore_scale
-        return session.step_rule
 
     def _start_over(self) -> None:
         """Between runs: forget the run (its assignment, backbone with its frozen-weight changes, pending update) so
@@ -325,10 +296,10 @@ class EdgeAgent:
         self._state = "ready"
         self._send(Heartbeat(self.agent_id, "ready", time.time(), assignment.round))
 
-    def _session_for(self, assignment: Assignment) -> _Session | None:
+    def _session_for(self, assignment: Assignment) -> Session | None:
         """The session an assignment trains in (built when it differs from the current one), or None after refusing
         the round with the reason: too little free memory, or a backbone, task or data it cannot use."""
-        shortfall = self._memory_shortfall(assignment)
+        shortfall = memory_shortfall(assignment.predicted_peak_bytes, self.device)
         if shortfall:
             log.error("%s: refusing round %d: %s", self.agent_id, assignment.round, shortfall)
             self._send(Reject(self.agent_id, "insufficient_memory", shortfall, assignment.round, assignment.message_id))
@@ -340,18 +311,11 @@ class EdgeAgent:
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], assignment.round, assignment.message_id))
             return None
 
-    def _memory_shortfall(self, assignment: Assignment) -> str | None:
-        """Why the planned peak cannot fit in the memory free now, or None when it fits."""
-        free = available_bytes(self.device)
-        if assignment.predicted_peak_bytes <= free:
-            return None
-        return f"the plan needs {assignment.predicted_peak_bytes / 2**30:.2f} GiB at its peak; {free / 2**30:.2f} GiB is free on {self.device}"
-
     def _base_version(self) -> int:
         """The last round whose frozen-weight changes this agent holds (0: the pristine backbone)."""
         return max(self._session.applied_rounds, default=0) if self._session else 0
 
-    def _apply(self, session: _Session, view: dict[str, np.ndarray]) -> None:
+    def _apply(self, session: Session, view: dict[str, np.ndarray]) -> None:
         """Load a received state; refresh the cached prefix when a change reached a layer below the adapter."""
         self._base_changes.update({key: value for key, value in view.items() if ".base_delta." in key})
         lowest = apply_view(session.model, view, session.applied_rounds)
@@ -359,7 +323,7 @@ class EdgeAgent:
             if cache is not None:
                 cache.weights_changed(lowest)
 
-    def _report_accuracy(self, session: _Session, run_id: str, round_number: int) -> None:
+    def _report_accuracy(self, session: Session, run_id: str, round_number: int) -> None:
         """Evaluate the model this device now holds on its evaluation data and tell the coordinator."""
         if session.held_out is None:
             return
@@ -367,7 +331,7 @@ class EdgeAgent:
         self._send(Evaluation(run_id, round_number, self.agent_id, result.accuracy, result.loss, len(session.held_out)))
         log.info("%s: the model after round %d scores %.3f on %d held-out examples", self.agent_id, round_number, result.accuracy, len(session.held_out))
 
-    def _prepare(self, assignment: Assignment) -> _Session:
+    def _prepare(self, assignment: Assignment) -> Session:
         spec = assignment.backbone
         task = assignment.task
         key = (assignment.lora, task, spec.sha256, spec.quantization, assignment.gradient_checkpointing, assignment.strategy, assignment.run_seed)
@@ -399,10 +363,10 @@ class EdgeAgent:
         log.info("%s: backbone %s (%s, %s) ready in %.1f s; %d examples, split below layer %d", self.agent_id, source.name, spec.quantization, assignment.strategy, time.perf_counter() - started, len(self.data), runner.start_layer)
         loss_scaling = needs_loss_scaling(spec.quantization, self.device)
         sampler = BatchSampler(len(cache), assignment.run_seed)
-        self._session = _Session(key, assignment.lora, recipe, trainable, task_model, cache, sampler, applied, loss_scaling, held_out)
+        self._session = Session(key, assignment.lora, recipe, trainable, task_model, cache, sampler, applied, loss_scaling, held_out)
         return self._session
 
-    def _send_update(self, assignment: Assignment, session: _Session, result: TrainResult, received: dict[str, np.ndarray] | None) -> None:
+    def _send_update(self, assignment: Assignment, session: Session, result: TrainResult, received: dict[str, np.ndarray] | None) -> None:
         """Send what the strategy asks for; with privacy on (``received``: the tensors before training), the round's
         change clipped and noised on this device first."""
         metrics = {

@@ -26,6 +26,14 @@ def available_bytes(device: str) -> int:
     return int(psutil.virtual_memory().available + psutil.Process().memory_info().rss)
 
 
+def memory_shortfall(needed_bytes: int, device: str) -> str | None:
+    """Why a planned peak of ``needed_bytes`` cannot fit in the memory free now, or None when it fits."""
+    free = available_bytes(device)
+    if needed_bytes <= free:
+        return None
+    return f"the plan needs {needed_bytes / 2**30:.2f} GiB at its peak; {free / 2**30:.2f} GiB is free on {device}"
+
+
 def reset_peak(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)

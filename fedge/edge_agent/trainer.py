@@ -214,6 +214,18 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], learning_rate: f
     raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
 
 
+def reused_optimizer(kept: torch.optim.Optimizer | None, name: str, model: torch.nn.Module, learning_rate: float, galore_groups: list[dict] | None, galore_scale: float) -> torch.optim.Optimizer:
+    """The optimizer kept from earlier rounds of a run (its moments and GaLore's projectors with it), or a new one
+    over ``model``'s trainable parameters, set to this round's learning rate and GaLore scale."""
+    if kept is None:
+        kept = make_optimizer(name, [param for param in model.parameters() if param.requires_grad], learning_rate, galore_groups)
+    for group in kept.param_groups:
+        group["lr"] = learning_rate
+        if "scale" in group:
+            group["scale"] = galore_scale
+    return kept
+
+
 def check_galore_active(optimizer: torch.optim.Optimizer) -> None:
     """After a step: every projected matrix must hold a projector and moments smaller than the matrix itself."""
     for group in optimizer.param_groups:

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -63,8 +63,8 @@ def cmd_agent(args, agent_type=None) -> int:
     max_line = args.max_line_kb * 1024
     data = read_rows(args.data, max_line)  # checked before the heavy imports: a bad file fails in well under a second
     eval_data = read_rows(args.eval_data, max_line) if args.eval_data else None
-    broker = _broker_config(args)
     credentials = _agent_credentials(args)
+    broker = _checked_broker(_broker_config(args), credentials)  # a missing broker or a refused login fails here, in well under a second
 
     import torch
 
@@ -82,6 +82,32 @@ def cmd_agent(args, agent_type=None) -> int:
         console.print(f"[red]this device cannot take part: {agent.refused}[/]")
         return 2
     return 0
+
+
+def _with_checked_broker(config):
+    """The coordinator config once its broker has answered its login, naming the protocol it spoke (so the run
+    does not probe again)."""
+    from fedge.transport import BrokerConfig
+    from fedge.trust.enrolment import coordinator_credentials
+
+    broker = BrokerConfig.from_url(config.broker, ca_certs=config.ca_certs)
+    checked = _checked_broker(broker, coordinator_credentials(config.enrolment) if config.enrolment else None)
+    if "protocol=" in config.broker:
+        return config
+    return replace(config, broker=f"{config.broker}{'&' if '?' in config.broker else '?'}protocol={checked.protocol}")
+
+
+def _checked_broker(broker, credentials):
+    """The broker config with the login ``credentials`` give (unless the URL names a user), checked by connecting
+    once (``fedge.transport.check_broker``)."""
+    from fedge.transport import TransportError, check_broker
+
+    if credentials is not None and broker.username is None:
+        broker = replace(broker, username=credentials.broker_username, password=credentials.broker_password)
+    try:
+        return check_broker(broker)
+    except TransportError as error:
+        raise RuntimeError(f"broker {broker.host}:{broker.port}: {error}") from error
 
 
 def _agent_credentials(args):
@@ -166,16 +192,19 @@ def cmd_coordinator(args) -> int:
     from fedge.task.data import read_rows
     from fedge.task.kinds import kind_of
 
-    config = CoordinatorConfig.from_yaml(args.config)  # config and data are checked before the heavy imports
+    config = CoordinatorConfig.from_yaml(args.config)  # config, options, data and broker are checked before the heavy imports
     kind_of(config.task.kind).items(read_rows(config.eval_data), config.task, config.eval_data)
+    if args.out and not args.arms:
+        raise ValueError("--out goes with --arms (a field trial's report); a run's directory is run_dir in the config")
+    if args.role == "site" and args.resume:
+        raise ValueError("--role site cannot --resume: restart the site; the central coordinator resends its work")
+    if args.role == "site" and not config.upstream:
+        raise ValueError("--role site needs upstream: the site's credentials file in the central fleet")
+    config = _with_checked_broker(config)
 
     if args.arms:
         return _field_trial(args, config)
-    if args.out:
-        raise ValueError("--out goes with --arms (a field trial's report); a run's directory is run_dir in the config")
     if args.role == "site":
-        if args.resume:
-            raise ValueError("--role site cannot --resume: restart the site; the central coordinator resends its work")
         from fedge.coordinator.site import SiteAggregator
 
         summary = SiteAggregator(config).run()
@@ -244,6 +273,9 @@ def cmd_trial(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from fedge.deploy.run_files import exportable
+
+    exportable(Path(args.run_dir), Path(args.adapter) if args.adapter else None)  # an unfinished run fails before the heavy imports
     from fedge.deploy.onnx import export_run
 
     files = export_run(Path(args.run_dir), Path(args.onnx), int8=args.int8, adapter=Path(args.adapter) if args.adapter else None)

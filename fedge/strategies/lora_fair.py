@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from fedge.strategies.base import A_SUFFIX, ClientUpdate, State, Strategy, StrategyError, average_factors, product_terms, trained_modules, with_factors
 from fedge.strategies.factored import LowRank, stack
@@ -45,6 +44,8 @@ class LoRAFAIR(Strategy):
         return np.linalg.solve(gram + self.lam * np.eye(len(gram)), target.T).T
 
     def cosine(self, exact: LowRank, b_bar: np.ndarray, a_bar: np.ndarray) -> np.ndarray:
+        import torch  # autograd for the paper's objective; only this solver needs it (configs load without torch)
+
         left, cross = torch.from_numpy(exact.left), torch.from_numpy(exact.right @ a_bar.T)  # ΔW·Āᵀ = left·cross
         gram = torch.from_numpy(a_bar @ a_bar.T)
         base = torch.from_numpy(b_bar)
