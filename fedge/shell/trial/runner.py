@@ -5,6 +5,7 @@ the centralised reference on the pooled shards."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -59,7 +60,9 @@ def devices_evaluate(trial: TrialConfig, run: StrategyRun) -> bool:
 
 
 def run_trial(trial: TrialConfig, out_dir: Path, console: Console) -> Path:
-    """Run every (seed, strategy) pair in turn and write the report; returns the report's path."""
+    """Run every (seed, strategy) pair in turn and write the report; returns the report's path. A run that an
+    earlier invocation finished in ``out_dir`` with the same settings and split is kept, not run again: an
+    interrupted trial picks up where it stopped, and arms added to a trial run alone."""
     started = time.time()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "trial.json").write_text(json.dumps(asdict(trial), indent=2, default=list))
@@ -72,12 +75,19 @@ def run_trial(trial: TrialConfig, out_dir: Path, console: Console) -> Path:
         task = progress.add_task("trial", total=total)
         for seed in trial.seeds:
             data = out_dir / f"seed_{seed}" / "data"
+            earlier = json.loads((data / "split.json").read_text()) if (data / "split.json").exists() else None
             splits[seed] = prepare_data(trial.data, trial.task_spec, agent_ids(trial), seed, data)
+            same_split = earlier == json.loads((data / "split.json").read_text())
             if trial.centralised:
-                centralised[seed] = _centralised(trial, seed, data, progress, task)
+                centralised[seed] = _centralised(trial, seed, data, progress, task, same_split)
             for run in trial.strategies:
                 run_dir = out_dir / f"seed_{seed}" / run.label.replace(" ", "_").replace("=", "-")
-                status = _run_one(trial, run, seed, data, run_dir, progress, task)
+                if same_split and finished_run(trial, run, seed, data, run_dir):
+                    progress.console.print(f"seed {seed} {run.label}: finished by an earlier invocation with these settings; kept")
+                    progress.update(task, advance=trial.rounds)
+                    status = 0
+                else:
+                    status = _run_one(trial, run, seed, data, run_dir, progress, task)
                 if trial.virtual_fleet and seed == trial.seeds[0]:
                     _clock_virtual_fleet(trial, run_dir)
                 runs.append({"strategy": run.label, "name": run.name, "seed": seed, "run_dir": str(run_dir), "exit": status})
@@ -85,6 +95,19 @@ def run_trial(trial: TrialConfig, out_dir: Path, console: Console) -> Path:
     console.print(report.table)
     console.print(f"report: [bold]{report.path}[/] (plots beside it); trial wall time {time.time() - started:.0f} s")
     return report.path
+
+
+def finished_run(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds this very run, finished: the coordinator settings it would get now (its broker and
+    fleet aside, which are each invocation's own) and every round recorded."""
+    config, metrics = run_dir / "coordinator.yaml", run_dir / "coordinator" / "metrics.jsonl"
+    if not (config.exists() and metrics.exists() and (run_dir / "wall_s").exists()):
+        return False
+    own = ("broker", "enrolment")
+    saved = {key: value for key, value in (yaml.safe_load(config.read_text()) or {}).items() if key not in own}
+    wanted = {key: value for key, value in coordinator_config(trial, run, seed, data, run_dir / "coordinator", "", Path()).items() if key not in own}
+    rounds = [json.loads(line)["round"] for line in metrics.read_text().splitlines() if line.strip()]
+    return saved == yaml.safe_load(yaml.safe_dump(wanted)) and bool(rounds) and max(rounds) == trial.rounds
 
 
 def _clock_virtual_fleet(trial: TrialConfig, run_dir: Path) -> None:
@@ -97,10 +120,20 @@ def _clock_virtual_fleet(trial: TrialConfig, run_dir: Path) -> None:
     (run_dir / "virtual.json").write_text(json.dumps(asdict(clocked) | {"round_seconds": clocked.round_seconds}, indent=2))
 
 
-def _centralised(trial: TrialConfig, seed: int, data: Path, progress: Progress, task) -> list[dict]:
-    """The centralised reference for one seed, written beside the seed's runs (``centralised.json``)."""
+def _centralised(trial: TrialConfig, seed: int, data: Path, progress: Progress, task, same_split: bool) -> list[dict]:
+    """The centralised reference for one seed, written beside the seed's runs (``centralised.json``, its settings
+    in ``centralised.settings.json``); kept from an earlier invocation with the same settings and split."""
     from fedge.shell.trial.centralised import centralised_scores
 
+    planner = trial.planner
+    settings = {"backbone": trial.backbone, "task": asdict(trial.task_spec), "rounds": trial.rounds, "steps_per_round": trial.local_steps * len(trial.fleet), "batch_size": trial.batch_size,
+                "learning_rate": trial.learning_rate, "depth": planner.get("max_depth") or CENTRAL_DEPTH, "rank": max(planner.get("ranks") or [CENTRAL_RANK]),
+                "scaling": planner.get("scaling", PlannerOptions.scaling), "seed": seed}
+    saved, settings_file = data.parent / "centralised.json", data.parent / "centralised.settings.json"
+    if same_split and saved.exists() and settings_file.exists() and json.loads(settings_file.read_text()) == json.loads(json.dumps(settings)):
+        progress.console.print(f"seed {seed} centralised: finished by an earlier invocation with these settings; kept")
+        progress.update(task, advance=trial.rounds)
+        return json.loads(saved.read_text())
     done_before = progress.tasks[task].completed
     started = time.time()
 
@@ -108,17 +141,17 @@ def _centralised(trial: TrialConfig, seed: int, data: Path, progress: Progress, 
         progress.console.print(f"seed {seed} centralised: round {round_number} {trial.metric} {score:.3f}, loss {loss:.3f}, {time.time() - started:.0f} s")
         progress.update(task, completed=done_before + round_number, description=f"seed {seed} centralised ({time.time() - started:.0f} s)")
 
-    planner = trial.planner
     records = centralised_scores(
-        trial.backbone, trial.task_spec, data / "train_pooled.jsonl", data / "test.jsonl", trial.rounds, trial.local_steps * len(trial.fleet),
-        trial.batch_size, trial.learning_rate, planner.get("max_depth") or CENTRAL_DEPTH, max(planner.get("ranks") or [CENTRAL_RANK]),
-        planner.get("scaling", PlannerOptions.scaling), seed, on_round,
+        trial.backbone, trial.task_spec, data / "train_pooled.jsonl", data / "test.jsonl", trial.rounds, settings["steps_per_round"],
+        trial.batch_size, trial.learning_rate, settings["depth"], settings["rank"], settings["scaling"], seed, on_round,
     )
-    (data.parent / "centralised.json").write_text(json.dumps(records, indent=2))
+    saved.write_text(json.dumps(records, indent=2))
+    settings_file.write_text(json.dumps(settings, indent=2))
     return records
 
 
 def _run_one(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_dir: Path, progress: Progress, task) -> int:
+    shutil.rmtree(run_dir, ignore_errors=True)  # what an interrupted or differently set earlier run left
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.time()
