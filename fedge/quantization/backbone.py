@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedge.delivery.store import file_sha256
+from fedge.quantization.build_lock import build_once
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def _digest_of(directory: Path) -> str:
 
 
 def _convert_gguf(name: str, target: Path) -> None:
+    """The packaged GGUF checkpoint as a plain fp32 checkpoint in ``target`` (a scratch directory of ``build_once``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,10 +77,8 @@ def _convert_gguf(name: str, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
 
 
 def locate_backbone(name_or_path: str = DEFAULT_BACKBONE) -> BackboneSource:
@@ -89,9 +89,7 @@ def locate_backbone(name_or_path: str = DEFAULT_BACKBONE) -> BackboneSource:
         directory = path
     elif name_or_path in _GGUF_PACKAGES:
         directory = cache_root() / "backbones" / name_or_path
-        if not _weights_file(directory).exists():
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(name_or_path, directory)
+        build_once(directory, lambda path: _weights_file(path).exists(), lambda scratch: _convert_gguf(name_or_path, scratch), f"the {name_or_path} backbone")
     else:
         known = ", ".join(sorted(_GGUF_PACKAGES))
         raise BackboneError(f"unknown backbone {name_or_path!r}: give a checkpoint directory or one of {known}")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fedge.delivery import Manifest, build_manifest
 from fedge.quantization.backbone import LOADING, BackboneSource, bitsandbytes_config, cache_root, check_quantization, resolve_dtype
+from fedge.quantization.build_lock import build_once
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,7 @@ def package_backbone(source: BackboneSource, quantization: str, chunk_bytes: int
     """The package of ``source`` in ``quantization``, built on first use (a few seconds for a small model)."""
     check_quantization(quantization)
     directory = cache_root() / "packages" / f"{source.sha256[:16]}-{quantization}"
-    if not (directory / "config.json").exists():
-        _build(source, quantization, directory)
+    build_once(directory, lambda path: (path / "config.json").exists(), lambda scratch: _build(source, quantization, scratch), f"the {quantization} package of {source.name}")
     manifest_file = directory / "manifests" / f"{chunk_bytes}.json"
     if not manifest_file.exists():
         manifest_file.parent.mkdir(exist_ok=True)
@@ -69,11 +69,7 @@ def _build(source: BackboneSource, quantization: str, directory: Path) -> None:
     log.info("packaging backbone %s as %s", source.name, quantization)
     quantization_config = bitsandbytes_config(quantization)
     kwargs = {"quantization_config": quantization_config, "device_map": {"": "cpu"}} if quantization_config else {"dtype": resolve_dtype(quantization)}
-    partial = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     with LOADING, torch.no_grad():
         model = AutoModelForCausalLM.from_pretrained(source.directory, **kwargs)
-        model.save_pretrained(partial)
-    AutoTokenizer.from_pretrained(source.directory).save_pretrained(partial)
-    shutil.rmtree(directory, ignore_errors=True)
-    partial.rename(directory)
+        model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(source.directory).save_pretrained(directory)
