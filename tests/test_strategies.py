@@ -359,3 +359,25 @@ def test_unknown_strategy_and_bad_options_are_clear():
         make_strategy("lora-fair", solver="newton")
     with pytest.raises(StrategyError, match="lora-fair"):
         make_strategy("lora-fair", lamda=1)
+
+
+def test_ce_lora_weights_minimise_dissimilarity_plus_kl_to_the_data_prior():
+    """Each device's mixing weights (read back from its personal core: core_j = I + ½·E_jj puts w_ij on the
+    diagonal) are the minimiser over the simplex of Σ_j w_j(1 − sim_ij) + T·KL(w ‖ p): no other point scores lower."""
+    strategy, rank = make_strategy("ce-lora"), 4
+    spec = LoraSpec(("q_proj",), (0,), (rank,), 1.0)
+    key = module(0, "self_attn.q_proj") + C_SUFFIX
+    state = {module(0, "self_attn.q_proj") + A_SUFFIX: np.zeros((rank, 20), np.float32), module(0, "self_attn.q_proj") + B_SUFFIX: np.zeros((12, rank), np.float32)}
+    updates = [ClientUpdate(f"c{j}", 10 * (j + 1), spec, {key: (np.eye(rank) + 0.5 * np.diag(np.eye(rank)[j])).astype(np.float32)}, tuple(np.roll([5, 1, 1, 1], j)))
+               for j in range(rank)]
+    merged = strategy.aggregate(state, updates, 1)
+    sims, prior = strategy.similarity(updates), np.array([u.num_examples for u in updates], float) / 100
+    rng = np.random.default_rng(0)
+    for i, update in enumerate(updates):
+        weights = 2 * (np.diag(merged[f"{key}/{update.agent_id}"]) - 1)
+
+        def objective(w, i=i):
+            return float(w @ (1 - sims[i]) + strategy.temperature * np.sum(w * np.log(w / prior)))
+
+        assert weights.sum() == pytest.approx(1, abs=1e-5)
+        assert all(objective(weights) <= objective(rng.dirichlet(np.ones(rank))) + 1e-6 for _ in range(500))

@@ -6,8 +6,12 @@ The server personalises: C_i = Σ_j w_ij C_j. The paper's weight formula is not 
     sim_ij = β·param_ij + (1 − β)·data_ij,   w_ij ∝ p_j·exp(sim_ij / T)   (over the clients j that sent the module)
 where param_ij is the cosine between the learned parts of the cores (C − I, padded to a common size, averaged over
 the modules both sent) and data_ij = 1 − ½‖h_i − h_j‖₁ the overlap of the clients' normalised label histograms
-(shared in their hello; never raw data). Defaults β = 0.5, T = 0.1. Mixed ranks: cores are zero-padded and each
-client takes its top-left r_i×r_i block. There is no global model: accuracy is measured on the clients.
+(shared in their hello; never raw data). Defaults β = 0.5, T = 0.1. That softmax is the exact minimiser of
+    w_i = argmin over the simplex of Σ_j w_ij·(1 − sim_ij) + T·KL(w_i ‖ p),
+the weights each client would learn by trading dissimilarity against the data-size prior p, so no iterative solver
+is needed. Where a device sent no label histogram the data term drops out (β = 1) and the round's record says so
+(``notes``). Mixed ranks: cores are zero-padded and each client takes its top-left r_i×r_i block. There is no
+global model: accuracy is measured on the clients.
 """
 
 from __future__ import annotations
