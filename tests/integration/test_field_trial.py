@@ -44,6 +44,7 @@ def test_the_coordinator_runs_every_arm_over_the_same_connected_agents(mosquitto
     assert [c["strategy"] for c in report["comparisons"]] == ["flexlora"] and report["comparisons"][0]["difference"]["count"] == 2
     markdown = (out / "report.md").read_text()
     assert "## Against the baseline: hetlora" in markdown and "Every device trained on its own data" in markdown and "a0 (cpu-8gb)" in markdown
+    assert "planner {'max_depth': 1, 'ranks': [2]}" in markdown
     for index in range(2):
         assert (tmp_path / f"a{index}.log").read_text().count("staying for the next run") == 3  # one process through four arms
 

@@ -119,6 +119,7 @@ def report_trial(config: CoordinatorConfig, trial: FieldTrial, devices: dict[str
     return TrialConfig(
         strategies=trial.strategies, fleet=tuple(f"{device} ({profile})" if profile else device for device, profile in sorted(devices.items())), name=trial.name,
         backbone=config.backbone, seeds=trial.seeds, rounds=config.rounds, local_steps=config.local_steps, batch_size=config.batch_size,
-        learning_rate=config.learning_rate, data=TrialData(source=FIELD_SOURCE), task=config.task, planner=config.planner,
+        learning_rate=config.learning_rate, data=TrialData(source=FIELD_SOURCE), task=config.task,
+        planner={key: list(value) if isinstance(value, tuple) else value for key, value in config.planner.items()},  # as the YAML said it
         target_accuracy=trial.target_accuracy, baseline=trial.baseline, privacy=config.privacy,
     )
