@@ -34,7 +34,7 @@ class FedExLoRA(Strategy):
         for module, weighted in trained_modules(state, updates, A_SUFFIX):
             b_bar, a_bar = average_factors(state, module, weighted)
             terms = product_terms(weighted, module) + [(-1.0, b_bar, a_bar)]
-            if sum(b.shape[1] for _, b, _ in terms) <= self.exact_residual_rank:
+            if not self.cuts(sum(b.shape[1] for _, b, _ in terms[:-1]), a_bar.shape[0]):
                 residual = compress(stack(terms))
             else:
                 residual = leading_svd(terms, a_bar.shape[0], self.sketch, buffer, likely_rows=state[module + A_SUFFIX]).truncated(a_bar.shape[0])
@@ -42,8 +42,12 @@ class FedExLoRA(Strategy):
             with_factors(merged, module, b_bar, a_bar)
         return merged
 
+    def cuts(self, stacked_rank: int, rank: int) -> bool:
+        """Whether a module's residual (stacked rank Σ r_i + R) is cut to its top R directions, not sent exactly."""
+        return stacked_rank + rank > self.exact_residual_rank
+
     def notes(self, state: State, updates: Sequence[ClientUpdate]) -> dict[str, str]:
-        cut, modules, largest = sketched_modules(state, updates, lambda rank: self.exact_residual_rank - rank)
+        cut, modules, largest = sketched_modules(state, updates, self.cuts)
         return {"residual": f"not exact on {cut} of {modules} modules: cut to its top R directions (stacked rank up to {largest} + R, over exact_residual_rank {self.exact_residual_rank})"} if cut else {}
 
     def client_view(self, state: State, client: ClientInfo) -> State:

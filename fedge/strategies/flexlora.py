@@ -32,6 +32,6 @@ class FlexLoRA(Strategy):
         return merged
 
     def notes(self, state: State, updates: Sequence[ClientUpdate]) -> dict[str, str]:
-        sketched, modules, largest = sketched_modules(state, updates, lambda rank: self.sketch.exact_below * (rank + self.sketch.oversampling))
+        sketched, modules, largest = sketched_modules(state, updates, self.sketch.worth_it)
         return {"svd": f"randomized range finder on {sketched} of {modules} modules (stacked rank up to {largest})"} if sketched else {}
 

@@ -37,10 +37,11 @@ class SketchSettings:
         return stacked_rank > self.exact_below * (rank + self.oversampling)
 
 
-def sketched_modules(state: dict[str, np.ndarray], updates, exact_up_to: Callable[[int], int]) -> tuple[int, int, int]:
-    """(modules whose stacked rank Σ r_i is above ``exact_up_to(R)``, modules trained, the largest stacked rank)."""
+def sketched_modules(state: dict[str, np.ndarray], updates, sketched: Callable[[int, int], bool]) -> tuple[int, int, int]:
+    """(modules where ``sketched(Σ r_i, R)`` holds, modules trained, the largest stacked rank Σ r_i): the strategy's
+    own test of when it leaves the exact path, applied to a round's updates."""
     stacked = [(sum(update.tensors[module + A_SUFFIX].shape[0] for update, _ in weighted), state[module + A_SUFFIX].shape[0]) for module, weighted in trained_modules(state, updates, A_SUFFIX)]
-    return sum(total > exact_up_to(rank) for total, rank in stacked), len(stacked), max((total for total, _ in stacked), default=0)
+    return sum(sketched(total, rank) for total, rank in stacked), len(stacked), max((total for total, _ in stacked), default=0)
 
 
 def sketch_settings(seed: int, power_iterations: object, oversampling: object) -> SketchSettings:
