@@ -23,7 +23,7 @@ def test_bad_coordinator_config_exits_non_zero_naming_the_keys(tmp_path, caplog)
     config = tmp_path / "c.yaml"
     config.write_text("rounds: -1\n")
     assert main(["coordinator", "--config", str(config)]) == 1
-    assert "eval_data: required" in caplog.text and "rounds: must be a positive integer" in caplog.text
+    assert "eval_data: required" in caplog.text and "rounds: must be >= 1 (got -1)" in caplog.text
 
 
 def test_unknown_command_is_refused():
@@ -59,7 +59,7 @@ def test_plan_reports_every_fleet_file_error(tmp_path, caplog):
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text("planner: {ranks: [0], colour: red}\ndevices:\n  - {device: toaster-9000}\n  - {device: cpu-8gb, profile: x.json}\n  - {device: cpu-8gb, count: 0}\n")
     assert main(["plan", str(fleet), "--model", "smollm2-135m-instruct"]) == 1
-    for problem in ("planner.colour: unknown option", "planner.ranks", "devices[0]", "toaster-9000", "devices[1]: give exactly one", "devices[2]: count and examples"):
+    for problem in ("planner.colour: unknown key", "planner.ranks[0]: must be >= 1", "devices[0]: unknown device 'toaster-9000'", "devices[1]: give exactly one", "devices[2].count: must be >= 1 (got 0)"):
         assert problem in caplog.text
 
 

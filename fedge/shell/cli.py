@@ -13,8 +13,10 @@ from functools import partial
 from rich.console import Console
 from rich.logging import RichHandler
 
+from fedge.edge_agent.options import AgentOptions
 from fedge.quantization.backbone import DEFAULT_BACKBONE, QUANTIZATIONS
 from fedge.shell import commands
+from fedge.shell.schema_options import add_options
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -53,26 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker.set_defaults(func=commands.cmd_broker)
 
     agent = sub.add_parser("agent", help="run an edge agent")
-    agent.add_argument("--broker", required=True, help="mqtt://[user@]host:port or mqtts://…; password from FEDGE_MQTT_PASSWORD")
-    agent.add_argument("--data", required=True, help="JSON lines in the task's format: {text, label}, {instruction, input?, response} or {messages}")
-    agent.add_argument("--credentials", help="this device's credentials file from `fedge enroll` (its id, signing key and broker login)")
-    agent.add_argument("--id", help="this device's id: 1-64 letters, digits, '.', '_' or '-' (default: the credentials' id)")
-    agent.add_argument("--insecure", action="store_true", help="run without credentials: unsigned, for a coordinator with insecure: true")
-    agent.add_argument("--device-profile", help="simulate this catalogue device (its memory limit, speed and links) on this machine's backend")
-    agent.add_argument("--device", help="torch device (default: cuda if available)")
-    agent.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    agent.add_argument("--save", help="save the final adapter here")
-    agent.add_argument("--eval-data", help="held-out JSON lines in the same format: report the task's score after every round")
-    agent.add_argument("--heartbeat", type=float, default=10.0, help="seconds between heartbeats (sent from their own thread, whatever the agent is doing)")
-    agent.add_argument("--cache", help="where backbone packages are kept, by digest (default $FEDGE_CACHE/received)")
-    agent.add_argument("--slowdown", type=float, default=1.0, help="make every training step take this many times as long: emulate a slower device (field trials)")
-    agent.add_argument("--receipt-wait", type=float, default=30.0, help="seconds to wait for the coordinator's receipt of an update before sending it again (doubling each time)")
-    agent.add_argument("--max-line-kb", type=int, default=1024, help="refuse a data line longer than this many KiB (before it is parsed or tokenized)")
-    agent.add_argument("--no-label-counts", action="store_true", help="never tell the coordinator how many examples of each label this device holds, even when its strategy asks")
-    agent.add_argument("--username", help="broker user name (password from FEDGE_MQTT_PASSWORD) instead of the credentials' login")
-    agent.add_argument("--ca-certs", help="CA bundle that signed the broker's certificate (mqtts://)")
-    agent.add_argument("--certfile", help="client certificate for mutual TLS")
-    agent.add_argument("--keyfile", help="private key of the client certificate")
+    add_options(agent, AgentOptions)
     agent.set_defaults(func=commands.cmd_agent)
 
     enroll = sub.add_parser("enroll", help="give devices identities and credentials, revoke them, write broker password and ACL files")
@@ -112,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     backbone.add_argument("--max-frame-kb", type=int, default=512, help="the coordinator's max_frame_kb (sets the chunk size)")
     backbone.add_argument("--out", required=True, help="directory to write OUT/<digest>/ into")
     backbone.set_defaults(func=commands.cmd_backbone)
+
+    schema = sub.add_parser("schema", help="print a config file's JSON Schema, or rewrite the schemas and the configuration reference")
+    schema.add_argument("kind", nargs="?", choices=("coordinator", "trial", "arms", "fleet", "agent"), help="which file's schema to print")
+    schema.add_argument("--write", metavar="ROOT", help="write ROOT/schemas/*.schema.json and ROOT/docs/reference/configuration.md")
+    schema.set_defaults(func=commands.cmd_schema)
 
     export = sub.add_parser("export", help="merge a run's model into its backbone and write it as ONNX for onnxruntime")
     export.add_argument("run_dir", help="the coordinator's run directory (RUN/coordinator in a demo or trial)")

@@ -58,7 +58,11 @@ def cmd_broker(args) -> int:
 
 
 def cmd_agent(args, agent_type=None) -> int:
+    from fedge.edge_agent.options import AgentOptions
+    from fedge.shell.schema_options import options_from
     from fedge.task.data import read_rows
+
+    args = options_from(args, AgentOptions)
 
     max_line = args.max_line_kb * 1024
     data = read_rows(args.data, max_line)  # checked before the heavy imports: a bad file fails in well under a second
@@ -269,6 +273,19 @@ def cmd_trial(args) -> int:
         console.print(f"[red]{error}[/]")
         return 2
     run_trial(trial, Path(args.out or f"runs/trial-{trial.name}"), console)
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from fedge.shell.schemas import json_schema, write_all
+
+    if args.write:
+        for path in write_all(Path(args.write)):
+            console.print(f"wrote {path}")
+        return 0
+    if not args.kind:
+        raise ValueError("name a kind of file (coordinator, trial, arms, fleet, agent), or --write ROOT")
+    print(json.dumps(json_schema(args.kind), indent=2, ensure_ascii=False))
     return 0
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import re
 
 DEFAULT_ROOT = "fedge/v1"
-_AGENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+AGENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def check_agent_id(agent_id: str) -> str:
     """Agent ids become topic levels, so MQTT wildcards and separators are refused."""
-    if not _AGENT_ID.match(agent_id):
+    if not AGENT_ID.match(agent_id):
         raise ValueError(f"agent id {agent_id!r} must be 1-64 of letters, digits, '.', '_' or '-'")
     return agent_id
 
@@ -65,4 +65,4 @@ def agent_of(topic: str, root: str = DEFAULT_ROOT) -> str | None:
     if not topic.startswith(prefix):
         return None
     parts = topic[len(prefix) :].split("/")
-    return parts[0] if len(parts) == 2 and _AGENT_ID.match(parts[0]) else None
+    return parts[0] if len(parts) == 2 and AGENT_ID.match(parts[0]) else None

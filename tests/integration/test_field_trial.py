@@ -44,7 +44,7 @@ def test_the_coordinator_runs_every_arm_over_the_same_connected_agents(mosquitto
     assert [c["strategy"] for c in report["comparisons"]] == ["flexlora"] and report["comparisons"][0]["difference"]["count"] == 2
     markdown = (out / "report.md").read_text()
     assert "## Against the baseline: hetlora" in markdown and "Every device trained on its own data" in markdown and "a0 (cpu-8gb)" in markdown
-    assert "planner {'max_depth': 1, 'ranks': [2]}" in markdown
+    assert "planner {'ranks': [2], 'max_depth': 1}" in markdown
     for index in range(2):
         assert (tmp_path / f"a{index}.log").read_text().count("staying for the next run") == 3  # one process through four arms
 
@@ -55,5 +55,10 @@ def test_an_arms_file_is_checked_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError) as error:
         FieldTrial.from_yaml(tmp_path / "arms.yaml", config)
     text = str(error.value)
-    for problem in ("strategies.flexlora.colour: unknown key", "seeds: a list of distinct", "rounds: unknown key (arms set name", "baseline: 'fedit' is not one of", "target_accuracy: a score"):
+    for problem in ("strategies[1].colour: unknown key", "rounds: unknown key (known: strategies, name, seeds, baseline, target_accuracy)", "target_accuracy: must be <= 1 (got 2)"):
         assert problem in text, text
+    (tmp_path / "arms.yaml").write_text(yaml.safe_dump({"strategies": ["hetlora", {"name": "flexlora", "options": {"colour": 1}}], "seeds": [0, 0], "baseline": "fedit"}))
+    with pytest.raises(ConfigError) as error:
+        FieldTrial.from_yaml(tmp_path / "arms.yaml", config)
+    for problem in ("strategies[1].options: flexlora:", "seeds: each seed once", "baseline: 'fedit' is not one of"):
+        assert problem in str(error.value), str(error.value)

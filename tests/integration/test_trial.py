@@ -62,13 +62,16 @@ def test_trial_config_errors_are_collected():
         TrialConfig.from_dict({"strategies": ["fedprox", {"name": "lora-fair", "options": {"solver": "x"}}, {"name": "hetlora", "round_mode": "later", "colour": 2}], "fleet": ["cpu-8gb"], "colour": 1, "device_eval": "some",
                                "privacy": {"clip_norm": -1}, "slowdown": {"cpu-16gb": 0.5}, "virtual_fleet": [{"device": "abacus", "count": 3}]})
     text = str(error.value)
-    assert "strategies.hetlora.round_mode: one of" in text and "strategies.hetlora.colour: unknown key" in text and "slowdown:" in text and "virtual_fleet[0]" in text
-    assert "fedprox" in text and "solver" in text and "at least two" in text and "colour: unknown key" in text and "device_eval" in text
+    assert "strategies[2].round_mode: one of" in text and "strategies[2].colour: unknown key" in text and "slowdown.cpu-16gb: must be >= 1" in text
+    assert "strategies[0].name: one of" in text and "strategies[1].options: lora-fair solver" in text and "fleet: at least 2 items (got 1)" in text and "\n  colour: unknown key" in text
+    assert "device_eval: one of auto, all, none (got 'some')" in text
     assert "privacy.clip_norm" in text and "privacy.noise_multiplier" in text
     with pytest.raises(ConfigError) as error:
         TrialConfig.from_dict({"strategies": ["hetlora"], "fleet": ["cpu-8gb", "cpu-16gb", "cpu-8gb"], "robust": {"combiner": "krum"}, "insiders": {"count": 2, "attack": "virus"}})
     text = str(error.value)
-    assert "robust.combiner: one of" in text and "insiders.attack: one of sign_flip" in text and "insiders.count: at least 1 and fewer than half the fleet (3 devices)" in text
+    assert "robust.combiner: one of" in text and "insiders.attack: one of sign_flip" in text
+    with pytest.raises(ConfigError, match=r"insiders.count: fewer than half the fleet \(3 devices\)"):
+        TrialConfig.from_dict({"strategies": ["hetlora"], "fleet": ["cpu-8gb", "cpu-16gb", "cpu-8gb"], "insiders": {"count": 2, "attack": "bias"}})
     trial = TrialConfig.from_dict({"strategies": ["hetlora"], "fleet": ["cpu-8gb", "cpu-16gb", "cpu-8gb"], "insiders": {"count": 1, "attack": "bias"}})
     assert trial.insider_count == 1
 

@@ -27,25 +27,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
-import yaml
+from pydantic import BeforeValidator, Field
 
-from fedge.coordinator.config import (ConfigError, parse_robust, parse_server_optimizer, parse_task, privacy_problems, proximal_mu_problems, round_mode_problems,
-                                      server_optimizer_problems)
-from fedge.strategies import STRATEGIES, StrategyError, make_strategy
-from fedge.shell.trial.data import KINDS, TrialData, default_task
-from fedge.shell.trial.insider import ATTACKS
+from fedge.config_schema import ConfigError, Section, known_part, load_yaml, validated
+from fedge.coordinator.config import server_optimizer_problems, task_spec
+from fedge.coordinator.config_schema import (OffWhenEmpty, PlannerSection, Positive, PrivacySection, ProximalMu, RobustSection, RoundModeFields, ServerOptimizerSection, StrategyName,
+                                             TaskSection)
+from fedge.strategies import StrategyError, make_strategy
+from fedge.strategies.server_optimizer import ServerOptimizer
+from fedge.task.kinds import task_problems
+from fedge.shell.trial.data import KINDS, SOURCES, TrialData, default_task
 from fedge.wire import TaskSpec
 from fedge.profiles import load_catalogue_profile
 from fedge.quantization.backbone import DEFAULT_BACKBONE
 
 
 DEVICE_EVAL = ("auto", "all", "none")
-
-
-ROUND_KEYS = ("round_mode", "buffer_size", "max_staleness", "staleness_exponent", "aggregation_period_s")
+ATTACKS = ("sign_flip", "scale", "constant", "bias")  # what a compromised device does to its update (fedge.shell.trial.insider)
+ROUND_KEYS = tuple(RoundModeFields.model_fields)
 
 
 @dataclass(frozen=True)
@@ -107,117 +111,177 @@ class TrialConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrialConfig:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping")
-        return cls.from_dict(raw)
+        return cls.from_dict(load_yaml(path, "trial config"))
 
     @classmethod
     def from_dict(cls, raw: dict) -> TrialConfig:
-        raw = dict(raw)
-        errors = []
-        data_keys = {f.name for f in fields(TrialData)}
-        data_raw = raw.pop("data", {}) or {}
-        errors += [f"data.{key}: unknown key" for key in sorted(set(data_raw) - data_keys)]
-        data_values = {key: value for key, value in data_raw.items() if key in data_keys}
-        if isinstance(data_values.get("train"), list):
-            data_values["train"] = tuple(data_values["train"])
-        data = TrialData(**data_values)
-        errors += data.problems()
-        task = None
-        if "task" in raw:
-            task, task_errors = parse_task(raw.pop("task"))
-            errors += task_errors
-            if data.source in KINDS and task.kind != KINDS[data.source]:
-                errors.append(f"task.kind: the {data.source} data is for the {KINDS[data.source]} task kind")
-        elif data.source == "files":
-            errors.append("task: required with data.source: files (kind, and labels and prompt for classify)")
-        strategies, strategy_errors = parse_strategies(raw.pop("strategies", None), raw.get("planner") or {})
-        errors += strategy_errors
-        fleet = tuple(raw.pop("fleet", None) or ())
-        for device in fleet:
-            try:
-                load_catalogue_profile(device)
-            except (KeyError, ValueError) as error:
-                errors.append(f"fleet: {error}")
-        if raw.get("device_eval", "auto") not in DEVICE_EVAL:
-            errors.append(f"device_eval: one of {', '.join(DEVICE_EVAL)}")
-        if len(fleet) < 2:
-            errors.append("fleet: at least two catalogue devices")
-        slowdown = raw.get("slowdown") or {}
-        if not isinstance(slowdown, dict) or any(device not in fleet or not isinstance(factor, (int, float)) or factor < 1 for device, factor in slowdown.items()):
-            errors.append("slowdown: a mapping from fleet devices to factors >= 1")
-        errors += privacy_problems(raw.get("privacy") or {})
-        if "robust" in raw:
-            errors += parse_robust(raw["robust"])[1]
-        errors += insider_problems(raw.get("insiders") or {}, len(fleet))
-        for index, entry in enumerate(raw.get("virtual_fleet") or []):
-            try:
-                load_catalogue_profile(entry["device"])
-                if int(entry.get("count", 1)) < 1 or int(entry.get("examples", 500)) < 1 or set(entry) - {"device", "count", "examples"}:
-                    raise ValueError("count and examples must be positive; no other keys")
-            except (KeyError, ValueError, TypeError) as error:
-                errors.append(f"virtual_fleet[{index}]: {{device, count, examples}} with a catalogue device: {error}")
-        errors += baseline_problems(raw.get("baseline", ""), [run.label for run in strategies], bool(raw.get("centralised")))
-        errors += data.fleet_problems(len(fleet))
-        known = set(cls.__dataclass_fields__) - {"strategies", "fleet"}
-        errors += [f"{key}: unknown key" for key in sorted(set(raw) - known)]
+        file, errors = validated(TrialFile, raw)
+        if file is None:
+            raise ConfigError("invalid trial config:\n  " + "\n  ".join(errors + _unchecked_problems(raw)))
+        trial = cls(
+            strategies=strategy_runs(file.strategies), fleet=tuple(file.fleet), name=file.name, backbone=file.backbone, seeds=tuple(file.seeds), rounds=file.rounds,
+            local_steps=file.local_steps, batch_size=file.batch_size, learning_rate=file.learning_rate, data=trial_data(file.data), task=task_spec(file.task) if file.task else None,
+            planner=file.planner.model_dump(exclude_unset=True), same_rank=file.same_rank, target_accuracy=file.target_accuracy, round_deadline_s=file.round_deadline_s,
+            device_eval=file.device_eval, centralised=file.centralised, privacy=file.privacy.model_dump(exclude_none=True) if file.privacy else {}, slowdown=dict(file.slowdown),
+            virtual_fleet=tuple(entry.model_dump() for entry in file.virtual_fleet), robust=file.robust.model_dump(exclude_unset=True) if file.robust else {},
+            insiders=file.insiders.model_dump() if file.insiders else {}, baseline=file.baseline,
+        )
+        errors = trial.problems()
         if errors:
             raise ConfigError("invalid trial config:\n  " + "\n  ".join(errors))
-        values = {key: value for key, value in raw.items() if key in known - {"data", "task"}}
-        if "seeds" in values:
-            values["seeds"] = tuple(values["seeds"])
-        if "virtual_fleet" in values:
-            values["virtual_fleet"] = tuple(values["virtual_fleet"] or ())
-        return cls(strategies=strategies, fleet=fleet, data=data, task=task, **values)
+        return trial
+
+    def problems(self) -> list[str]:
+        """What no single key shows: catalogue devices, the task against the data, strategies against their options,
+        the baseline among the runs, insiders and training files against the fleet."""
+        errors = [f"fleet: {error}" for error in _catalogue_problems(self.fleet)]
+        errors += [f"virtual_fleet: {error}" for error in _catalogue_problems(entry["device"] for entry in self.virtual_fleet)]
+        errors += self.data.fleet_problems(len(self.fleet)) + _data_problems(self.data, self.task)
+        errors += [f"slowdown.{device}: not a fleet device" for device in self.slowdown if device not in self.fleet]
+        if self.insider_count and not self.insider_count < len(self.fleet) / 2:
+            errors.append(f"insiders.count: fewer than half the fleet ({len(self.fleet)} devices)")
+        errors += run_problems(enumerate(self.strategies), self.planner)
+        return errors + baseline_problems(self.baseline, [run.label for run in self.strategies], self.centralised)
 
 
-def parse_strategies(entries: object, planner: dict) -> tuple[tuple[StrategyRun, ...], list[str]]:
-    """A trial's ``strategies`` list: each a strategy's name, or a mapping with its options, round-mode keys, server
-    optimiser and FedProx μ; returns the runs and the problems found."""
-    if entries is not None and not isinstance(entries, list):
-        return (), ["strategies: a list of strategy names or mappings"]
-    runs, errors = [], []
-    for entry in entries or []:
-        if not isinstance(entry, (str, dict)):
-            errors.append(f"strategies: {entry!r} is neither a strategy name nor a mapping")
-            continue
-        if isinstance(entry, dict):
-            errors += [f"strategies.{entry.get('name')}.{key}: unknown key" for key in sorted(set(entry) - {"name", "options", "server_optimizer", "proximal_mu", "learning_rate", *ROUND_KEYS})]
-        run = StrategyRun(entry) if isinstance(entry, str) else StrategyRun(entry.get("name", ""), entry.get("options") or {}, {key: entry[key] for key in ROUND_KEYS if key in entry},
-                                                                             entry.get("server_optimizer") or {}, entry.get("proximal_mu", 0.0), entry.get("learning_rate", 0.0))
-        optimizer, optimizer_errors = parse_server_optimizer(run.server_optimizer)
-        problems = proximal_mu_problems(run.proximal_mu) + round_mode_problems(run.rounds, planner) + optimizer_errors
-        if not isinstance(run.learning_rate, (int, float)) or isinstance(run.learning_rate, bool) or not 0 <= run.learning_rate <= 1:
-            problems.append("learning_rate: the devices' learning rate for this run, in (0, 1] (0 or unset: the trial's)")
+def _data_problems(data: TrialData, task: TaskSpec | None) -> list[str]:
+    """The data against the task: a source's own kind, a task for the operator's files, the task's own rules."""
+    errors = data.problems()
+    if task is None and data.source == "files":
+        errors.append("task: required with data.source: files (kind, and labels and prompt for classify)")
+    if task is not None and data.source in KINDS and task.kind != KINDS[data.source]:
+        errors.append(f"task.kind: the {data.source} data is for the {KINDS[data.source]} task kind")
+    return errors + (task_problems(task) if task is not None else [])
+
+
+def _unchecked_problems(raw: dict) -> list[str]:
+    """With some keys wrong, what the cross-key checks can still tell from the parts that are right."""
+    fleet = raw.get("fleet")
+    errors = [f"fleet: {error}" for error in _catalogue_problems(fleet)] if isinstance(fleet, list) and all(isinstance(device, str) for device in fleet) else []
+    data = known_part(DataSection, raw.get("data") or {})
+    task = known_part(TaskSection, raw["task"]) if "task" in raw else None
+    if data is not None and (task is not None or "task" not in raw):
+        errors += _data_problems(trial_data(data), task_spec(task) if task else None)
+    entries = raw.get("strategies") if isinstance(raw.get("strategies"), list) else []
+    checked = [(index, validated(StrategyEntry, _named(entry))[0]) for index, entry in enumerate(entries)]
+    planner = raw.get("planner") if isinstance(raw.get("planner"), dict) else {}
+    return errors + run_problems([(index, strategy_runs([entry])[0]) for index, entry in checked if entry is not None], planner)
+
+
+def _catalogue_problems(devices) -> list[str]:
+    found = []
+    for device in devices:
         try:
-            problems += server_optimizer_problems(optimizer, make_strategy(run.name, **run.options))
-            runs.append(run)
-        except StrategyError as error:
-            errors.append(f"strategies: {error}")
-        errors += [f"strategies.{run.name}.{problem}" for problem in problems]
-    if not runs and not errors:
-        errors.append(f"strategies: list at least one of {', '.join(STRATEGIES)}")
-    return tuple(runs), errors
+            load_catalogue_profile(device)
+        except (KeyError, ValueError) as error:
+            found.append(str(error.args[0]))
+    return found
 
 
-def insider_problems(insiders: dict, fleet_size: int) -> list[str]:
-    if not isinstance(insiders, dict) or set(insiders) - {"count", "attack"}:
-        return ["insiders: a mapping of count and attack"]
-    if not insiders:
-        return []
+def strategy_runs(entries: list[StrategyEntry]) -> tuple[StrategyRun, ...]:
+    """The runs of a checked ``strategies`` list."""
+    return tuple(StrategyRun(entry.name, dict(entry.options), {key: getattr(entry, key) for key in ROUND_KEYS if key in entry.model_fields_set},
+                             entry.server_optimizer.model_dump(exclude_unset=True), entry.proximal_mu, entry.learning_rate) for entry in entries)
+
+
+def run_problems(runs: Iterable[tuple[int, StrategyRun]], planner: dict) -> list[str]:
+    """Each run's (by its place in ``strategies``) strategy must take its options and carry state for its server
+    optimiser; groups keep sync rounds."""
     errors = []
-    if insiders.get("attack") not in ATTACKS:
-        errors.append(f"insiders.attack: one of {', '.join(ATTACKS)}")
-    count = insiders.get("count", 1)
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count < fleet_size / 2:
-        errors.append(f"insiders.count: at least 1 and fewer than half the fleet ({fleet_size} devices)")
+    for index, run in runs:
+        try:
+            strategy = make_strategy(run.name, **run.options)
+        except StrategyError as error:
+            errors.append(f"strategies[{index}].options: {error}")
+            continue
+        errors += [f"strategies[{index}].{problem}" for problem in server_optimizer_problems(ServerOptimizer(**run.server_optimizer), strategy)]
+        if run.rounds.get("round_mode", "sync") != "sync" and planner.get("groups"):
+            errors.append(f"strategies[{index}].round_mode: HierFedLoRA groups keep their own schedule; use round_mode: sync with planner.groups")
     return errors
 
 
-def baseline_problems(baseline: object, labels: list[str], centralised: bool) -> list[str]:
+def trial_data(section: DataSection) -> TrialData:
+    values = section.model_dump()
+    return TrialData(**{**values, "train": tuple(values["train"]) if isinstance(values["train"], list) else values["train"]})
+
+
+def baseline_problems(baseline: str, labels: list[str], centralised: bool) -> list[str]:
     if baseline in ("", None) or baseline in labels:
         return []
     if baseline == "centralised":
         return [] if centralised else ["baseline: centralised needs centralised: true"]
     return [f"baseline: {baseline!r} is not one of this trial's runs ({', '.join(labels + ['centralised'])})"]
+
+
+def _named(value: object) -> object:
+    return {"name": value} if isinstance(value, str) else value
+
+
+class StrategyEntry(RoundModeFields):
+    """One run of a trial: a strategy with its options, round mode, server optimiser, FedProx μ and learning rate."""
+
+    name: StrategyName = Field(description="the aggregation strategy")
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict, description="the strategy's own options")
+    server_optimizer: ServerOptimizerSection = Field(default_factory=ServerOptimizerSection, description="a server optimiser for this run; unset: none")
+    proximal_mu: ProximalMu = 0.0
+    learning_rate: float = Field(0.0, ge=0, le=1, description="the devices' learning rate for this run; 0: the trial's")
+
+
+StrategyItem = Annotated[StrategyEntry, BeforeValidator(_named, json_schema_input_type=StrategyName | StrategyEntry)]
+_data = TrialData()
+
+
+class DataSection(Section):
+    """Where a trial's examples come from and how they are dealt (``fedge.shell.trial.data``)."""
+
+    source: Literal[SOURCES] = Field(_data.source, description="wordnet, fortunes, chatterbot, or files (your own)")
+    train_per_label: Positive = Field(_data.train_per_label, description="wordnet, fortunes: training examples per label")
+    test_per_label: Positive = Field(_data.test_per_label, description="wordnet, fortunes: held-out examples per label")
+    alpha: float = Field(_data.alpha, gt=0, description="the Dirichlet concentration of each device's label mix; smaller is more skewed")
+    min_examples: Positive = Field(_data.min_examples, description="the fewest examples a device is dealt")
+    test_fraction: float = Field(_data.test_fraction, gt=0, lt=1, description="chatterbot: the share of every topic held out")
+    train: str | list[Annotated[str, Field(min_length=1)]] = Field(_data.train, description="files: JSON lines to deal to the devices, or a list with one file per fleet device")
+    test: str = Field(_data.test, description="files: held-out JSON lines")
+
+
+class VirtualDevice(Section):
+    """Devices clocked, not trained: each run's round times and bytes at scale (``fedge.shell.trial.virtual``)."""
+
+    device: str = Field(description="a catalogue device")
+    count: Positive = 1
+    examples: Positive = 500
+
+
+class InsidersSection(Section):
+    """The first ``count`` fleet devices are compromised (``fedge.shell.trial.insider``)."""
+
+    count: Positive = 1
+    attack: Literal[ATTACKS]
+
+
+class TrialFile(Section):
+    """A trial (``fedge trial FILE``): strategies compared on one simulated fleet."""
+
+    strategies: Annotated[list[StrategyItem], Field(min_length=1)] = Field(description="the runs: strategy names, or mappings with options")
+    fleet: Annotated[list[str], Field(min_length=2)] = Field(description="catalogue devices, one agent each")
+    name: str = Field(TrialConfig.name, min_length=1, description="the trial's name (its default output directory is runs/trial-NAME)")
+    backbone: str = Field(TrialConfig.backbone, description="a bundled backbone's name or a checkpoint directory")
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = Field(list(TrialConfig.seeds), description="every run is repeated once per seed; three or more give intervals and tests")
+    rounds: Positive = Field(TrialConfig.rounds, description="federated rounds per run")
+    local_steps: Positive = Field(TrialConfig.local_steps, description="the planner's starting local steps per round")
+    batch_size: Positive = Field(TrialConfig.batch_size, description="examples per training step")
+    learning_rate: float = Field(TrialConfig.learning_rate, gt=0, le=1, description="the devices' learning rate")
+    data: DataSection = Field(default_factory=DataSection)
+    task: TaskSection | None = Field(None, description="as in the coordinator config; unset: the data source's own task")
+    planner: PlannerSection = Field(default_factory=PlannerSection)
+    same_rank: Positive = Field(TrialConfig.same_rank, description="the one rank given to strategies that cannot mix ranks (FedIT)")
+    target_accuracy: float = Field(TrialConfig.target_accuracy, ge=0, le=1, description="the score the report counts rounds and bytes to, in the task's headline metric")
+    round_deadline_s: float = Field(TrialConfig.round_deadline_s, gt=0, description="seconds a round waits for planned devices' updates")
+    device_eval: Literal[DEVICE_EVAL] = Field(TrialConfig.device_eval, description="devices report their own score: auto (only without a global model, CE-LoRA), all, none")
+    centralised: bool = Field(TrialConfig.centralised, description="also train on the pooled shards: the reference the federated curves are drawn against")
+    privacy: OffWhenEmpty[PrivacySection] = Field(None, description="differential privacy on the devices, for every run")
+    slowdown: dict[str, Annotated[float, Field(ge=1)]] = Field(default_factory=dict, description="fleet device -> how many times as long its agents take per step")
+    virtual_fleet: list[VirtualDevice] = Field(default_factory=list, description="a larger fleet on a virtual clock")
+    robust: OffWhenEmpty[RobustSection] = Field(None, description="the coordinator's robust rules for every run")
+    insiders: OffWhenEmpty[InsidersSection] = Field(None, description="compromised devices among the fleet")
+    baseline: str = Field(TrialConfig.baseline, description="the run label (or centralised) every other run is compared with; unset: the first strategy")

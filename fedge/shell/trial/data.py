@@ -45,20 +45,12 @@ class TrialData:
         return isinstance(self.train, (list, tuple))
 
     def problems(self) -> list[str]:
-        found = []
-        if self.source not in SOURCES:
-            found.append(f"data.source: one of {', '.join(SOURCES)}")
+        """What the schema (``config.DataSection``) cannot say: ``train`` and ``test`` go with ``files`` only."""
         if self.source == "files" and not (self.train and self.test):
-            found.append("data.train and data.test: JSON lines files, required with source: files")
+            return ["data.train and data.test: JSON lines files, required with source: files"]
         if self.source != "files" and (self.train or self.test):
-            found.append("data.train and data.test: only with source: files")
-        if not isinstance(self.train, str) and (not self.per_device or not self.train or not all(isinstance(path, str) and path for path in self.train)):
-            found.append("data.train: a file, or a list of files (one per fleet device)")
-        if not 0 < self.test_fraction < 1:
-            found.append("data.test_fraction: in (0, 1)")
-        if self.alpha <= 0 or min(self.train_per_label, self.test_per_label, self.min_examples) < 1:
-            found.append("data.alpha > 0; train_per_label, test_per_label and min_examples >= 1")
-        return found
+            return ["data.train and data.test: only with source: files"]
+        return []
 
     def fleet_problems(self, devices: int) -> list[str]:
         """Problems that need the fleet's size: a list of training files must have one per device."""

@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-import yaml
+from pydantic import Field
 from rich.console import Console
 
-from fedge.coordinator.config import ConfigError, CoordinatorConfig
-from fedge.shell.trial.config import ROUND_KEYS, StrategyRun, TrialConfig, baseline_problems, parse_strategies
+
+from fedge.config_schema import ConfigError, Section, load_yaml, validated
+from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.config_schema import RoundModeFields
+from fedge.shell.trial.config import ROUND_KEYS, StrategyItem, StrategyRun, TrialConfig, baseline_problems, run_problems, strategy_runs
 from fedge.shell.trial.data import FIELD_SOURCE, TrialData
 from fedge.shell.trial.report import write_report
 
-ARM_DEFAULTS = {name: next(f.default for f in fields(CoordinatorConfig) if f.name == name) for name in ROUND_KEYS}  # an arm names its own round mode
+ARM_DEFAULTS = {name: RoundModeFields.model_fields[name].default for name in ROUND_KEYS}  # an arm names its own round mode
 
 
 @dataclass(frozen=True)
@@ -45,24 +49,24 @@ class FieldTrial:
 
     @classmethod
     def from_yaml(cls, path: str | Path, config: CoordinatorConfig) -> FieldTrial:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping")
-        strategies, errors = parse_strategies(raw.get("strategies"), config.planner)
-        errors += [f"{key}: unknown key (arms set name, strategies, seeds, baseline and target_accuracy; the rest is the coordinator config's)"
-                   for key in sorted(set(raw) - {f.name for f in fields(cls)})]
-        seeds = raw.get("seeds", [0])
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 for seed in seeds) or len(set(seeds)) < len(seeds):
-            errors.append("seeds: a list of distinct whole numbers ≥ 0")
-        target = raw.get("target_accuracy", cls.target_accuracy)
-        if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 <= target <= 1:
-            errors.append("target_accuracy: a score from 0 to 1")
-        if not isinstance(raw.get("name", cls.name), str) or not raw.get("name", cls.name):
-            errors.append("name: a non-empty string")
-        errors += baseline_problems(raw.get("baseline", ""), [run.label for run in strategies], centralised=False)
+        arms, errors = validated(ArmsFile, load_yaml(path, "arms file"))
+        if arms is not None:
+            trial = cls(strategy_runs(arms.strategies), arms.name, tuple(arms.seeds), arms.baseline, arms.target_accuracy)
+            errors = run_problems(enumerate(trial.strategies), config.planner) + baseline_problems(trial.baseline, [run.label for run in trial.strategies], centralised=False)
+            errors += ["seeds: each seed once"] if len(set(trial.seeds)) < len(trial.seeds) else []
         if errors:
             raise ConfigError(f"invalid arms file {path}:\n  " + "\n  ".join(errors))
-        return cls(strategies, raw.get("name", cls.name), tuple(seeds), raw.get("baseline", ""), float(target))
+        return trial
+
+
+class ArmsFile(Section):
+    """A field trial's arms (``fedge coordinator --config C --arms FILE``); the rest is the coordinator config's."""
+
+    strategies: list[StrategyItem] = Field(min_length=1, description="the arms: strategy names, or mappings with options, round mode, server optimiser, FedProx μ, learning rate")
+    name: str = Field(FieldTrial.name, min_length=1, description="the field trial's name (its default output directory is runs/field-NAME)")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(list(FieldTrial.seeds), min_length=1, description="every arm runs once per seed, all over the same devices")
+    baseline: str = Field(FieldTrial.baseline, description="the arm label every other arm is compared with, seed by seed; unset: the first arm")
+    target_accuracy: float = Field(FieldTrial.target_accuracy, ge=0, le=1, description="the score the report counts rounds and bytes to")
 
 
 def arm_config(config: CoordinatorConfig, trial: FieldTrial, run: StrategyRun, seed: int, run_dir: Path) -> CoordinatorConfig:

@@ -21,9 +21,9 @@ import numpy as np
 
 from fedge.adapters import upload
 from fedge.edge_agent.agent import EdgeAgent
+from fedge.shell.trial.config import ATTACKS
 from fedge.wire import AdapterUpdate, Hello
 
-ATTACKS = ("sign_flip", "scale", "constant", "bias")
 CLAIMED_EXAMPLES = 3000
 
 

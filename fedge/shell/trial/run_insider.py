@@ -7,7 +7,8 @@ import sys
 from functools import partial
 
 from fedge.shell import cli
-from fedge.shell.trial.insider import ATTACKS, InsiderAgent
+from fedge.shell.trial.config import ATTACKS
+from fedge.shell.trial.insider import InsiderAgent
 
 
 def main(argv: list[str]) -> int:
