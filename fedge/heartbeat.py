@@ -13,17 +13,18 @@ from fedge.wire import Heartbeat, topics
 log = logging.getLogger(__name__)
 
 
-def start_heartbeat(transport: MqttTransport, agent_id: str, every_s: float, stopped: threading.Event, status: Callable[[], tuple[str, int]]) -> threading.Thread:
-    """Every ``every_s`` until ``stopped``, a heartbeat with the (state, round) ``status()`` reports, on the device's
-    heartbeat lane at QoS 0 and its own signing stream: queued, never waited on, skipped while disconnected."""
+def start_heartbeat(transport: MqttTransport, agent_id: str, every_s: float, stopped: threading.Event, status: Callable[[], tuple[str, int, int, int]]) -> threading.Thread:
+    """Every ``every_s`` until ``stopped``, a heartbeat with the (state, round, step, steps) ``status()`` reports, on
+    the device's heartbeat lane at QoS 0 and its own signing stream: queued, never waited on, skipped while
+    disconnected."""
 
     def beat() -> None:
         while not stopped.wait(every_s):
             if not transport.connected:
                 continue
-            state, round_number = status()
+            state, round_number, step, steps = status()
             try:
-                transport.enqueue(topics.heartbeat(agent_id), Heartbeat(agent_id, state, time.time(), round_number), stream="beat", qos=0)
+                transport.enqueue(topics.heartbeat(agent_id), Heartbeat(agent_id, state, time.time(), round_number, step=step, steps=steps), stream="beat", qos=0)
             except Exception as error:  # never let the heartbeat thread die
                 log.debug("%s: heartbeat not sent: %s", agent_id, error)
 

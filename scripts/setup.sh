@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything fedge needs into .venv: Debian packages (WordNet and fortunes data, Mosquitto and stress-ng for the tests), a CPU
+# Installs everything fedge needs into .venv: Debian packages (WordNet and fortunes data; Mosquitto, stress-ng and Chromium for the tests), a CPU
 # torch unless one is already installed, the project with its test extras, and the packages that ship the models.
 # Versions come from constraints.txt (what the tests passed with); FEDGE_DEPS=latest takes the newest instead.
 set -euo pipefail
@@ -10,6 +10,7 @@ apt_packages=()
 [ -d /usr/share/games/fortunes ] || apt_packages+=(fortunes)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || apt_packages+=(mosquitto mosquitto-clients)
 command -v stress-ng >/dev/null 2>&1 || apt_packages+=(stress-ng)  # the busy-machine tests oversubscribe the CPU with it
+command -v chromedriver >/dev/null 2>&1 || apt_packages+=(chromium chromium-driver)  # the live fleet page is tested in headless Chromium
 if [ ${#apt_packages[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

@@ -53,6 +53,11 @@ class FleetKeys:
             log.warning("revoked during the run: %s", ", ".join(revoked))
         return revoked
 
+    def active_count(self) -> int:
+        """Devices enrolled and not revoked."""
+        with self._lock:
+            return len(self._enrolment.active())
+
     def key_of(self, identity: str) -> Ed25519PublicKey | None:
         with self._lock:
             if identity not in self._keys:

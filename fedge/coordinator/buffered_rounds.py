@@ -40,6 +40,7 @@ def run_buffered(c: Coordinator, start_round: int, arrays: dict[str, np.ndarray]
             working.add(agent_id)
 
     new_work(record.agent_id for record in c.registry.planned())
+    c.live.monitor.enter("training", version + 1)
     while version < config.rounds:
         c.handle_next(time.time() + 1.0)
         arrivals, given_up = c.collection.take_news()
@@ -61,6 +62,7 @@ def run_buffered(c: Coordinator, start_round: int, arrays: dict[str, np.ndarray]
         now = time.time()
         due = buffer.full() and (config.round_mode == "async" or now >= next_period)
         if due or (buffer.entries and not working) or now - started >= config.round_deadline_s:
+            c.live.monitor.enter("aggregating")
             arrays, staleness, discount = aggregate_buffer(c, buffer, arrays, version + 1)
             version += 1
             busy = {agent: f"still training on version {c.collection.expected_round(agent) - 1}" for agent in working}
@@ -73,6 +75,7 @@ def run_buffered(c: Coordinator, start_round: int, arrays: dict[str, np.ndarray]
             if version < config.rounds:
                 new_work(record.agent_id for record in c.registry.planned() if record.agent_id not in buffer.entries)
             c.recorder.save_kept_updates()
+            c.live.monitor.enter("training", min(version + 1, config.rounds))
         elif not working and not buffer.entries and time.monotonic() - last_redispatch >= UNKNOWN_REPLY_S:
             new_work(record.agent_id for record in c.registry.planned())  # everyone refused or went quiet
             last_redispatch = time.monotonic()

@@ -54,6 +54,7 @@ class CoordinatorConfig:
     max_message_mb: float
     max_frame_kb: int
     threads: int
+    live_address: str | None
     max_weight_share: float
     max_update_norm: float
     robust: RobustRules

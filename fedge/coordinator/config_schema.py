@@ -154,6 +154,8 @@ class CoordinatorFile(RoundModeFields):
     max_message_mb: float = Field(64.0, gt=0, description="the largest message accepted from one device")
     max_frame_kb: int = Field(512, ge=4, description="the largest MQTT frame sent; a backbone chunk is a frame less 1 KiB of header")
     threads: int = Field(0, ge=0, description="torch threads for evaluation; 0: torch's default")
+    live_address: str | None = Field("127.0.0.1:0", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+):\d{1,5}$",
+                                     description="host:port of the read-only live fleet page and Prometheus /metrics (port 0: any free port, written to RUN_DIR/live.json); unset: none")
     max_weight_share: float = Field(0.5, gt=0, le=1, description="the largest share of an aggregate's weight one device's examples may carry")
     max_update_norm: float = Field(1e4, gt=0, description="updates whose tensors' L2 norm exceeds this are refused")
     robust: RobustSection = Field(default_factory=RobustSection, description="robust aggregation rules")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -22,8 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class RunRecorder:
-    def __init__(self, run_dir: RunDirectory, evaluator: Evaluator, privacy: dict, optimizer: ServerOptimizer = ServerOptimizer()):
+    def __init__(self, run_dir: RunDirectory, evaluator: Evaluator, privacy: dict, optimizer: ServerOptimizer = ServerOptimizer(),
+                 on_record: Callable[[dict], None] = lambda record: None):
+        """``on_record``: told each record as it is written (the writer's thread)."""
         self.run_dir = run_dir
+        self.on_record = on_record
         self.evaluator = evaluator
         self.privacy = privacy
         self.moments = ServerMoments(optimizer)  # the server optimiser's, committed with each round's state
@@ -87,6 +91,7 @@ class RunRecorder:
             scores = {"accuracy": float("nan"), "loss": float("nan"), "evaluation_error": f"{type(error).__name__}: {error}"}
         self.run_dir.append_round({"round": round_number, **scores, **record})
         self.run_dir.drop_pending_record(round_number)
+        self.on_record({"round": round_number, **scores, **record})
         log.info("round %d: %s %.3f loss %.3f", round_number, scores.get("metric", "accuracy"), scores["accuracy"], scores["loss"])
 
     def keep_update(self, round_number: int, agent_id: str, tensors: dict[str, np.ndarray]) -> None:

@@ -18,6 +18,7 @@ from fedge.coordinator.aggregation_guard import all_finite
 from fedge.coordinator.collection import Collection, Expected
 from fedge.coordinator.config import CoordinatorConfig
 from fedge.coordinator.ledger import RoundLedger
+from fedge.coordinator.live_server import LiveView
 from fedge.coordinator.reputation import Reputation
 from fedge.coordinator.receiver import Receiver
 from fedge.coordinator.record import RunRecorder
@@ -44,6 +45,7 @@ class Coordinator(Protocol):
     recorder: RunRecorder
     collection: Collection | None
     reputation: Reputation
+    live: LiveView
 
     @property
     def strategy(self) -> Strategy: ...
@@ -83,6 +85,7 @@ def run_round(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], 
     groups = groups_for(c, working, arrays)
     for group in groups:
         open_exchange(c, group, round_number, deadline)
+    c.live.monitor.enter("training", round_number)
     c.recorder.save_kept_updates()  # the last round's, while the devices train
     next_sweep, next_progress = time.monotonic() + SWEEP_S, time.monotonic() + PROGRESS_S
     while not all(group.done for group in groups) and time.time() < deadline:
@@ -99,6 +102,7 @@ def run_round(c: Coordinator, round_number: int, arrays: dict[str, np.ndarray], 
     for group in groups:
         if not group.done:  # the deadline: use what arrived
             close_exchange(c, group, round_number, deadline, last=True)
+    c.live.monitor.enter("aggregating")
     arrays = c.recorder.moments.step(arrays, combine(c, arrays, groups, round_number))
     log.info("round %d closed after %.1f s: %d updates from %d participants", round_number, time.time() - started, len(c.collection.ledger.contributed), len(c.collection.ledger.participants))
     grouping = {"groups": [{"index": g.index, "members": [r.agent_id for r in g.members], "frequency": g.frequency, "exchanges": g.exchange} for g in groups]} if len(groups) > 1 else {}

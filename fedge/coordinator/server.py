@@ -33,6 +33,8 @@ from fedge.coordinator.delivery import BackboneServer
 from fedge.coordinator.evaluation import GlobalModel
 from fedge.coordinator.evaluator import Evaluator
 from fedge.coordinator.liveness import Liveness
+from fedge.coordinator.live_server import LiveView
+from fedge.coordinator.monitor import RunFacts, RunMonitor
 from fedge.coordinator.plans import Pin
 from fedge.coordinator.planning import FleetPlanning, with_task_costs
 from fedge.coordinator.reputation import Reputation
@@ -98,7 +100,9 @@ class Coordinator:
         test = kind_of(config.task.kind).items(read_rows(config.eval_data), config.task, config.eval_data)
         layers = list(range(shape.num_layers - depth, shape.num_layers))
         evaluator = Evaluator(lambda: GlobalModel(backbone, rank, layers, list(options.target_modules), config.task, test, config.seed), strategy, config.task.metric or "accuracy")
-        self.recorder = RunRecorder(run_dir, evaluator, config.privacy, config.server_optimizer)
+        facts = RunFacts(config.run_id, config.rounds, config.task.metric or "accuracy", fleet.active_count if fleet is not None else lambda: None)
+        self.live = LiveView(RunMonitor(facts), config.live_address, run_dir.path)  # binds its address now: a taken one fails before the run starts
+        self.recorder = RunRecorder(run_dir, evaluator, config.privacy, config.server_optimizer, on_record=self.live.monitor.on_record)
         self.collection: Collection | None = None  # the open round's (the last round's, between rounds)
         self.preparing: set[str] = set()  # devices preparing for the first round that have not said ready
         self.reputation = Reputation(config.robust.trust_memory, config.robust.quarantine_after)
@@ -166,14 +170,17 @@ class Coordinator:
         self.transport.connect()
         self.receiver.start()
         self.work.backbones.server.start()
+        self.live.start()
         self.run_dir.write_config(self.config.to_record())
         log.info("listening for devices on %s:%d (run %s)", self.transport.config.host, self.transport.config.port, self.config.run_id)
 
     def register_and_plan(self) -> None:
         """Wait for the expected agents, then plan them; ``RuntimeError`` when too few can train."""
         started = time.time()
+        self.live.monitor.enter("registering")
         self.await_agents(self.config.expected_clients)
         self.recorder.startup["registration_s"] = round(time.time() - started, 2)
+        self.live.monitor.enter("planning")
         self.recorder.startup["plan_s"] = round(self.admission.plan_everyone(), 3)
         if len(self.registry.planned()) < self.config.min_clients:
             raise RuntimeError(f"only {len(self.registry.planned())} agents can train this model; the run needs {self.config.min_clients} (see {self.run_dir.path}/plan.json)")
@@ -184,6 +191,7 @@ class Coordinator:
         ``ready``) or refused. The round's clock starts after, so its wall time is training, as in later rounds."""
         started = time.time()
         deadline = started + self.config.round_deadline_s
+        self.live.monitor.enter("preparing", round_number)
         self.preparing = set()
         for record in self.registry.planned():
             self.sender.send_work(self.work.assignment(record, wire_round(self, round_number, 1), deadline, prepare_only=True))
@@ -211,6 +219,7 @@ class Coordinator:
     def finish(self, arrays: dict[str, np.ndarray]) -> None:
         """Send every planned agent the final state, wait for their evaluations, save the adapter and close."""
         work, rounds = self.work, self.config.rounds
+        self.live.monitor.enter("finishing")
         queued = [self.sender.send_final(r.agent_id, work.view_key(r), lambda r=r: work.state(r, arrays, rounds, final=True, more_runs=self.more_runs)) for r in self.registry.with_plans()]
         unsent = self.transport.wait_sent(queued, timeout_s=30)
         if unsent:
@@ -220,6 +229,8 @@ class Coordinator:
         parts = self.strategy.global_parts(arrays)
         if parts is not None:
             self.recorder.evaluator.save_adapter(parts, self.run_dir.adapter_dir)
+        self.live.monitor.enter("finished")
+        self.show_status()
         self.close()
         self.run_dir.plot()
 
@@ -228,6 +239,7 @@ class Coordinator:
         self.recorder.close()
         self.receiver.stop()
         self.work.backbones.server.close()
+        self.live.close()
         self.transport.close()
         self.lock.release()
 
@@ -264,10 +276,21 @@ class Coordinator:
         arrival = self.receiver.next(min(WAIT_S, max(deadline - time.time(), 0.0)))
         if arrival is not None:
             self._dispatch(arrival)
+        if self.live.monitor.due():
+            self.show_status()
+
+    def show_status(self) -> None:
+        """Hand the live view the fleet as it is now."""
+        collection = self.collection
+        quarantined = {record.agent_id for record in self.registry.all() if self.reputation.reason(record.agent_id)}
+        updates_in, expected = (len(collection.ledger.contributed), len(collection.expected)) if collection is not None else (0, 0)
+        self.live.monitor.snapshot(self.registry, self.admission.planning.plans, quarantined, updates_in, expected)
 
     def _dispatch(self, arrival: Arrival) -> None:
+        waited = waited_s(arrival)
+        self.live.monitor.metrics.message_wait.observe(waited)
         if self.collection is not None:
-            self.collection.ledger.waited(waited_s(arrival))
+            self.collection.ledger.waited(waited)
         message = arrival.message
         if isinstance(message, Hello):
             self.admission.on_hello(message)
@@ -288,6 +311,7 @@ class Coordinator:
         agent_id = arrival.agent_id
         if self.registry.get(agent_id) is None:  # e.g. this coordinator restarted with --resume
             return self.admission.on_unknown(agent_id)
+        self.live.monitor.heartbeat(agent_id, beat.state, beat.round, beat.step, beat.steps, beat.sent_unix)
         if beat.state == "ready":
             self.preparing.discard(agent_id)
         current = self.sender.current(agent_id)

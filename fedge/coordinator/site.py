@@ -90,8 +90,9 @@ class SiteAggregator:
         self._send(Hello(self.identity, site_profile(self.identity, planned), sum(record.num_examples for record in planned)))
         log.info("site %s: said hello upstream for %d devices", self.identity, len(planned))
 
-    def _status(self) -> tuple[str, int]:
-        return self._state, self._assignment.round if self._assignment is not None else 0
+    def _status(self) -> tuple[str, int, int, int]:
+        """A site's heartbeat: its state and round (its devices' progress is on its own live page)."""
+        return self._state, self._assignment.round if self._assignment is not None else 0, 0, 0
 
     def _send(self, message) -> None:
         self.upstream.publish(topics.uplink(self.identity), message)

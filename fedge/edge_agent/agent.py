@@ -82,6 +82,7 @@ class EdgeAgent:
         self.share_label_counts = share_label_counts
         self._labels_asked = False
         self._state = "idle"  # what the heartbeat thread reports: idle, preparing, ready or training
+        self._progress: StepProgress | None = None  # the training round's steps, also reported by the heartbeat thread
         self._stopped = threading.Event()
         self._unreadable = 0
         self._assignment: Assignment | None = None
@@ -134,9 +135,11 @@ class EdgeAgent:
         addressee = getattr(message, "agent_id", self.agent_id)
         return addressee == self.agent_id or (addressee == "" and isinstance(message, GlobalState))
 
-    def _status(self) -> tuple[str, int]:
-        """What the heartbeat thread reports: what this device is doing, and the round it holds."""
-        return self._state, self._assignment.round if self._assignment is not None else 0
+    def _status(self) -> tuple[str, int, int, int]:
+        """What the heartbeat thread reports: what this device is doing, the round it holds and, while training, the
+        steps done of the round's."""
+        step, steps = (self._progress.step, self._progress.total) if self._state == "training" and self._progress is not None else (0, 0)
+        return self._state, self._assignment.round if self._assignment is not None else 0, step, steps
 
     def _note_unreadable(self, received: Received) -> None:
         """Forged, replayed or malformed downlinks: the first few are logged, then every hundredth."""
@@ -278,7 +281,7 @@ class EdgeAgent:
         self._state = "idle"
 
     def _step_hook(self, label: str, steps: int):
-        progress = StepProgress(label, steps)
+        self._progress = progress = StepProgress(label, steps)
         return Slowed(progress, self.slowdown) if self.slowdown > 1 else progress
 
     def _get_ready(self, assignment: Assignment) -> None:

@@ -178,8 +178,10 @@ class StepProgress:
         self.total = total_steps
         self.every_s = every_s
         self.started = self.last = time.monotonic()
+        self.step = 0  # the last step done: what the device's heartbeats report
 
     def __call__(self, step: int, loss: float) -> None:
+        self.step = step
         now = time.monotonic()
         if step not in (1, self.total) and now - self.last < self.every_s:
             return

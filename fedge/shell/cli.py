@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     backbone.add_argument("--out", required=True, help="directory to write OUT/<digest>/ into")
     backbone.set_defaults(func=commands.cmd_backbone)
 
+    status = sub.add_parser("status", help="a running coordinator's fleet in the terminal: each device's state, plan, progress and last contact")
+    status.add_argument("run_dir", help="the coordinator's run directory (run_dir in its config)")
+    status.add_argument("--watch", type=float, default=0.0, metavar="SECONDS", help="show it again every SECONDS until Ctrl-C")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=commands.cmd_status)
+
     schema = sub.add_parser("schema", help="print a config file's JSON Schema, or rewrite the schemas and the configuration reference")
     schema.add_argument("kind", nargs="?", choices=("coordinator", "trial", "arms", "fleet", "agent"), help="which file's schema to print")
     schema.add_argument("--write", metavar="ROOT", help="write ROOT/schemas/*.schema.json and ROOT/docs/reference/configuration.md")

@@ -276,6 +276,12 @@ def cmd_trial(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from fedge.shell.status import show_status
+
+    return show_status(Path(args.run_dir), console, args.watch, args.json)
+
+
 def cmd_schema(args) -> int:
     from fedge.shell.schemas import json_schema, write_all
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PROTOCOL_VERSION = 5  # 2: assignments carry the task, hellos count labels as written; 3: prepare-only assignments; 4: signed envelopes, heartbeats name a round, privacy in assignments, label counts only on request; 5: receipts for updates
+PROTOCOL_VERSION = 6  # 2: assignments carry the task, hellos count labels as written; 3: prepare-only assignments; 4: signed envelopes, heartbeats name a round, privacy in assignments, label counts only on request; 5: receipts for updates; 6: heartbeats say training progress
 PREPARED_ROUNDS = 2  # a prepare-only assignment asks the agent to cache the rows of this many rounds
 
 
@@ -213,13 +213,16 @@ HEARTBEAT_STATES = ("idle", "preparing", "ready", "training")
 class Heartbeat:
     """The agent is alive (sent every few seconds from its own thread, whatever it is doing): ``state`` is one of
     ``HEARTBEAT_STATES``, ``round`` the wire round of the latest assignment it holds (0: none), so a coordinator
-    can resend what a device missed."""
+    can resend what a device missed; while training, ``step`` of ``steps`` says how far the round got (shown to the
+    operator, never trusted)."""
 
     agent_id: str
     state: str
     sent_unix: float
     round: int = 0
     message_id: str = field(default_factory=new_message_id)
+    step: int = 0
+    steps: int = 0
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from fedge.coordinator.config import CoordinatorConfig
+from fedge.coordinator.fleet_status import MAX_REPORTED_STEPS
 from fedge.coordinator.reports import RunDirectory
 from fedge.coordinator.robust import RobustRules
 from fedge.coordinator.server import Coordinator
@@ -244,7 +245,8 @@ class InsiderFlood:
         profile = load_catalogue_profile("cpu-8gb")
         while not stop.is_set():
             self.client.publish(up, self.signer.seal(up, "", encode_message(Hello(self.agent_id, profile, len(shard(3))))))
-            self.client.publish(beat, self.signer.seal(beat, "", encode_message(Heartbeat(self.agent_id, "idle", time.time(), 0)), "beat"))
+            step, steps = ((10**12, 5), (-1, -1), (3, 10**9))[self.sent % 3]  # progress no device could have made
+            self.client.publish(beat, self.signer.seal(beat, "", encode_message(Heartbeat(self.agent_id, "training", time.time(), 0, step=step, steps=steps)), "beat"))
             for topic in (up, beat):  # the first frames of ~1 MB messages that never finish, on its own topics
                 header = json.dumps({"id": f"{self.sent}-{topic[-2:]}", "index": 0, "count": 256, "size": 900_000}).encode()
                 self.client.publish(topic, CHUNK_MAGIC + struct.pack(">H", len(header)) + header + b"x" * 3000)
@@ -294,6 +296,8 @@ def test_an_enrolled_insider_that_floods_and_poisons_cannot_steer_the_model(mosq
         for reason, count in record.get("refused_messages", {}).items():
             refused[reason] = refused.get(reason, 0) + count
     assert refused.get("rate_limited", 0) > 50, refused
+    shown = coordinator.live.monitor.status().devices
+    assert all(0 <= device.step <= device.steps <= MAX_REPORTED_STEPS for device in shown) and {device.agent_id for device in shown} >= {"a0", "a1", "a2", "a3"}
     reassembler = coordinator.transport._reassembler
     assert reassembler.sender_bytes("a3") <= reassembler.max_sender_bytes and reassembler.pending_bytes <= reassembler.max_pending_bytes
     start = RunDirectory(tmp_path / "honest").load_global(0)
