@@ -16,6 +16,7 @@ from dataclasses import asdict
 from rich.console import Console
 
 from fedge.profiles.memory import TrainingSetup
+from fedge.quantization.backbone import DEFAULT_BACKBONE
 
 THREADS = 2
 STEPS = 3
@@ -37,9 +38,11 @@ def start(description: str) -> tuple[str, bool, Console]:
     return args.backend, args.quick, Console(width=180)
 
 
-def top_setup(quantization: str, ranks: int | tuple[int, ...], depth: int, targets: tuple[str, ...], batch: int, seq: int, optimizer: str = "adamw", checkpointing: bool = False, examples: int = 64, answer_share: float = 0.0) -> TrainingSetup:
-    """A setup adapting the top ``depth`` layers; ``ranks`` is one rank for all, or one per layer from the top."""
-    layers = tuple(range(NUM_LAYERS - depth, NUM_LAYERS))
+def top_setup(quantization: str, ranks: int | tuple[int, ...], depth: int, targets: tuple[str, ...], batch: int, seq: int, optimizer: str = "adamw", checkpointing: bool = False, examples: int = 64,
+              answer_share: float = 0.0, num_layers: int = NUM_LAYERS) -> TrainingSetup:
+    """A setup adapting the top ``depth`` of ``num_layers`` layers; ``ranks`` is one rank for all, or one per layer
+    from the top."""
+    layers = tuple(range(num_layers - depth, num_layers))
     per_layer = (ranks,) * depth if isinstance(ranks, int) else tuple(reversed(ranks))
     return TrainingSetup(quantization, layers, per_layer, targets, batch, seq, optimizer, checkpointing, examples, answer_share=answer_share)
 
@@ -51,15 +54,16 @@ def describe(setup: TrainingSetup) -> str:
     return f"{setup.quantization} D{setup.depth} r{ranks} {targets} b{setup.batch_size} s{setup.seq_len} n{setup.cached_examples}{extras}"
 
 
-def measure(setup: TrainingSetup, device: str = "cpu") -> dict:
-    """Run ``setup`` in a child process; returns ``{"peak_bytes", "step_seconds"}``."""
-    done = subprocess.run([sys.executable, __file__, json.dumps(asdict(setup)), device], capture_output=True, text=True, check=False)
+def measure(setup: TrainingSetup, device: str = "cpu", backbone: str = DEFAULT_BACKBONE) -> dict:
+    """Run ``setup`` on ``backbone`` (a name or checkpoint directory) in a child process; returns ``{"peak_bytes",
+    "step_seconds"}``."""
+    done = subprocess.run([sys.executable, __file__, json.dumps(asdict(setup)), device, backbone], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"measurement failed for {setup}:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _run(setup: TrainingSetup, device: str) -> dict:
+def _run(setup: TrainingSetup, device: str, backbone: str) -> dict:
     import torch
 
     from fedge.edge_agent.trainer import BatchSampler, train_local
@@ -74,7 +78,7 @@ def _run(setup: TrainingSetup, device: str) -> dict:
     from fedge.quantization.package import chunk_bytes_for, package_backbone
 
     torch.set_num_threads(THREADS)
-    package = package_backbone(locate_backbone(), setup.quantization, chunk_bytes_for(512))  # what an agent receives
+    package = package_backbone(locate_backbone(backbone), setup.quantization, chunk_bytes_for(512))  # what an agent receives
     model, tokenizer = load_backbone(BackboneSource("package", package.directory, package.digest), setup.quantization, device)
     spec = LoraSpec(setup.target_modules, setup.layers, setup.ranks, 2.0)
     runner = FrozenPrefix(build_lora_model(model, spec, seed=0), min(setup.layers), setup.gradient_checkpointing)
@@ -102,4 +106,4 @@ if __name__ == "__main__":
     raw = json.loads(sys.argv[1])
     for key in ("layers", "ranks", "target_modules"):
         raw[key] = tuple(raw[key])
-    print(json.dumps(_run(TrainingSetup(**raw), sys.argv[2])))
+    print(json.dumps(_run(TrainingSetup(**raw), sys.argv[2], sys.argv[3])))

@@ -70,3 +70,21 @@ def test_insiders_benchmark_quick_mode_runs_a_trial_with_a_compromised_device_un
     out = _quick("insiders.py", timeout=1200)
     assert "sign_flip (1 of 4)" in out and "clean" in out and "Δ honest alone" in out
     assert "fleet of 4, sign_flip, default rules" in out and "outliers named ['agent-0-laptop-rtx3060-6gb']" in out  # the insider is named
+
+
+@pytest.mark.slow
+def test_cuda_check_quick_mode_runs_its_path_on_the_cpu_with_random_weights(tmp_path):
+    out = _quick("cuda_check.py", "--device", "cpu", "--random-weights", timeout=1200)
+    assert "its architecture with random weights" in out and "measured against the planner" in out and "nothing written" in out
+    assert "nf4 D8 r16 qv b8 s128" in out and "bf16 D8 r16 qv b8 s128" in out
+
+
+def test_cuda_check_without_cuda_says_so_and_fails():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: scripts/cuda_check.sh would measure it")
+    done = subprocess.run(["bash", str(BENCHMARKS.parent / "scripts" / "cuda_check.sh")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no CUDA device here" in done.stderr
+    direct = subprocess.run([sys.executable, "cuda_check.py"], cwd=BENCHMARKS, capture_output=True, text=True, timeout=120)
+    assert direct.returncode == 2 and "no CUDA device here" in direct.stdout

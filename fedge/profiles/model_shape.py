@@ -84,6 +84,11 @@ def bundled_models() -> list[str]:
     return sorted(_bundled())
 
 
+def bundled_config_fields(name: str) -> dict:
+    """A bundled architecture's ``models.yaml`` fields (``model_type`` and the transformers config's own keys)."""
+    return dict(_bundled()[name])
+
+
 def shape_from_config(config, name: str) -> ModelShape:
     """The ``ModelShape`` of a transformers ``PretrainedConfig`` (GPT-2's ``n_embd``/``n_layer``/``n_head`` reach it
     through the config's own attribute map)."""

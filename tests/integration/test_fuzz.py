@@ -246,7 +246,8 @@ class InsiderFlood:
         while not stop.is_set():
             self.client.publish(up, self.signer.seal(up, "", encode_message(Hello(self.agent_id, profile, len(shard(3))))))
             step, steps = ((10**12, 5), (-1, -1), (3, 10**9))[self.sent % 3]  # progress no device could have made
-            self.client.publish(beat, self.signer.seal(beat, "", encode_message(Heartbeat(self.agent_id, "training", time.time(), 0, step=step, steps=steps)), "beat"))
+            state = "training" if self.sent % 8 else "idle"  # and idle, which gets the insider its work sent again
+            self.client.publish(beat, self.signer.seal(beat, "", encode_message(Heartbeat(self.agent_id, state, time.time(), 0, step=step, steps=steps)), "beat"))
             for topic in (up, beat):  # the first frames of ~1 MB messages that never finish, on its own topics
                 header = json.dumps({"id": f"{self.sent}-{topic[-2:]}", "index": 0, "count": 256, "size": 900_000}).encode()
                 self.client.publish(topic, CHUNK_MAGIC + struct.pack(">H", len(header)) + header + b"x" * 3000)
