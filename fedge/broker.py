@@ -84,6 +84,7 @@ class EmbeddedBroker:
         return f"mqtt://{self.host}:{self.port}?protocol=3.1.1"
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+        _check_free(self.host, self.port)
         self._thread = threading.Thread(target=self._serve, name="amqtt-broker", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout_s) or self._error:
@@ -190,3 +191,15 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _check_free(host: str, port: int) -> None:
+    """``RuntimeError`` naming the address when another process listens there (amqtt would log a traceback)."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise RuntimeError(f"cannot listen on {host}:{port}: {error.strerror or error} (is another broker running there?)") from None

@@ -39,6 +39,10 @@ class TransportError(RuntimeError):
     """The broker cannot be reached, refused us, or did not acknowledge in time."""
 
 
+class BrokerAbsent(TransportError):
+    """Nothing answers at the broker's address (not started yet, or the wrong address)."""
+
+
 @dataclass(frozen=True)
 class Queued:
     """A message handed to paho: one handle per frame, and the bytes it puts on the wire."""
@@ -199,6 +203,8 @@ class MqttTransport:
             connected = self._start(max(timeout_s - (time.monotonic() - started), 1.0))
         if self._fatal:
             self._client.loop_stop()
+            if self._fatal.startswith("nothing answers"):
+                raise BrokerAbsent(self._fatal)
             raise TransportError("the broker refuses MQTT 5 (set protocol 3.1.1)" if self._fatal == "protocol" else self._fatal)
         if not connected:
             raise TransportError(f"no connection to {self.config.host}:{self.config.port} in {timeout_s:.0f} s")

@@ -105,13 +105,13 @@ def test_the_global_model_includes_frozen_weight_changes_from_the_last_global_st
         merged_model(run, adapter=run / "adapter")
 
 
-def test_the_readme_deployment_commands_run_as_written(tmp_path, tiny_backbone, monkeypatch, capsys):
+def test_the_docs_deployment_commands_run_as_written(tmp_path, tiny_backbone, monkeypatch, capsys):
     import re
     import shlex
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = readme.split("### Deploying the result with onnxruntime", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "export.md").read_text()
+    block = page.split("```bash", 1)[1].split("```", 1)[0]
     commands = [re.sub(r"\s+#.*$", "", line).strip() for line in block.splitlines() if line.startswith("fedge ")]
     assert [command.split()[1] for command in commands] == ["export", "evaluate", "evaluate"]
     run = _run_dir(tmp_path / "runs" / "demo", tiny_backbone)

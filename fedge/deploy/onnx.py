@@ -13,6 +13,7 @@ dynamic quantization of a small LLM loses points.
 from __future__ import annotations
 
 import json
+import warnings
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -67,7 +68,10 @@ def export_run(run_dir: Path, out: Path, int8: bool = False, adapter: Path | Non
     _, task = run_task(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     sample = tokenizer(["an example to trace the graph"], return_tensors="pt")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():  # the tracer's notes on shapes and indexing say nothing a user can act on
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's own notice: dynamo=False is deliberate (no onnxscript)
         torch.onnx.export(
             _Logits(model), (sample["input_ids"], sample["attention_mask"]), str(out / MODEL_FILE),
             input_names=["input_ids", "attention_mask"], output_names=["logits"], opset_version=opset, dynamo=False,

@@ -28,6 +28,7 @@ class AgentOptions(Section):
     receipt_wait: float = Field(30.0, gt=0, description="seconds to wait for the coordinator's receipt of an update before sending it again (doubling each time)")
     max_line_kb: int = Field(1024, ge=1, description="refuse a data line longer than this many KiB (before it is parsed or tokenized)")
     no_label_counts: bool = Field(False, description="never tell the coordinator how many examples of each label this device holds, even when its strategy asks")
+    wait_broker: float = Field(0.0, ge=0, description="where nothing answers at the broker's address yet (a device booting before its network, a broker starting), try again each second for this many seconds; 0: fail at once")
     username: str | None = Field(None, description="broker user name (password from FEDGE_MQTT_PASSWORD) instead of the credentials' login")
     ca_certs: str | None = Field(None, description="CA bundle that signed the broker's certificate (mqtts://)")
     certfile: str | None = Field(None, description="client certificate for mutual TLS")

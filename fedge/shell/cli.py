@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--device", help="a catalogue entry instead of the live probe")
     profile.set_defaults(func=commands.cmd_profile)
 
+    data = sub.add_parser("data", help="write example data: one training file per device and a held-out file, from a built-in source")
+    data.add_argument("source", choices=("wordnet", "fortunes", "chatterbot"), help="wordnet and fortunes: topic classification; chatterbot: instruction tuning")
+    data.add_argument("devices", nargs="+", help="device ids: each gets OUT/ID.jsonl, its own skewed share of the examples")
+    data.add_argument("--out", default="data", help="directory (default data); also writes OUT/test.jsonl, the held-out examples")
+    data.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of each device's label mix; smaller is more skewed (classification)")
+    data.add_argument("--seed", type=int, default=0, help="seed of the split")
+    data.set_defaults(func=commands.cmd_data)
+
     broker = sub.add_parser("broker", help="run the embedded MQTT broker")
     broker.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     broker.add_argument("--port", type=int, default=1883, help="port to listen on (default 1883)")
@@ -75,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     coordinator.add_argument("--resume", action="store_true", help="continue a run from its last completed round")
     coordinator.add_argument("--role", choices=("root", "site"), default="root", help="site: aggregate a site's devices on its own broker and forward one update per round to the central coordinator (config: upstream)")
     coordinator.add_argument("--arms", help="a field trial: run these arms (strategies, optimisers, round modes; see fedge.shell.trial.field) one after another over the connected agents and write a trial report")
+    coordinator.add_argument("--wait-broker", type=float, default=0.0, metavar="SECONDS", help="where nothing answers at the broker's address yet, try again each second for this many seconds (default 0: fail at once)")
     coordinator.add_argument("--out", help="with --arms: the report's directory (default runs/field-NAME)")
     coordinator.set_defaults(func=commands.cmd_coordinator)
 
@@ -104,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print a config file's JSON Schema, or rewrite the schemas and the configuration reference")
     schema.add_argument("kind", nargs="?", choices=("coordinator", "trial", "arms", "fleet", "agent"), help="which file's schema to print")
-    schema.add_argument("--write", metavar="ROOT", help="write ROOT/schemas/*.schema.json and ROOT/docs/reference/configuration.md")
+    schema.add_argument("--write", metavar="ROOT", help="write ROOT/schemas/*.schema.json and the configuration and command-line references under ROOT/docs/reference")
     schema.set_defaults(func=commands.cmd_schema)
 
     export = sub.add_parser("export", help="merge a run's model into its backbone and write it as ONNX for onnxruntime")

@@ -42,6 +42,24 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from fedge.shell.trial.data import TrialData, default_task, prepare_data
+
+    if len(set(args.devices)) < len(args.devices):
+        raise ValueError("each device id once")
+    task = default_task(args.source)
+    out = Path(args.out)
+    split = prepare_data(TrialData(source=args.source, alpha=args.alpha), task, args.devices, args.seed, out)
+    (out / "train_pooled.jsonl").unlink()  # the trials' centralised reference; nobody holds all the data here
+    for device in args.devices:
+        shares = split["agents"][device]
+        rows = len((out / f"{device}.jsonl").read_text().splitlines())
+        console.print(f"{out / (device + '.jsonl')}: {rows} examples" + (
+            f" ({', '.join(f'{count} {label}' for label, count in zip(task.labels, shares) if count)})" if task.kind == "classify" else f" (topics {', '.join(shares)})"))
+    console.print(f"{out / 'test.jsonl'}: {split['test_examples']} held-out examples, for the coordinator's eval_data; task: {task.kind}" + (f", labels {', '.join(task.labels)}" if task.labels else ""))
+    return 0
+
+
 def cmd_broker(args) -> int:
     from fedge.broker import EmbeddedBroker
 
@@ -68,7 +86,7 @@ def cmd_agent(args, agent_type=None) -> int:
     data = read_rows(args.data, max_line)  # checked before the heavy imports: a bad file fails in well under a second
     eval_data = read_rows(args.eval_data, max_line) if args.eval_data else None
     credentials = _agent_credentials(args)
-    broker = _checked_broker(_broker_config(args), credentials)  # a missing broker or a refused login fails here, in well under a second
+    broker = _checked_broker(_broker_config(args), credentials, args.wait_broker)  # a missing broker or a refused login fails here, in well under a second
 
     import torch
 
@@ -88,30 +106,39 @@ def cmd_agent(args, agent_type=None) -> int:
     return 0
 
 
-def _with_checked_broker(config):
+def _with_checked_broker(config, wait_s: float = 0.0):
     """The coordinator config once its broker has answered its login, naming the protocol it spoke (so the run
     does not probe again)."""
     from fedge.transport import BrokerConfig
     from fedge.trust.enrolment import coordinator_credentials
 
     broker = BrokerConfig.from_url(config.broker, ca_certs=config.ca_certs)
-    checked = _checked_broker(broker, coordinator_credentials(config.enrolment) if config.enrolment else None)
+    checked = _checked_broker(broker, coordinator_credentials(config.enrolment) if config.enrolment else None, wait_s)
     if "protocol=" in config.broker:
         return config
     return replace(config, broker=f"{config.broker}{'&' if '?' in config.broker else '?'}protocol={checked.protocol}")
 
 
-def _checked_broker(broker, credentials):
+def _checked_broker(broker, credentials, wait_s: float = 0.0):
     """The broker config with the login ``credentials`` give (unless the URL names a user), checked by connecting
-    once (``fedge.transport.check_broker``)."""
-    from fedge.transport import TransportError, check_broker
+    once (``fedge.transport.check_broker``); where nothing answers, asked again each second for up to ``wait_s``."""
+    from fedge.transport import BrokerAbsent, TransportError, check_broker
 
     if credentials is not None and broker.username is None:
         broker = replace(broker, username=credentials.broker_username, password=credentials.broker_password)
-    try:
-        return check_broker(broker)
-    except TransportError as error:
-        raise RuntimeError(f"broker {broker.host}:{broker.port}: {error}") from error
+    deadline, told = time.monotonic() + wait_s, False
+    while True:
+        try:
+            return check_broker(broker)
+        except BrokerAbsent as error:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"broker {broker.host}:{broker.port}: {error}" + (f" (waited {wait_s:g} s)" if wait_s else "")) from error
+            if not told:
+                console.print(f"waiting up to {wait_s:g} s for the broker at {broker.host}:{broker.port}")
+                told = True
+            time.sleep(1.0)
+        except TransportError as error:
+            raise RuntimeError(f"broker {broker.host}:{broker.port}: {error}") from error
 
 
 def _agent_credentials(args):
@@ -204,7 +231,7 @@ def cmd_coordinator(args) -> int:
         raise ValueError("--role site cannot --resume: restart the site; the central coordinator resends its work")
     if args.role == "site" and not config.upstream:
         raise ValueError("--role site needs upstream: the site's credentials file in the central fleet")
-    config = _with_checked_broker(config)
+    config = _with_checked_broker(config, args.wait_broker)
 
     if args.arms:
         return _field_trial(args, config)

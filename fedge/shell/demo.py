@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedge.coordinator.live_server import LIVE_FILE
 from fedge.coordinator.plan_report import plan_table
 from fedge.coordinator.plans import Pin, PlannerOptions
 from fedge.coordinator.reports import RunDirectory
@@ -147,16 +148,19 @@ def run_demo(settings: DemoSettings, console: Console) -> int:
 
 
 def _follow(coordinator: subprocess.Popen, workers: list[subprocess.Popen], metrics_file: Path, rounds: int, console: Console) -> int:
-    """Show the capacity plan once it is made, then a progress bar per round from the coordinator's metrics until
+    """Show where the live fleet page is and the capacity plan once it is made, then a progress bar per round from the coordinator's metrics until
     it exits; then stop the agents."""
-    plan_shown = False
-    plan_file = metrics_file.with_name("plan.json")
+    plan_shown = live_shown = False
+    plan_file, live_file = metrics_file.with_name("plan.json"), metrics_file.with_name(LIVE_FILE)
     metrics = JsonLines(metrics_file)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(), console=console)
     with progress:
         task = progress.add_task("agents loading the backbone and caching their data", total=rounds)
         while coordinator.poll() is None:
             time.sleep(0.5)
+            if not live_shown and live_file.exists():
+                progress.console.print(f"live fleet page: [bold]{json.loads(live_file.read_text())['url']}[/] (each device's state, plan and progress; Prometheus metrics at /metrics)")
+                live_shown = True
             if not plan_shown and plan_file.exists():
                 progress.console.print(plan_table(json.loads(plan_file.read_text()), per_device=True))
                 plan_shown = True

@@ -1,7 +1,8 @@
 """Every configuration schema, as JSON Schema for editors and as the configuration reference in the docs.
 
-``fedge schema KIND`` prints one JSON Schema; ``fedge schema --write`` rewrites ``schemas/*.schema.json`` and
-``docs/reference/configuration.md`` from the models, so neither is edited by hand (a test checks both are current).
+``fedge schema KIND`` prints one JSON Schema; ``fedge schema --write ROOT`` rewrites ``schemas/*.schema.json``,
+``docs/reference/configuration.md`` and the command-line reference from the models and the parser, so none is
+edited by hand (a test checks they are current).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pydantic import BaseModel
 from fedge.coordinator.config_schema import CoordinatorFile
 from fedge.coordinator.fleet import FleetFile
 from fedge.edge_agent.options import AgentOptions
+from fedge.shell.cli_reference import CLI_REFERENCE, cli_reference
 from fedge.shell.trial.config import TrialFile
 from fedge.shell.trial.field import ArmsFile
 
@@ -30,7 +32,7 @@ _BOUNDS = (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("
 def json_schema(kind: str) -> dict:
     """The JSON Schema (draft 2020-12) of one kind of file."""
     schema = SCHEMAS[kind].model_json_schema()
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"https://fedge.dev/schemas/{kind}.schema.json", **schema}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def write_all(root: Path) -> list[Path]:
@@ -43,7 +45,8 @@ def write_all(root: Path) -> list[Path]:
         written.append(path)
     (root / REFERENCE).parent.mkdir(parents=True, exist_ok=True)
     (root / REFERENCE).write_text(reference())
-    return [*written, root / REFERENCE]
+    (root / CLI_REFERENCE).write_text(cli_reference())
+    return [*written, root / REFERENCE, root / CLI_REFERENCE]
 
 
 def reference() -> str:
