@@ -59,7 +59,28 @@ from fedge.wire import AdapterUpdate, Evaluation, Heartbeat, Hello, Limits, Reje
 
 log = logging.getLogger(__name__)
 
+NOTE_EVERY_S = 15.0  # how often a wait at start-up (registration, preparation) says how far it got
 WAIT_S = 0.2  # the longest one wait for a message lasts, so heartbeats and sweeps are handled at least this often
+
+
+def noting(done: Callable[[], bool], say: Callable[[], None], every_s: float = NOTE_EVERY_S) -> Callable[[], bool]:
+    """``done``, which also calls ``say()`` every ``every_s`` while it is not: a long wait says how far it got."""
+    next_note = time.monotonic() + every_s
+
+    def check() -> bool:
+        nonlocal next_note
+        if done():
+            return True
+        if time.monotonic() >= next_note:
+            next_note += every_s
+            say()
+        return False
+
+    return check
+
+
+def _some(devices: set[str], shown: int = 5) -> str:
+    return ", ".join(sorted(devices)[:shown]) + (f" and {len(devices) - shown} more" if len(devices) > shown else "")
 
 
 @dataclass(frozen=True)
@@ -196,7 +217,10 @@ class Coordinator:
         for record in self.registry.planned():
             self.sender.send_work(self.work.assignment(record, wire_round(self, round_number, 1), deadline, prepare_only=True))
             self.preparing.add(record.agent_id)
-        self.handle_until(lambda: not self._drop_silent(self.preparing), deadline)
+        planned = len(self.preparing)
+        self.handle_until(noting(lambda: not self._drop_silent(self.preparing), lambda: log.info(
+            "preparing round %d: %d of %d devices ready after %.0f s (fetching and loading the backbone, caching rows); waiting for %s", round_number,
+            planned - len(self.preparing), planned, time.time() - started, _some(self.preparing))), deadline)
         self.recorder.startup["prepare_s"] = round(time.time() - started, 2)
         log.info("agents prepared for round %d in %.1f s%s", round_number, self.recorder.startup["prepare_s"], f"; not ready: {', '.join(sorted(self.preparing))}" if self.preparing else "")
         self.preparing = set()
@@ -210,7 +234,10 @@ class Coordinator:
 
     def await_agents(self, wanted: int) -> None:
         """Handle messages until ``wanted`` agents are online (or the registration timeout passes)."""
-        self.handle_until(lambda: len(self.registry.online()) >= wanted, time.time() + self.config.registration_timeout_s)
+        started = time.time()
+        self.handle_until(noting(lambda: len(self.registry.online()) >= wanted, lambda: log.info(
+            "waiting for agents: %d of %d online after %.0f s (registration_timeout_s %g)", len(self.registry.online()), wanted, time.time() - started,
+            self.config.registration_timeout_s)), started + self.config.registration_timeout_s)
         count = len(self.registry.online())
         if count < self.config.min_clients:
             raise RuntimeError(f"only {count} agents online; the run needs {self.config.min_clients} (resume it with --resume)")

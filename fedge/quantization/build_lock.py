@@ -9,6 +9,7 @@ import fcntl
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,9 +30,11 @@ def build_once(target: Path, built: Callable[[Path], bool], build: Callable[[Pat
         if built(target):
             return
         scratch = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".partial", dir=target.parent))
+        started = time.monotonic()
         try:
             build(scratch)
             shutil.rmtree(target, ignore_errors=True)
             scratch.rename(target)
+            log.info("built %s in %.0f s (kept in %s)", what, time.monotonic() - started, target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
