@@ -7,13 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=python3
 [ -x .venv/bin/python ] && py=.venv/bin/python
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then  # wheels carried to a machine without an index (bitsandbytes)
-  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/fedge-site .whl/*.whl
-  export PYTHONPATH="/tmp/fedge-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 if ! $py -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   echo "cuda_check: no CUDA device here (torch cannot see one); nothing was measured" >&2
   exit 2
+fi
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then  # wheels carried to a GPU machine without an index (scripts/device_wheels.sh)
+  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/fedge-site .whl/*.whl
+  export PYTHONPATH="/tmp/fedge-site:$PYTHONPATH"
 fi
 exec timeout 480 $py benchmarks/cuda_check.py "$@"
