@@ -60,15 +60,16 @@ def plan_summary(plan: DevicePlan | None) -> str:
 
 
 def device_status(record: AgentRecord, registry: Registry, plans: dict[str, DevicePlan], beats: dict[str, str], progress: dict[str, TrainingProgress],
-                  quarantined: set[str], now: float) -> DeviceStatus:
-    """One device's line: quarantine and refusal first, then silence, then what its last heartbeat said."""
+                  quarantined: set[str], now: float, horizon: float) -> DeviceStatus:
+    """One device's line: quarantine and refusal first, then silence (against the liveness ``horizon``), then what its
+    last heartbeat said."""
     heard = registry.liveness.last_heard(record.agent_id)
     plan = record.plan or plans.get(record.agent_id)
     if record.agent_id in quarantined:
         state = "quarantined"
     elif plan is not None and not plan.feasible:
         state = "refused"
-    elif not registry.liveness.is_live(record.agent_id):
+    elif not registry.liveness.is_live(record.agent_id, horizon):
         state = "silent"
     else:
         state = beats.get(record.agent_id, "online")
