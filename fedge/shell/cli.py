@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print a config file's JSON Schema, or rewrite the schemas and the configuration reference")
     schema.add_argument("kind", nargs="?", choices=("coordinator", "trial", "arms", "fleet", "agent"), help="which file's schema to print")
     schema.add_argument("--write", metavar="ROOT", help="write ROOT/schemas/*.schema.json and the configuration and command-line references under ROOT/docs/reference")
-    schema.set_defaults(func=commands.cmd_schema)
+    schema.set_defaults(func=partial(commands.cmd_schema, parser=parser))
 
     export = sub.add_parser("export", help="merge a run's model into its backbone and write it as ONNX for onnxruntime")
     export.add_argument("run_dir", help="the coordinator's run directory (RUN/coordinator in a demo or trial)")

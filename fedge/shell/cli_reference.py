@@ -1,4 +1,4 @@
-"""The command-line reference in Markdown, written from the parser itself (``fedge schema --write`` keeps
+"""The command-line reference in Markdown, written from fedge's argument parser (``fedge schema --write`` keeps
 ``docs/reference/cli.md`` current; a test checks it is)."""
 
 from __future__ import annotations
@@ -6,14 +6,11 @@ from __future__ import annotations
 import argparse
 from functools import partial
 
-from fedge.shell.cli import build_parser
-
 CLI_REFERENCE = "docs/reference/cli.md"
 USAGE_WIDTH = 110
 
 
-def cli_reference() -> str:
-    parser = build_parser()
+def cli_reference(parser: argparse.ArgumentParser) -> str:
     lines = ["# Command-line reference", "", "Written by `fedge schema --write` from fedge's own argument parser; do not edit by hand.", "",
              "Every command takes the global options `-v/--verbose` (debug logging) and `--log-file FILE` before its name:", "`fedge --log-file agent.log agent ...`.", ""]
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))

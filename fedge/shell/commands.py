@@ -320,11 +320,12 @@ def cmd_status(args) -> int:
     return show_status(Path(args.run_dir), console, args.watch, args.json)
 
 
-def cmd_schema(args) -> int:
+def cmd_schema(args, parser) -> int:
+    """``parser``: fedge's own, for the command-line reference."""
     from fedge.shell.schemas import json_schema, write_all
 
     if args.write:
-        for path in write_all(Path(args.write)):
+        for path in write_all(Path(args.write), parser):
             console.print(f"wrote {path}")
         return 0
     if not args.kind:

@@ -7,6 +7,7 @@ edited by hand (a test checks they are current).
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -35,8 +36,9 @@ def json_schema(kind: str) -> dict:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
-def write_all(root: Path) -> list[Path]:
-    """Write every JSON Schema and the reference under ``root``; returns what was written."""
+def write_all(root: Path, parser: argparse.ArgumentParser) -> list[Path]:
+    """Write every JSON Schema and the references (the command line's from ``parser``) under ``root``; returns what
+    was written."""
     written = []
     for kind in SCHEMAS:
         path = root / SCHEMA_DIR / f"{kind}.schema.json"
@@ -45,7 +47,7 @@ def write_all(root: Path) -> list[Path]:
         written.append(path)
     (root / REFERENCE).parent.mkdir(parents=True, exist_ok=True)
     (root / REFERENCE).write_text(reference())
-    (root / CLI_REFERENCE).write_text(cli_reference())
+    (root / CLI_REFERENCE).write_text(cli_reference(parser))
     return [*written, root / REFERENCE, root / CLI_REFERENCE]
 
 
