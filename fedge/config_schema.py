@@ -39,13 +39,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def validated(model: type[Model], raw: object, where: str = "", strict: bool = True) -> tuple[Model | None, list[str]]:
-    """``raw`` as ``model``, or None and every problem (each prefixed with ``where``). ``strict=False`` reads
-    numbers from strings (command-line flags)."""
+def validated(model: type[Model], raw: object, strict: bool = True) -> tuple[Model | None, list[str]]:
+    """``raw`` as ``model``, or None and every problem. ``strict=False`` reads numbers from strings (command-line
+    flags)."""
     try:
         return model.model_validate(raw, strict=strict), []
     except ValidationError as error:
-        return None, describe(model, error, where)
+        return None, describe(model, error)
 
 
 def known_part(model: type[Model], raw: object) -> Model | None:
@@ -69,12 +69,12 @@ def load_yaml(path: str | Path, what: str) -> dict:
     return raw
 
 
-def describe(model: type[BaseModel], error: ValidationError, where: str = "") -> list[str]:
+def describe(model: type[BaseModel], error: ValidationError) -> list[str]:
     """One line per key; what a union's alternatives each expected at one key is said once."""
     by_path: dict[str, list[tuple[dict, list[str], Any]]] = {}
     for item in error.errors(include_url=False):
         path, known, field = _walk(model, item["loc"])
-        by_path.setdefault(".".join(part for part in (where, path) if part).replace(".[", "["), []).append((item, known, field))
+        by_path.setdefault(path.replace(".[", "["), []).append((item, known, field))
     return [f"{key}: {_problems(found)}" for key, found in by_path.items()]
 
 
