@@ -19,6 +19,7 @@ from fedge.coordinator.monitor import RunMonitor
 log = logging.getLogger(__name__)
 
 LIVE_FILE = "live.json"
+REQUEST_TIMEOUT_S = 10.0
 PAGE = resources.files("fedge.coordinator").joinpath("live_page.html").read_bytes()
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'",
@@ -64,6 +65,7 @@ class LiveServer:
 def _handler(monitor: RunMonitor) -> type[BaseHTTPRequestHandler]:
     class LiveHandler(BaseHTTPRequestHandler):
         server_version = "fedge-live"
+        timeout = REQUEST_TIMEOUT_S  # a client that sends nothing is dropped, so idle connections cannot pile up
 
         def do_GET(self) -> None:  # noqa: N802 (the http.server name)
             path = self.path.split("?", 1)[0]
