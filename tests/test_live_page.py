@@ -132,3 +132,19 @@ def test_the_fleet_page_in_headless_chromium(live):
         assert browser.find_element(By.ID, "updates").text == "1 / 2"
     finally:
         browser.quit()
+
+
+def test_a_connection_that_sends_nothing_is_dropped(tmp_path, monkeypatch):
+    import socket
+
+    import fedge.coordinator.live_server as live_server
+
+    monkeypatch.setattr(live_server, "REQUEST_TIMEOUT_S", 0.5)
+    server = LiveServer("127.0.0.1:0", RunMonitor(RunFacts("r", 1, "accuracy", lambda: None)), tmp_path)
+    server.start()
+    try:
+        with socket.create_connection(server.httpd.server_address[:2], timeout=30) as idle:
+            assert idle.recv(1024) == b""  # closed by the server, not by this timeout
+        assert _get(server.url)[0] == 200  # and it still serves
+    finally:
+        server.close()
