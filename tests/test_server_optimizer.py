@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedge.config_schema import validated
+from fedge.coordinator.config_schema import ServerOptimizerSection
 from fedge.strategies.base import delta_key
 from fedge.strategies.server_optimizer import RULE_DEFAULTS, ServerMoments, ServerOptimizer
 
@@ -88,8 +90,8 @@ def test_moments_saved_and_restored_continue_the_same_trajectory() -> None:
 
 
 def test_bad_settings_are_named() -> None:
-    problems = ServerOptimizer("adamw", learning_rate=0, beta1=1.0, beta2=-0.1, tau=0).problems()
-    assert len(problems) == 5 and problems[0] == "server_optimizer.name: one of none, fedavgm, fedadam, fedyogi"
-    assert ServerOptimizer("fedadam", 0.01).problems() == [] and ServerOptimizer("fedadam", 0.01).rate == 0.01
+    section, problems = validated(ServerOptimizerSection, {"name": "adamw", "learning_rate": 0, "beta1": 1.0, "beta2": -0.1, "tau": 0})
+    assert section is None and len(problems) == 5 and problems[0] == "name: one of none, fedavgm, fedadam, fedyogi (got 'adamw')"
+    assert validated(ServerOptimizerSection, {"name": "fedadam", "learning_rate": 0.01})[1] == [] and ServerOptimizer("fedadam", 0.01).rate == 0.01
     assert (ServerOptimizer("fedyogi").rate, ServerOptimizer("fedyogi").momentum) == RULE_DEFAULTS["fedyogi"] and (ServerOptimizer("fedavgm").rate, ServerOptimizer("fedavgm").momentum) == RULE_DEFAULTS["fedavgm"]
     assert ServerOptimizer("fedavgm", beta1=0.0).momentum == 0.0

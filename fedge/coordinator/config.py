@@ -121,8 +121,7 @@ class CoordinatorConfig:
         errors = access_problems(self.enrolment, self.insecure)
         if self.min_clients > self.expected_clients:
             errors.append("min_clients: cannot exceed expected_clients")
-        if self.round_mode != "sync" and self.planner.get("groups"):
-            errors.append("round_mode: HierFedLoRA groups keep their own schedule; use round_mode: sync with planner.groups")
+        errors += schedule_problems(self.round_mode, self.planner)
         return errors + task_problems(self.task) + strategy_problems(self.strategy, self.strategy_options, self.server_optimizer, self.planner, self.devices)
 
 
@@ -135,12 +134,17 @@ def access_problems(enrolment: object, insecure: object) -> list[str]:
     return []
 
 
+def schedule_problems(round_mode: object, planner: dict) -> list[str]:
+    """HierFedLoRA groups keep their own schedule, so they go with synchronous rounds only."""
+    if round_mode != "sync" and planner.get("groups"):
+        return ["round_mode: HierFedLoRA groups keep their own schedule; use round_mode: sync with planner.groups"]
+    return []
+
+
 def _unchecked_problems(raw: dict) -> list[str]:
     """With some keys wrong, what the cross-key checks can still tell from the rest (the task's own rules included)."""
     planner = raw.get("planner") if isinstance(raw.get("planner"), dict) else {}
-    found = access_problems(raw.get("enrolment"), raw.get("insecure"))
-    if raw.get("round_mode", "sync") != "sync" and planner.get("groups"):
-        found.append("round_mode: HierFedLoRA groups keep their own schedule; use round_mode: sync with planner.groups")
+    found = access_problems(raw.get("enrolment"), raw.get("insecure")) + schedule_problems(raw.get("round_mode", "sync"), planner)
     section = known_part(TaskSection, raw.get("task", {}))
     return found + (task_problems(task_spec(section)) if section is not None else [])
 

@@ -88,6 +88,8 @@ MAX_REFERENCE = 1024  # more judges than this: a fresh random sample of them set
 
 @dataclass(frozen=True)
 class RobustRules:
+    """The rules' settings; a config's are checked against ``config_schema.RobustSection``."""
+
     combiner: str = "winsorized_mean"
     norm_multiple: float = 3.0  # c: movements with an RMS over c × the round's median are scaled down to it (0: off)
     trim_fraction: float = 0.2  # β: the winsorized mean clamps max(1, ⌊β·n⌋) values at each end of every coordinate
@@ -95,24 +97,6 @@ class RobustRules:
     outlier_factor: float = 2.0  # agreement under the median / this lowers a device's weight (module docstring)
     trust_memory: float = 0.8  # λ: how slowly a device that disagreed regains its weight (fedge.coordinator.reputation)
     quarantine_after: int = 0  # outlier rounds in a row before a device gets no more work (0: never)
-
-    def problems(self) -> list[str]:
-        errors = []
-        if self.combiner not in COMBINERS:
-            errors.append(f"robust.combiner: one of {', '.join(COMBINERS)}")
-        if self.norm_multiple < 0:
-            errors.append("robust.norm_multiple: zero (off) or a positive multiple of the median movement")
-        if not 0 < self.trim_fraction < 0.5:
-            errors.append("robust.trim_fraction: a fraction in (0, 0.5)")
-        if self.share_factor < 1:
-            errors.append("robust.share_factor: at least 1 (1: every device at most an equal share)")
-        if self.outlier_factor <= 1:
-            errors.append("robust.outlier_factor: more than 1")
-        if not 0 <= self.trust_memory < 1:
-            errors.append("robust.trust_memory: a fraction in [0, 1) (0: each round judged alone)")
-        if not isinstance(self.quarantine_after, int) or self.quarantine_after < 0:
-            errors.append("robust.quarantine_after: a whole number of rounds (0: never)")
-        return errors
 
 
 class Memory(Protocol):

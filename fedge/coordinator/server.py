@@ -309,7 +309,7 @@ class Coordinator:
     def show_status(self) -> None:
         """Hand the live view the fleet as it is now."""
         collection = self.collection
-        quarantined = {record.agent_id for record in self.registry.all() if self.reputation.reason(record.agent_id)}
+        quarantined = set(self.reputation.held)
         updates_in, expected = (len(collection.ledger.contributed), len(collection.expected)) if collection is not None else (0, 0)
         self.live.monitor.snapshot(self.registry, self.admission.planning.plans, quarantined, updates_in, expected)
 

@@ -31,25 +31,13 @@ _SEPARATOR = "::"
 
 @dataclass(frozen=True)
 class ServerOptimizer:
+    """The rule and its settings; a config's are checked against ``fedge.coordinator.config_schema.ServerOptimizerSection``."""
+
     name: str = "none"
     learning_rate: float | None = None  # η (None: the rule's RULE_DEFAULTS)
     beta1: float | None = None  # β₁: momentum (fedavgm) or the first moment's decay (None: the rule's RULE_DEFAULTS)
     beta2: float = 0.99  # β₂: the second moment's decay (fedadam, fedyogi)
     tau: float = 1e-3  # τ: adaptivity; a larger τ steps more like SGD with momentum
-
-    def problems(self) -> list[str]:
-        errors = []
-        if self.name not in SERVER_OPTIMIZERS:
-            errors.append(f"server_optimizer.name: one of {', '.join(SERVER_OPTIMIZERS)}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            errors.append("server_optimizer.learning_rate: a positive step size η")
-        if self.beta1 is not None and not 0 <= self.beta1 < 1:
-            errors.append("server_optimizer.beta1: a fraction in [0, 1)")
-        if not 0 <= self.beta2 < 1:
-            errors.append("server_optimizer.beta2: a fraction in [0, 1)")
-        if not self.tau > 0:
-            errors.append("server_optimizer.tau: positive")
-        return errors
 
     @property
     def rate(self) -> float:

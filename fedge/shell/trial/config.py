@@ -35,7 +35,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field
 
 from fedge.config_schema import ConfigError, Section, known_part, load_yaml, validated
-from fedge.coordinator.config import server_optimizer_problems, task_spec
+from fedge.coordinator.config import schedule_problems, server_optimizer_problems, task_spec
 from fedge.coordinator.config_schema import (OffWhenEmpty, PlannerSection, Positive, PrivacySection, ProximalMu, RobustSection, RoundModeFields, ServerOptimizerSection, StrategyName,
                                              TaskSection)
 from fedge.strategies import StrategyError, make_strategy
@@ -195,8 +195,7 @@ def run_problems(runs: Iterable[tuple[int, StrategyRun]], planner: dict) -> list
             errors.append(f"strategies[{index}].options: {error}")
             continue
         errors += [f"strategies[{index}].{problem}" for problem in server_optimizer_problems(ServerOptimizer(**run.server_optimizer), strategy)]
-        if run.rounds.get("round_mode", "sync") != "sync" and planner.get("groups"):
-            errors.append(f"strategies[{index}].round_mode: HierFedLoRA groups keep their own schedule; use round_mode: sync with planner.groups")
+        errors += [f"strategies[{index}].{problem}" for problem in schedule_problems(run.rounds.get("round_mode", "sync"), planner)]
     return errors
 
 
