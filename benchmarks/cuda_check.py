@@ -99,26 +99,38 @@ def main() -> int:
     gflops = matmul_gflops(2.0, device=args.device)
     console.print(f"matmul throughput (the agent's probe): {gflops:.0f} GFLOP/s")
     before = load_calibration(args.device)
-    plain, quantized = [], []
-    for name in MODELS[:1] if args.quick else MODELS:
+    plain, quantized, failed = [], [], []
+    out = args.out or calibration_file(args.device)
+    models = MODELS[:1] if args.quick else MODELS
+    for done, name in enumerate(models, 1):
         backbone, shape = backbone_for(name, console, args.random_weights), load_model_shape(name)
         plain_setups, quantized_setups = setups(shape.num_layers, args.quick)
         for setup in plain_setups + quantized_setups:
             began = time.perf_counter()
-            result = measure(setup, args.device, backbone)
+            try:
+                result = measure(setup, args.device, backbone)
+            except RuntimeError as failure:  # one configuration that cannot run here (a kernel missing) leaves the others
+                console.print(f"  {name} {describe(setup)}: not measured: {str(failure)[-600:]}")
+                failed.append(f"{name} {describe(setup)}")
+                continue
             sample = Sample(shape, setup, describe(setup), result["peak_bytes"], result["step_seconds"])
             (plain if setup in plain_setups else quantized).append(sample)
             console.print(f"  {name} {sample.label:40s} peak {sample.peak_bytes / 2**20:7.0f} MiB, {sample.step_seconds:7.3f} s/step ({time.perf_counter() - began:.0f} s; {time.perf_counter() - started:.0f} s so far)")
-    note = f"Measured by scripts/cuda_check.sh on {gpu}, {time.strftime('%Y-%m-%d')}: {', '.join(MODELS[:1] if args.quick else MODELS)} in bf16, NF4 and INT8; efficiencies are shares of the probed fp32 matmul rate."
-    after = fit_calibration(args.device, plain, quantized, gflops, note)
+        if not plain:
+            continue
+        note = (f"Measured by scripts/cuda_check.sh on {gpu}, {time.strftime('%Y-%m-%d')}: {', '.join(models[:done])} in bf16, NF4 and INT8; efficiencies are shares of the "
+                f"probed fp32 matmul rate." + (f" Not measured: {'; '.join(failed)}." if failed else ""))
+        after = fit_calibration(args.device, plain, quantized, gflops, note)
+        if not args.quick:  # written after each model, so a run cut short keeps what it measured
+            out.write_text(json.dumps(after.to_dict(), indent=2) + "\n")
+            console.print(f"wrote {out} ({', '.join(models[:done])}) in {time.perf_counter() - started:.0f} s")
+    if not plain:
+        console.print(f"cuda_check: no bf16 configuration ran ({time.perf_counter() - started:.0f} s); nothing to fit")
+        return 1
     console.print(compared(plain + quantized, before, after, gflops))
     console.print(summary(after))
     if args.quick:
         console.print(f"quick mode: too few configurations for a meaningful fit; nothing written ({time.perf_counter() - started:.0f} s)")
-        return 0
-    out = args.out or calibration_file(args.device)
-    out.write_text(json.dumps(after.to_dict(), indent=2) + "\n")
-    console.print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
     return 0
 
 

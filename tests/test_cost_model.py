@@ -148,7 +148,9 @@ def test_least_squares_fits_recover_known_constants():
 def test_calibration_files_are_in_the_repo_and_say_whether_they_were_measured():
     cpu, cuda = load_calibration("cpu"), load_calibration("cuda")
     assert cpu.measured and len(cpu.samples) >= 8 and 0 < cpu.overhead_bytes < 2**31
-    assert not cuda.measured and "Not measured" in cuda.note
+    assert cuda.measured and "cuda_check.sh" in cuda.note  # the first GPU run (an H200), both bundled models
+    assert {sample["model"] for sample in cuda.samples + cuda.bitsandbytes_samples} == {"smollm2-135m-instruct", "qwen2.5-0.5b"}
+    assert len(cuda.samples) == 6 and len(cuda.bitsandbytes_samples) == 4 and 0 < cuda.overhead_bytes < 2**31
 
 
 def test_lora_beyond_the_attention_inputs_has_its_own_calibrated_factor():

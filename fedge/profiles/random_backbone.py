@@ -1,4 +1,5 @@
-"""A bundled architecture as a checkpoint with random weights and a word-level tokenizer over the WordNet task's words:
+"""A bundled architecture as a checkpoint with random weights and a byte-level BPE tokenizer over the WordNet task's
+words (each word one token, as GPT-2-style and Qwen tokenizers read it):
 what a memory and speed measurement needs where no weights are installed (memory and time do not depend on the values;
 nothing that claims to learn runs on it)."""
 
@@ -16,9 +17,9 @@ def random_backbone(name: str, directory: Path, dtype: str = "bfloat16") -> Path
     if (directory / "model.safetensors").exists():
         return directory
     import torch
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from fedge.task.wordnet import LABELS, PROMPT
@@ -28,11 +29,13 @@ def random_backbone(name: str, directory: Path, dtype: str = "bfloat16") -> Path
     fields = bundled_config_fields(name)
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     words = sorted(set(re.findall(r"\w+|[^\w\s]", PROMPT.format(text="")) + list(LABELS)))
-    vocab = {"[UNK]": 0, "[PAD]": 1, **{word: index + 2 for index, word in enumerate(words)}}
-    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = Whitespace()
+    backend = Tokenizer(BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(vocab_size=4096, min_frequency=1, special_tokens=["[UNK]", "[PAD]"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator([f"{word} {word}" for word in words], trainer)  # merges up to the whole word, with and without its space
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, max_shard_size="64GB")
     PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(directory)
