@@ -22,8 +22,8 @@ def start_heartbeat(transport: MqttTransport, agent_id: str, every_s: float, sto
         while not stopped.wait(every_s):
             if not transport.connected:
                 continue
-            state, round_number, step, steps = status()
             try:
+                state, round_number, step, steps = status()
                 transport.enqueue(topics.heartbeat(agent_id), Heartbeat(agent_id, state, time.time(), round_number, step=step, steps=steps), stream="beat", qos=0)
             except Exception as error:  # never let the heartbeat thread die
                 log.debug("%s: heartbeat not sent: %s", agent_id, error)

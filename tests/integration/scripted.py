@@ -31,7 +31,7 @@ class ScriptedAgent:
         self.round = 0
         self._stopped = threading.Event()
         if heartbeat_s:
-            start_heartbeat(self.transport, self.agent_id, heartbeat_s, self._stopped, lambda: ("idle", self.round))
+            start_heartbeat(self.transport, self.agent_id, heartbeat_s, self._stopped, lambda: ("idle", self.round, 0, 0))
 
     def hello(self) -> None:
         self.send(Hello(self.agent_id, load_catalogue_profile("cpu-8gb"), self.examples))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -107,13 +108,14 @@ def test_hierfedlora_groups_exchange_at_their_own_frequency_and_combine(mosquitt
         "run_id": "groups", "run_dir": str(tmp_path / "run"), "broker": mosquitto.url, "backbone": str(tiny_backbone),
         "enrolment": str(enrolled_fleet(tmp_path)), "eval_data": str(tmp_path / "test.jsonl"), "rounds": 2, "min_clients": 1, "expected_clients": 4,
         "local_steps": 2, "batch_size": 4, "registration_timeout_s": 60, "round_deadline_s": 120, "strategy": "flexlora",
-        "planner": {"max_depth": 3, "ranks": [2, 4], "groups": 2, "max_group_frequency": 3},
+        "planner": {"max_depth": 3, "ranks": [2, 4], "groups": 2, "max_group_frequency": 3, "straggler_bound": 10},
     })
-    devices = ["laptop-rtx4090-16gb", "laptop-rtx4090-16gb", "cpu-8gb", "cpu-8gb"]
+    slow_board = replace(load_catalogue_profile("cpu-8gb"), name="slow-board", gflops=0.1)  # a tiny model is latency-bound on any real device: a board this slow makes two speeds
+    profiles = [load_catalogue_profile("laptop-rtx4090-16gb")] * 2 + [slow_board] * 2
     coordinator = Coordinator(config)
     # a0, a2 hold labels 0-3 and a1, a3 labels 4-7: label balancing pairs the two GPUs and the two CPUs
     halves = [[example for example in shard(0, 48) if (example.label < 4) == (i % 2 == 0)] for i in range(4)]
-    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(mosquitto.url), rows(halves[i]), load_catalogue_profile(device), heartbeat_s=2, credentials=credentials(tmp_path, f"a{i}")) for i, device in enumerate(devices)]
+    agents = [EdgeAgent(f"a{i}", BrokerConfig.from_url(mosquitto.url), rows(halves[i]), profile, heartbeat_s=2, credentials=credentials(tmp_path, f"a{i}")) for i, profile in enumerate(profiles)]
     rounds = _federate(coordinator, agents)
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert len(plan["groups"]) == 2
