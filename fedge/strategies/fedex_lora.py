@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from fedge.strategies.base import A_SUFFIX, B_SUFFIX, ClientInfo, ClientUpdate, GlobalParts, State, Strategy, StrategyError, average_factors, base_changes, product_terms, trained_modules, with_factors
 from fedge.strategies.base_change import changes_since, record_change
 from fedge.strategies.factored import compress, stack
@@ -32,7 +34,7 @@ class FedExLoRA(Strategy):
         merged = dict(state)
         buffer = StackBuffer()
         for module, weighted in trained_modules(state, updates, A_SUFFIX):
-            b_bar, a_bar = average_factors(state, module, weighted)
+            b_bar, a_bar = average_factors(state, module, weighted, np.float32)  # the residual is taken against these very factors
             terms = product_terms(weighted, module) + [(-1.0, b_bar, a_bar)]
             if not self.cuts(sum(b.shape[1] for _, b, _ in terms[:-1]), a_bar.shape[0]):
                 residual = compress(stack(terms))

@@ -68,17 +68,15 @@ class StackBuffer:
         return self._left[:, :total], self._right[:total]
 
 
-def stacked(terms: Sequence[tuple[float, np.ndarray, np.ndarray]], buffer: StackBuffer) -> tuple[np.ndarray, np.ndarray]:
-    """(B_s, A_s) = ([c_1 B_1 … c_K B_K], [A_1; …; A_K]) in float32, written into ``buffer``."""
+def stacked(terms: Sequence[tuple[float, np.ndarray, np.ndarray]], buffer: StackBuffer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B_s, A_s, c) = ([B_1 … B_K], [A_1; …; A_K], each stacked column's weight c_i) in float32, the factors copied
+    into ``buffer`` as they are (the weights go on the small matrices instead, a copy rather than a multiply)."""
     rows, cols = terms[0][1].shape[0], terms[0][2].shape[1]
     left, right = buffer.views(rows, sum(b.shape[1] for _, b, _ in terms), cols)
-    start = 0
-    for weight, b, a in terms:
-        stop = start + b.shape[1]
-        np.multiply(b, np.float32(weight), out=left[:, start:stop], casting="unsafe")
-        right[start:stop] = a
-        start = stop
-    return left, right
+    np.concatenate([b for _, b, _ in terms], axis=1, out=left, casting="same_kind")
+    np.concatenate([a for _, _, a in terms], axis=0, out=right, casting="same_kind")
+    weights = np.concatenate([np.full(b.shape[1], weight, np.float32) for weight, b, _ in terms])
+    return left, right, weights
 
 
 def leading_svd(terms: Sequence[tuple[float, np.ndarray, np.ndarray]], rank: int, settings: SketchSettings, buffer: StackBuffer,
@@ -86,16 +84,17 @@ def leading_svd(terms: Sequence[tuple[float, np.ndarray, np.ndarray]], rank: int
     """The approximate top-``rank`` singular triplets of Σ c·B·A over ``(c, B, A)`` terms. ``likely_rows`` (m×k), where
     given, are directions the row space probably holds (the global A every client started from): they replace the
     first m Gaussian columns of Ω, a warm start for the subspace iteration."""
-    left, right = stacked(terms, buffer)
+    left, right, weights = stacked(terms, buffer)
+    column = weights[:, None]
     width = min(rank + settings.oversampling, left.shape[1], right.shape[1])
-    test = np.random.default_rng(settings.seed).standard_normal((right.shape[1], width), dtype=np.float32)
-    if likely_rows is not None:
-        warm = likely_rows[: max(width - settings.oversampling, 0)]
-        test[:, : warm.shape[0]] = warm.T
-    basis = orthonormal(left @ (right @ test))
+    warm = likely_rows[: max(width - settings.oversampling, 0)] if likely_rows is not None else np.empty((0, right.shape[1]), np.float32)
+    test = np.empty((right.shape[1], width), np.float32)
+    test[:, : warm.shape[0]] = warm.T
+    test[:, warm.shape[0] :] = np.random.default_rng(settings.seed).standard_normal((right.shape[1], width - warm.shape[0]), dtype=np.float32)
+    basis = orthonormal(left @ ((right @ test) * column))
     for _ in range(settings.power_iterations):
-        basis = orthonormal(left @ (right @ orthonormal(right.T @ (left.T @ basis))))
-    small = ((basis.T @ left) @ right).astype(np.float64)  # width × k
+        basis = orthonormal(left @ ((right @ orthonormal(right.T @ ((left.T @ basis) * column))) * column))
+    small = (((basis.T @ left) * weights) @ right).astype(np.float64)  # width × k
     gram_values, gram_vectors = np.linalg.eigh(small @ small.T)
     order = np.argsort(gram_values)[::-1][:rank]
     values = np.sqrt(np.clip(gram_values[order], 0.0, None))
