@@ -10,7 +10,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_every_example_is_covered_here():
-    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["arms.yaml", "coordinator.yaml", "fleet.yaml", "trial-async.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial-optimizers.yaml", "trial-private.yaml", "trial.yaml"]
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["arms.yaml", "coordinator.yaml", "fleet.yaml", "trial-async.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial-full.yaml", "trial-optimizers.yaml", "trial-private.yaml", "trial.yaml"]
 
 
 def test_coordinator_example_is_a_valid_config():
@@ -53,6 +53,9 @@ def test_trial_example_loads():
     optimizers = TrialConfig.from_yaml(EXAMPLES / "trial-optimizers.yaml")
     assert {run.server_optimizer.get("name", "none") for run in optimizers.strategies} == {"none", "fedavgm", "fedadam", "fedyogi"} and any(run.proximal_mu for run in optimizers.strategies)
     assert optimizers.fleet == trial.fleet and optimizers.data == trial.data and optimizers.seeds == trial.seeds
+    full = TrialConfig.from_yaml(EXAMPLES / "trial-full.yaml")
+    assert [run.name for run in full.strategies] == ["hetlora"] + ["full"] * 4 and full.fleet == trial.fleet and full.data == trial.data and full.seeds == trial.seeds
+    assert len({(run.name, tuple(sorted(run.options.items()))) for run in full.strategies}) == 5  # four step sizes of full beside HetLoRA
 
 
 def test_task_trial_examples_load_with_their_data(tmp_path):
