@@ -139,7 +139,7 @@ def test_full_weights_have_their_own_learning_rate_and_scale():
 
     full = make_strategy("full", learning_rate=5e-4, galore_scale=1.0)
     assert full.device_learning_rate(2e-3) == 5e-4 and full.galore_scale == 1.0 and full.recipe.keeps_optimizer
-    assert make_strategy("full").device_learning_rate(2e-3) == 2e-3 and make_strategy("hetlora").device_learning_rate(2e-3) == 2e-3
+    assert make_strategy("full").device_learning_rate(2e-3) == 0.05 and make_strategy("full", learning_rate=0).device_learning_rate(2e-3) == 2e-3 and make_strategy("hetlora").device_learning_rate(2e-3) == 2e-3
     with pytest.raises(StrategyError, match="galore_scale"):
         make_strategy("full", galore_scale=0)
     with pytest.raises(StrategyError, match="learning_rate"):

@@ -54,8 +54,8 @@ def test_trial_example_loads():
     assert {run.server_optimizer.get("name", "none") for run in optimizers.strategies} == {"none", "fedavgm", "fedadam", "fedyogi"} and any(run.proximal_mu for run in optimizers.strategies)
     assert optimizers.fleet == trial.fleet and optimizers.data == trial.data and optimizers.seeds == trial.seeds
     full = TrialConfig.from_yaml(EXAMPLES / "trial-full.yaml")
-    assert [run.name for run in full.strategies] == ["hetlora"] + ["full"] * 4 and full.fleet == trial.fleet and full.data == trial.data and full.seeds == (0, 1, 2)
-    assert len({(run.name, tuple(sorted(run.options.items()))) for run in full.strategies}) == 5  # four step sizes of full beside HetLoRA
+    assert [run.name for run in full.strategies] == ["hetlora"] * 2 + ["full"] * 5 and full.fleet == trial.fleet and full.data == trial.data and full.seeds == (0, 1, 2)
+    assert len({(run.name, tuple(sorted(run.options.items()))) for run in full.strategies}) == 6 and full.strategies[1].learning_rate == 0.01  # five step sizes of full beside HetLoRA at two
 
 
 def test_task_trial_examples_load_with_their_data(tmp_path):

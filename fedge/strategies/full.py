@@ -5,7 +5,8 @@ that trained it. d·k numbers per module each way: the heavy baseline LoRA is co
 GaLore's state (Adam's projected moments and each matrix's projector, refreshed every ``update_proj_gap`` steps)
 lives on the device across rounds rather than restarting with every round's 8 or so steps. Full weights want their
 own step size: ``learning_rate`` (0: the run's) and ``galore_scale`` (GaLore's α on the projected update) are this
-strategy's options and travel in the assignment."""
+strategy's options and travel in the assignment. The default 0.05 (× scale 0.25) comes from
+``examples/trial-full.yaml``: at the LoRA strategies' 0.002 full weights barely move in five rounds."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class FullWeights(Strategy):
     name = "full"
     recipe = ClientRecipe(adapter="full", trains=("W",), sends=("W",), optimizer="galore", keeps_optimizer=True)
 
-    def __init__(self, seed: int = 0, learning_rate: float = 0.0, galore_scale: float = 0.25):
+    def __init__(self, seed: int = 0, learning_rate: float = 0.05, galore_scale: float = 0.25):
         super().__init__(seed)
         if not isinstance(learning_rate, (int, float)) or not 0 <= learning_rate <= 1:
             raise StrategyError(f"learning_rate: the devices' step size for full weights, in (0, 1] (0: the run's), not {learning_rate!r}")
