@@ -10,7 +10,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def test_every_example_is_covered_here():
-    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["arms.yaml", "coordinator.yaml", "fleet.yaml", "trial-async.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial-full.yaml", "trial-optimizers.yaml", "trial-private.yaml", "trial.yaml"]
+    assert sorted(p.name for p in EXAMPLES.iterdir()) == ["arms.yaml", "coordinator.yaml", "fleet.yaml", "trial-async.yaml", "trial-chatterbot.yaml", "trial-fortunes.yaml", "trial-full.yaml", "trial-groups.yaml", "trial-optimizers.yaml", "trial-private.yaml", "trial.yaml"]
 
 
 def test_coordinator_example_is_a_valid_config():
@@ -56,6 +56,9 @@ def test_trial_example_loads():
     full = TrialConfig.from_yaml(EXAMPLES / "trial-full.yaml")
     assert [run.name for run in full.strategies] == ["hetlora"] * 2 + ["full"] * 5 and full.fleet == trial.fleet and full.data == trial.data and full.seeds == (0, 1, 2)
     assert len({(run.name, tuple(sorted(run.options.items()))) for run in full.strategies}) == 6 and full.strategies[1].learning_rate == 0.01  # five step sizes of full beside HetLoRA at two
+    assert full.centralised
+    groups = TrialConfig.from_yaml(EXAMPLES / "trial-groups.yaml")
+    assert [run.groups for run in groups.strategies] == [None, 2] and "groups" not in groups.planner and groups.fleet == trial.fleet and groups.data == trial.data
 
 
 def test_task_trial_examples_load_with_their_data(tmp_path):

@@ -145,3 +145,35 @@ def test_a_run_may_set_the_devices_learning_rate(tmp_path):
     assert [config["learning_rate"] for config in configs] == [0.002, 0.004]
     with pytest.raises(ConfigError, match=r"strategies\[0\].learning_rate: expected a number \(got 'fast'\)"):
         TrialConfig.from_dict({"strategies": [{"name": "hetlora", "learning_rate": "fast"}], "fleet": ["cpu-8gb", "cpu-16gb"]})
+
+
+def test_a_run_may_set_its_own_groups(tmp_path):
+    from fedge.shell.trial.runner import coordinator_config
+
+    trial = TrialConfig.from_dict({"strategies": ["hetlora", {"name": "hetlora", "groups": 2}], "fleet": ["cpu-8gb", "cpu-16gb"], "planner": {"max_depth": 4}})
+    plain, grouped = trial.strategies
+    assert grouped.label == "hetlora groups=2" and plain.label == "hetlora"
+    planners = [coordinator_config(trial, run, 0, tmp_path, tmp_path / "run", "mqtt://127.0.0.1:1883", tmp_path / "fleet")["planner"] for run in trial.strategies]
+    assert planners == [{"max_depth": 4}, {"max_depth": 4, "groups": 2}] and trial.planner == {"max_depth": 4}
+    with pytest.raises(ConfigError, match=r"strategies\[0\]\..*groups"):  # groups keep sync rounds, checked against the run's own planner
+        TrialConfig.from_dict({"strategies": [{"name": "hetlora", "groups": 2, "round_mode": "async"}], "fleet": ["cpu-8gb", "cpu-16gb"]})
+
+
+def test_the_planned_clock_is_the_slowest_device_or_the_slowest_group(tmp_path):
+    from fedge.shell.trial.runs import load_run
+
+    devices = [{"device_id": "a", "feasible": True, "layers": [0], "ranks": [8], "round_seconds": 4.0},
+               {"device_id": "b", "feasible": True, "layers": [0, 1], "ranks": [8, 8], "round_seconds": 6.0},
+               {"device_id": "c", "feasible": False, "layers": [], "ranks": [], "round_seconds": 60.0}]
+    plans = {"ungrouped": {"devices": devices}, "grouped": {"devices": devices, "groups": [{"round_seconds": 5.0}, {"round_seconds": 5.5}]}}
+    for name, plan in plans.items():
+        _fake_run(tmp_path / name, [0.5, 0.7])
+        (tmp_path / name / "coordinator" / "plan.json").write_text(json.dumps(plan))
+    ungrouped, grouped = (load_run(name, 0, tmp_path / name) for name in plans)
+    assert ungrouped.planned_s == [0.0, 6.0, 12.0] and grouped.planned_s == [0.0, 5.5, 11.0]
+    trial = TrialConfig.from_dict({"strategies": ["hetlora", {"name": "hetlora", "groups": 2}], "fleet": ["cpu-8gb", "cpu-16gb"], "rounds": 2, "target_accuracy": 0.6})
+    runs = [{"strategy": label, "name": "hetlora", "seed": 0, "run_dir": str(tmp_path / name), "exit": 0} for label, name in (("hetlora", "ungrouped"), ("hetlora groups=2", "grouped"))]
+    write_report(trial, runs, {}, {}, tmp_path, 1.0)
+    rows = {row["strategy"]: row for row in json.loads((tmp_path / "report.json").read_text())["rows"]}
+    assert rows["hetlora"]["planned_s_to_target"] == 12.0 and rows["hetlora groups=2"]["planned_s_to_target"] == 11.0 and rows["hetlora groups=2"]["planned_round_s"] == 5.5
+    assert (tmp_path / "accuracy_vs_planned_time.png").stat().st_size > 5000

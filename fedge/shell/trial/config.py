@@ -3,9 +3,10 @@
     name: default
     strategies: [fedit, ffa-lora, hetlora, {name: lora-fair, options: {solver: cosine}},
                  {name: hetlora, round_mode: async, buffer_size: 2},   # round-mode keys as in the coordinator config
-                 {name: hetlora, server_optimizer: {name: fedadam, learning_rate: 0.01}, proximal_mu: 0.01, learning_rate: 0.004}]
-                 # a server optimiser (fedge.strategies.server_optimizer), FedProx's μ and the devices' learning
-                 # rate, per run
+                 {name: hetlora, server_optimizer: {name: fedadam, learning_rate: 0.01}, proximal_mu: 0.01, learning_rate: 0.004},
+                 {name: hetlora, groups: 2}]
+                 # a server optimiser (fedge.strategies.server_optimizer), FedProx's μ, the devices' learning
+                 # rate and HierFedLoRA groups (the planner's `groups`), per run
     fleet: [laptop-rtx3060-6gb, jetson-orin-nano-8gb, cpu-16gb, cpu-8gb]   # catalogue devices, one agent each
     slowdown: {cpu-8gb: 10}   # these devices' agents take 10× as long per training step (emulated)
     virtual_fleet: [{device: cpu-8gb, count: 600, examples: 400}, {device: jetson-orin-nano-8gb, count: 400}]
@@ -60,6 +61,11 @@ class StrategyRun:
     server_optimizer: dict = field(default_factory=dict)  # the coordinator's server_optimizer for this run (none: plain aggregate)
     proximal_mu: float = 0.0  # FedProx's μ on the devices for this run (0: off)
     learning_rate: float = 0.0  # the devices' learning rate for this run (0: the trial's)
+    groups: int | None = None  # HierFedLoRA groups for this run (None: the trial planner's)
+
+    def planner(self, planner: dict) -> dict:
+        """The trial's (or coordinator's) planner settings with this run's groups."""
+        return planner if self.groups is None else {**planner, "groups": self.groups}
 
     @property
     def label(self) -> str:
@@ -68,7 +74,7 @@ class StrategyRun:
         return self.name + "".join(f" {key}={value}" for key, value in sorted(self.options.items())) + (f" {mode}" if mode != "sync" else "") + "".join(
             f" {key}={value}" for key, value in sorted(self.rounds.items()) if key != "round_mode") + (f" {optimizer}" if optimizer != "none" else "") + "".join(
             f" {key}={value}" for key, value in sorted(self.server_optimizer.items()) if key != "name") + (f" fedprox μ={self.proximal_mu}" if self.proximal_mu else "") + (
-            f" lr={self.learning_rate}" if self.learning_rate else "")
+            f" lr={self.learning_rate}" if self.learning_rate else "") + (f" groups={self.groups}" if self.groups is not None else "")
 
 
 @dataclass(frozen=True)
@@ -181,7 +187,7 @@ def _catalogue_problems(devices) -> list[str]:
 def strategy_runs(entries: list[StrategyEntry]) -> tuple[StrategyRun, ...]:
     """The runs of a checked ``strategies`` list."""
     return tuple(StrategyRun(entry.name, dict(entry.options), {key: getattr(entry, key) for key in ROUND_KEYS if key in entry.model_fields_set},
-                             entry.server_optimizer.model_dump(exclude_unset=True), entry.proximal_mu, entry.learning_rate) for entry in entries)
+                             entry.server_optimizer.model_dump(exclude_unset=True), entry.proximal_mu, entry.learning_rate, entry.groups) for entry in entries)
 
 
 def run_problems(runs: Iterable[tuple[int, StrategyRun]], planner: dict) -> list[str]:
@@ -195,7 +201,7 @@ def run_problems(runs: Iterable[tuple[int, StrategyRun]], planner: dict) -> list
             errors.append(f"strategies[{index}].options: {error}")
             continue
         errors += [f"strategies[{index}].{problem}" for problem in server_optimizer_problems(ServerOptimizer(**run.server_optimizer), strategy)]
-        errors += [f"strategies[{index}].{problem}" for problem in schedule_problems(run.rounds.get("round_mode", "sync"), planner)]
+        errors += [f"strategies[{index}].{problem}" for problem in schedule_problems(run.rounds.get("round_mode", "sync"), run.planner(planner))]
     return errors
 
 
@@ -217,13 +223,14 @@ def _named(value: object) -> object:
 
 
 class StrategyEntry(RoundModeFields):
-    """One run of a trial: a strategy with its options, round mode, server optimiser, FedProx μ and learning rate."""
+    """One run of a trial: a strategy with its options, round mode, server optimiser, FedProx μ, learning rate and groups."""
 
     name: StrategyName = Field(description="the aggregation strategy")
     options: dict[str, str | int | float | bool] = Field(default_factory=dict, description="the strategy's own options")
     server_optimizer: ServerOptimizerSection = Field(default_factory=ServerOptimizerSection, description="a server optimiser for this run; unset: none")
     proximal_mu: ProximalMu = 0.0
     learning_rate: float = Field(0.0, ge=0, le=1, description="the devices' learning rate for this run; 0: the trial's")
+    groups: int | None = Field(None, ge=0, description="HierFedLoRA groups for this run (the planner's groups; 0: none); unset: the planner section's")
 
 
 StrategyItem = Annotated[StrategyEntry, BeforeValidator(_named, json_schema_input_type=StrategyName | StrategyEntry)]

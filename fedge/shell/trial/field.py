@@ -5,7 +5,8 @@ the same pretrained model with the same seed and waits for the same devices; the
 next (``GlobalState.more_runs``). The report is ``fedge trial``'s, from the arms' own records.
 
     # arms.yaml: everything else (broker, fleet, task, rounds, steps, planner, robust rules) is the coordinator
-    # config's; each arm sets its own algorithm, so an arm that names no server optimiser runs without one
+    # config's; each arm sets its own algorithm, so an arm that names no server optimiser runs without one, and may set
+    # its own HierFedLoRA `groups`
     name: my-fleet
     strategies: [hetlora, flexlora, {name: hetlora, server_optimizer: {name: fedavgm}, proximal_mu: 0.01, learning_rate: 0.004}]
     seeds: [0, 1, 2]
@@ -62,7 +63,7 @@ class FieldTrial:
 class ArmsFile(Section):
     """A field trial's arms (``fedge coordinator --config C --arms FILE``); the rest is the coordinator config's."""
 
-    strategies: list[StrategyItem] = Field(min_length=1, description="the arms: strategy names, or mappings with options, round mode, server optimiser, FedProx μ, learning rate")
+    strategies: list[StrategyItem] = Field(min_length=1, description="the arms: strategy names, or mappings with options, round mode, server optimiser, FedProx μ, learning rate, groups")
     name: str = Field(FieldTrial.name, min_length=1, description="the field trial's name (its default output directory is runs/field-NAME)")
     seeds: list[Annotated[int, Field(ge=0)]] = Field(list(FieldTrial.seeds), min_length=1, description="every arm runs once per seed, all over the same devices")
     baseline: str = Field(FieldTrial.baseline, description="the arm label every other arm is compared with, seed by seed; unset: the first arm")
@@ -70,13 +71,14 @@ class ArmsFile(Section):
 
 
 def arm_config(config: CoordinatorConfig, trial: FieldTrial, run: StrategyRun, seed: int, run_dir: Path) -> CoordinatorConfig:
-    """The coordinator config of one arm: the base config with the arm's algorithm, seed, run id and directory."""
+    """The coordinator config of one arm: the base config with the arm's algorithm, groups, seed, run id and directory."""
     slug = run.label.replace(" ", "_").replace("=", "-")
+    base = config.to_dict()
     return CoordinatorConfig.from_dict({
-        **config.to_dict(), **ARM_DEFAULTS, **run.rounds,
+        **base, **ARM_DEFAULTS, **run.rounds,
         "run_id": f"{trial.name}-{slug}-{seed}"[:128], "run_dir": str(run_dir / "coordinator"), "seed": seed,
         "strategy": run.name, "strategy_options": run.options, "server_optimizer": run.server_optimizer, "proximal_mu": run.proximal_mu,
-        "learning_rate": run.learning_rate or config.learning_rate,
+        "learning_rate": run.learning_rate or config.learning_rate, "planner": run.planner(base["planner"]),
     })
 
 

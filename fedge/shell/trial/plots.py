@@ -1,9 +1,10 @@
-"""A trial's pictures: the headline metric per round, against bytes sent and against wall-clock time, each strategy's
-mean over seeds with its 95% interval shaded (``fedge.shell.trial.intervals``), the centralised reference dashed."""
+"""A trial's pictures: the headline metric per round, against bytes sent, against this host's wall-clock time and
+against the planned time on the real devices, each strategy's mean over seeds with its 95% interval shaded (``fedge.shell.trial.intervals``), the centralised reference dashed."""
 
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -18,9 +19,10 @@ from fedge.shell.trial.runs import RunResult  # noqa: E402
 CENTRALISED = "centralised (pooled data)"
 
 
-def plot_curves(results: list[RunResult], curves: dict[str, list[Interval]], central: list[Interval], metric: str, out_dir: Path) -> tuple[Path, Path, Path]:
-    """The three plots; ``curves``: each strategy's per-round interval, ``central`` the centralised one (may be empty)."""
+def plot_curves(results: list[RunResult], curves: dict[str, list[Interval]], central: list[Interval], metric: str, out_dir: Path) -> tuple[Path, Path, Path, Path]:
+    """The four plots; ``curves``: each strategy's per-round interval, ``central`` the centralised one (may be empty)."""
     per_round, per_bytes, per_second = out_dir / "accuracy.png", out_dir / "accuracy_vs_bytes.png", out_dir / "accuracy_vs_time.png"
+    per_planned_second = out_dir / "accuracy_vs_planned_time.png"
     seeds = max(interval.count for curve in curves.values() for interval in curve)
     shaded = " (shaded: 95% interval over seeds)" if seeds > 1 else ""
     figure, axis = plt.subplots(figsize=(7, 4.5))
@@ -46,7 +48,15 @@ def plot_curves(results: list[RunResult], curves: dict[str, list[Interval]], cen
         axis.plot(run.elapsed_s, run.primary, marker="o", label=strategy)
     axis.set(xlabel="seconds since the first round began", ylabel=f"held-out {metric}", title=f"{metric} against wall-clock time (first seed)")
     save(figure, axis, per_second)
-    return per_round, per_bytes, per_second
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for strategy, curve in curves.items():
+        runs = [r for r in results if r.strategy == strategy]
+        clock = [statistics.fmean(run.planned_s[index] for run in runs) for index in range(len(curve))]
+        _band(axis, clock, curve, strategy, marker="o")
+    axis.set(xlabel="planned seconds on the real devices since the first round began", ylabel=f"held-out {metric}",
+             title=f"{metric} against planned device time{shaded}")
+    save(figure, axis, per_planned_second)
+    return per_round, per_bytes, per_second, per_planned_second
 
 
 def _band(axis, xs: list[float], curve: list[Interval], label: str, **style) -> None:

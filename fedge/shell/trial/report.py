@@ -73,6 +73,8 @@ def summarise(results: list[RunResult], target: float) -> list[dict]:
             "best_devices": _mean([max((a for a in r.device_accuracy[1:] if not math.isnan(a)), default=math.nan) for r in runs]),
             "rounds_to_target": None if None in reached else statistics.fmean(reached),
             "seconds_to_target": None if None in seconds else _mean(seconds),
+            "planned_round_s": _mean([r.planned_round_s for r in runs]),
+            "planned_s_to_target": None if None in reached else _mean([r.planned_s[index] for r, index in zip(runs, reached)]),
             "up_per_client_round": _mean([sum(r.bytes_up) / len(r.bytes_up) / r.clients for r in runs]),
             "down_per_client_round": _mean([sum(r.bytes_down) / len(r.bytes_down) / r.clients for r in runs]),
             "server_s": _mean([r.server_s for r in runs]),
@@ -155,14 +157,15 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
     metric = trial.metric
     images = plot_curves(results, per_round, central, metric, out_dir) if results else ()
     table = Table(title=f"Trial {trial.name}: {len(trial.fleet)} devices, {trial.data.source} data, seeds {list(trial.seeds)}, {trial.rounds} rounds × {trial.local_steps} steps")
-    headers = ["strategy", f"pretrained {metric}", f"final {metric}", f"best {metric}", "final loss", f"final {metric} (devices)", f"rounds to {trial.target_accuracy}", f"seconds to {trial.target_accuracy}", "KB up /client/round", "KB down /client/round", "server s", "wall s"]
+    headers = ["strategy", f"pretrained {metric}", f"final {metric}", f"best {metric}", "final loss", f"final {metric} (devices)", f"rounds to {trial.target_accuracy}", f"seconds to {trial.target_accuracy}", "planned round s", f"planned s to {trial.target_accuracy}", "KB up /client/round", "KB down /client/round", "server s", "wall s"]
     for header in headers:
         table.add_column(header, justify="left" if header == "strategy" else "right")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         cells = [row["strategy"], _fmt(row["pretrained"]), _fmt_interval(row["final_global_interval"]), _fmt(row["best_global"]), _fmt(row["final_loss"]), _fmt_interval(row["final_devices_interval"]),
                  "not reached" if row["rounds_to_target"] is None else f"{row['rounds_to_target']:.1f}",
-                 "not reached" if row["seconds_to_target"] is None else f"{row['seconds_to_target']:.0f}",
+                 "not reached" if row["seconds_to_target"] is None else f"{row['seconds_to_target']:.0f}", _fmt(row["planned_round_s"], 1),
+                 "not reached" if row["planned_s_to_target"] is None else _fmt(row["planned_s_to_target"], 1),
                  f"{row['up_per_client_round'] / 1e3:.1f}", f"{row['down_per_client_round'] / 1e3:.1f}", f"{row['server_s']:.2f}", f"{row['wall_s']:.0f}"]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
@@ -170,7 +173,7 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
         means = [point.mean for point in central]
         reached = rounds_to(means, trial.target_accuracy)
         cells = [CENTRALISED, _fmt(means[0]), _fmt_interval(asdict(central[-1])), _fmt(max(means[1:], default=math.nan)), _fmt(centralised_curve(centralised, "loss")[-1].mean), "—",
-                 "not reached" if reached is None else str(reached), "—", "—", "—", "—", "—"]
+                 "not reached" if reached is None else str(reached), "—", "—", "—", "—", "—", "—", "—"]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     one_rank = sorted({run.name for run in trial.strategies if not STRATEGIES[run.name].mixed_ranks})
@@ -181,6 +184,7 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
             f"Wall time {wall_s:.0f} s.", "", *lines, "",
             *([f"Final scores are means over seeds ± half the {CONFIDENCE:.0%} t-interval.", ""] if len(trial.seeds) > 1 else []),
             "Scores: the coordinator's global model on the held-out set (pretrained = round 0, final, best) and its loss per scored token; \"devices\": the mean over devices of the model each holds after the round (the only figure for CE-LoRA, which has no global model). "
+            "\"seconds\" are this host's clock; \"planned\" seconds are the plan's on the real devices (a global round: the slowest device's round, or with HierFedLoRA groups the slowest group's τ_g exchanges). "
             "Bytes are whole encoded messages (fp16 tensors + header) per device per round." + (f" {', '.join(one_rank)} cannot mix ranks: every device trained rank {trial.same_rank} on the layers the planner gave it." if one_rank else "")
             + (f" Centralised: one adapter on the pooled shards, {trial.local_steps * len(trial.fleet)} steps per round (as many examples as the fleet's round)." if central else "")
             + (_privacy_sentence(trial) if trial.privacy else "")
@@ -204,7 +208,8 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
         text += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     if failed:
         text += ["## Failed runs", "", *[f"- {run['strategy']} seed {run['seed']}: exit {run['exit']} (logs in {run['run_dir']}/logs)" for run in failed], ""]
-    text += [f"![{metric} per round]({images[0].name})", "", f"![{metric} against bytes]({images[1].name})", "", f"![{metric} against time]({images[2].name})", ""] if images else []
+    text += [f"![{metric} per round]({images[0].name})", "", f"![{metric} against bytes]({images[1].name})", "", f"![{metric} against time]({images[2].name})", "",
+                                        f"![{metric} against planned time]({images[3].name})", ""] if images else []
     path = out_dir / "report.md"
     path.write_text("\n".join(text))
     (out_dir / "report.json").write_text(json.dumps({"rows": rows, "curves": {name: [asdict(point) for point in curve] for name, curve in per_round.items()},

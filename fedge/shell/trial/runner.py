@@ -37,7 +37,7 @@ def agent_ids(trial: TrialConfig) -> list[str]:
 
 
 def coordinator_config(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_dir: Path, broker_url: str, fleet_dir: Path) -> dict:
-    planner = dict(trial.planner)
+    planner = dict(run.planner(trial.planner))
     if not STRATEGIES[run.name].mixed_ranks:  # e.g. FedIT: one rank for everyone, said in the report
         planner.update(ranks=[trial.same_rank], rank_profile="uniform")
     return {

@@ -1,5 +1,5 @@
 """One finished trial run read back from its coordinator's records: the headline metric per round (global model and
-the devices' mean), bytes, times and the plan's ranks."""
+the devices' mean), bytes, times (this host's, and the plan's on the real devices) and the plan's ranks."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ class RunResult:
     wall_s: float
     ranks: dict[str, str]
     elapsed_s: list[float]  # index = round: seconds since the first round began (0 for round 0)
+    planned_round_s: float = math.nan  # the plan's global round on the real devices: its slowest device, or slowest group
+
+    @property
+    def planned_s(self) -> list[float]:
+        """Index = round: the planned seconds on the real devices since the first round began."""
+        return [index * self.planned_round_s for index in range(len(self.server_accuracy))]
 
     @property
     def primary(self) -> list[float]:
@@ -47,4 +53,12 @@ def load_run(strategy: str, seed: int, run_dir: Path) -> RunResult:
         float((run_dir / "wall_s").read_text()) if (run_dir / "wall_s").exists() else math.nan,
         ranks,
         [0.0] + [r.get("elapsed_s", math.nan) for r in later],
+        planned_round_seconds(plan),
     )
+
+
+def planned_round_seconds(plan: dict) -> float:
+    """A plan's global round on the real devices: the slowest HierFedLoRA group's τ_g exchanges, else the slowest
+    feasible device's round (NaN for an empty plan)."""
+    times = [group["round_seconds"] for group in plan.get("groups", [])] or [device["round_seconds"] for device in plan["devices"] if device["feasible"]]
+    return max(times, default=math.nan)
