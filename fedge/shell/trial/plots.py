@@ -1,5 +1,6 @@
 """A trial's pictures: the headline metric per round, against bytes sent, against this host's wall-clock time and
-against the planned time on the real devices, each strategy's mean over seeds with its 95% interval shaded (``fedge.shell.trial.intervals``), the centralised reference dashed."""
+against the planned time on the real devices, each strategy's mean over seeds with its 95% interval shaded
+(``fedge.shell.trial.intervals``), the centralised reference dashed."""
 
 from __future__ import annotations
 
