@@ -10,8 +10,9 @@
    (``fedge.strategies.sketch``) over every module, beside today's exact factored method timed on ``--exact-sample``
    modules and scaled to all of them (modules are independent), with the range finder's error against the exact
    truncation on those modules. The updates model a later round: every device began from the global (its top r_i
-   directions, singular values 1/j) and moved by ``--local-change`` of that (one set of factors serves every module:
-   the cost does not depend on the values).
+   directions, singular values 1/j) and moved by ``--local-change`` of that, in float16 as the wire delivers them
+   (one set of factors serves every module: the cost does not depend on the values). Beside them, `full`'s dense
+   average of every device's d×k upload, timed on one module and scaled.
 
     python benchmarks/aggregation.py [--dim 4096] [--clients 10] [--modules 1] [--repeats 3] [--large-clients 100]
 """
@@ -123,7 +124,7 @@ def time_strategies(dim: int, clients: int, modules: int, repeats: int) -> None:
 
 def later_round(dim: int, clients: int, modules: int, local_change: float, rng: np.random.Generator) -> tuple[dict, list[ClientUpdate]]:
     """The global state (rank 64, singular values 1/j) and ``clients`` updates that began from it, over ``modules``
-    modules sharing one set of factors."""
+    modules sharing one set of factors, in float16 as the wire delivers them."""
     top = max(RANKS)
     left = np.linalg.qr(rng.standard_normal((dim, top)))[0] / np.arange(1, top + 1)
     rows = np.linalg.qr(rng.standard_normal((dim, top)))[0].T
@@ -135,8 +136,8 @@ def later_round(dim: int, clients: int, modules: int, local_change: float, rng: 
     for index in range(clients):
         rank = RANKS[index % len(RANKS)]
         scaling = 16 / rank
-        b = ((left[:, :rank] + local_change * rng.standard_normal((dim, rank)) / np.sqrt(dim)) / scaling).astype(np.float32)
-        a = (rows[:rank] + local_change * rng.standard_normal((rank, dim)) / np.sqrt(dim)).astype(np.float32)
+        b = ((left[:, :rank] + local_change * rng.standard_normal((dim, rank)) / np.sqrt(dim)) / scaling).astype(np.float16)
+        a = (rows[:rank] + local_change * rng.standard_normal((rank, dim)) / np.sqrt(dim)).astype(np.float16)
         spec = LoraSpec(("q_proj", "v_proj"), tuple(range(modules // 2)), (rank,) * (modules // 2), scaling * rank)
         tensors = {module + suffix: factor for module in names for suffix, factor in ((A_SUFFIX, a), (B_SUFFIX, b))}
         updates.append(ClientUpdate(f"c{index}", int(rng.integers(50, 500)), spec, tensors))
@@ -168,9 +169,26 @@ def server_step_at_scale(dim: int, clients: int, modules: int, sample: int, loca
         best_rank = svd(best).truncated(rank).dense()
         missed.append(float(np.linalg.norm(residual - cut[module + ".left"] @ cut[module + ".right"]) / np.linalg.norm(residual - best_rank)))
     table.add_row("fedex-lora", f"{exact_s * modules / sample:.1f} s", f"{fast_s:.2f} s", f"{exact_s * modules / sample / fast_s:.0f}×", "—", f"{max(missed):.4f}×")
+    full_s = dense_average_seconds(dim, clients)
+    table.add_row("full", f"{full_s * modules:.1f} s", "—", "—", "exact", "—")
     console.print(table)
     console.print("FedEx-LoRA today sends the exact residual (stacked rank Σ r_i + R); beyond exact_residual_rank it sends the residual's top R directions, "
-                  "whose error is the last column's multiple of the best rank-R correction's. `full` still averages dense d×k weights (not covered here).")
+                  "whose error is the last column's multiple of the best rank-R correction's. `full` averages the dense d×k weights every device sends: "
+                  f"{clients * modules * dim * dim * 2 / 1e9:.3g} GB of float16 arrive per round, so no server step on {modules} such modules can be quick "
+                  "until its devices send their GaLore change factored.")
+
+
+def dense_average_seconds(dim: int, clients: int) -> float:
+    """`full`'s server step on one module: ``clients`` dense float16 d×k uploads, each its own array (one shared
+    array would sit in cache and flatter the sum; the values themselves do not matter)."""
+    strategy = make_strategy("full")
+    module = "base_model.model.model.layers.0.self_attn.q_proj"
+    lora = {module + A_SUFFIX: np.zeros((16, dim), np.float32), module + B_SUFFIX: np.zeros((dim, 16), np.float32)}
+    state = strategy.initial_state(lora, {module: np.zeros((dim, dim), np.float32)})
+    spec = LoraSpec(("q_proj",), (0,), (16,), 2.0)
+    updates = [ClientUpdate(f"c{index}", 50 + index, spec, {module + FULL_SUFFIX: np.full((dim, dim), index / clients, np.float16)}) for index in range(clients)]
+    seconds, _ = best_of(1, lambda: strategy.aggregate(state, updates, 1))
+    return seconds
 
 
 def main() -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fedge.strategies import ClientUpdate, StrategyError, make_strategy
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, base_deltas
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, base_deltas, weighted_sum
 from fedge.strategies.factored import stack, svd
-from fedge.strategies.sketch import SketchSettings, StackBuffer, leading_svd, top_svd
+from fedge.strategies.sketch import SketchSettings, StackBuffer, leading_svd, stacked, top_svd
 from fedge.wire import LoraSpec
 
 RANKS = (2, 4, 8, 16)
@@ -114,3 +114,25 @@ def test_the_round_record_is_told_where_the_server_step_was_not_exact():
     assert make_strategy("flexlora").notes(_state(global_a), updates[:4]) == {}
     assert "not exact on 1 of 1 modules" in make_strategy("fedex-lora", exact_residual_rank=64).notes(_state(global_a), updates)["residual"]
     assert make_strategy("fedex-lora").notes(_state(global_a), updates) == {}  # 300 + 16 is within the default 512
+
+
+def test_wire_float16_factors_are_stacked_exactly_beside_float32_ones():
+    _, terms = fleet_round(clients=12, seed=5)
+    mixed = [(weight, b.astype(np.float16), a.astype(np.float16)) for weight, b, a in terms[:-1]] + [terms[-1]]  # FedEx-LoRA's −B̄Ā stays float32
+    for block in (array for _, b, a in mixed for array in (b, a)):
+        block.flags.writeable = False  # as decoded from the wire
+    buffer = StackBuffer()
+    for _ in range(2):  # the second module reuses the buffer's arrays
+        left, right, weights = stacked(mixed, buffer)
+        assert np.array_equal(left.numpy(), np.concatenate([b.astype(np.float32) for _, b, _ in mixed], axis=1))
+        assert np.array_equal(right.numpy(), np.concatenate([a.astype(np.float32) for _, _, a in mixed], axis=0))
+        assert np.array_equal(weights.numpy(), np.concatenate([np.full(b.shape[1], w, np.float32) for w, b, _ in mixed]))
+
+
+def test_dense_weighted_sums_add_float16_uploads_a_chunk_at_a_time():
+    rng = np.random.default_rng(6)
+    terms = [(rng.standard_normal((33, 47)).astype(np.float16), float(weight)) for weight in rng.uniform(0, 1, 9)]
+    expected = sum(weight * array.astype(np.float64) for array, weight in terms)
+    for chunk in (100, 1 << 18):  # chunks that cut rows apart, and one chunk for the whole matrix
+        total = weighted_sum(terms, chunk=chunk)
+        assert total.dtype == np.float32 and np.allclose(total, expected, rtol=1e-6, atol=1e-6)

@@ -17,6 +17,7 @@ Per-layer weights p_i are renormalised over the clients that trained that layer 
 from __future__ import annotations
 
 import re
+import warnings
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterator, Sequence
@@ -269,17 +270,41 @@ def folded(update: ClientUpdate, module: str) -> tuple[np.ndarray, np.ndarray]:
 def average_factors(state: State, module: str, weighted: Sequence[tuple[ClientUpdate, float]], dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
     """(B̄, Ā) = (Σ w_i pad(s_i B_i), Σ w_i pad(A_i)) at the state's rank R (HetLoRA zero-padding), summed in
     ``dtype``: float32 halves the memory traffic where nothing downstream needs float64 (the global is stored in
-    float32; a hundred fp16 factors lose under 1e-6 relative)."""
+    float32; a hundred fp16 factors lose under 1e-6 relative). The sums run in torch: its mixed-precision adds of
+    the wire's float16 are three times quicker than numpy's casting loops."""
+    import torch  # only aggregation needs it: configs and strategies load without torch
+
     rows, rank = state[module + B_SUFFIX].shape
     cols = state[module + A_SUFFIX].shape[1]
     b_sum, a_sum = np.zeros((rows, rank), dtype), np.zeros((rank, cols), dtype)
-    for update, weight in weighted:
-        b, a = update.tensors[module + B_SUFFIX], update.tensors[module + A_SUFFIX]
-        if a.shape[0] > rank:
-            raise StrategyError(f"{update.agent_id} sent rank {a.shape[0]} on {module}; the global adapter holds rank {rank}")
-        b_sum[:, : b.shape[1]] += b * dtype(weight * update.spec.scaling)  # zero-padded to rank R
-        a_sum[: a.shape[0]] += a * dtype(weight)
+    b_total, a_total = torch.from_numpy(b_sum), torch.from_numpy(a_sum)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # factors decoded from the wire are read-only; torch only reads them
+        for update, weight in weighted:
+            b, a = update.tensors[module + B_SUFFIX], update.tensors[module + A_SUFFIX]
+            if a.shape[0] > rank:
+                raise StrategyError(f"{update.agent_id} sent rank {a.shape[0]} on {module}; the global adapter holds rank {rank}")
+            b_total[:, : b.shape[1]].add_(torch.from_numpy(b), alpha=weight * update.spec.scaling)  # zero-padded to rank R
+            a_total[: a.shape[0]].add_(torch.from_numpy(a), alpha=weight)
     return b_sum, a_sum
+
+
+def weighted_sum(terms: Sequence[tuple[np.ndarray, float]], chunk: int = 1 << 18) -> np.ndarray:
+    """Σ w·X over same-shaped ``(X, w)`` terms in float32, summed by torch a ``chunk`` of elements at a time: the
+    wire's float16 arrays are widened as they are added, and the running sum of a chunk stays in cache while every
+    term is added to it (summing whole 64 MB matrices term by term moves the sum through memory once per term)."""
+    import torch
+
+    total = np.zeros(terms[0][0].shape, np.float32)
+    accumulator = torch.from_numpy(total).view(-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # arrays decoded from the wire are read-only; torch only reads them
+        flat = [(torch.from_numpy(np.ascontiguousarray(array)).view(-1), weight) for array, weight in terms]
+    for start in range(0, accumulator.numel(), chunk):
+        part = accumulator[start : start + chunk]
+        for array, weight in flat:
+            part.add_(array[start : start + chunk], alpha=weight)
+    return total
 
 
 def product_terms(updates: Sequence[tuple[ClientUpdate, float]], module: str) -> list[tuple[float, np.ndarray, np.ndarray]]:

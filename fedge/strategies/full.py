@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedge.strategies.base import FULL_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, StrategyError, lora_modules, trained_modules
+from fedge.strategies.base import FULL_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, StrategyError, lora_modules, trained_modules, weighted_sum
 from fedge.wire import MAX_GALORE_SCALE
 
 
@@ -45,7 +45,7 @@ class FullWeights(Strategy):
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         merged = dict(state)
         for module, weighted in trained_modules(state, updates, FULL_SUFFIX):
-            merged[module + FULL_SUFFIX] = sum(weight * update.tensors[module + FULL_SUFFIX].astype(np.float64) for update, weight in weighted).astype(np.float32)
+            merged[module + FULL_SUFFIX] = weighted_sum([(update.tensors[module + FULL_SUFFIX], weight) for update, weight in weighted])
         return merged
 
     def client_view(self, state: State, client: ClientInfo) -> State:
