@@ -20,6 +20,7 @@ import re
 import warnings
 import zlib
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -267,6 +268,15 @@ def folded(update: ClientUpdate, module: str) -> tuple[np.ndarray, np.ndarray]:
     return b, update.tensors[module + A_SUFFIX].astype(np.float64)
 
 
+@contextmanager
+def reading_wire_arrays() -> Iterator[None]:
+    """Around torch.from_numpy on arrays decoded from the wire: they are read-only and torch only reads them, so its
+    warning that writes through the tensor would fail says nothing here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
 def average_factors(state: State, module: str, weighted: Sequence[tuple[ClientUpdate, float]], dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
     """(B̄, Ā) = (Σ w_i pad(s_i B_i), Σ w_i pad(A_i)) at the state's rank R (HetLoRA zero-padding), summed in
     ``dtype``: float32 halves the memory traffic where nothing downstream needs float64 (the global is stored in
@@ -278,8 +288,7 @@ def average_factors(state: State, module: str, weighted: Sequence[tuple[ClientUp
     cols = state[module + A_SUFFIX].shape[1]
     b_sum, a_sum = np.zeros((rows, rank), dtype), np.zeros((rank, cols), dtype)
     b_total, a_total = torch.from_numpy(b_sum), torch.from_numpy(a_sum)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # factors decoded from the wire are read-only; torch only reads them
+    with reading_wire_arrays():
         for update, weight in weighted:
             b, a = update.tensors[module + B_SUFFIX], update.tensors[module + A_SUFFIX]
             if a.shape[0] > rank:
@@ -297,8 +306,7 @@ def weighted_sum(terms: Sequence[tuple[np.ndarray, float]], chunk: int = 1 << 18
 
     total = np.zeros(terms[0][0].shape, np.float32)
     accumulator = torch.from_numpy(total).view(-1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # arrays decoded from the wire are read-only; torch only reads them
+    with reading_wire_arrays():
         flat = [(torch.from_numpy(np.ascontiguousarray(array)).view(-1), weight) for array, weight in terms]
     for start in range(0, accumulator.numel(), chunk):
         part = accumulator[start : start + chunk]

@@ -13,7 +13,6 @@ seed, so the same updates always give the same global (a resumed run repeats its
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedge.strategies.base import A_SUFFIX, StrategyError, trained_modules
+from fedge.strategies.base import A_SUFFIX, StrategyError, reading_wire_arrays, trained_modules
 from fedge.strategies.factored import ThinSVD, stack, svd
 
 if TYPE_CHECKING:
@@ -82,8 +81,7 @@ def join(blocks: Sequence[np.ndarray], axis: int, role: str, buffer: StackBuffer
     out = torch.from_numpy(buffer.array(role, shape, np.dtype(np.float32)))
     common = Counter(block.dtype for block in blocks).most_common(1)[0][0]
     staging = out if common == np.float32 else torch.from_numpy(buffer.array(role + " as sent", shape, common))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # factors decoded from the wire are read-only; torch only reads them
+    with reading_wire_arrays():
         torch.cat([torch.from_numpy(block if block.dtype == common else block.astype(common)) for block in blocks], dim=axis, out=staging)
         if staging is not out:
             out.copy_(staging)
