@@ -52,7 +52,7 @@ def test_trial_example_loads():
     assert [run.rounds.get("round_mode", "sync") for run in modes.strategies] == ["sync", "async", "semi-sync"] and modes.slowdown == {"cpu-8gb": 10}
     optimizers = TrialConfig.from_yaml(EXAMPLES / "trial-optimizers.yaml")
     assert {run.server_optimizer.get("name", "none") for run in optimizers.strategies} == {"none", "fedavgm", "fedadam", "fedyogi"} and any(run.proximal_mu for run in optimizers.strategies)
-    assert optimizers.fleet == trial.fleet and optimizers.data == trial.data and optimizers.seeds == trial.seeds
+    assert optimizers.fleet == trial.fleet and optimizers.data == trial.data and optimizers.seeds == (0, 1, 2)
     full = TrialConfig.from_yaml(EXAMPLES / "trial-full.yaml")
     assert [run.name for run in full.strategies] == ["hetlora"] * 2 + ["full"] * 5 and full.fleet == trial.fleet and full.data == trial.data and full.seeds == (0, 1, 2)
     assert len({(run.name, tuple(sorted(run.options.items()))) for run in full.strategies}) == 6 and full.strategies[1].learning_rate == 0.01  # five step sizes of full beside HetLoRA at two
