@@ -72,25 +72,27 @@ class StackBuffer:
 
 
 def join(blocks: Sequence[np.ndarray], axis: int, role: str, buffer: StackBuffer) -> torch.Tensor:
-    """``blocks`` concatenated along ``axis`` into one of ``buffer``'s float32 arrays. The blocks are joined in the
-    dtype most of them share (the wire's float16) and widened in one contiguous pass: numpy's casting block by block
-    into strided columns costs several times more than both. Blocks of a wider dtype are then copied in exactly."""
+    """``blocks`` concatenated along ``axis`` into one of ``buffer``'s float32 arrays. Row blocks (axis 0) are
+    widened as they are copied, each into one contiguous stretch. Column blocks land in strided rows, where widening
+    on the way costs several times a plain copy: they are joined in the dtype most of them share (the wire's
+    float16) and widened in one contiguous pass, blocks of a wider dtype then copied in exactly."""
     import torch  # only the server step needs torch: configs and strategies load without it
 
     shape = (blocks[0].shape[0], sum(block.shape[1] for block in blocks)) if axis == 1 else (sum(block.shape[0] for block in blocks), blocks[0].shape[1])
     out = torch.from_numpy(buffer.array(role, shape, np.dtype(np.float32)))
-    common = Counter(block.dtype for block in blocks).most_common(1)[0][0]
-    staging = out if common == np.float32 else torch.from_numpy(buffer.array(role + " as sent", shape, common))
     with reading_wire_arrays():
-        torch.cat([torch.from_numpy(block if block.dtype == common else block.astype(common)) for block in blocks], dim=axis, out=staging)
+        if axis == 0:
+            return torch.cat([torch.from_numpy(block) for block in blocks], dim=0, out=out)
+        common = Counter(block.dtype for block in blocks).most_common(1)[0][0]
+        staging = out if common == np.float32 else torch.from_numpy(buffer.array(role + " as sent", shape, common))
+        torch.cat([torch.from_numpy(block if block.dtype == common else block.astype(common)) for block in blocks], dim=1, out=staging)
         if staging is not out:
             out.copy_(staging)
             start = 0
             for block in blocks:
-                size = block.shape[axis]
                 if block.dtype != common:
-                    out.narrow(axis, start, size).copy_(torch.from_numpy(block))
-                start += size
+                    out.narrow(1, start, block.shape[1]).copy_(torch.from_numpy(block))
+                start += block.shape[1]
     return out
 
 
