@@ -15,6 +15,7 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fedge.coordinator.monitor import RunMonitor
+from fedge.trust.enrolment import write_file_atomic
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class LiveServer:
     def start(self) -> str:
         self._thread.start()
         self.live_file.parent.mkdir(parents=True, exist_ok=True)
-        self.live_file.write_text(json.dumps({"url": self.url, "pid": os.getpid()}))
+        write_file_atomic(self.live_file, json.dumps({"url": self.url, "pid": os.getpid()}), mode=0o644)  # readers poll for it: never half written
         log.info("live fleet page: %s (Prometheus metrics at %smetrics; `fedge status %s` in a terminal)", self.url, self.url, self.live_file.parent)
         return self.url
 
