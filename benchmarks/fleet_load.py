@@ -228,7 +228,7 @@ def main() -> None:
             console.print(f"{size:,} agents: enrolling, starting Mosquitto, the coordinator and {args.processes} swarm processes…")
             figures = measure(size, rounds, train_s, args.processes, backbone, args.heartbeat_s, Path(scratch) / f"n{size}", args.depth, args.rank)
             results.append(figures)
-            console.print(json.dumps(figures))
+            console.out(json.dumps(figures), highlight=False)  # one unwrapped line: tests and scripts parse it
             if figures["completed_rounds"] < rounds:
                 console.print(f"[red]{size:,} agents: {figures['completed_rounds']} of {rounds} rounds completed[/]; coordinator log tail:")
                 console.print(Path(figures["log"]).read_text()[-3000:])
