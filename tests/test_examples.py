@@ -45,7 +45,7 @@ def test_trial_example_loads():
     from fedge.shell.trial.config import TrialConfig
 
     trial = TrialConfig.from_yaml(EXAMPLES / "trial.yaml")
-    assert len(trial.strategies) >= 2
+    assert len(trial.strategies) == 9 and trial.seeds == (0, 1, 2) and trial.centralised and trial.baseline == "centralised"
     private = TrialConfig.from_yaml(EXAMPLES / "trial-private.yaml")
     assert private.privacy["noise_multiplier"] > 0 and private.fleet == trial.fleet and private.data == trial.data
     modes = TrialConfig.from_yaml(EXAMPLES / "trial-async.yaml")

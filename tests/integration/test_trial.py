@@ -106,7 +106,9 @@ def test_an_instruct_trial_on_the_operators_own_files(tiny_backbone, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "seed 0 hetlora: finished by an earlier invocation with these settings; kept" in result.stdout.replace("\n", " ")
     assert (out / "seed_0" / "hetlora" / "coordinator" / "metrics.jsonl").stat().st_mtime_ns == finished
-    assert {row["strategy"] for row in json.loads((out / "report.json").read_text())["rows"]} == {"hetlora", "hetlora lr=0.004"}
+    rerun = json.loads((out / "report.json").read_text())
+    assert {row["strategy"] for row in rerun["rows"]} == {"hetlora", "hetlora lr=0.004"} and rerun["kept_runs"] == 1
+    assert "which kept 1 of the 2 runs from earlier ones" in (out / "report.md").read_text()
 
 
 def test_a_trial_names_its_task_and_data_consistently():

@@ -143,9 +143,10 @@ def _privacy_sentence(trial: TrialConfig) -> str:
 
 
 def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], centralised: dict[int, list[dict]], out_dir: Path, wall_s: float,
-                 notes: list[str] = ()) -> Report:
+                 notes: list[str] = (), kept: int = 0) -> Report:
     """The report of a trial's finished ``runs`` ({strategy, name, seed, run_dir, exit}); ``notes``: anything the
-    reader must know that the records do not say (a field trial's arms that planned other devices)."""
+    reader must know that the records do not say (a field trial's arms that planned other devices); ``kept``: how
+    many of the runs an earlier invocation finished (``wall_s`` is this invocation's alone)."""
     failed = [run for run in runs if run["exit"] != 0]
     results = [load_run(run["strategy"], run["seed"], Path(run["run_dir"])) for run in runs if run["exit"] == 0]
     rows = summarise(results, trial.target_accuracy)
@@ -182,7 +183,7 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
     text = [f"# Field trial: {trial.name}", "",
             f"Backbone {trial.backbone}; task {task.kind} ({metric}); data {trial.data.source}; fleet {', '.join(trial.fleet)}; seeds {list(trial.seeds)}; "
             f"{trial.rounds} rounds of {trial.local_steps} local steps (batch {trial.batch_size}, lr {trial.learning_rate}); planner {trial.planner}. "
-            f"Wall time {wall_s:.0f} s.", "", *lines, "",
+            f"Wall time {wall_s:.0f} s" + (f" for this invocation, which kept {kept} of the {len(runs)} runs from earlier ones (each run's own is its row's wall s)." if kept else "."), "", *lines, "",
             *([f"Final scores are means over seeds ± half the {CONFIDENCE:.0%} t-interval.", ""] if len(trial.seeds) > 1 else []),
             "Scores: the coordinator's global model on the held-out set (pretrained = round 0, final, best) and its loss per scored token; \"devices\": the mean over devices of the model each holds after the round (the only figure for CE-LoRA, which has no global model). "
             "\"seconds\" are this host's clock; \"planned\" seconds are the plan's on the real devices (a global round: the slowest device's round, or with HierFedLoRA groups the slowest group's τ_g exchanges). "
@@ -215,5 +216,5 @@ def write_report(trial: TrialConfig, runs: list[dict], splits: dict[int, dict], 
     path.write_text("\n".join(text))
     (out_dir / "report.json").write_text(json.dumps({"rows": rows, "curves": {name: [asdict(point) for point in curve] for name, curve in per_round.items()},
                                                         "centralised_curve": [asdict(point) for point in central], "comparisons": [asdict(c) for c in comparisons],
-                                                        "centralised": centralised, "runs": runs, "splits": splits, "wall_s": wall_s}, indent=2, default=str))
+                                                        "centralised": centralised, "runs": runs, "splits": splits, "wall_s": wall_s, "kept_runs": kept}, indent=2, default=str))
     return Report(path, table)

@@ -68,7 +68,7 @@ def run_trial(trial: TrialConfig, out_dir: Path, console: Console) -> Path:
     (out_dir / "trial.json").write_text(json.dumps(asdict(trial), indent=2, default=list))
     with long_step(console, f"locating the backbone {trial.backbone}"):
         locate_backbone(trial.backbone)
-    splits, runs, centralised = {}, [], {}
+    splits, runs, centralised, kept = {}, [], {}, 0
     total = len(trial.seeds) * (len(trial.strategies) + trial.centralised) * trial.rounds
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(), console=console)
     with progress:
@@ -85,13 +85,13 @@ def run_trial(trial: TrialConfig, out_dir: Path, console: Console) -> Path:
                 if same_split and finished_run(trial, run, seed, data, run_dir):
                     progress.console.print(f"seed {seed} {run.label}: finished by an earlier invocation with these settings; kept")
                     progress.update(task, advance=trial.rounds)
-                    status = 0
+                    status, kept = 0, kept + 1
                 else:
                     status = _run_one(trial, run, seed, data, run_dir, progress, task)
                 if trial.virtual_fleet and seed == trial.seeds[0]:
                     _clock_virtual_fleet(trial, run_dir)
                 runs.append({"strategy": run.label, "name": run.name, "seed": seed, "run_dir": str(run_dir), "exit": status})
-    report = write_report(trial, runs, splits, centralised, out_dir, time.time() - started)
+    report = write_report(trial, runs, splits, centralised, out_dir, time.time() - started, kept=kept)
     console.print(report.table)
     console.print(f"report: [bold]{report.path}[/] (plots beside it); trial wall time {time.time() - started:.0f} s")
     return report.path
