@@ -58,7 +58,7 @@ def test_fleet_load_benchmark_quick_mode_runs_a_simulated_fleet_through_its_roun
     figures = [json.loads(line) for line in out.splitlines() if line.startswith('{"agents"')]
     assert len(figures) == 1 and figures[0]["completed_rounds"] == 2 and figures[0]["lost_without_reason"] == [0, 0], figures
     assert len(figures[0]["distinct_states"]) == 2 and min(figures[0]["distinct_states"]) >= 1 and figures[0]["message_wait_p99_s"] >= figures[0]["message_wait_p50_s"] >= 0, figures
-    assert "server overhead per round" in out and "round wall (× training)" in out and "message wait p50 / p99" in out
+    assert "server overhead per round" in out and "round wall (× training)" in out and "message wait p50 / p99" in out and "(distinct states; × for one encoding per device)" in out
 
 
 def test_planner_scale_benchmark_quick_mode_prints_the_cost_per_device_against_the_smallest_fleet():
