@@ -99,10 +99,11 @@ def test_an_instruct_trial_on_the_operators_own_files(tiny_backbone, tmp_path):
     assert "pretrained exact_match" in (out / "report.md").read_text() and report["rows"][0]["final_loss"] > 0
     config = yaml.safe_load((out / "seed_0" / "hetlora" / "coordinator.yaml").read_text())
     assert config["task"]["kind"] == "instruct" and config["task"]["metric"] == "exact_match"
-    # the same trial with one arm more: the finished run is kept, only the new arm runs, the report covers both
+    # the same trial with one arm more, its directory now spelt relative: the finished run is kept, only the new
+    # arm runs, the report covers both
     finished = (out / "seed_0" / "hetlora" / "coordinator" / "metrics.jsonl").stat().st_mtime_ns
     (tmp_path / "trial.yaml").write_text(yaml.safe_dump({**trial, "strategies": ["hetlora", {"name": "hetlora", "learning_rate": 0.004}]}))
-    result = subprocess.run([sys.executable, "-m", "fedge.shell.cli", "trial", str(tmp_path / "trial.yaml"), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "fedge.shell.cli", "trial", "trial.yaml", "--out", "out"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "seed 0 hetlora: finished by an earlier invocation with these settings; kept" in result.stdout.replace("\n", " ")
     assert (out / "seed_0" / "hetlora" / "coordinator" / "metrics.jsonl").stat().st_mtime_ns == finished

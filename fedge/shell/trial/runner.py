@@ -99,11 +99,12 @@ def run_trial(trial: TrialConfig, out_dir: Path, console: Console) -> Path:
 
 def finished_run(trial: TrialConfig, run: StrategyRun, seed: int, data: Path, run_dir: Path) -> bool:
     """Whether ``run_dir`` holds this very run, finished: the coordinator settings it would get now (its broker and
-    fleet aside, which are each invocation's own) and every round recorded."""
+    fleet aside, which are each invocation's own, and the paths inside the trial's directory, which follow where the
+    directory is and how ``--out`` spelt it; the split itself is compared by the caller) and every round recorded."""
     config, metrics = run_dir / "coordinator.yaml", run_dir / "coordinator" / "metrics.jsonl"
     if not (config.exists() and metrics.exists() and (run_dir / "wall_s").exists()):
         return False
-    own = ("broker", "enrolment")
+    own = ("broker", "enrolment", "run_dir", "eval_data")
     saved = {key: value for key, value in (yaml.safe_load(config.read_text()) or {}).items() if key not in own}
     wanted = {key: value for key, value in coordinator_config(trial, run, seed, data, run_dir / "coordinator", "", Path()).items() if key not in own}
     rounds = [json.loads(line)["round"] for line in metrics.read_text().splitlines() if line.strip()]
