@@ -15,7 +15,7 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fedge.coordinator.monitor import RunMonitor
-from fedge.trust.enrolment import write_file_atomic
+from fedge.files import write_file_atomic
 
 log = logging.getLogger(__name__)
 

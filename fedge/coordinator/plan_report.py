@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 from rich.table import Table
 
 from fedge.coordinator.plans import FleetPlan
+from fedge.files import write_file_atomic
 
 BITS = {"nf4": 4, "int8": 8, "bf16": 16, "fp16": 16, "fp32": 32}
 
@@ -102,7 +102,4 @@ def plan_to_dict(plan: FleetPlan) -> dict:
 
 def write_plan(plan: dict, path: str | Path) -> None:
     """Written whole or not at all (a reader never sees half a plan)."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(plan, indent=2) + "\n")
-    os.replace(partial, path)
+    write_file_atomic(Path(path), json.dumps(plan, indent=2) + "\n")

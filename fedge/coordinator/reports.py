@@ -22,6 +22,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from fedge.coordinator.plan_report import write_plan
+from fedge.files import write_file_atomic
 
 _ROUND_FILE = re.compile(r"round_(\d+)\.safetensors$")
 
@@ -60,9 +61,7 @@ class RunDirectory:
 
     def save_replay_counters(self, counters: list[tuple[str, str, int]]) -> None:
         """The last envelope counter accepted per device and stream, so a resumed run refuses replays (atomic)."""
-        partial = self.replay_file.with_suffix(".partial")
-        partial.write_text(json.dumps(counters))
-        partial.replace(self.replay_file)
+        write_file_atomic(self.replay_file, json.dumps(counters))
 
     def replay_counters(self) -> list[tuple[str, str, int]]:
         try:
@@ -95,24 +94,19 @@ class RunDirectory:
 
     def drop_rounds_after(self, round_number: int) -> None:
         kept = [record for record in self.rounds() if record["round"] <= round_number]
-        partial = self.metrics_file.with_suffix(".partial")
-        partial.write_text("".join(json.dumps(record) + "\n" for record in kept))
-        partial.replace(self.metrics_file)
+        write_file_atomic(self.metrics_file, "".join(json.dumps(record) + "\n" for record in kept))
 
     def _pending_file(self, round_number: int) -> Path:
         return self.path / "globals" / f"round_{round_number:03d}.json"
 
     def save_pending_record(self, round_number: int, record: dict) -> None:
         """A round's record before its evaluation is in (so a crash while evaluating loses nothing)."""
-        target = self._pending_file(round_number)
-        partial = target.with_suffix(".partial.json")
-        partial.write_text(json.dumps(record))
-        partial.replace(target)
+        write_file_atomic(self._pending_file(round_number), json.dumps(record))
 
     def pending_records(self) -> list[tuple[int, dict]]:
         """Committed rounds whose record never reached metrics.jsonl, in round order."""
         written = {record["round"] for record in self.rounds()}
-        found = sorted((int(path.stem.split("_")[1]), path) for path in (self.path / "globals").glob("round_*.json") if not path.name.endswith(".partial.json"))
+        found = sorted((int(path.stem.split("_")[1]), path) for path in (self.path / "globals").glob("round_*.json"))
         return [(number, json.loads(path.read_text())) for number, path in found if number not in written]
 
     def drop_pending_record(self, round_number: int) -> None:

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fedge.trust.enrolment import COORDINATOR_ID, Enrolment, write_file_atomic
+from fedge.files import write_file_atomic
+from fedge.trust.enrolment import COORDINATOR_ID, Enrolment
 from fedge.wire.topics import DEFAULT_ROOT
 
 

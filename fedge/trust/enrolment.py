@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fedge.files import write_file_atomic
 from fedge.trust.keys import load_private_key, load_public_key, new_password, new_private_key, password_hash, private_key_text, public_key_text
 from fedge.wire import topics
 
@@ -185,10 +185,3 @@ def _write_private(path: Path, text: str) -> None:
     write_file_atomic(path, text, mode=0o600)
 
 
-def write_file_atomic(path: Path, text: str, mode: int) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.chmod(temporary, mode)
-    os.replace(temporary, path)
