@@ -6,13 +6,13 @@
 2. Server time per round of every strategy on the same updates (one adapted module by default; ``--modules N``
    for N such modules, e.g. 64 for q_proj and v_proj on the 32 layers of a 7B model).
 3. The server step at 7B geometry (``--large-clients``, default 100 devices of ranks 4–64 cycling, over
-   ``--large-modules`` = 64 modules of d = k = ``--dim``): FlexLoRA and FedEx-LoRA with the randomized range finder
+   ``--large-modules`` = 64 modules of d = k = ``--dim``): FlexLoRA, FedEx-LoRA and `full` with the randomized range finder
    (``fedge.strategies.sketch``) over every module, beside today's exact factored method timed on ``--exact-sample``
    modules and scaled to all of them (modules are independent), with the range finder's error against the exact
    truncation on those modules. The updates model a later round: every device began from the global (its top r_i
    directions, singular values 1/j) and moved by ``--local-change`` of that, in float16 as the wire delivers them
-   (one set of factors serves every module: the cost does not depend on the values). Beside them, `full`'s dense
-   average of every device's d×k upload, timed on one module and scaled.
+   (one set of factors serves every module: the cost does not depend on the values); `full`'s devices send the
+   same factors as their factored round changes (K = r_i columns, as GaLore at rank r_i/2 would).
 
     python benchmarks/aggregation.py [--dim 4096] [--clients 10] [--modules 1] [--repeats 3] [--large-clients 100]
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedge.strategies import STRATEGIES, ClientInfo, ClientUpdate, make_strategy
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, FULL_SUFFIX, base_deltas, product_terms, trained_modules
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, base_deltas, delta_key, product_terms, trained_modules
 from fedge.strategies.factored import compress, stack, svd
 from fedge.wire import LoraSpec
 
@@ -88,8 +89,7 @@ def updates_for(name: str, dim: int, clients: int, modules: int, rng: np.random.
     for module in names:
         lora[module + A_SUFFIX] = (rng.normal(size=(max(RANKS), dim)) / np.sqrt(dim)).astype(np.float32)
         lora[module + B_SUFFIX] = np.zeros((dim, max(RANKS)), np.float32)
-    weights = {module: rng.normal(size=(dim, dim)).astype(np.float32) for module in names} if name == "full" else {}
-    state = strategy.initial_state(lora, weights)
+    state = strategy.initial_state(lora, {})
     updates = []
     for index in range(clients):
         rank = RANKS[index % len(RANKS)] if strategy.mixed_ranks else 16
@@ -98,8 +98,9 @@ def updates_for(name: str, dim: int, clients: int, modules: int, rng: np.random.
         for module in names:
             if strategy.recipe.sends == ("C",):
                 tensors[module + C_SUFFIX] = (np.eye(rank) + 0.1 * rng.normal(size=(rank, rank))).astype(np.float32)
-            elif strategy.recipe.sends == ("W",):
-                tensors[module + FULL_SUFFIX] = rng.normal(size=(dim, dim)).astype(np.float32)
+            elif strategy.recipe.sends == ("ΔW",):
+                tensors[module + CHANGE_LEFT_SUFFIX] = rng.normal(size=(dim, 2 * rank)).astype(np.float32) / np.sqrt(rank)
+                tensors[module + CHANGE_RIGHT_SUFFIX] = np.linalg.qr(rng.normal(size=(dim, 2 * rank)))[0].T.astype(np.float32)
             else:
                 tensors[module + B_SUFFIX] = rng.normal(size=(dim, rank)).astype(np.float32) / np.sqrt(rank)
                 if "A" in strategy.recipe.sends:
@@ -169,26 +170,23 @@ def server_step_at_scale(dim: int, clients: int, modules: int, sample: int, loca
         best_rank = svd(best).truncated(rank).dense()
         missed.append(float(np.linalg.norm(residual - cut[module + ".left"] @ cut[module + ".right"]) / np.linalg.norm(residual - best_rank)))
     table.add_row("fedex-lora", f"{exact_s * modules / sample:.1f} s", f"{fast_s:.2f} s", f"{exact_s * modules / sample / fast_s:.0f}×", "—", f"{max(missed):.4f}×")
-    full_s = dense_average_seconds(dim, clients)
-    table.add_row("full", f"{full_s * modules:.1f} s", "—", "—", "exact", "—")
+    changes = [replace(update, tensors={module + suffix: update.tensors[module + key] * (update.spec.scaling if key == B_SUFFIX else 1) for module in names_of(state)
+                                         for suffix, key in ((CHANGE_LEFT_SUFFIX, B_SUFFIX), (CHANGE_RIGHT_SUFFIX, A_SUFFIX))}) for update in updates]
+    exact_s, exact = best_of(1, lambda: {module: compress(stack([(weight, u.tensors[module + CHANGE_LEFT_SUFFIX], u.tensors[module + CHANGE_RIGHT_SUFFIX]) for u, weight in weighted]))
+                                        for module, weighted in list(trained_modules(state, changes, CHANGE_LEFT_SUFFIX))[:sample]})
+    previous = {**state, **{delta_key(module, 1, part): state[module + key] for module in names_of(state) for part, key in (("left", B_SUFFIX), ("right", A_SUFFIX))}}  # last round's change: the global directions
+    fast_s, merged = best_of(1, lambda: make_strategy("full").aggregate(previous, changes, 2))
+    kept = base_deltas(merged)[2]
+    gap = max(float(np.linalg.norm(kept[m + ".left"] @ kept[m + ".right"] - svd(exact[m]).truncated(rank).dense()) / np.linalg.norm(svd(exact[m]).truncated(rank).dense())) for m in exact)
+    table.add_row("full", f"{exact_s * modules / sample:.1f} s", f"{fast_s:.2f} s", f"{exact_s * modules / sample / fast_s:.0f}×", f"{gap:.1e}", "—")
     console.print(table)
     console.print("FedEx-LoRA today sends the exact residual (stacked rank Σ r_i + R); beyond exact_residual_rank it sends the residual's top R directions, "
-                  "whose error is the last column's multiple of the best rank-R correction's. `full` averages the dense d×k weights every device sends: "
-                  f"{clients * modules * dim * dim * 2 / 1e9:.3g} GB of float16 arrive per round, so no server step on {modules} such modules can be quick "
-                  "until its devices send their GaLore change factored.")
+                  "whose error is the last column's multiple of the best rank-R correction's. `full` averages the devices' factored round changes (the same "
+                  "factors here, sent as d×K and K×k): exact below exact_change_rank, the top max K directions of the average beyond it.")
 
 
-def dense_average_seconds(dim: int, clients: int) -> float:
-    """`full`'s server step on one module: ``clients`` dense float16 d×k uploads, each its own array (one shared
-    array would sit in cache and flatter the sum; the values themselves do not matter)."""
-    strategy = make_strategy("full")
-    module = "base_model.model.model.layers.0.self_attn.q_proj"
-    lora = {module + A_SUFFIX: np.zeros((16, dim), np.float32), module + B_SUFFIX: np.zeros((dim, 16), np.float32)}
-    state = strategy.initial_state(lora, {module: np.zeros((dim, dim), np.float32)})
-    spec = LoraSpec(("q_proj",), (0,), (16,), 2.0)
-    updates = [ClientUpdate(f"c{index}", 50 + index, spec, {module + FULL_SUFFIX: np.full((dim, dim), index / clients, np.float16)}) for index in range(clients)]
-    seconds, _ = best_of(1, lambda: strategy.aggregate(state, updates, 1))
-    return seconds
+def names_of(state: dict) -> list[str]:
+    return [key[: -len(A_SUFFIX)] for key in state if key.endswith(A_SUFFIX)]
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ they are kept as one dense frozen matrix per changed module in the compute dtype
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,17 @@ from peft.tuners.lora import LoraLayer
 from transformers.pytorch_utils import Conv1D
 
 from fedge.lora import build_lora_model, parse_adapter_key
+from fedge.round_change import factored_change
 from fedge.strategies import ClientRecipe, GlobalParts
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, FULL_SUFFIX, base_deltas, layer_index, layer_of, shared_lora_a
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, base_deltas, layer_index, layer_of, shared_lora_a
+from fedge.strategies.full import change_rank
 from fedge.wire import LoraSpec
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER = "default"
+PROJECTOR_REFRESH_STEPS = 50  # GaLore's update_proj_gap
+MISSED_WARNING = 1e-4  # a GaLore change is exact at its rank; more than this missed means it was not one
+log = logging.getLogger(__name__)
 
 
 def attach(model, spec: LoraSpec, recipe: ClientRecipe, run_seed: int, seed: int):
@@ -87,12 +93,34 @@ def _targeted(name: str, target_modules: tuple[str, ...]) -> bool:
     return any(name == target or name.endswith("." + target) for target in target_modules)
 
 
-def upload(model, spec: LoraSpec, recipe: ClientRecipe) -> dict[str, np.ndarray]:
+def round_start(model, spec: LoraSpec, recipe: ClientRecipe) -> dict[str, torch.Tensor]:
+    """The trained weights as a full-weight round begins, copied to the CPU: the round's change is taken against
+    them, and the next round starts from them again (empty for the adapter recipes)."""
+    if recipe.adapter != "full":
+        return {}
+    return {name: module.weight.detach().to("cpu", copy=True) for name, module in _targets(model, spec)}
+
+
+def restore(model, spec: LoraSpec, start: dict[str, torch.Tensor]) -> None:
+    """Put the weights a full-weight round began with back, before the base changes since then are applied."""
+    with torch.no_grad():
+        for name, module in _targets(model, spec):
+            if name in start:
+                module.weight.copy_(start[name].to(module.weight.device))
+
+
+def upload(model, spec: LoraSpec, recipe: ClientRecipe, start: dict[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
     """The tensors this device sends: exactly the recipe's ``sends``, in the wire's fp16 (torch casts it several
-    times faster than numpy would in the codec)."""
+    times faster than numpy would in the codec). Full weights send their change since ``start`` (``round_start``),
+    factored at twice the layer's GaLore rank."""
     out: dict[str, np.ndarray] = {}
     if recipe.adapter == "full":
-        return {name + FULL_SUFFIX: _wire(module.weight) for name, module in _targets(model, spec)}
+        for name, module in _targets(model, spec):
+            change = factored_change(start[name], module.weight, change_rank(spec.layer_ranks[layer_of(name)]))
+            if change.missed > MISSED_WARNING:
+                log.warning("%s: its factors miss %.1e of this round's change (GaLore not projecting it?)", name, change.missed)
+            out[name + CHANGE_LEFT_SUFFIX], out[name + CHANGE_RIGHT_SUFFIX] = _wire(change.left), _wire(change.right)
+        return out
     if "A" in recipe.sends or "B" in recipe.sends:
         wanted = tuple(suffix for factor, suffix in (("A", A_SUFFIX), ("B", B_SUFFIX)) if factor in recipe.sends)
         out.update({key: _wire(value) for key, value in get_peft_model_state_dict(model).items() if key.endswith(wanted)})
@@ -132,19 +160,12 @@ def apply_view(model, view: dict[str, np.ndarray], applied_rounds: set[int]) -> 
 
 def apply_frozen_changes(model, parts: GlobalParts, applied_rounds: set[int]) -> int | None:
     """Put the frozen-weight side of a strategy's global parts into a peft model: base changes of rounds not in
-    ``applied_rounds`` (which it extends) and replaced weights. Returns the lowest layer whose frozen weights changed
-    through a base change, or None."""
-    lowest = apply_view(model, parts.base_changes, applied_rounds)
-    for name, layer in lora_layers(model):
-        if name in parts.weights:  # full-weight averaging holds every adapted module's weight
-            layer.get_base_layer().weight.data.copy_(torch.from_numpy(parts.weights[name]))
-    return lowest
+    ``applied_rounds`` (which it extends). Returns the lowest layer whose frozen weights changed, or None."""
+    return apply_view(model, parts.base_changes, applied_rounds)
 
 
 def _parameter_for(key: str, params: dict[str, torch.nn.Parameter]) -> torch.nn.Parameter:
-    if key.endswith(FULL_SUFFIX):
-        name = key[len(PEFT_PREFIX): -len(FULL_SUFFIX)] + ".weight"
-    elif key.endswith(C_SUFFIX):
+    if key.endswith(C_SUFFIX):
         name = key[: -len(C_SUFFIX)] + f".lora_B.{ADAPTER}.core"
     else:
         parse_adapter_key(key)
@@ -182,10 +203,12 @@ def restart_lora(model, seed: int) -> None:
         layer.reset_lora_parameters(ADAPTER, True)
 
 
-def galore_groups(model, spec: LoraSpec, scale: float = 0.25) -> list[dict]:
+def galore_groups(model, spec: LoraSpec, scale: float = 0.25, round_steps: int = 1) -> list[dict]:
     """Optimizer groups for GaLore: each trained matrix projected to its layer's planned rank, the projected update
-    scaled by ``scale``."""
+    scaled by ``scale``. Projectors are refreshed every 50 steps, or every ``round_steps`` where a round is longer:
+    no round crosses two refreshes, so its change has at most twice the rank (``change_rank``)."""
     groups: dict[int, list[torch.nn.Parameter]] = {}
     for name, module in _targets(model, spec):
         groups.setdefault(spec.layer_ranks[layer_of(name)], []).append(module.weight)
-    return [{"params": params, "rank": rank, "update_proj_gap": 50, "scale": scale, "proj_type": "std"} for rank, params in sorted(groups.items())]
+    gap = max(PROJECTOR_REFRESH_STEPS, round_steps)
+    return [{"params": params, "rank": rank, "update_proj_gap": gap, "scale": scale, "proj_type": "std"} for rank, params in sorted(groups.items())]

@@ -9,9 +9,9 @@ import torch
 from galore_torch import GaLoreAdamW
 
 from fedge.edge_agent.trainer import BatchSampler, DeadlinePassed, Slowed, check_galore_active, make_optimizer, train_local
-from fedge.adapters import apply_view, attach, galore_groups, lora_layers, restart_lora, upload
+from fedge.adapters import apply_view, attach, galore_groups, lora_layers, restart_lora, restore, round_start, upload
 from fedge.strategies import recipe_for
-from fedge.strategies.base import delta_key, shared_lora_a
+from fedge.strategies.base import CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, delta_key, layer_of, shared_lora_a
 from fedge.task.classifier import Classifier, encode, label_token_ids
 from fedge.task.prefix import FrozenPrefix
 from fedge.task.data import Example
@@ -98,9 +98,19 @@ def test_galore_really_projects_and_plain_groups_are_refused(tiny_backbone):
     assert sorted(group["rank"] for group in groups) == [2, 4]
     trained = [p for group in groups for p in group["params"]]
     before = [p.detach().clone() for p in trained]
+    start = round_start(model, SPEC, recipe_for("full"))
     result = _train(model, tokenizer, SPEC, "galore", groups)
     assert result.steps == 3 and all(not torch.equal(p, q) for p, q in zip(trained, before))
-    assert {key.rsplit(".", 2)[-2] for key in upload(model, SPEC, recipe_for("full"))} == {"full"}
+    sent = upload(model, SPEC, recipe_for("full"), start)
+    assert {key.rsplit(".", 1)[-1] for key in sent} == {"left", "right"} and len(sent) == 2 * len(start)
+    weights = {name: module.weight for name, module in model.named_modules() if hasattr(module, "weight")}
+    for name, old in start.items():
+        left, right = sent[name + CHANGE_LEFT_SUFFIX], sent[name + CHANGE_RIGHT_SUFFIX]
+        assert left.shape[1] == 2 * SPEC.layer_ranks[layer_of(name)]  # two projector spans
+        change = weights[name[len("base_model.model."):]].detach() - old
+        assert torch.linalg.norm(torch.from_numpy(left.astype(np.float32) @ right.astype(np.float32)) - change) <= 2e-3 * torch.linalg.norm(change)  # float16 factors
+    restore(model, SPEC, start)
+    assert all(torch.equal(p, q) for p, q in zip(trained, before))
     with pytest.raises(ValueError, match="projection rank"):
         make_optimizer("galore", trained, 1e-3, [{"params": trained}])
     plain = GaLoreAdamW([{"params": trained}], lr=1e-3, no_deprecation_warning=True)  # the reference code's silent AdamW

@@ -4,7 +4,7 @@ import pytest
 import torch
 from galore_torch import GaLoreAdamW
 
-from fedge.edge_agent.round_change import factored_change
+from fedge.round_change import factored_change
 
 RANK = 4
 

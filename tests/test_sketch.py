@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedge.strategies import ClientUpdate, StrategyError, make_strategy
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, base_deltas, weighted_sum
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, base_deltas
 from fedge.strategies.factored import stack, svd
 from fedge.strategies.sketch import SketchSettings, StackBuffer, leading_svd, stacked, top_svd
 from fedge.wire import LoraSpec
@@ -127,12 +127,3 @@ def test_wire_float16_factors_are_stacked_exactly_beside_float32_ones():
         assert np.array_equal(left.numpy(), np.concatenate([b.astype(np.float32) for _, b, _ in mixed], axis=1))
         assert np.array_equal(right.numpy(), np.concatenate([a.astype(np.float32) for _, _, a in mixed], axis=0))
         assert np.array_equal(weights.numpy(), np.concatenate([np.full(b.shape[1], w, np.float32) for w, b, _ in mixed]))
-
-
-def test_dense_weighted_sums_add_float16_uploads_a_chunk_at_a_time():
-    rng = np.random.default_rng(6)
-    terms = [(rng.standard_normal((33, 47)).astype(np.float16), float(weight)) for weight in rng.uniform(0, 1, 9)]
-    expected = sum(weight * array.astype(np.float64) for array, weight in terms)
-    for chunk in (100, 1 << 18):  # chunks that cut rows apart, and one chunk for the whole matrix
-        total = weighted_sum(terms, chunk=chunk)
-        assert total.dtype == np.float32 and np.allclose(total, expected, rtol=1e-6, atol=1e-6)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedge.strategies import ClientInfo, ClientUpdate, StrategyError, make_strategy
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, FULL_SUFFIX, base_deltas, shared_lora_a
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, base_deltas, shared_lora_a
 from fedge.strategies.factored import LowRank, compress, stack, svd
 from fedge.wire import LoraSpec
 
@@ -70,8 +70,9 @@ def make_fleet(seed: int, clients: int, name: str, mixed: bool = True) -> Fleet:
             (d, k), r = shape_of(mod), spec.layer_ranks[layer]
             if strategy.recipe.sends == ("C",):
                 tensors[mod + C_SUFFIX] = (np.eye(r) + 0.3 * rng.normal(size=(r, r))).astype(np.float32)
-            elif strategy.recipe.sends == ("W",):
-                tensors[mod + FULL_SUFFIX] = rng.normal(size=(d, k)).astype(np.float32)
+            elif strategy.recipe.sends == ("ΔW",):
+                tensors[mod + CHANGE_LEFT_SUFFIX] = rng.normal(size=(d, 2 * r)).astype(np.float32)
+                tensors[mod + CHANGE_RIGHT_SUFFIX] = rng.normal(size=(2 * r, k)).astype(np.float32)
             else:
                 tensors[mod + B_SUFFIX] = rng.normal(size=(d, r)).astype(np.float32)
                 if "A" in strategy.recipe.sends:
@@ -293,15 +294,37 @@ def test_ce_lora_sends_only_cores_and_personalises():
 @given(fleets)
 @settings(max_examples=15, deadline=None)
 def test_full_weight_average(params):
+    """The round's base change is the weighted average of the devices' changes, exactly: the average weight."""
     fleet = make_fleet(*params, "full")
-    new = make_strategy("full").aggregate(fleet.state, fleet.updates, 1)
+    strategy = make_strategy("full")
+    new = strategy.aggregate(fleet.state, fleet.updates, 1)
+    changes = base_deltas(new).get(1, {})
     for mod in MODULES:
-        holders = [u for u in fleet.updates if mod + FULL_SUFFIX in u.tensors]
+        holders = [u for u in fleet.updates if mod + CHANGE_LEFT_SUFFIX in u.tensors]
         if not holders:
-            assert np.array_equal(new[mod + FULL_SUFFIX], fleet.state[mod + FULL_SUFFIX])
+            assert mod + ".left" not in changes
             continue
         total = sum(u.num_examples for u in holders)
-        assert close(new[mod + FULL_SUFFIX], sum(u.num_examples / total * u.tensors[mod + FULL_SUFFIX] for u in holders))
+        expected = sum(u.num_examples / total * u.tensors[mod + CHANGE_LEFT_SUFFIX].astype(np.float64) @ u.tensors[mod + CHANGE_RIGHT_SUFFIX] for u in holders)
+        assert close(changes[mod + ".left"].astype(np.float64) @ changes[mod + ".right"], expected)
+    fresh, caught_up = ClientInfo("new", fleet.updates[0].spec, 0), ClientInfo("old", fleet.updates[0].spec, 1)
+    assert set(strategy.client_view(new, fresh)) == {key for key in new if ".base_delta.0001." in key} and strategy.client_view(new, caught_up) == {}
+    assert strategy.update_start(new, fresh) == {} and strategy.global_parts(new).base_changes == strategy.client_view(new, fresh)
+
+
+def test_full_cuts_a_large_fleets_change_to_its_top_directions_and_says_so():
+    fleet = make_fleet(6, 5, "full")
+    exact = base_deltas(make_strategy("full").aggregate(fleet.state, fleet.updates, 1))[1]
+    strategy = make_strategy("full", exact_change_rank=4)
+    cut = base_deltas(strategy.aggregate(fleet.state, fleet.updates, 1))[1]
+    assert "not exact on" in strategy.notes(fleet.state, fleet.updates)["change"] and make_strategy("full").notes(fleet.state, fleet.updates) == {}
+    for module in (key[: -len(".left")] for key in cut if key.endswith(".left")):
+        width = max(u.tensors[module + CHANGE_LEFT_SUFFIX].shape[1] for u in fleet.updates if module + CHANGE_LEFT_SUFFIX in u.tensors)
+        assert cut[module + ".left"].shape[1] <= width
+        whole = exact[module + ".left"].astype(np.float64) @ exact[module + ".right"]
+        best = svd(stack([(1.0, exact[module + ".left"], exact[module + ".right"])])).truncated(width).dense()
+        kept = cut[module + ".left"].astype(np.float64) @ cut[module + ".right"]
+        assert np.linalg.norm(kept - whole) <= 1.05 * np.linalg.norm(best - whole) + 1e-5 * np.linalg.norm(whole)  # near the best rank-K change (float32 kept)
 
 
 # --- per-layer renormalisation and client views ---

@@ -32,7 +32,7 @@ from fedge.edge_agent.resend import RECEIPT_WAIT_S, Resender
 from fedge.edge_agent.session import Session
 from fedge.edge_agent.trainer import BatchSampler, Slowed, StepProgress, TrainResult, reused_optimizer, train_local
 from fedge.heartbeat import start_heartbeat
-from fedge.adapters import apply_view, attach, galore_groups, restart_lora, save_adapter, upload
+from fedge.adapters import apply_view, attach, galore_groups, restart_lora, restore, round_start, save_adapter, upload
 from fedge.privacy import privatise
 from fedge.strategies import StrategyError, recipe_for
 from fedge.task.kinds import kind_of, task_problems
@@ -234,6 +234,7 @@ class EdgeAgent:
             if session.recipe.reinit_each_round:
                 restart_lora(session.model, assignment.seed)
             self._apply(session, state.tensors)
+            session.round_start = round_start(session.model, session.lora, session.recipe)
             if assignment.clip_norm < 0 or assignment.noise_multiplier < 0:
                 raise ValueError("the assignment's clip_norm and noise_multiplier must not be negative")
             if not 0 <= assignment.proximal_mu <= MAX_PROXIMAL_MU:
@@ -244,14 +245,14 @@ class EdgeAgent:
             log.error("%s: cannot take round %d: %s", self.agent_id, state.round, error)
             self._send(Reject(self.agent_id, "cannot_train", str(error)[:500], state.round, assignment.message_id))
             return
-        received = upload(session.model, session.lora, session.recipe) if assignment.clip_norm > 0 else None
+        received = upload(session.model, session.lora, session.recipe, session.round_start) if assignment.clip_norm > 0 else None
         if state.round > 1:
             self._report_accuracy(session, state.run_id, state.round - 1)  # the model round r-1 left this device
         log.info("%s: round %d, training %d steps (ranks %s on the top %d layers%s)", self.agent_id, state.round, assignment.local_steps, "/".join(map(str, assignment.lora.ranks)), len(assignment.lora.layers),
                  f"; FedProx μ = {assignment.proximal_mu:g}" if assignment.proximal_mu else "")
         try:
             optimizer = session.recipe.optimizer or assignment.optimizer
-            groups = galore_groups(session.model, session.lora, assignment.galore_scale) if optimizer == "galore" else None
+            groups = galore_groups(session.model, session.lora, assignment.galore_scale, assignment.local_steps) if optimizer == "galore" else None
             if session.recipe.keeps_optimizer:  # moments and projectors carry over; this round's rate and scale
                 session.step_rule = reused_optimizer(session.step_rule, optimizer, session.model, assignment.learning_rate, groups, assignment.galore_scale)
             result = train_local(
@@ -321,6 +322,7 @@ class EdgeAgent:
     def _apply(self, session: Session, view: dict[str, np.ndarray]) -> None:
         """Load a received state; refresh the cached prefix when a change reached a layer below the adapter."""
         self._base_changes.update({key: value for key, value in view.items() if ".base_delta." in key})
+        restore(session.model, session.lora, session.round_start)  # full weights: back to the last round's start, then its changes
         lowest = apply_view(session.model, view, session.applied_rounds)
         for cache in (session.cache, session.held_out):
             if cache is not None:
@@ -382,7 +384,7 @@ class EdgeAgent:
             "prefix_seconds": result.prefix_seconds,
             "prefix_rows": float(result.prefix_rows),
         }
-        tensors = upload(session.model, session.lora, session.recipe)
+        tensors = upload(session.model, session.lora, session.recipe, session.round_start)
         if received is not None:
             tensors, metrics["update_norm"] = privatise(tensors, received, assignment.clip_norm, assignment.noise_multiplier)
         update = AdapterUpdate(assignment.run_id, assignment.round, self.agent_id, len(self.data), metrics, tensors)

@@ -29,4 +29,5 @@ class Session:
     held_out: PrefixCache | None = None  # evaluation data, when the agent was given some
     ahead: list[int] = field(default_factory=list)  # rows the next round trains on, still to cache while idle
     step_rule: torch.optim.Optimizer | None = None  # kept across rounds where the strategy keeps its optimizer state
+    round_start: dict[str, torch.Tensor] = field(default_factory=dict)  # full weights as this round began (the change is taken against them)
 

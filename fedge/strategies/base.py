@@ -7,7 +7,7 @@ peft name ``m`` (e.g. ``base_model.model.model.layers.29.self_attn.q_proj``) plu
 
     m.lora_A.weight (R×k), m.lora_B.weight (d×R)   global LoRA factors, scaling folded into B (so s = 1)
     m.lora_C.weight (r×r)                          CE-LoRA's core (on the wire; per client on the server)
-    m.full.weight (d×k)                            full-weight averaging
+    m.full_change.left / .right (d×K, K×k)         a full-weight device's round change (on the wire only)
     m.base_delta.TTTT.left / .right                a factored change to the frozen weight made in round T
 
 Scaling is explicit: client i trains with s_i = α/r_i, and every server-side combination folds s_i into B first.
@@ -32,7 +32,8 @@ from fedge.wire import LoraSpec
 A_SUFFIX = ".lora_A.weight"
 B_SUFFIX = ".lora_B.weight"
 C_SUFFIX = ".lora_C.weight"
-FULL_SUFFIX = ".full.weight"
+CHANGE_LEFT_SUFFIX = ".full_change.left"  # a full-weight device's round change, factored: d×K (U·Σ)
+CHANGE_RIGHT_SUFFIX = ".full_change.right"  # and K×k (Vᵀ), K = twice the layer's GaLore rank
 _DELTA = re.compile(r"^(.*)\.base_delta\.(\d{4})\.(left|right)$")
 _LAYER = re.compile(r"\.(?:layers|h)\.(\d+)\.")  # GPT-2 names its layer list h
 
@@ -48,7 +49,7 @@ class ClientRecipe:
     """What a client does under a strategy.
 
     ``adapter``: "lora" (peft LoRA), "tri" (CE-LoRA's B·C·A) or "full" (the target weights themselves, trained with
-    GaLore). ``trains``/``sends`` name factors among A, B, C, W. ``shared_a``: A starts from the run's shared seed
+    GaLore). ``trains``/``sends`` name factors among A, B, C, W (the weights), ΔW (their round change, factored). ``shared_a``: A starts from the run's shared seed
     (identical on every client and the server). ``reinit_each_round``: LoRA starts afresh (A random, B = 0) each round
     after the received base changes are merged (FLoRA).
     ``keeps_optimizer``: the optimizer is built once per run and its state lives on across rounds (full).
@@ -86,12 +87,11 @@ class ClientInfo:
 
 @dataclass(frozen=True)
 class GlobalParts:
-    """What the server evaluates: LoRA factors at scaling 1 (or None), frozen-weight changes (``base_delta``
-    entries), replaced weights by module."""
+    """What the server evaluates: LoRA factors at scaling 1 (or None) and frozen-weight changes (``base_delta``
+    entries)."""
 
     lora: State | None
     base_changes: State = field(default_factory=dict)
-    weights: State = field(default_factory=dict)
 
 
 def layer_index(module: str) -> int | None:
@@ -296,23 +296,6 @@ def average_factors(state: State, module: str, weighted: Sequence[tuple[ClientUp
             b_total[:, : b.shape[1]].add_(torch.from_numpy(b), alpha=weight * update.spec.scaling)  # zero-padded to rank R
             a_total[: a.shape[0]].add_(torch.from_numpy(a), alpha=weight)
     return b_sum, a_sum
-
-
-def weighted_sum(terms: Sequence[tuple[np.ndarray, float]], chunk: int = 1 << 18) -> np.ndarray:
-    """Σ w·X over same-shaped ``(X, w)`` terms in float32, summed by torch a ``chunk`` of elements at a time: the
-    wire's float16 arrays are widened as they are added, and the running sum of a chunk stays in cache while every
-    term is added to it (summing whole 64 MB matrices term by term moves the sum through memory once per term)."""
-    import torch
-
-    total = np.zeros(terms[0][0].shape, np.float32)
-    accumulator = torch.from_numpy(total).view(-1)
-    with reading_wire_arrays():
-        flat = [(torch.from_numpy(np.ascontiguousarray(array)).view(-1), weight) for array, weight in terms]
-    for start in range(0, accumulator.numel(), chunk):
-        part = accumulator[start : start + chunk]
-        for array, weight in flat:
-            part.add_(array[start : start + chunk], alpha=weight)
-    return total
 
 
 def product_terms(updates: Sequence[tuple[ClientUpdate, float]], module: str) -> list[tuple[float, np.ndarray, np.ndarray]]:

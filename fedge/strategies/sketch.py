@@ -42,10 +42,11 @@ class SketchSettings:
         return stacked_rank > self.exact_below * (rank + self.oversampling)
 
 
-def sketched_modules(state: dict[str, np.ndarray], updates, sketched: Callable[[int, int], bool]) -> tuple[int, int, int]:
+def sketched_modules(state: dict[str, np.ndarray], updates, sketched: Callable[[int, int], bool], right_suffix: str = A_SUFFIX) -> tuple[int, int, int]:
     """(modules where ``sketched(Σ r_i, R)`` holds, modules trained, the largest stacked rank Σ r_i): the strategy's
-    own test of when it leaves the exact path, applied to a round's updates."""
-    stacked = [(sum(update.tensors[module + A_SUFFIX].shape[0] for update, _ in weighted), state[module + A_SUFFIX].shape[0]) for module, weighted in trained_modules(state, updates, A_SUFFIX)]
+    own test of when it leaves the exact path, applied to a round's updates (r_i: the rows of each update's
+    ``right_suffix`` factor)."""
+    stacked = [(sum(update.tensors[module + right_suffix].shape[0] for update, _ in weighted), state[module + A_SUFFIX].shape[0]) for module, weighted in trained_modules(state, updates, right_suffix)]
     return sum(sketched(total, rank) for total, rank in stacked), len(stacked), max((total for total, _ in stacked), default=0)
 
 

@@ -68,10 +68,10 @@ def test_each_strategy_runs_and_sends_only_what_it_should(strategy, mosquitto, t
         assert record["contributors"] == ["a0", "a1"], record.get("rejected")
         assert record["strategy"] == strategy
     recipe = recipe_for(strategy)
-    suffixes = {"A": ".lora_A.weight", "B": ".lora_B.weight", "C": ".lora_C.weight", "W": ".full.weight"}
+    suffixes = {"A": {".lora_A.weight"}, "B": {".lora_B.weight"}, "C": {".lora_C.weight"}, "ΔW": {".full_change.left", ".full_change.right"}}
     for agent, layers in (("a0", {3}), ("a1", {1, 2, 3})):
         sent = load_file(tmp_path / "run" / "updates" / "round_002" / f"{agent}.safetensors")
-        assert {key[key.index(".lora_") if ".lora_" in key else key.index(".full"):] for key in sent} == {suffixes[f] for f in recipe.sends}
+        assert {key[key.index(".lora_") if ".lora_" in key else key.index(".full"):] for key in sent} == set().union(*(suffixes[f] for f in recipe.sends))
         assert {int(key.split(".layers.")[1].split(".")[0]) for key in sent} == layers
     accuracy = rounds[-1]["accuracy"]
     assert np.isnan(accuracy) if strategy == "ce-lora" else 0.0 <= accuracy <= 1.0
