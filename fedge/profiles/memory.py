@@ -105,15 +105,18 @@ def base_weight_bytes(shape: ModelShape, quantization: str) -> int:
     return int(shape.total_params * WEIGHT_BYTES[quantization])
 
 
-def galore_state_bytes(shape: ModelShape, setup: TrainingSetup) -> int:
+def galore_state_bytes(shape: ModelShape, setup: TrainingSetup, host_memory: bool = True) -> int:
     """Full-weight training with GaLore (strategy ``full``): every trained matrix's fp32 gradient (d·k), its
-    projector (the shorter side × r) and Adam's two moments in the projected space (r × the longer side), fp32. The
-    weights themselves are in ``base_weights``."""
+    projector (the shorter side × r) and Adam's two moments in the projected space (r × the longer side), fp32; with
+    ``host_memory`` (a CPU, or a GPU sharing the host's memory) also the copy of the matrix the round began with,
+    which the device keeps in host memory to take the round's change against. The weights themselves are in
+    ``base_weights``."""
     total = 0
     for rank in setup.ranks:
         for module in setup.target_modules:
             rows, cols = shape.module_dims(module)
             total += 4 * (rows * cols + min(rows, cols) * rank + 2 * rank * max(rows, cols))
+            total += int(WEIGHT_BYTES[setup.quantization] * rows * cols) if host_memory else 0
     return total
 
 
@@ -216,7 +219,7 @@ def predict_memory(shape: ModelShape, setup: TrainingSetup, calibration: Calibra
         overhead += calibration.bitsandbytes_overhead_bytes
     return MemoryBreakdown(
         base_weights=base_weight_bytes(shape, setup.quantization),
-        adapter_state=galore_state_bytes(shape, setup) if setup.optimizer == "galore" else lora_params(shape, setup) * (ADAPTER_BYTES + OPTIMIZER_STATE_BYTES[setup.optimizer]),
+        adapter_state=galore_state_bytes(shape, setup, calibration.backend == "cpu" or unified_host is not None) if setup.optimizer == "galore" else lora_params(shape, setup) * (ADAPTER_BYTES + OPTIMIZER_STATE_BYTES[setup.optimizer]),
         activations=activation_bytes(shape, setup, calibration) + output_layer_bytes(shape, setup),
         cached_prefix=setup.cached_examples * setup.seq_len * shape.hidden_size * element,
         overhead=int(overhead),
