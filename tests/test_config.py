@@ -71,5 +71,12 @@ def test_the_server_optimizer_and_fedprox_are_checked_and_round_trip():
     assert CoordinatorConfig.from_dict({**base, "proximal_mu": 0.01}).proximal_mu == 0.01
     with pytest.raises(ConfigError, match=r"proximal_mu: must be <= 100 \(got 1000000.0\)"):
         CoordinatorConfig.from_dict({**base, "proximal_mu": 1e6})
+    with pytest.raises(ConfigError, match="server_optimizer: full keeps no global state"):
+        CoordinatorConfig.from_dict({**base, "strategy": "full", "server_optimizer": {"name": "fedavgm"}})
+    for strategy in ("flora", "fedex-lora", "full"):  # a site's one update cannot carry base changes, central or at the site
+        for where in ({"sites": ["site-a"]}, {"upstream": "site.json"}):
+            with pytest.raises(ConfigError, match=f"sites / upstream: {strategy} keeps part of its model as base changes"):
+                CoordinatorConfig.from_dict({**base, "strategy": strategy, **where})
+    assert CoordinatorConfig.from_dict({**base, "strategy": "flexlora", "sites": ["site-a"]}).sites == ("site-a",)
     with pytest.raises(ConfigError, match=r"strategies\[0\].server_optimizer: ce-lora keeps no global state"):
         TrialConfig.from_dict({"fleet": ["cpu-16gb", "cpu-8gb"], "strategies": [{"name": "ce-lora", "server_optimizer": {"name": "fedyogi"}}]})

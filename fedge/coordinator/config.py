@@ -12,7 +12,7 @@ from fedge.coordinator.config_schema import RUN_LEVEL, CoordinatorFile, TaskSect
 from fedge.coordinator.plans import Pin, PlannerOptions
 from fedge.coordinator.robust import RobustRules
 from fedge.strategies.server_optimizer import ServerOptimizer
-from fedge.strategies import Strategy, StrategyError, make_strategy
+from fedge.strategies import STRATEGIES, Strategy, StrategyError, make_strategy
 from fedge.task import instruct
 from fedge.task.kinds import task_problems
 from fedge.task.wordnet import WORDNET_TASK
@@ -122,6 +122,7 @@ class CoordinatorConfig:
         if self.min_clients > self.expected_clients:
             errors.append("min_clients: cannot exceed expected_clients")
         errors += schedule_problems(self.round_mode, self.planner)
+        errors += site_problems(self.strategy, bool(self.sites or self.upstream))
         return errors + task_problems(self.task) + strategy_problems(self.strategy, self.strategy_options, self.server_optimizer, self.planner, self.devices)
 
 
@@ -180,6 +181,14 @@ def server_optimizer_problems(optimizer: ServerOptimizer, strategy: Strategy) ->
     return []
 
 
+def site_problems(name: str, with_sites: bool) -> list[str]:
+    """A site forwards its devices' aggregate as one update: strategies that keep part of their model as base changes
+    cannot be carried that way."""
+    if with_sites and name in STRATEGIES and not STRATEGIES[name].forwards_through_sites:
+        return [f"sites / upstream: {name} keeps part of its model as base changes, which a site's one update cannot carry; use fedit, ffa-lora, hetlora, flexlora or lora-fair"]
+    return []
+
+
 def strategy_problems(name: str, options: dict, optimizer: ServerOptimizer, planner: dict, devices: dict[str, Pin]) -> list[str]:
     """The strategy must take its options, carry state for a server optimiser, run groups where asked, and be able
     to combine the ranks the planner may hand out."""
@@ -190,7 +199,7 @@ def strategy_problems(name: str, options: dict, optimizer: ServerOptimizer, plan
     if problems := server_optimizer_problems(optimizer, strategy):
         return problems
     if planner.get("groups") and not strategy.supports_groups:
-        return [f"planner.groups: {name} cannot run HierFedLoRA groups; use fedit, ffa-lora, hetlora, flexlora, lora-fair or full"]
+        return [f"planner.groups: {name} cannot run HierFedLoRA groups; use fedit, ffa-lora, hetlora, flexlora or lora-fair"]
     if strategy.mixed_ranks:
         return []
     ranks = set(planner.get("ranks", PlannerOptions.ranks)) | {pin.rank for pin in devices.values()}

@@ -22,6 +22,7 @@ from fedge.strategies.sketch import StackBuffer, leading_svd, sketch_settings, s
 class FedExLoRA(Strategy):
     name = "fedex-lora"
     supports_groups = False  # group-level base changes would split the frozen weights between groups
+    forwards_through_sites = False  # its base changes would stay at the site
 
     def __init__(self, seed: int = 0, exact_residual_rank: int = 512, power_iterations: int = 0, oversampling: int = 10):
         super().__init__(seed)

@@ -18,6 +18,7 @@ class FLoRA(Strategy):
     name = "flora"
     recipe = ClientRecipe(reinit_each_round=True)
     supports_groups = False  # group-level base changes would split the frozen weights between groups
+    forwards_through_sites = False  # its base changes would stay at the site
     coordinatewise = False  # each client's A is its own random draw: factors are compared only by norm
     carries_state = False  # the factors start afresh every round (the aggregate goes into the base)
 
