@@ -125,7 +125,8 @@ def test_wire_formats_follow_the_strategies():
     assert predict_round_bytes("ffa-lora", shape, setup)[0] < fedit  # B only
     assert predict_round_bytes("ce-lora", shape, setup)[0] < fedit / 10  # r×r cores only
     assert predict_round_bytes("flora", shape, setup, fleet_rank_sum=64)[1] > 3 * fedit  # stacked downlink
-    assert predict_round_bytes("full", shape, setup)[0] > 10 * fedit
+    full_up, full_down = predict_round_bytes("full", shape, setup, fleet_rank_sum=64)
+    assert 1.9 * fedit < full_up < 2.1 * fedit and full_down > 7 * fedit  # the change at 2r up, the fleet's average (2·64) down
     with pytest.raises(ValueError, match="unknown strategy"):
         predict_round_bytes("fedmagic", shape, setup)
 

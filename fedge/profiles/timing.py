@@ -109,15 +109,15 @@ def wire_tensor_shapes(strategy: str, shape: ModelShape, setup: TrainingSetup, f
             elif strategy == "fedex-lora":  # averaged factors plus the factored residual
                 up += factors
                 down += factors + [(fleet_rank_sum + rank, inp), (out, fleet_rank_sum + rank)]
-            elif strategy == "full":
-                up.append((out, inp))
-                down.append((out, inp))
+            elif strategy == "full":  # the round's change at twice the GaLore rank up, the fleet's averaged change down
+                up += [(2 * rank, inp), (out, 2 * rank)]
+                down += [(2 * fleet_rank_sum, inp), (out, 2 * fleet_rank_sum)]
             else:
                 raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(WIRE_STRATEGIES)}")
     return up, down
 
 
-FLEET_RANK_SUM_STRATEGIES = ("flora", "fedex-lora")  # their downlink grows with the fleet's rank sum
+FLEET_RANK_SUM_STRATEGIES = ("flora", "fedex-lora", "full")  # their downlink grows with the fleet's rank sum
 WIRE_STRATEGIES = ("fedit", "hetlora", "flexlora", "lora-fair", "legend", "hierfedlora", "ffa-lora", "ce-lora", "flora", "fedex-lora", "full")
 
 
