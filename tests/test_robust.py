@@ -14,7 +14,7 @@ from fedge.coordinator.config import ConfigError, CoordinatorConfig
 from fedge.coordinator.reputation import Reputation
 from fedge.coordinator.robust import RobustRules, agreements, bound_norms, cells, guard_updates, movement, trust_factors
 from fedge.strategies import ClientInfo, ClientUpdate, make_strategy
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, base_deltas
 from fedge.wire import LoraSpec
 
 LAYERS, ROWS, COLS, RANK = 2, 24, 32, 8
@@ -198,6 +198,36 @@ def test_flora_factors_are_bounded_by_norm_only() -> None:
     strategy, state, updates, starts, _ = fleet("flora", [8, 8, 8, 8], "scale")
     _, guarded = aggregate(strategy, state, updates, starts, RobustRules())
     assert set(guarded.scaled) == {"d3"} and guarded.agreement == {}
+
+
+def full_fleet(scale_last: float) -> tuple[list[ClientUpdate], list[np.ndarray]]:
+    """Four devices' factored round changes (orthonormal right factors) of one module, the last scaled by
+    ``scale_last`` in its left factor only (the right one must stay orthonormal to pass the coordinator's check)."""
+    rng = np.random.default_rng(3)
+    updates, changes = [], []
+    for index in range(4):
+        left = rng.normal(size=(ROWS, 4)).astype(np.float32) * 0.01 * (scale_last if index == 3 else 1.0)
+        right = np.linalg.qr(rng.normal(size=(COLS, 4)))[0].T.astype(np.float32)
+        updates.append(ClientUpdate(f"d{index}", 100, spec(2), {MODULES[0] + CHANGE_LEFT_SUFFIX: left, MODULES[0] + CHANGE_RIGHT_SUFFIX: right}))
+        changes.append(left.astype(np.float64) @ right)
+    return updates, changes
+
+
+@pytest.mark.parametrize("combiner", ["winsorized_mean", "geometric_median"])
+def test_a_scaled_full_change_is_bounded_on_its_left_factor_so_the_change_shrinks_by_the_factor_itself(combiner: str) -> None:
+    """The right factor's orthonormal rows carry no length: the bound measures and scales the left factor, and the
+    change by exactly the factor named. Factors in each device's own basis get no combiner (no agreement)."""
+    updates, changes = full_fleet(200.0)
+    guarded = guard_updates(updates, [100] * 4, [{}] * 4, RobustRules(combiner=combiner), 1.0, coordinatewise=False)
+    assert set(guarded.scaled) == {"d3"} and guarded.agreement == {}
+    factor = guarded.scaled["d3"]
+    assert 1 / 400 < factor < 1 / 20  # 200 times the others' RMS, scaled to 3 times their median
+    sent = guarded.updates[3].tensors
+    assert np.array_equal(sent[MODULES[0] + CHANGE_RIGHT_SUFFIX], updates[3].tensors[MODULES[0] + CHANGE_RIGHT_SUFFIX])
+    assert np.allclose(sent[MODULES[0] + CHANGE_LEFT_SUFFIX].astype(np.float64) @ sent[MODULES[0] + CHANGE_RIGHT_SUFFIX], factor * changes[3], rtol=1e-4, atol=1e-9)
+    averaged = base_deltas(make_strategy("full").aggregate(initial_state("full", np.random.default_rng(0)), guarded.updates, 1))[1]
+    honest_scale = max(np.linalg.norm(change) for change in changes[:3])
+    assert np.linalg.norm(averaged[MODULES[0] + ".left"].astype(np.float64) @ averaged[MODULES[0] + ".right"]) < 2 * honest_scale
 
 
 @pytest.mark.parametrize("count", [4, 5, 6, 10])

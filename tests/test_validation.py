@@ -50,6 +50,35 @@ def test_bad_updates_are_refused_with_their_reason(update, expectation, duplicat
     assert caught.value.reason == reason
 
 
+RIGHT = "base_model.model.model.layers.3.self_attn.q_proj.full_change.right"
+
+
+def _right_factor(rows: np.ndarray) -> AdapterUpdate:
+    return _update(tensors={KEY: np.zeros((4, 8), np.float16), RIGHT: rows.astype(np.float16)})
+
+
+def test_a_full_change_right_factor_must_have_orthonormal_or_zero_rows():
+    """Its rows carry directions only: a right factor that carries size would slip past the norm bound."""
+    expect = replace(EXPECT, shapes={KEY: (4, 8), RIGHT: (4, 512)})
+    rows = np.linalg.qr(np.random.default_rng(0).normal(size=(512, 3)))[0].T
+    padded = np.vstack([rows, np.zeros((1, 512))])  # a change below K's rank pads with zero rows
+    validate_update(_right_factor(padded), expect, already_received=False, now=0.0)
+    for forged in (2 * padded, padded + 0.05, np.vstack([rows, rows[:1]])):  # scaled, skewed, a row twice
+        with pytest.raises(UpdateRejected) as caught:
+            validate_update(_right_factor(forged), expect, already_received=False, now=0.0)
+        assert caught.value.reason == "not_orthonormal"
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(st.floats(width=16), min_size=4 * 64, max_size=4 * 64))
+def test_any_right_factor_passes_or_is_refused_with_a_reason(values):
+    expect = replace(EXPECT, shapes={KEY: (4, 8), RIGHT: (4, 64)})
+    try:
+        validate_update(_right_factor(np.asarray(values, np.float16).reshape(4, 64)), expect, already_received=False, now=0.0)
+    except UpdateRejected as refused:
+        assert refused.reason in ("not_finite", "not_orthonormal")
+
+
 _numbers = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**62), 2**62))
 
 

@@ -122,7 +122,7 @@ class CoordinatorConfig:
         if self.min_clients > self.expected_clients:
             errors.append("min_clients: cannot exceed expected_clients")
         errors += schedule_problems(self.round_mode, self.planner)
-        errors += site_problems(self.strategy, bool(self.sites or self.upstream))
+        errors += site_problems(self.strategy, bool(self.sites or self.upstream)) + privacy_problems(self.strategy, self.privacy)
         return errors + task_problems(self.task) + strategy_problems(self.strategy, self.strategy_options, self.server_optimizer, self.planner, self.devices)
 
 
@@ -186,6 +186,13 @@ def site_problems(name: str, with_sites: bool) -> list[str]:
     cannot be carried that way."""
     if with_sites and name in STRATEGIES and not STRATEGIES[name].forwards_through_sites:
         return [f"sites / upstream: {name} keeps part of its model as base changes, which a site's one update cannot carry; use fedit, ffa-lora, hetlora, flexlora or lora-fair"]
+    return []
+
+
+def privacy_problems(name: str, privacy: dict) -> list[str]:
+    """Devices clip and noise what they send only where the strategy's uploads survive it."""
+    if privacy and name in STRATEGIES and not STRATEGIES[name].privatisable:
+        return [f"privacy: {name} sends its change as factors whose right one must stay orthonormal, which noise would break; use a LoRA strategy for private runs"]
     return []
 
 

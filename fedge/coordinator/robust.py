@@ -7,7 +7,9 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
 1. **Norm bound from the round's majority.** ρ_i = ‖m_i‖ / √(size of m_i) is a movement's RMS (so a rank-16
    device is not judged longer than a rank-4 one for having more numbers). Any m_i with ρ_i > c·median_j ρ_j is
    scaled down to that bound (c = ``norm_multiple``, default 3): a ×200 update moves no further than an honest one,
-   and the factor it was scaled by also caps its trust (3) this round.
+   and the factor it was scaled by also caps its trust (3) this round. An orthonormal factor (``full``'s right
+   factor, checked on arrival) carries no length: it is left out of ρ_i and of the scaling, so the bound scales the
+   change itself (its left factor) by the factor, not by the factor's square.
 2. **A robust combiner** on what the strategy averages, where its coordinates mean the same on every device
    (``Strategy.coordinatewise``; FLoRA's stacked factors do not, so it gets 1 and 4 only):
    - ``winsorized_mean`` (default): at every coordinate held by n ≥ 3 trusted devices (3 below), values below
@@ -20,6 +22,8 @@ a device of rank r_i holds the first r_i rows of A / columns of B). Then, on by 
      by min(1, median_j ‖m_j − z‖ / ‖m_i − z‖) (the geometric median is the mean under weights ∝ 1/‖m_i − z‖), so
      far-off devices count little. Movements of every rank are compared zero-padded to the largest shape.
    - ``mean``: none (the norm bound and the weight cap still hold).
+   A strategy whose coordinates differ between devices (FLoRA, ``full``) gets 1 and 4 whatever the combiner: its
+   factors cannot be compared coordinate by coordinate, nor by their distance.
 3. **Trust from agreement** (the coordinate-wise combiners, measured before anything is clamped). A sign-flipped
    or off-direction update disagrees with the majority even where its values look ordinary one coordinate at a time.
    - *Agreement*: a_i = cos(m_i, r_i), r_i the mean of the judges' values (its own left out) clamped into the
@@ -79,7 +83,7 @@ import numpy as np
 from fedge.coordinator.aggregation_guard import capped_weights, update_norm
 from fedge.coordinator.geometric_median import median_distances
 from fedge.strategies import ClientUpdate
-from fedge.strategies.base import B_SUFFIX, State
+from fedge.strategies.base import B_SUFFIX, CHANGE_RIGHT_SUFFIX, State
 
 COMBINERS = ("winsorized_mean", "coordinate_median", "geometric_median", "mean")
 MIN_MAJORITY = 3  # fewer contributors than this have no majority to bound against
@@ -159,7 +163,7 @@ def guard_updates(updates: Sequence[ClientUpdate], weights: Sequence[float], sta
         recall = memory.recalled if memory is not None else lambda agent, cosine: cosine
         trust, agreement = judged_trust(moved, agents, trust, remember, recall, rules.outlier_factor)
         unchecked = winsorize(moved, trim_fraction, [factor >= floor for factor in trust])
-    elif len(updates) >= MIN_MAJORITY and rules.combiner == "geometric_median":
+    elif len(updates) >= MIN_MAJORITY and coordinatewise and rules.combiner == "geometric_median":
         distances = median_distances(moved, weights)
         typical = statistics.median(distances) or 1.0
         agreement = {agent: typical / max(distance, 1e-3 * typical) for agent, distance in zip(agents, distances)}
@@ -244,18 +248,20 @@ def rebuild(update: ClientUpdate, start: State, moved: State) -> State:
 
 
 def bound_norms(moved: list[State], agents: list[str], multiple: float) -> dict[str, float]:
-    """Scale movements whose RMS exceeds ``multiple`` × the median RMS down to it, in place; the factor per device."""
+    """Scale movements whose RMS exceeds ``multiple`` × the median RMS down to it, in place; the factor per device.
+    Orthonormal factors are neither measured nor scaled (module docstring, 1)."""
     if multiple <= 0 or len(moved) < MIN_MAJORITY:
         return {}
-    sizes = [sum(value.size for value in m.values()) for m in moved]
-    rms = [update_norm(m) / np.sqrt(size) if size else 0.0 for m, size in zip(moved, sizes)]
+    lengths = [{key: value for key, value in m.items() if not key.endswith(CHANGE_RIGHT_SUFFIX)} for m in moved]
+    sizes = [sum(value.size for value in m.values()) for m in lengths]
+    rms = [update_norm(m) / np.sqrt(size) if size else 0.0 for m, size in zip(lengths, sizes)]
     bound = multiple * statistics.median(rms)
     scaled = {}
-    for agent, m, value in zip(agents, moved, rms):
+    for agent, m, value in zip(agents, lengths, rms):
         if bound > 0 and value > bound:
             factor = bound / value
-            for key in m:
-                m[key] *= np.float32(factor)
+            for tensor in m.values():
+                tensor *= np.float32(factor)
             scaled[agent] = float(factor)
     return scaled
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedge.strategies.base import CHANGE_RIGHT_SUFFIX
 from fedge.wire import AdapterUpdate, Hello
 
 
@@ -54,6 +55,19 @@ def validate_update(update: AdapterUpdate, expectation: Expectation | None, alre
             raise UpdateRejected("bad_shape", f"{key}: {tuple(value.shape)} instead of {shape}")
         if not np.isfinite(value).all():
             raise UpdateRejected("not_finite", f"{key} holds NaN or Inf")
+        if key.endswith(CHANGE_RIGHT_SUFFIX) and (off := orthonormal_error(value)) > ORTHONORMAL_TOLERANCE:
+            raise UpdateRejected("not_orthonormal", f"{key}: its rows are {off:.2g} from orthonormal (or zero); the change's size belongs in the left factor")
+
+
+ORTHONORMAL_TOLERANCE = 0.02  # float16 rounding of unit rows of 4096 columns stays near 1e-3
+
+
+def orthonormal_error(rows: np.ndarray) -> float:
+    """The largest entry of G − D, G = rows·rowsᵀ and D its diagonal rounded to 0 or 1: zero for rows that are
+    orthonormal or zero (a factored change below its full rank pads with zero rows)."""
+    gram = rows.astype(np.float32) @ rows.astype(np.float32).T
+    target = np.diag((np.diag(gram) > 0.5).astype(np.float32))
+    return float(np.abs(gram - target).max()) if gram.size else 0.0
 
 
 SITE_CLASS = "site"  # the device class a site aggregator says hello with (it stands for a group of devices)

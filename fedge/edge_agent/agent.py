@@ -237,6 +237,8 @@ class EdgeAgent:
             session.round_start = round_start(session.model, session.lora, session.recipe)
             if assignment.clip_norm < 0 or assignment.noise_multiplier < 0:
                 raise ValueError("the assignment's clip_norm and noise_multiplier must not be negative")
+            if assignment.clip_norm > 0 and "ΔW" in session.recipe.sends:
+                raise ValueError("privacy is not available with a factored round change: noise would break its orthonormal right factor")
             if not 0 <= assignment.proximal_mu <= MAX_PROXIMAL_MU:
                 raise ValueError(f"the assignment's proximal_mu must be from 0 to {MAX_PROXIMAL_MU:g}")
             if not 0 < assignment.galore_scale <= MAX_GALORE_SCALE:

@@ -185,6 +185,7 @@ class Strategy(ABC):
     coordinatewise: ClassVar[bool] = True  # the sent tensors' coordinates mean the same on every client (robust combiners apply)
     carries_state: ClassVar[bool] = True  # its global tensors carry over from round to round (a server optimiser can step them)
     forwards_through_sites: ClassVar[bool] = True  # a site's aggregate is one upload of this strategy (not so where base changes hold part of the model)
+    privatisable: ClassVar[bool] = True  # its uploads stay meaningful clipped and noised as a vector (fedge.privacy)
 
     galore_scale: float = 0.25  # what devices multiply GaLore's projected update by (full-weight training only)
 

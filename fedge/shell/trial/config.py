@@ -36,7 +36,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field
 
 from fedge.config_schema import ConfigError, Section, known_part, load_yaml, validated
-from fedge.coordinator.config import schedule_problems, server_optimizer_problems, task_spec
+from fedge.coordinator.config import privacy_problems, schedule_problems, server_optimizer_problems, task_spec
 from fedge.coordinator.config_schema import (OffWhenEmpty, PlannerSection, Positive, PrivacySection, ProximalMu, RobustSection, RoundModeFields, ServerOptimizerSection, StrategyName,
                                              TaskSection)
 from fedge.strategies import StrategyError, make_strategy
@@ -146,7 +146,7 @@ class TrialConfig:
         errors += [f"slowdown.{device}: not a fleet device" for device in self.slowdown if device not in self.fleet]
         if self.insider_count and not self.insider_count < len(self.fleet) / 2:
             errors.append(f"insiders.count: fewer than half the fleet ({len(self.fleet)} devices)")
-        errors += run_problems(enumerate(self.strategies), self.planner)
+        errors += run_problems(enumerate(self.strategies), self.planner, self.privacy)
         return errors + baseline_problems(self.baseline, [run.label for run in self.strategies], self.centralised)
 
 
@@ -171,7 +171,8 @@ def _unchecked_problems(raw: dict) -> list[str]:
     entries = raw.get("strategies") if isinstance(raw.get("strategies"), list) else []
     checked = [(index, validated(StrategyEntry, _named(entry))[0]) for index, entry in enumerate(entries)]
     planner = raw.get("planner") if isinstance(raw.get("planner"), dict) else {}
-    return errors + run_problems([(index, strategy_runs([entry])[0]) for index, entry in checked if entry is not None], planner)
+    privacy = raw.get("privacy") if isinstance(raw.get("privacy"), dict) else {}
+    return errors + run_problems([(index, strategy_runs([entry])[0]) for index, entry in checked if entry is not None], planner, privacy)
 
 
 def _catalogue_problems(devices) -> list[str]:
@@ -190,9 +191,9 @@ def strategy_runs(entries: list[StrategyEntry]) -> tuple[StrategyRun, ...]:
                              entry.server_optimizer.model_dump(exclude_unset=True), entry.proximal_mu, entry.learning_rate, entry.groups) for entry in entries)
 
 
-def run_problems(runs: Iterable[tuple[int, StrategyRun]], planner: dict) -> list[str]:
-    """Each run's (by its place in ``strategies``) strategy must take its options and carry state for its server
-    optimiser; groups keep sync rounds."""
+def run_problems(runs: Iterable[tuple[int, StrategyRun]], planner: dict, privacy: dict) -> list[str]:
+    """Each run's (by its place in ``strategies``) strategy must take its options, carry state for its server
+    optimiser and survive the run's privacy; groups keep sync rounds."""
     errors = []
     for index, run in runs:
         try:
@@ -201,7 +202,7 @@ def run_problems(runs: Iterable[tuple[int, StrategyRun]], planner: dict) -> list
             errors.append(f"strategies[{index}].options: {error}")
             continue
         errors += [f"strategies[{index}].{problem}" for problem in server_optimizer_problems(ServerOptimizer(**run.server_optimizer), strategy)]
-        errors += [f"strategies[{index}].{problem}" for problem in schedule_problems(run.rounds.get("round_mode", "sync"), run.planner(planner))]
+        errors += [f"strategies[{index}].{problem}" for problem in schedule_problems(run.rounds.get("round_mode", "sync"), run.planner(planner)) + privacy_problems(run.name, privacy)]
     return errors
 
 

@@ -53,7 +53,7 @@ class FieldTrial:
         arms, errors = validated(ArmsFile, load_yaml(path, "arms file"))
         if arms is not None:
             trial = cls(strategy_runs(arms.strategies), arms.name, tuple(arms.seeds), arms.baseline, arms.target_accuracy)
-            errors = run_problems(enumerate(trial.strategies), config.planner) + baseline_problems(trial.baseline, [run.label for run in trial.strategies], centralised=False)
+            errors = run_problems(enumerate(trial.strategies), config.planner, config.privacy) + baseline_problems(trial.baseline, [run.label for run in trial.strategies], centralised=False)
             errors += ["seeds: each seed once"] if len(set(trial.seeds)) < len(trial.seeds) else []
         if errors:
             raise ConfigError(f"invalid arms file {path}:\n  " + "\n  ".join(errors))
