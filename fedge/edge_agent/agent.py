@@ -237,8 +237,6 @@ class EdgeAgent:
             session.round_start = round_start(session.model, session.lora, session.recipe)
             if assignment.clip_norm < 0 or assignment.noise_multiplier < 0:
                 raise ValueError("the assignment's clip_norm and noise_multiplier must not be negative")
-            if assignment.clip_norm > 0 and "ΔW" in session.recipe.sends:
-                raise ValueError("privacy is not available with a factored round change: noise would break its orthonormal right factor")
             if not 0 <= assignment.proximal_mu <= MAX_PROXIMAL_MU:
                 raise ValueError(f"the assignment's proximal_mu must be from 0 to {MAX_PROXIMAL_MU:g}")
             if not 0 < assignment.galore_scale <= MAX_GALORE_SCALE:
@@ -354,6 +352,8 @@ class EdgeAgent:
         recipe = recipe_for(assignment.strategy)
         if assignment.prefix_cache_bytes < 0:
             raise ValueError("the assignment's prefix_cache_bytes is negative")
+        if assignment.clip_norm > 0 and "ΔW" in recipe.sends:
+            raise ValueError("privacy is not available with a factored round change: noise would break its orthonormal right factor")
         kind = kind_of(task.kind)
         items = kind.items(self.data, task, self.data_source)  # data the task cannot use fails before any download
         held_out_items = kind.items(self.eval_data, task, self.eval_source) if self.eval_data else None
