@@ -106,7 +106,7 @@ class RunDirectory:
     def pending_records(self) -> list[tuple[int, dict]]:
         """Committed rounds whose record never reached metrics.jsonl, in round order."""
         written = {record["round"] for record in self.rounds()}
-        found = sorted((int(path.stem.split("_")[1]), path) for path in (self.path / "globals").glob("round_*.json"))
+        found = sorted((int(path.stem[len("round_"):]), path) for path in (self.path / "globals").glob("round_*.json") if path.stem[len("round_"):].isdigit())
         return [(number, json.loads(path.read_text())) for number, path in found if number not in written]
 
     def drop_pending_record(self, round_number: int) -> None:

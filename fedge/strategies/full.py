@@ -4,7 +4,7 @@ clients that trained it (2410.23111's direct weight averaging).
 
 Devices send the round's change, not the weights: GaLore steps a weight only inside its projector's span, so one
 round changes it by rank r (2r where a projector refresh falls inside the round; ``update_proj_gap`` is at least
-the round's steps, so never more), and d×2r, 2r×k factors carry it exactly (``fedge.edge_agent.round_change``).
+the round's steps, so never more), and d×2r, 2r×k factors carry it exactly (``fedge.round_change``).
 The server's average of the changes, Σ p_i L_i R_i, is recorded as the round's base change, as FedEx-LoRA records its
 residual: exact (cut to its numerical rank) while the stacked rank Σ 2r_i is at most ``exact_change_rank``, its top
 max 2r_i directions by the randomized range finder (``sketch``) beyond. Every device then holds W0 plus the base
