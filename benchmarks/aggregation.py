@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedge.strategies import STRATEGIES, ClientInfo, ClientUpdate, make_strategy
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, base_deltas, delta_key, product_terms, trained_modules
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, base_deltas, delta_key, lora_modules, product_terms, trained_modules
 from fedge.strategies.factored import compress, stack, svd
 from fedge.wire import LoraSpec
 
@@ -170,11 +170,11 @@ def server_step_at_scale(dim: int, clients: int, modules: int, sample: int, loca
         best_rank = svd(best).truncated(rank).dense()
         missed.append(float(np.linalg.norm(residual - cut[module + ".left"] @ cut[module + ".right"]) / np.linalg.norm(residual - best_rank)))
     table.add_row("fedex-lora", f"{exact_s * modules / sample:.1f} s", f"{fast_s:.2f} s", f"{exact_s * modules / sample / fast_s:.0f}×", "—", f"{max(missed):.4f}×")
-    changes = [replace(update, tensors={module + suffix: update.tensors[module + key] * (update.spec.scaling if key == B_SUFFIX else 1) for module in names_of(state)
+    changes = [replace(update, tensors={module + suffix: update.tensors[module + key] * (update.spec.scaling if key == B_SUFFIX else 1) for module in lora_modules(state)
                                          for suffix, key in ((CHANGE_LEFT_SUFFIX, B_SUFFIX), (CHANGE_RIGHT_SUFFIX, A_SUFFIX))}) for update in updates]
     exact_s, exact = best_of(1, lambda: {module: compress(stack([(weight, u.tensors[module + CHANGE_LEFT_SUFFIX], u.tensors[module + CHANGE_RIGHT_SUFFIX]) for u, weight in weighted]))
                                         for module, weighted in list(trained_modules(state, changes, CHANGE_LEFT_SUFFIX))[:sample]})
-    previous = {**state, **{delta_key(module, 1, part): state[module + key] for module in names_of(state) for part, key in (("left", B_SUFFIX), ("right", A_SUFFIX))}}  # last round's change: the global directions
+    previous = {**state, **{delta_key(module, 1, part): state[module + key] for module in lora_modules(state) for part, key in (("left", B_SUFFIX), ("right", A_SUFFIX))}}  # last round's change: the global directions
     fast_s, merged = best_of(1, lambda: make_strategy("full").aggregate(previous, changes, 2))
     kept = base_deltas(merged)[2]
     gap = max(float(np.linalg.norm(kept[m + ".left"] @ kept[m + ".right"] - svd(exact[m]).truncated(rank).dense()) / np.linalg.norm(svd(exact[m]).truncated(rank).dense())) for m in exact)
@@ -184,9 +184,6 @@ def server_step_at_scale(dim: int, clients: int, modules: int, sample: int, loca
                   "whose error is the last column's multiple of the best rank-R correction's. `full` averages the devices' factored round changes (the same "
                   "factors here, sent as d×K and K×k): exact below exact_change_rank, the top max K directions of the average beyond it.")
 
-
-def names_of(state: dict) -> list[str]:
-    return [key[: -len(A_SUFFIX)] for key in state if key.endswith(A_SUFFIX)]
 
 
 def main() -> None:
