@@ -31,6 +31,7 @@ from rich.table import Table
 from fedge.strategies import STRATEGIES, ClientInfo, ClientUpdate, make_strategy
 from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, base_deltas, delta_key, lora_modules, product_terms, trained_modules
 from fedge.strategies.factored import compress, stack, svd
+from fedge.strategies.sketch import SketchSettings, StackBuffer, stacked
 from fedge.wire import LoraSpec
 
 RANKS = (4, 8, 16, 32, 64)
@@ -145,20 +146,40 @@ def later_round(dim: int, clients: int, modules: int, local_change: float, rng: 
     return state, updates
 
 
+def floor_of_range_finder(state: dict, updates: list[ClientUpdate], modules: int) -> tuple[float, float, float]:
+    """(stacking, products, GFLOP/s): what any float32 two-pass range finder must spend per round on this machine,
+    measured on one module and scaled to ``modules``: widening the float16 factors into stacked float32 copies, and
+    its four products at the sketch's width (two passes, each through both factors), nothing else."""
+    module, weighted = next(trained_modules(state, updates, A_SUFFIX))
+    terms = product_terms(weighted, module)
+    buffer = StackBuffer()
+    stack_s, (left, right, weights) = best_of(3, lambda: stacked(terms, buffer))
+    width = state[module + A_SUFFIX].shape[0] + SketchSettings().oversampling
+    test, basis = torch.randn(width, right.shape[1]), torch.randn(width, left.shape[0])
+    products_s, _ = best_of(3, lambda: (((test @ right.T) * weights) @ left.T, ((basis @ left) * weights) @ right))
+    flop = 4 * 2 * width * left.shape[0] * left.shape[1]
+    return stack_s * modules, products_s * modules, flop / products_s / 1e9
+
+
 def server_step_at_scale(dim: int, clients: int, modules: int, sample: int, local_change: float) -> None:
     state, updates = later_round(dim, clients, modules, local_change, np.random.default_rng(2))
     rank_sum = sum(RANKS[index % len(RANKS)] for index in range(clients))
     console.print(f"[bold]Server step at scale[/] {modules} modules of d = k = {dim}, {clients} devices of ranks 4–64 (Σ r_i = {rank_sum}), "
                   f"local change {local_change} of the global; today's exact method timed on {sample} module(s) and scaled ×{modules / sample:g}")
+    stack_s, products_s, rate = floor_of_range_finder(state, updates, modules)
+    floor = stack_s + products_s
+    console.print(f"  floor on this machine: stacking the float16 factors as float32 {stack_s:.2f} s + the range finder's four float32 products "
+                  f"{products_s:.2f} s ({rate:.0f} GFLOP/s) = {floor:.2f} s a round, before anything else")
     table = Table()
-    for column in ("strategy", "today (exact), per round", "range finder, per round", "speed-up", "gap to the exact truncation", "residual missed vs best rank-R"):
-        table.add_column(column, justify="left" if column == "strategy" else "right")
+    table.add_column("strategy", no_wrap=True, min_width=10)
+    for column in ("today (exact), per round", "range finder, per round", "speed-up", "gap to the exact truncation", "residual missed vs best rank-R", "× floor"):
+        table.add_column(column, justify="right")
     sampled = dict(list(trained_modules(state, updates, A_SUFFIX))[:sample])
     rank = state[next(iter(sampled)) + A_SUFFIX].shape[0]
     exact_s, exact = best_of(1, lambda: {module: svd(stack(product_terms(weighted, module))).truncated(rank) for module, weighted in sampled.items()})
     fast_s, merged = best_of(1, lambda: make_strategy("flexlora").aggregate(state, updates, 1))
     gap = max(float(np.linalg.norm(merged[m + B_SUFFIX] @ merged[m + A_SUFFIX] - exact[m].dense()) / np.linalg.norm(exact[m].dense())) for m in sampled)
-    table.add_row("flexlora", f"{exact_s * modules / sample:.1f} s", f"{fast_s:.2f} s", f"{exact_s * modules / sample / fast_s:.0f}×", f"{gap:.1e}", "—")
+    table.add_row("flexlora", f"{exact_s * modules / sample:.1f} s", f"{fast_s:.2f} s", f"{exact_s * modules / sample / fast_s:.0f}×", f"{gap:.1e}", "—", f"{fast_s / floor:.2f}")
     sample_state = {key: value for key, value in state.items() if key.rsplit(".lora_", 1)[0] in sampled}
     exact_s, exact_state = best_of(1, lambda: make_strategy("fedex-lora", exact_residual_rank=10**9).aggregate(sample_state, updates, 1))
     fast_s, merged = best_of(1, lambda: make_strategy("fedex-lora").aggregate(state, updates, 1))
@@ -169,7 +190,7 @@ def server_step_at_scale(dim: int, clients: int, modules: int, sample: int, loca
         best = compress(stack([(1.0, full[module + ".left"], full[module + ".right"])]))
         best_rank = svd(best).truncated(rank).dense()
         missed.append(float(np.linalg.norm(residual - cut[module + ".left"] @ cut[module + ".right"]) / np.linalg.norm(residual - best_rank)))
-    table.add_row("fedex-lora", f"{exact_s * modules / sample:.1f} s", f"{fast_s:.2f} s", f"{exact_s * modules / sample / fast_s:.0f}×", "—", f"{max(missed):.4f}×")
+    table.add_row("fedex-lora", f"{exact_s * modules / sample:.1f} s", f"{fast_s:.2f} s", f"{exact_s * modules / sample / fast_s:.0f}×", "—", f"{max(missed):.4f}×", f"{fast_s / floor:.2f}")
     changes = [replace(update, tensors={module + suffix: update.tensors[module + key] * (update.spec.scaling if key == B_SUFFIX else 1) for module in lora_modules(state)
                                          for suffix, key in ((CHANGE_LEFT_SUFFIX, B_SUFFIX), (CHANGE_RIGHT_SUFFIX, A_SUFFIX))}) for update in updates]
     exact_s, exact = best_of(1, lambda: {module: compress(stack([(weight, u.tensors[module + CHANGE_LEFT_SUFFIX], u.tensors[module + CHANGE_RIGHT_SUFFIX]) for u, weight in weighted]))
@@ -178,7 +199,7 @@ def server_step_at_scale(dim: int, clients: int, modules: int, sample: int, loca
     fast_s, merged = best_of(1, lambda: make_strategy("full").aggregate(previous, changes, 2))
     kept = base_deltas(merged)[2]
     gap = max(float(np.linalg.norm(kept[m + ".left"] @ kept[m + ".right"] - svd(exact[m]).truncated(rank).dense()) / np.linalg.norm(svd(exact[m]).truncated(rank).dense())) for m in exact)
-    table.add_row("full", f"{exact_s * modules / sample:.1f} s", f"{fast_s:.2f} s", f"{exact_s * modules / sample / fast_s:.0f}×", f"{gap:.1e}", "—")
+    table.add_row("full", f"{exact_s * modules / sample:.1f} s", f"{fast_s:.2f} s", f"{exact_s * modules / sample / fast_s:.0f}×", f"{gap:.1e}", "—", f"{fast_s / floor:.2f}")
     console.print(table)
     console.print("FedEx-LoRA today sends the exact residual (stacked rank Σ r_i + R); beyond exact_residual_rank it sends the residual's top R directions, "
                   "whose error is the last column's multiple of the best rank-R correction's. `full` averages the devices' factored round changes (the same "

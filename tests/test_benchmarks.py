@@ -37,6 +37,7 @@ def test_aggregation_benchmark_quick_mode_times_every_strategy():
     flexlora = next(line for line in scale.splitlines() if "flexlora" in line)
     gap = float(flexlora.split("│")[5])
     assert gap < 1e-3 and "fedex-lora" in scale  # the range finder matches the exact truncation
+    assert "floor on this machine" in scale and "GFLOP/s" in scale and "× floor" in scale
 
 
 @pytest.mark.slow
