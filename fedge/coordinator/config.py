@@ -191,8 +191,8 @@ def site_problems(name: str, with_sites: bool) -> list[str]:
 
 def privacy_problems(name: str, privacy: dict) -> list[str]:
     """Devices clip and noise what they send only where the strategy's uploads survive it."""
-    if privacy and name in STRATEGIES and not STRATEGIES[name].privatisable:
-        return [f"privacy: {name} sends its change as factors whose right one must stay orthonormal, which noise would break; use a LoRA strategy for private runs"]
+    if privacy and name in STRATEGIES and not STRATEGIES[name].recipe.privatisable:
+        return [f"privacy: clipping and noise would break what {name}'s devices send; use a LoRA strategy for private runs"]
     return []
 
 

@@ -352,8 +352,8 @@ class EdgeAgent:
         recipe = recipe_for(assignment.strategy)
         if assignment.prefix_cache_bytes < 0:
             raise ValueError("the assignment's prefix_cache_bytes is negative")
-        if assignment.clip_norm > 0 and "ΔW" in recipe.sends:
-            raise ValueError("privacy is not available with a factored round change: noise would break its orthonormal right factor")
+        if assignment.clip_norm > 0 and not recipe.privatisable:
+            raise ValueError(f"privacy is not available under {assignment.strategy}: clipping and noise would break what its devices send")
         kind = kind_of(task.kind)
         items = kind.items(self.data, task, self.data_source)  # data the task cannot use fails before any download
         held_out_items = kind.items(self.eval_data, task, self.eval_source) if self.eval_data else None

@@ -53,6 +53,8 @@ class ClientRecipe:
     (identical on every client and the server). ``reinit_each_round``: LoRA starts afresh (A random, B = 0) each round
     after the received base changes are merged (FLoRA).
     ``keeps_optimizer``: the optimizer is built once per run and its state lives on across rounds (full).
+    ``privatisable``: false where clipping and noise would break the upload (full's orthonormal right factor); the
+    coordinator refuses privacy for such a strategy and the agent refuses such an assignment.
     """
 
     adapter: str = "lora"
@@ -62,6 +64,7 @@ class ClientRecipe:
     reinit_each_round: bool = False
     optimizer: str | None = None
     keeps_optimizer: bool = False  # the device's optimizer state (moments, GaLore's projectors) carries over from round to round
+    privatisable: bool = True  # the upload stays meaningful clipped and noised as a vector (fedge.privacy)
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,6 @@ class Strategy(ABC):
     coordinatewise: ClassVar[bool] = True  # the sent tensors' coordinates mean the same on every client (robust combiners apply)
     carries_state: ClassVar[bool] = True  # its global tensors carry over from round to round (a server optimiser can step them)
     forwards_through_sites: ClassVar[bool] = True  # a site's aggregate is one upload of this strategy (not so where base changes hold part of the model)
-    privatisable: ClassVar[bool] = True  # its uploads stay meaningful clipped and noised as a vector (fedge.privacy)
 
     galore_scale: float = 0.25  # what devices multiply GaLore's projected update by (full-weight training only)
 

@@ -31,12 +31,11 @@ from fedge.wire import MAX_GALORE_SCALE
 
 class FullWeights(Strategy):
     name = "full"
-    recipe = ClientRecipe(adapter="full", trains=("W",), sends=("ΔW",), optimizer="galore", keeps_optimizer=True)
+    recipe = ClientRecipe(adapter="full", trains=("W",), sends=("ΔW",), optimizer="galore", keeps_optimizer=True, privatisable=False)  # noise would break the right factor's orthonormal rows
     coordinatewise = False  # each device's factors are in its own basis
     carries_state = False  # the state is the history of base changes: nothing for a server optimiser to step
     supports_groups = False  # group-level base changes would split the weights between groups
     forwards_through_sites = False  # its base changes would stay at the site
-    privatisable = False  # noise would break the right factor's orthonormal rows, which the coordinator checks
 
     def __init__(self, seed: int = 0, learning_rate: float = 0.05, galore_scale: float = 0.25, exact_change_rank: int = 512, power_iterations: int = 0, oversampling: int = 10):
         super().__init__(seed)

@@ -111,7 +111,7 @@ def test_an_agent_refuses_a_plan_bigger_than_its_free_memory_or_an_invalid_task(
         for round_number, change, reason in [
             (3, {"task": TaskSpec("os.system")}, "'os.system' is not a task kind here"),  # a name, never code to import
             (4, {"prefix_cache_bytes": -1}, "prefix_cache_bytes is negative"),
-            (5, {"strategy": "full", "clip_norm": 1.0}, "privacy is not available with a factored round change"),
+            (5, {"strategy": "full", "clip_norm": 1.0}, "privacy is not available under full"),
         ]:
             forged = replace(assignment, round=round_number, predicted_peak_bytes=0, message_id=f"check-{round_number}", **change)
             coordinator.publish(topics.downlink("tight"), forged)
