@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedge.strategies import ClientInfo, ClientUpdate, StrategyError, make_strategy
-from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, base_deltas, shared_lora_a
+from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, base_deltas, delta_key, shared_lora_a
 from fedge.strategies.factored import LowRank, compress, stack, svd
+from fedge.strategies.full import latest_change_rows
 from fedge.wire import LoraSpec
 
 LAYERS = 3
@@ -325,6 +326,17 @@ def test_full_cuts_a_large_fleets_change_to_its_top_directions_and_says_so():
         best = svd(stack([(1.0, exact[module + ".left"], exact[module + ".right"])])).truncated(width).dense()
         kept = cut[module + ".left"].astype(np.float64) @ cut[module + ".right"]
         assert np.linalg.norm(kept - whole) <= 1.05 * np.linalg.norm(best - whole) + 1e-5 * np.linalg.norm(whole)  # near the best rank-K change (float32 kept)
+
+
+def test_full_warm_starts_each_module_from_its_latest_recorded_change():
+    history = {("m.q", 1): 1.0, ("m.q", 3): 3.0, ("m.q", 2): 2.0, ("m.v", 1): 4.0}  # in no particular order, as a state may hold them
+    state = {}
+    for (module, round_number), value in history.items():
+        state[delta_key(module, round_number, "left")] = np.zeros((4, 2), np.float32)
+        state[delta_key(module, round_number, "right")] = np.full((2, 3), value, np.float32)
+    latest = latest_change_rows(state)
+    assert set(latest) == {"m.q", "m.v"}  # a module never changed gets no warm start
+    assert latest["m.q"][0, 0] == 3.0 and latest["m.v"][0, 0] == 4.0  # the newest round's rows, not the last key seen
 
 
 # --- per-layer renormalisation and client views ---

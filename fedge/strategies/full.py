@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedge.strategies.base import CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, StrategyError, base_changes, delta_key, delta_round, layer_of, trained_modules
+from fedge.strategies.base import CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, ClientInfo, ClientRecipe, ClientUpdate, GlobalParts, State, Strategy, StrategyError, base_changes, base_deltas, layer_of, trained_modules
 from fedge.strategies.base_change import changes_since, record_change
 from fedge.strategies.factored import compress, stack
 from fedge.strategies.sketch import StackBuffer, leading_svd, sketch_settings, sketched_modules
@@ -61,13 +61,14 @@ class FullWeights(Strategy):
     def aggregate(self, state: State, updates: Sequence[ClientUpdate], round_number: int) -> State:
         merged = dict(state)
         buffer = StackBuffer()
+        warm_starts = latest_change_rows(state)
         for module, weighted in trained_modules(state, updates, CHANGE_LEFT_SUFFIX):
             terms = [(weight, update.tensors[module + CHANGE_LEFT_SUFFIX], update.tensors[module + CHANGE_RIGHT_SUFFIX]) for update, weight in weighted]
             width = max(left.shape[1] for _, left, _ in terms)
             if not self.cuts(sum(left.shape[1] for _, left, _ in terms), width):
                 change = compress(stack(terms))
             else:
-                change = leading_svd(terms, width, self.sketch, buffer, likely_rows=latest_change_rows(state, module)).truncated(width)
+                change = leading_svd(terms, width, self.sketch, buffer, likely_rows=warm_starts.get(module)).truncated(width)
             record_change(merged, module, round_number, change)
         return merged
 
@@ -89,11 +90,14 @@ class FullWeights(Strategy):
         return GlobalParts(lora=None, base_changes=base_changes(state))
 
 
-def latest_change_rows(state: State, module: str) -> np.ndarray | None:
-    """The row factor of the last base change recorded for ``module`` (None before the first): the range finder's
-    warm start, as a device's projector, and so the row space of its changes, lasts several rounds."""
-    rounds = [delta_round(key) for key in state if key.startswith(module + ".base_delta.") and key.endswith(".right")]
-    return state[delta_key(module, max(rounds), "right")] if rounds else None
+def latest_change_rows(state: State) -> dict[str, np.ndarray]:
+    """Module → the row factor of the last base change recorded for it (modules without one are absent): the range
+    finder's warm start, as a device's projector, and so the row space of its changes, lasts several rounds. One pass
+    over the state, whatever the length of its history."""
+    rows = {}
+    for changes in base_deltas(state).values():  # in round order: a later change replaces an earlier one
+        rows.update({key.removesuffix(".right"): value for key, value in changes.items() if key.endswith(".right")})
+    return rows
 
 
 def change_rank(galore_rank: int) -> int:
