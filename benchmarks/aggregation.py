@@ -9,7 +9,8 @@
    ``--large-modules`` = 64 modules of d = k = ``--dim``): FlexLoRA, FedEx-LoRA and `full` with the randomized range finder
    (``fedge.strategies.sketch``) over every module, beside today's exact factored method timed on ``--exact-sample``
    modules and scaled to all of them (modules are independent), with the range finder's error against the exact
-   truncation on those modules. The updates model a later round: every device began from the global (its top r_i
+   truncation on those modules, and each step as a multiple of its floor on this machine (the join and the four
+   float32 products alone, measured in the same run). The updates model a later round: every device began from the global (its top r_i
    directions, singular values 1/j) and moved by ``--local-change`` of that, in float16 as the wire delivers them
    (one set of factors serves every module: the cost does not depend on the values); `full`'s devices send the
    same factors as their factored round changes (K = r_i columns, as GaLore at rank r_i/2 would).
@@ -147,9 +148,10 @@ def later_round(dim: int, clients: int, modules: int, local_change: float, rng: 
 
 
 def floor_of_range_finder(state: dict, updates: list[ClientUpdate], modules: int) -> tuple[float, float, float]:
-    """(stacking, products, GFLOP/s): what any float32 two-pass range finder must spend per round on this machine,
-    measured on one module and scaled to ``modules``: widening the float16 factors into stacked float32 copies, and
-    its four products at the sketch's width (two passes, each through both factors), nothing else."""
+    """(stacking, products, GFLOP/s): the range finder's floor per round on this machine, measured on one module and
+    scaled to ``modules``: fedge's join of the float16 factors into stacked float32 copies, and the four float32
+    products at the sketch's width (two passes, each through both factors) that any two-pass range finder needs;
+    nothing else."""
     module, weighted = next(trained_modules(state, updates, A_SUFFIX))
     terms = product_terms(weighted, module)
     buffer = StackBuffer()
