@@ -24,8 +24,6 @@ from safetensors.numpy import load_file, save_file
 from fedge.coordinator.plan_report import write_plan
 from fedge.files import write_file_atomic
 
-_ROUND_FILE = re.compile(r"round_(\d+)\.safetensors$")
-
 
 class RunDirectory:
     def __init__(self, path: str | Path):
@@ -106,8 +104,7 @@ class RunDirectory:
     def pending_records(self) -> list[tuple[int, dict]]:
         """Committed rounds whose record never reached metrics.jsonl, in round order."""
         written = {record["round"] for record in self.rounds()}
-        found = sorted((int(path.stem[len("round_"):]), path) for path in (self.path / "globals").glob("round_*.json") if path.stem[len("round_"):].isdigit())
-        return [(number, json.loads(path.read_text())) for number, path in found if number not in written]
+        return [(number, json.loads(path.read_text())) for number, path in self._round_files(".json") if number not in written]
 
     def drop_pending_record(self, round_number: int) -> None:
         self._pending_file(round_number).unlink(missing_ok=True)
@@ -141,11 +138,17 @@ class RunDirectory:
 
     def latest_global(self) -> tuple[int, dict[str, np.ndarray]] | None:
         """The last completed round and its global factors, or None for a fresh run."""
-        found = [(int(m.group(1)), p) for p in (self.path / "globals").glob("round_*.safetensors") if (m := _ROUND_FILE.search(p.name))]
+        found = self._round_files(".safetensors")
         if not found:
             return None
-        round_number, path = max(found)
+        round_number, path = found[-1]
         return round_number, load_file(path)
+
+    def _round_files(self, suffix: str) -> list[tuple[int, Path]]:
+        """(round, path) of every globals/round_NNN``suffix``, in round order; any other name (a stray
+        round_NNN.partial.json an older version left behind) is skipped."""
+        pattern = re.compile(rf"round_(\d+){re.escape(suffix)}")
+        return sorted((int(match.group(1)), path) for path in (self.path / "globals").glob(f"round_*{suffix}") if (match := pattern.fullmatch(path.name)))
 
     def plot(self, baselines: dict[str, list[float]] | None = None) -> Path:
         """Accuracy per round (with any ``baselines``: label -> accuracy from round 0 on) and bytes per round."""
