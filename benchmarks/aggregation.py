@@ -32,7 +32,7 @@ from rich.table import Table
 from fedge.strategies import STRATEGIES, ClientInfo, ClientUpdate, make_strategy
 from fedge.strategies.base import A_SUFFIX, B_SUFFIX, C_SUFFIX, CHANGE_LEFT_SUFFIX, CHANGE_RIGHT_SUFFIX, base_deltas, delta_key, lora_modules, product_terms, trained_modules
 from fedge.strategies.factored import compress, stack, svd
-from fedge.strategies.sketch import SketchSettings, StackBuffer, stacked
+from fedge.strategies.sketch import SketchSettings, StackBuffer, stacked, times_m, times_m_transposed
 from fedge.wire import LoraSpec
 
 RANKS = (4, 8, 16, 32, 64)
@@ -158,7 +158,7 @@ def floor_of_range_finder(state: dict, updates: list[ClientUpdate], modules: int
     stack_s, (left, right, weights) = best_of(3, lambda: stacked(terms, buffer))
     width = state[module + A_SUFFIX].shape[0] + SketchSettings().oversampling
     test, basis = torch.randn(width, right.shape[1]), torch.randn(width, left.shape[0])
-    products_s, _ = best_of(3, lambda: (((test @ right.T) * weights) @ left.T, ((basis @ left) * weights) @ right))
+    products_s, _ = best_of(3, lambda: (times_m_transposed(test, left, right, weights), times_m(basis, left, right, weights)))
     flop = 4 * 2 * width * left.shape[0] * left.shape[1]
     return stack_s * modules, products_s * modules, flop / products_s / 1e9
 

@@ -126,16 +126,11 @@ def leading_svd(terms: Sequence[tuple[float, np.ndarray, np.ndarray]], rank: int
     test[: warm.shape[0]] = warm
     test[warm.shape[0] :] = np.random.default_rng(settings.seed).standard_normal((right.shape[1], width - warm.shape[0]), dtype=np.float32).T
 
-    def times_m(rows: torch.Tensor) -> torch.Tensor:  # Xᵀ ↦ Xᵀ·M, through the factors
-        return ((rows @ left) * weights) @ right
-
-    def times_m_transposed(rows: torch.Tensor) -> torch.Tensor:  # Xᵀ ↦ Xᵀ·Mᵀ
-        return ((rows @ right.T) * weights) @ left.T
-
-    basis = orthonormal_rows(times_m_transposed(torch.from_numpy(test)))  # Qᵀ, width × d
+    factors = (left, right, weights)
+    basis = orthonormal_rows(times_m_transposed(torch.from_numpy(test), *factors))  # Qᵀ, width × d
     for _ in range(settings.power_iterations):
-        basis = orthonormal_rows(times_m_transposed(orthonormal_rows(times_m(basis))))
-    small = times_m(basis).double()  # Qᵀ·M, width × k
+        basis = orthonormal_rows(times_m_transposed(orthonormal_rows(times_m(basis, *factors)), *factors))
+    small = times_m(basis, *factors).double()  # Qᵀ·M, width × k
     gram_values, gram_vectors = torch.linalg.eigh(small @ small.T)
     order = torch.argsort(gram_values, descending=True)[:rank]
     values = gram_values[order].clamp(min=0.0).sqrt()
@@ -143,6 +138,16 @@ def leading_svd(terms: Sequence[tuple[float, np.ndarray, np.ndarray]], rank: int
     kept = values > values[0] * 1e-7 if values.numel() and values[0] > 0 else torch.zeros(values.shape, dtype=torch.bool)
     vt = (vectors[:, kept].T @ small) / values[kept, None]
     return ThinSVD((basis.double().T @ vectors[:, kept]).numpy(), values[kept].numpy(), vt.numpy())
+
+
+def times_m(rows: torch.Tensor, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Xᵀ ↦ Xᵀ·M for M = left·diag(weights)·right, through the stacked factors (two products)."""
+    return ((rows @ left) * weights) @ right
+
+
+def times_m_transposed(rows: torch.Tensor, left: torch.Tensor, right: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Xᵀ ↦ Xᵀ·Mᵀ, through the stacked factors (two products)."""
+    return ((rows @ right.T) * weights) @ left.T
 
 
 def top_svd(terms: Sequence[tuple[float, np.ndarray, np.ndarray]], rank: int, settings: SketchSettings, buffer: StackBuffer,
